@@ -1,0 +1,27 @@
+//! Generates the Rust code for every `.proto` in this crate with the pure-Rust
+//! `protox` compiler (no system `protoc` needed), and writes the encoded
+//! descriptor set that the servers hand to gRPC reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTO_FILES: &[&str] = &["kvstore/v1/kv.proto", "kvstore/raft/v1/raft.proto"];
+const INCLUDE_DIRS: &[&str] = &["."];
+const DESCRIPTOR_FILE: &str = "kvstore_descriptor.bin";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for file in PROTO_FILES {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptor_set = protox::compile(PROTO_FILES, INCLUDE_DIRS)?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // `compile_fds` ignores `file_descriptor_set_path`, so reflection's
+    // descriptor set is written here by hand.
+    std::fs::write(out_dir.join(DESCRIPTOR_FILE), descriptor_set.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptor_set)?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Generated code for the kvstore protocols.
+//!
+//! The `.proto` files beside this crate are the source of truth:
+//! - [`kv::v1`]: the client API (`kvstore.v1.KV`), served on a node's client port.
+//! - [`raft::v1`]: the Raft peer protocol (`kvstore.raft.v1.Raft`), served on a
+//!   node's raft port, server to server only.
+//!
+//! Servers, the CLI and the conformance runner depend on this crate, never on
+//! generated paths.
+
+/// The client API, package `kvstore.v1`.
+pub mod kv {
+    /// Version 1 of the client API.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("kvstore.v1");
+    }
+}
+
+/// The Raft peer protocol, package `kvstore.raft.v1`.
+pub mod raft {
+    /// Version 1 of the peer protocol.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("kvstore.raft.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every kvstore proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvstore_descriptor");

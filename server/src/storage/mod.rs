@@ -1,0 +1,199 @@
+//! Key-value storage: the [`Store`] trait and its implementations.
+//!
+//! - [`memory::MemoryStore`]: a `BTreeMap`, for tests and as the reference model.
+//! - [`leveldb::LevelDbStore`]: `rusty-leveldb` on disk.
+//!
+//! Both pass the same test suite (`suite.rs`). A store is owned by one thread
+//! (`rusty-leveldb`'s `DB` is not `Sync`); async code reaches it through
+//! [`actor::StoreHandle`].
+
+pub mod actor;
+pub mod leveldb;
+pub mod memory;
+#[cfg(test)]
+mod suite;
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Errors of a storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying engine failed (I/O, corruption, ...).
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// A filesystem operation of our own failed.
+    #[error("storage I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The store's owner thread is gone (the store was closed).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// One operation of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Store `value` under `key`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Operations applied atomically and in order: after a crash either all of
+/// them are visible or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    operations: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.operations.push(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.operations.push(WriteOp::Delete { key: key.into() });
+        self
+    }
+
+    /// The operations, in order.
+    pub fn operations(&self) -> &[WriteOp] {
+        &self.operations
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.operations.len()
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+}
+
+/// A range of keys in byte order: `start` inclusive, `end` exclusive
+/// (`None`: up to the last key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// First key of the range (inclusive).
+    pub start: Vec<u8>,
+    /// Bound after the last key (exclusive); `None` means unbounded.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self {
+            start: Vec::new(),
+            end: None,
+        }
+    }
+
+    /// Keys in `[start, end)`.
+    pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
+        Self {
+            start: start.into(),
+            end: Some(end.into()),
+        }
+    }
+
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        let start = prefix.into();
+        let end = prefix_successor(&start);
+        Self { start, end }
+    }
+
+    /// True when `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None`
+/// when there is none (the prefix is empty or all `0xff`).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// An ordered key-value store owned by one thread.
+pub trait Store: Send {
+    /// The value stored under `key`, if any.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Applies `batch` atomically.
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Up to `limit` pairs of `range`, in ascending key order.
+    fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Stores `value` under `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    /// Removes `key` (a missing key is not an error).
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_successor_handles_carry_and_all_ones() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+
+    #[test]
+    fn key_range_contains() {
+        let range = KeyRange::prefix(b"user/".to_vec());
+        assert!(range.contains(b"user/"));
+        assert!(range.contains(b"user/zz"));
+        assert!(!range.contains(b"user0"));
+        assert!(!range.contains(b"use"));
+        assert!(KeyRange::all().contains(b""));
+    }
+}
