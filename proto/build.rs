@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // `compile_fds` ignores `file_descriptor_set_path`, so reflection's
     // descriptor set is written here by hand.
-    std::fs::write(out_dir.join(DESCRIPTOR_FILE), descriptor_set.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join(DESCRIPTOR_FILE),
+        descriptor_set.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,1 +1,246 @@
-fn main() {}
+//! `kvstore-cli`: put, get, delete and status against a kvstore cluster.
+//!
+//! Every failure is one line on stderr and an exit code (see `--help`); the
+//! program never panics on a network or server error.
+
+mod args;
+mod client;
+mod output;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvstore_proto::kv::v1::{Consistency, DeleteRequest, GetRequest, PutRequest, StatusRequest};
+use serde_json::{json, Value};
+
+use args::{Cli, Command, OutputFormat, EXIT_FAILED, EXIT_KEY_NOT_FOUND, EXIT_OK, EXIT_USAGE};
+use client::{with_any_endpoint, Failure};
+
+/// What a command produced: an exit code, having printed its output.
+type Outcome = Result<u8, Failure>;
+
+fn key_bytes(cli: &Cli, key: &OsString) -> Result<Vec<u8>, Failure> {
+    let raw = key.as_bytes();
+    if cli.hex_key {
+        let text = std::str::from_utf8(raw)
+            .map_err(|_| Failure("--hex-key: the key is not hex".into()))?;
+        decode_hex(text).ok_or_else(|| {
+            Failure(format!(
+                "--hex-key: {text:?} is not an even-length hex string"
+            ))
+        })
+    } else {
+        Ok(raw.to_vec())
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|position| u8::from_str_radix(text.get(position..position + 2)?, 16).ok())
+        .collect()
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| Failure(error.to_string()))?;
+    write_stdout(format!("{text}\n").as_bytes())
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|error| Failure(format!("cannot write to stdout: {error}")))
+}
+
+fn print_header(cli: &Cli, endpoint: &str, header: Option<&kvstore_proto::kv::v1::ResponseHeader>) {
+    if cli.verbose {
+        eprintln!("{}", output::header_line(endpoint, header));
+    }
+}
+
+async fn put(cli: &Cli, key: &OsString, value: &OsString) -> Outcome {
+    let key = key_bytes(cli, key)?;
+    let value = if value.as_bytes() == b"-" {
+        let mut value = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut value)
+            .map_err(|error| Failure(format!("cannot read the value from stdin: {error}")))?;
+        value
+    } else {
+        value.as_bytes().to_vec()
+    };
+    let request = PutRequest { key, value };
+    let (endpoint, response) = with_any_endpoint(&cli.endpoints, cli.timeout, |mut client| {
+        let request = request.clone();
+        async move { client.put(request).await.map(tonic::Response::into_inner) }
+    })
+    .await?;
+    match cli.write_out {
+        OutputFormat::Json => {
+            print_json(&json!({ "header": output::header_json(response.header.as_ref()) }))?
+        }
+        _ => write_stdout(b"OK\n")?,
+    }
+    print_header(cli, &endpoint, response.header.as_ref());
+    Ok(EXIT_OK)
+}
+
+async fn get(cli: &Cli, key_argument: &OsString, consistency: args::Consistency) -> Outcome {
+    let key = key_bytes(cli, key_argument)?;
+    let consistency = match consistency {
+        args::Consistency::Linearizable => Consistency::Linearizable,
+        args::Consistency::Serializable => Consistency::Serializable,
+    };
+    let request = GetRequest {
+        key: key.clone(),
+        consistency: consistency as i32,
+    };
+    let (endpoint, response) = with_any_endpoint(&cli.endpoints, cli.timeout, |mut client| {
+        let request = request.clone();
+        async move { client.get(request).await.map(tonic::Response::into_inner) }
+    })
+    .await?;
+    match cli.write_out {
+        OutputFormat::Json => {
+            let mut object = serde_json::Map::new();
+            output::insert_bytes(&mut object, "key", &key);
+            object.insert("found".into(), Value::Bool(response.found));
+            if response.found {
+                output::insert_bytes(&mut object, "value", &response.value);
+            }
+            object.insert(
+                "header".into(),
+                output::header_json(response.header.as_ref()),
+            );
+            print_json(&Value::Object(object))?;
+        }
+        _ if response.found => {
+            write_stdout(&response.value)?;
+            if std::io::stdout().is_terminal() {
+                write_stdout(b"\n")?;
+            }
+        }
+        _ => {}
+    }
+    print_header(cli, &endpoint, response.header.as_ref());
+    if response.found {
+        Ok(EXIT_OK)
+    } else {
+        eprintln!(
+            "kvstore-cli: key not found: {}",
+            key_argument.to_string_lossy()
+        );
+        Ok(EXIT_KEY_NOT_FOUND)
+    }
+}
+
+async fn delete(cli: &Cli, key: &OsString) -> Outcome {
+    let request = DeleteRequest {
+        key: key_bytes(cli, key)?,
+    };
+    let (endpoint, response) = with_any_endpoint(&cli.endpoints, cli.timeout, |mut client| {
+        let request = request.clone();
+        async move {
+            client
+                .delete(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await?;
+    match cli.write_out {
+        OutputFormat::Json => print_json(&json!({
+            "deleted": response.deleted,
+            "header": output::header_json(response.header.as_ref()),
+        }))?,
+        // Like etcdctl: the number of keys deleted.
+        _ => write_stdout(if response.deleted { b"1\n" } else { b"0\n" })?,
+    }
+    print_header(cli, &endpoint, response.header.as_ref());
+    Ok(EXIT_OK)
+}
+
+async fn status(cli: &Cli) -> Outcome {
+    let queries = cli.endpoints.iter().map(|endpoint| async move {
+        let result = async {
+            let mut client = client::connect(endpoint, cli.timeout)
+                .await
+                .map_err(|failure| failure.0)?;
+            let response = tokio::time::timeout(cli.timeout, client.status(StatusRequest {}))
+                .await
+                .map_err(|_| format!("DEADLINE_EXCEEDED (no answer within {:?})", cli.timeout))?;
+            response
+                .map(tonic::Response::into_inner)
+                .map_err(|status| client::describe_status(endpoint, &status).0)
+        }
+        .await;
+        (endpoint.clone(), result)
+    });
+    let statuses = futures::future::join_all(queries).await;
+    match cli.write_out {
+        OutputFormat::Json => print_json(&output::status_json(&statuses))?,
+        OutputFormat::Table => write_stdout(output::status_table(&statuses).as_bytes())?,
+        OutputFormat::Text => write_stdout(output::status_text(&statuses).as_bytes())?,
+    }
+    let failed = statuses
+        .iter()
+        .filter(|(_, status)| status.is_err())
+        .count();
+    if failed > 0 {
+        eprintln!(
+            "kvstore-cli: {failed} of {} endpoints did not answer",
+            statuses.len()
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
+async fn run(cli: &Cli) -> Outcome {
+    match &cli.command {
+        Command::Put { key, value } => put(cli, key, value).await,
+        Command::Get { key, consistency } => get(cli, key, *consistency).await,
+        Command::Delete { key } => delete(cli, key).await,
+        Command::Status => status(cli).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are "errors" that print to stdout and succeed.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kvstore-cli: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("kvstore-cli: {failure}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,4 +1,14 @@
-//! The kvstore node: storage, the client gRPC service and (later) Raft.
+//! The kvstore node: storage, the client gRPC service, and the server that
+//! ties them together. The binary in `main.rs` only parses flags and signals.
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod data_dir;
+pub mod errors;
+pub mod limits;
+pub mod logging;
+pub mod node;
+pub mod server;
+pub mod service;
+pub mod state_machine;
 pub mod storage;

@@ -16,12 +16,15 @@ pub const STORE_QUEUE_CAPACITY: usize = 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Work run on the store thread with exclusive access to the store.
+type StoreTask = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
 enum StoreRequest {
     Get(Vec<u8>, Reply<Option<Vec<u8>>>),
     Write(WriteBatch, Reply<()>),
     Scan(KeyRange, usize, Reply<Vec<KeyValue>>),
     /// Runs a closure on the store thread with exclusive access.
-    With(Box<dyn FnOnce(&mut dyn Store) + Send>),
+    With(StoreTask),
 }
 
 /// Async access to a store owned by a dedicated thread.
@@ -112,7 +115,8 @@ impl StoreHandle {
 
     /// Up to `limit` pairs of `range` in key order.
     pub async fn scan(&self, range: KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        self.call(|reply| StoreRequest::Scan(range, limit, reply)).await
+        self.call(|reply| StoreRequest::Scan(range, limit, reply))
+            .await
     }
 
     /// Runs `function` on the store thread with exclusive access to the store

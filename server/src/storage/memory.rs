@@ -42,7 +42,11 @@ impl Store for MemoryStore {
             Some(end) => Bound::Excluded(end.clone()),
             None => Bound::Unbounded,
         };
-        if range.end.as_deref().is_some_and(|end| end <= range.start.as_slice()) {
+        if range
+            .end
+            .as_deref()
+            .is_some_and(|end| end <= range.start.as_slice())
+        {
             return Ok(Vec::new());
         }
         Ok(self

@@ -43,19 +43,25 @@ fn batch_is_applied_in_order(store: &mut dyn Store) {
 
 fn scans_are_ordered_bounded_and_limited(store: &mut dyn Store) {
     for key in ["b", "a", "user/2", "user/1", "user0", "c", "user/10"] {
-        store.put(key.as_bytes(), key.to_uppercase().as_bytes()).unwrap();
+        store
+            .put(key.as_bytes(), key.to_uppercase().as_bytes())
+            .unwrap();
     }
     store.put(&[0xff, 0xff], b"top").unwrap();
     let keys = |pairs: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<Vec<u8>> {
         pairs.into_iter().map(|(key, _)| key).collect()
     };
-    let prefix = store.scan(&KeyRange::prefix(b"user/".to_vec()), 100).unwrap();
+    let prefix = store
+        .scan(&KeyRange::prefix(b"user/".to_vec()), 100)
+        .unwrap();
     assert_eq!(
         keys(prefix.clone()),
         vec![b"user/1".to_vec(), b"user/10".to_vec(), b"user/2".to_vec()]
     );
     assert_eq!(prefix[0].1, b"USER/1".to_vec());
-    let between = store.scan(&KeyRange::between(b"a".to_vec(), b"c".to_vec()), 100).unwrap();
+    let between = store
+        .scan(&KeyRange::between(b"a".to_vec(), b"c".to_vec()), 100)
+        .unwrap();
     assert_eq!(keys(between), vec![b"a".to_vec(), b"b".to_vec()]);
     let limited = store.scan(&KeyRange::all(), 2).unwrap();
     assert_eq!(keys(limited), vec![b"a".to_vec(), b"b".to_vec()]);
@@ -64,9 +70,13 @@ fn scans_are_ordered_bounded_and_limited(store: &mut dyn Store) {
     assert_eq!(all.last().unwrap().0, vec![0xff, 0xff]);
     let tail = store.scan(&KeyRange::prefix(vec![0xff]), 100).unwrap();
     assert_eq!(keys(tail), vec![vec![0xff, 0xff]]);
-    let empty = store.scan(&KeyRange::between(b"c".to_vec(), b"a".to_vec()), 100).unwrap();
+    let empty = store
+        .scan(&KeyRange::between(b"c".to_vec(), b"a".to_vec()), 100)
+        .unwrap();
     assert!(empty.is_empty());
-    let missing_start = store.scan(&KeyRange::between(b"bb".to_vec(), b"user/"), 100).unwrap();
+    let missing_start = store
+        .scan(&KeyRange::between(b"bb".to_vec(), b"user/"), 100)
+        .unwrap();
     assert_eq!(keys(missing_start), vec![b"c".to_vec()]);
 }
 
@@ -106,9 +116,15 @@ fn leveldb_store_reopens_with_its_data() {
     store.delete(&5u32.to_be_bytes()).unwrap();
     store.close().unwrap();
     let mut reopened = LevelDbStore::open(&path, Durability::Flush).unwrap();
-    assert_eq!(reopened.get(&4u32.to_be_bytes()).unwrap(), Some(vec![7u8; 512]));
+    assert_eq!(
+        reopened.get(&4u32.to_be_bytes()).unwrap(),
+        Some(vec![7u8; 512])
+    );
     assert_eq!(reopened.get(&5u32.to_be_bytes()).unwrap(), None);
-    assert_eq!(reopened.scan(&KeyRange::all(), usize::MAX).unwrap().len(), 1_999);
+    assert_eq!(
+        reopened.scan(&KeyRange::all(), usize::MAX).unwrap().len(),
+        1_999
+    );
 }
 
 #[test]
@@ -116,7 +132,10 @@ fn leveldb_store_refuses_a_second_opener() {
     let directory = tempfile::tempdir().unwrap();
     let _first = LevelDbStore::open(directory.path(), Durability::Flush).unwrap();
     let error = LevelDbStore::open(directory.path(), Durability::Flush).unwrap_err();
-    assert!(error.to_string().contains("lock"), "unexpected error: {error}");
+    assert!(
+        error.to_string().contains("lock"),
+        "unexpected error: {error}"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +149,10 @@ enum Operation {
 
 fn small_key() -> impl Strategy<Value = Vec<u8>> {
     // A tiny alphabet makes collisions, overwrites and prefix overlaps common.
-    proptest::collection::vec(prop_oneof![Just(0u8), Just(b'a'), Just(b'b'), Just(0xff)], 0..4)
+    proptest::collection::vec(
+        prop_oneof![Just(0u8), Just(b'a'), Just(b'b'), Just(0xff)],
+        0..4,
+    )
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
@@ -182,15 +204,26 @@ fn check_against_model(store: &mut dyn Store, operations: &[Operation]) {
                     .take(limit)
                     .map(|(key, value)| (key.clone(), value.clone()))
                     .collect();
-                assert_eq!(store.scan(&range, limit).unwrap(), expected, "scan {range:?}");
+                assert_eq!(
+                    store.scan(&range, limit).unwrap(),
+                    expected,
+                    "scan {range:?}"
+                );
             }
             Operation::Get(key) => {
-                assert_eq!(store.get(&key).unwrap(), model.get(&key).cloned(), "get {key:?}");
+                assert_eq!(
+                    store.get(&key).unwrap(),
+                    model.get(&key).cloned(),
+                    "get {key:?}"
+                );
             }
         }
     }
     let everything: Vec<_> = model.into_iter().collect();
-    assert_eq!(store.scan(&KeyRange::all(), usize::MAX).unwrap(), everything);
+    assert_eq!(
+        store.scan(&KeyRange::all(), usize::MAX).unwrap(),
+        everything
+    );
 }
 
 proptest! {

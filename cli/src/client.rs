@@ -1,0 +1,125 @@
+//! Connections to the cluster's endpoints, and the one-line errors the CLI prints.
+
+use std::time::Duration;
+
+use kvstore_proto::kv::v1::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why a command failed: one line, no backtrace.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// Connects to one endpoint (`HOST:PORT`, or a full `http://` URL).
+pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Channel>, Failure> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = Endpoint::from_shared(url)
+        .map_err(|error| Failure(format!("invalid endpoint {endpoint:?}: {error}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .map_err(|error| {
+            Failure(format!(
+                "cannot connect to {endpoint}: {}",
+                root_cause(&error)
+            ))
+        })?;
+    Ok(KvClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// The innermost error message of a chain ("Connection refused (os error 111)").
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+/// One line for a failed gRPC call.
+pub fn describe_status(endpoint: &str, status: &tonic::Status) -> Failure {
+    let message = if status.message().is_empty() {
+        std::error::Error::source(status)
+            .map(root_cause)
+            .unwrap_or_default()
+    } else {
+        status.message().to_string()
+    };
+    let code = format!("{:?}", status.code());
+    Failure(format!("{endpoint}: {} ({message})", code_name(&code)))
+}
+
+/// `DeadlineExceeded` → `DEADLINE_EXCEEDED`, as gRPC spells codes.
+fn code_name(debug_name: &str) -> String {
+    let mut name = String::new();
+    for (position, character) in debug_name.chars().enumerate() {
+        if character.is_ascii_uppercase() && position > 0 {
+            name.push('_');
+        }
+        name.push(character.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Runs `call` against the endpoints in order until one answers. Moves on only
+/// when the request surely did not reach a server (the connection could not be
+/// made); an error after that is final, since the request may have taken effect.
+pub async fn with_any_endpoint<T, F, Fut>(
+    endpoints: &[String],
+    timeout: Duration,
+    mut call: F,
+) -> Result<(String, T), Failure>
+where
+    F: FnMut(KvClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        let client = match connect(endpoint, timeout).await {
+            Ok(client) => client,
+            Err(failure) => {
+                errors.push(failure.0);
+                continue;
+            }
+        };
+        match tokio::time::timeout(timeout, call(client)).await {
+            Ok(Ok(answer)) => return Ok((endpoint.clone(), answer)),
+            Ok(Err(status)) => return Err(describe_status(endpoint, &status)),
+            Err(_) => {
+                return Err(Failure(format!(
+                    "{endpoint}: DEADLINE_EXCEEDED (no answer within {:?})",
+                    timeout
+                )))
+            }
+        }
+    }
+    Err(Failure(match errors.len() {
+        0 => "no endpoints given".to_string(),
+        1 => errors.remove(0),
+        _ => format!("no endpoint answered: {}", errors.join("; ")),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_grpc_spelled() {
+        assert_eq!(code_name("DeadlineExceeded"), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name("InvalidArgument"), "INVALID_ARGUMENT");
+        assert_eq!(code_name("Unavailable"), "UNAVAILABLE");
+    }
+}

@@ -1,0 +1,179 @@
+//! How results are printed: text for people and pipelines, JSON for scripts,
+//! a table for status.
+
+use base64::Engine;
+use kvstore_proto::kv::v1::{ResponseHeader, Role, StatusResponse};
+use serde_json::{json, Value};
+
+/// The header as JSON.
+pub fn header_json(header: Option<&ResponseHeader>) -> Value {
+    let header = header.cloned().unwrap_or_default();
+    json!({
+        "node_id": header.node_id,
+        "leader_id": header.leader_id,
+        "term": header.term,
+        "index": header.index,
+        "forwarded_by": header.forwarded_by,
+    })
+}
+
+/// The header as one line for `-v`.
+pub fn header_line(endpoint: &str, header: Option<&ResponseHeader>) -> String {
+    let header = header.cloned().unwrap_or_default();
+    let forwarded = if header.forwarded_by == 0 {
+        "-".to_string()
+    } else {
+        header.forwarded_by.to_string()
+    };
+    format!(
+        "endpoint={endpoint} node={} leader={} term={} index={} forwarded_by={forwarded}",
+        header.node_id, header.leader_id, header.term, header.index
+    )
+}
+
+/// Bytes as JSON: always `<name>_base64`, plus `<name>` when valid UTF-8.
+pub fn insert_bytes(object: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    object.insert(
+        format!("{name}_base64"),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    );
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        object.insert(name.to_string(), Value::String(text.to_string()));
+    }
+}
+
+/// The name of a role as printed.
+pub fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role) {
+        Ok(Role::Leader) => "leader",
+        Ok(Role::Follower) => "follower",
+        Ok(Role::Candidate) => "candidate",
+        Ok(Role::PreCandidate) => "pre_candidate",
+        _ => "unknown",
+    }
+}
+
+/// One endpoint's status, or why it could not be had.
+pub type EndpointStatus = (String, Result<StatusResponse, String>);
+
+/// Status of every endpoint as a JSON array.
+pub fn status_json(statuses: &[EndpointStatus]) -> Value {
+    Value::Array(
+        statuses
+            .iter()
+            .map(|(endpoint, status)| match status {
+                Ok(status) => json!({
+                    "endpoint": endpoint,
+                    "id": status.id,
+                    "role": role_name(status.role),
+                    "term": status.term,
+                    "leader_id": status.leader_id,
+                    "commit_index": status.commit_index,
+                    "applied_index": status.applied_index,
+                    "last_log_index": status.last_log_index,
+                    "snapshot_index": status.snapshot_index,
+                    "cluster_id": status.cluster_id,
+                    "version": status.version,
+                    "followers": status.followers.iter().map(|follower| json!({
+                        "id": follower.id,
+                        "match_index": follower.match_index,
+                        "next_index": follower.next_index,
+                    })).collect::<Vec<_>>(),
+                }),
+                Err(error) => json!({ "endpoint": endpoint, "error": error }),
+            })
+            .collect(),
+    )
+}
+
+const STATUS_COLUMNS: [&str; 9] = [
+    "ENDPOINT",
+    "ID",
+    "ROLE",
+    "TERM",
+    "LEADER",
+    "COMMIT",
+    "APPLIED",
+    "LAST INDEX",
+    "ERROR",
+];
+
+fn status_row(endpoint: &str, status: &Result<StatusResponse, String>) -> [String; 9] {
+    match status {
+        Ok(status) => [
+            endpoint.to_string(),
+            status.id.to_string(),
+            role_name(status.role).to_string(),
+            status.term.to_string(),
+            status.leader_id.to_string(),
+            status.commit_index.to_string(),
+            status.applied_index.to_string(),
+            status.last_log_index.to_string(),
+            String::new(),
+        ],
+        Err(error) => {
+            let mut row: [String; 9] = Default::default();
+            row[0] = endpoint.to_string();
+            row[8] = error.clone();
+            row
+        }
+    }
+}
+
+/// Status of every endpoint as an aligned table with borders, like
+/// `etcdctl endpoint status -w table`.
+pub fn status_table(statuses: &[EndpointStatus]) -> String {
+    let rows: Vec<[String; 9]> = statuses
+        .iter()
+        .map(|(endpoint, status)| status_row(endpoint, status))
+        .collect();
+    let mut widths = STATUS_COLUMNS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let border: String = {
+        let cells: Vec<String> = widths.iter().map(|width| "-".repeat(width + 2)).collect();
+        format!("+{}+\n", cells.join("+"))
+    };
+    let line = |cells: &[String]| -> String {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!(" {cell:<width$} "))
+            .collect();
+        format!("|{}|\n", cells.join("|"))
+    };
+    let mut table = border.clone();
+    table += &line(&STATUS_COLUMNS.map(String::from));
+    table += &border;
+    for row in &rows {
+        table += &line(row);
+    }
+    table += &border;
+    table
+}
+
+/// Status of every endpoint as plain lines.
+pub fn status_text(statuses: &[EndpointStatus]) -> String {
+    let mut text = String::new();
+    for (endpoint, status) in statuses {
+        match status {
+            Ok(status) => {
+                text += &format!(
+                    "{endpoint}: id={} role={} term={} leader={} commit={} applied={} last_index={}\n",
+                    status.id,
+                    role_name(status.role),
+                    status.term,
+                    status.leader_id,
+                    status.commit_index,
+                    status.applied_index,
+                    status.last_log_index
+                );
+            }
+            Err(error) => text += &format!("{endpoint}: error: {error}\n"),
+        }
+    }
+    text
+}

@@ -1,0 +1,20 @@
+//! Named limits and defaults, in one place.
+
+/// Default largest key accepted, in bytes (`--max-key-bytes`).
+pub const KEY_BYTES_MAX_DEFAULT: usize = 4 * 1024;
+/// Default largest value accepted, in bytes (`--max-value-bytes`).
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Room for protobuf framing and the other fields of a request, on top of the
+/// key and value limits, when sizing the gRPC decoder. Requests up to about
+/// twice the value limit still reach our validation (and get a message that
+/// names the limit) instead of being cut off by the decoder.
+pub const REQUEST_FRAMING_BYTES: usize = 64 * 1024;
+/// Most concurrent gRPC streams per client connection.
+pub const CONCURRENT_STREAMS_MAX: u32 = 1024;
+/// How long a graceful shutdown waits for in-flight requests before it gives up.
+pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+/// Largest gRPC message the servers decode, given the key and value limits.
+pub fn decoding_message_bytes_max(key_bytes_max: usize, value_bytes_max: usize) -> usize {
+    (key_bytes_max + 2 * value_bytes_max + REQUEST_FRAMING_BYTES).max(4 * 1024 * 1024)
+}

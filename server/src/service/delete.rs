@@ -1,0 +1,22 @@
+//! `KV.Delete`.
+
+use kvstore_proto::kv::v1::{DeleteRequest, DeleteResponse};
+use tonic::Status;
+
+use super::convert;
+use super::validate::RequestLimits;
+use crate::node::Node;
+
+/// Validates and serves one delete.
+pub async fn handle(
+    node: &Node,
+    limits: &RequestLimits,
+    request: DeleteRequest,
+) -> Result<DeleteResponse, Status> {
+    limits.check_key(&request.key)?;
+    let (served_by, deleted) = node.delete(request.key).await?;
+    Ok(DeleteResponse {
+        header: convert::header(served_by),
+        deleted,
+    })
+}

@@ -1,0 +1,24 @@
+//! `KV.Get`.
+
+use kvstore_proto::kv::v1::{GetRequest, GetResponse};
+use tonic::Status;
+
+use super::convert;
+use super::validate::RequestLimits;
+use crate::node::Node;
+
+/// Validates and serves one get.
+pub async fn handle(
+    node: &Node,
+    limits: &RequestLimits,
+    request: GetRequest,
+) -> Result<GetResponse, Status> {
+    limits.check_key(&request.key)?;
+    let consistency = convert::consistency(request.consistency)?;
+    let (served_by, value) = node.get(request.key, consistency).await?;
+    Ok(GetResponse {
+        header: convert::header(served_by),
+        found: value.is_some(),
+        value: value.unwrap_or_default(),
+    })
+}

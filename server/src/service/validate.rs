@@ -1,0 +1,71 @@
+//! Request validation: bad input is refused with INVALID_ARGUMENT and changes nothing.
+
+use crate::errors::KvError;
+
+/// Size limits on client requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+}
+
+impl RequestLimits {
+    /// Checks a key: non-empty and within the limit.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > self.key_bytes_max {
+            return Err(KvError::InvalidArgument(format!(
+                "key is {} bytes, over the limit of {} bytes (--max-key-bytes)",
+                key.len(),
+                self.key_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a value against the limit.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.value_bytes_max {
+            return Err(KvError::InvalidArgument(format!(
+                "value is {} bytes, over the limit of {} bytes (--max-value-bytes)",
+                value.len(),
+                self.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        key_bytes_max: 4,
+        value_bytes_max: 8,
+    };
+
+    #[test]
+    fn keys_must_be_non_empty_and_within_the_limit() {
+        assert!(LIMITS
+            .check_key(b"")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(LIMITS.check_key(b"abcd").is_ok());
+        let message = LIMITS.check_key(b"abcde").unwrap_err().to_string();
+        assert!(message.contains("limit of 4 bytes"), "{message}");
+    }
+
+    #[test]
+    fn values_may_be_empty_but_not_over_the_limit() {
+        assert!(LIMITS.check_value(b"").is_ok());
+        assert!(LIMITS.check_value(&[0; 8]).is_ok());
+        let message = LIMITS.check_value(&[0; 9]).unwrap_err().to_string();
+        assert!(message.contains("limit of 8 bytes"), "{message}");
+    }
+}
