@@ -46,3 +46,4 @@ $(GRPCURL):
 clean: ## Remove build output and the local venv (keeps data/)
 	$(CARGO) clean
 	rm -rf $(VENV)
+-include mk/*.mk

@@ -29,6 +29,33 @@ pub struct ServerConfig {
     #[arg(long, env = "KVSTORE_CLIENT_ADDR", default_value = "127.0.0.1:50051")]
     pub client_addr: SocketAddr,
 
+    /// Address the Raft peer API (kvstore.raft.v1.Raft) listens on; peers
+    /// reach this node here.
+    #[arg(long, env = "KVSTORE_RAFT_ADDR", default_value = "127.0.0.1:60051")]
+    pub raft_addr: SocketAddr,
+
+    /// The other members and their raft addresses: `ID=HOST:PORT,...`. Empty
+    /// for a single-node cluster.
+    #[arg(long, env = "KVSTORE_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
+
+    /// Name of the cluster; nodes refuse peers of another cluster.
+    #[arg(long, env = "KVSTORE_CLUSTER_ID", default_value = "kvstore")]
+    pub cluster_id: String,
+
+    /// Election timeout base T in milliseconds; each election waits a random
+    /// time in [T, 2T).
+    #[arg(long, env = "KVSTORE_ELECTION_TIMEOUT_MS", default_value_t = limits::ELECTION_TIMEOUT_MS_DEFAULT)]
+    pub election_timeout_ms: u64,
+
+    /// Leader heartbeat interval in milliseconds (one Raft tick).
+    #[arg(long, env = "KVSTORE_HEARTBEAT_INTERVAL_MS", default_value_t = limits::HEARTBEAT_INTERVAL_MS_DEFAULT)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Applied entries between snapshots; the log before a snapshot is deleted.
+    #[arg(long, env = "KVSTORE_SNAPSHOT_ENTRIES", default_value_t = limits::SNAPSHOT_ENTRIES_DEFAULT)]
+    pub snapshot_entries: u64,
+
     /// Directory holding this node's state; created when missing.
     #[arg(long, env = "KVSTORE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -51,12 +78,121 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
 }
 
+/// Another member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id.
+    pub id: u64,
+    /// Its raft address, `HOST:PORT` (a name is resolved when connecting).
+    pub raft_addr: String,
+}
+
+/// Parses `ID=HOST:PORT`.
+fn parse_peer(text: &str) -> Result<Peer, String> {
+    let (id, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("peer {text:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer id {id:?} is not a positive integer"))?;
+    if id == 0 {
+        return Err("peer ids start at 1".into());
+    }
+    let address = address.trim();
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        _ => return Err(format!("peer address {address:?} is not HOST:PORT")),
+    }
+    Ok(Peer {
+        id,
+        raft_addr: address.to_string(),
+    })
+}
+
 impl ServerConfig {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_key_bytes == 0 {
             return Err("--max-key-bytes must be at least 1".into());
         }
+        if self.heartbeat_interval_ms == 0 {
+            return Err("--heartbeat-interval-ms must be at least 1".into());
+        }
+        if self.election_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return Err(format!(
+                "--election-timeout-ms ({}) must be at least twice --heartbeat-interval-ms ({})",
+                self.election_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.snapshot_entries == 0 {
+            return Err("--snapshot-entries must be at least 1".into());
+        }
+        if self.cluster_id.is_empty() {
+            return Err("--cluster-id must not be empty".into());
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|peer| peer.id).collect();
+        ids.push(self.id);
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(format!(
+                "node ids must be unique: --id {} and --peers {:?}",
+                self.id, self.peers
+            ));
+        }
         Ok(())
+    }
+
+    /// Every member's id, this node's included, sorted.
+    pub fn members(&self) -> Vec<u64> {
+        let mut members: Vec<u64> = self.peers.iter().map(|peer| peer.id).collect();
+        members.push(self.id);
+        members.sort_unstable();
+        members
+    }
+
+    /// Raft ticks in one election timeout.
+    pub fn election_ticks(&self) -> u32 {
+        (self.election_timeout_ms / self.heartbeat_interval_ms).clamp(2, u32::MAX as u64) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_peer("2=node-2:60051").unwrap(),
+            Peer {
+                id: 2,
+                raft_addr: "node-2:60051".into()
+            }
+        );
+        assert!(parse_peer("0=a:1").is_err());
+        assert!(parse_peer("x=a:1").is_err());
+        assert!(parse_peer("2=a").is_err());
+        assert!(parse_peer("2=:1").is_err());
+        assert!(parse_peer("2").is_err());
+    }
+
+    #[test]
+    fn duplicate_ids_and_bad_timeouts_are_refused() {
+        let config =
+            ServerConfig::parse_from(["kvstore-server", "--id", "1", "--peers", "2=a:1,1=b:2"]);
+        assert!(config.validate().unwrap_err().contains("unique"));
+        let config = ServerConfig::parse_from([
+            "kvstore-server",
+            "--election-timeout-ms",
+            "100",
+            "--heartbeat-interval-ms",
+            "80",
+        ]);
+        assert!(config.validate().unwrap_err().contains("twice"));
+        let config = ServerConfig::parse_from(["kvstore-server", "--peers", "2=a:1,3=b:2"]);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.members(), vec![1, 2, 3]);
+        assert_eq!(config.election_ticks(), 10);
     }
 }

@@ -4,7 +4,10 @@
 //! ```text
 //! <data-dir>/
 //!   LOCK        held (flock) by the running server
-//!   kv/         LevelDB: the applied key-value state
+//!   wal/        the Raft write-ahead log (term, vote, entries): durability
+//!   snapshots/  state-machine snapshots the log was compacted into
+//!   kv/         LevelDB: the applied key-value state, rebuilt from the two
+//!               above when lost
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -12,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 const LOCK_FILE: &str = "LOCK";
 const KV_DIRECTORY: &str = "kv";
+const WAL_DIRECTORY: &str = "wal";
+const SNAPSHOT_DIRECTORY: &str = "snapshots";
 
 /// Why a data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,16 @@ impl DataDir {
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the write-ahead log lives.
+    pub fn wal_directory(&self) -> PathBuf {
+        self.root.join(WAL_DIRECTORY)
+    }
+
+    /// Where snapshot files live.
+    pub fn snapshot_directory(&self) -> PathBuf {
+        self.root.join(SNAPSHOT_DIRECTORY)
     }
 
     /// Where LevelDB keeps the applied key-value state.

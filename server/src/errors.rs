@@ -9,6 +9,10 @@ pub enum KvError {
     /// The request is malformed or breaks a limit; nothing was changed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// This node does not lead (any more); the request was not proposed and
+    /// can be retried through the current leader.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
     /// No leader is known, so the request cannot be served now; retry later.
     #[error("no leader is known: {0}")]
     NoLeader(String),
@@ -27,12 +31,56 @@ pub enum KvError {
     Storage(#[from] StoreError),
 }
 
+impl KvError {
+    /// The error for a failed request forwarded to the leader. A write whose
+    /// forwarding failed after it may have reached the leader has an unknown
+    /// outcome; one refused before it was proposed has not happened.
+    pub fn from_leader_status(leader_id: u64, status: tonic::Status, is_write: bool) -> Self {
+        let message = format!("leader {leader_id}: {}", status.message());
+        let never_sent = status.code() == tonic::Code::Unavailable && failed_to_connect(&status);
+        match status.code() {
+            tonic::Code::InvalidArgument => KvError::InvalidArgument(status.message().to_string()),
+            // Never sent: as good as "not the leader"; retried through the next leader.
+            tonic::Code::Unavailable if never_sent => KvError::NotLeader(format!(
+                "cannot reach leader {leader_id}: {}",
+                status.message()
+            )),
+            tonic::Code::Unavailable if status.message().starts_with("not the leader") => {
+                KvError::NotLeader(message)
+            }
+            tonic::Code::Unavailable => KvError::Unavailable(message),
+            tonic::Code::DeadlineExceeded => KvError::DeadlineExceeded(message),
+            _ if is_write => KvError::OutcomeUnknown(message),
+            _ => KvError::Unavailable(message),
+        }
+    }
+}
+
+/// True when a client-side status comes from failing to open the connection
+/// (so the request surely was not sent).
+fn failed_to_connect(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string().to_ascii_lowercase();
+        if text.contains("connect error")
+            || text.contains("trying to connect")
+            || text.contains("connection refused")
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 impl From<KvError> for tonic::Status {
     fn from(error: KvError) -> Self {
         let message = error.to_string();
         match error {
             KvError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            KvError::NoLeader(_) | KvError::Unavailable(_) => tonic::Status::unavailable(message),
+            KvError::NotLeader(_) | KvError::NoLeader(_) | KvError::Unavailable(_) => {
+                tonic::Status::unavailable(message)
+            }
             KvError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             KvError::OutcomeUnknown(_) => tonic::Status::unknown(message),
             KvError::Storage(StoreError::Closed) => tonic::Status::unavailable(message),
@@ -53,6 +101,7 @@ mod tests {
                 tonic::Code::InvalidArgument,
             ),
             (KvError::NoLeader("x".into()), tonic::Code::Unavailable),
+            (KvError::NotLeader("x".into()), tonic::Code::Unavailable),
             (KvError::Unavailable("x".into()), tonic::Code::Unavailable),
             (
                 KvError::DeadlineExceeded("x".into()),

@@ -10,5 +10,7 @@ pub mod logging;
 pub mod node;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;

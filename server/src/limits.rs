@@ -18,3 +18,18 @@ pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub fn decoding_message_bytes_max(key_bytes_max: usize, value_bytes_max: usize) -> usize {
     (key_bytes_max + 2 * value_bytes_max + REQUEST_FRAMING_BYTES).max(4 * 1024 * 1024)
 }
+
+/// Default election timeout base, in milliseconds (`--election-timeout-ms`).
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Default heartbeat interval (one Raft tick), in milliseconds.
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
+/// Default applied entries between snapshots (`--snapshot-entries`).
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
+/// Largest message on the raft port (entries are batched well below it).
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Longest a request waits for a leader to be known, in election timeouts.
+pub const LEADER_WAIT_ELECTION_TIMEOUTS: u32 = 3;
+/// Server-side deadline of a client request that names none.
+pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+/// Longest client-supplied request id kept (longer ones are replaced).
+pub const REQUEST_ID_BYTES_MAX: usize = 128;

@@ -3,7 +3,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore_proto::raft::v1::raft_server::RaftServer;
+use kvstore_raft::{RaftNode, SnapshotMetadata};
+use kvstore_wal::{Wal, WalError, WalOptions};
+use tokio::sync::{mpsc, watch};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -11,10 +19,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::limits;
-use crate::node::Node;
+use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
+use crate::node::{persist, Identity, Node, NodeRole, NodeStatus, Timings};
 use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
+use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
+use crate::state_machine;
+use crate::storage::actor::{self, StoreHandle};
 use crate::storage::leveldb::{Durability, LevelDbStore};
-use crate::storage::{actor, StoreError};
+use crate::storage::StoreError;
+use crate::transport::peers::PeerSet;
+use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +50,15 @@ pub enum ServerError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The write-ahead log could not be opened or recovered.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The snapshot directory failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The durable state is inconsistent.
+    #[error("cannot recover the node's state: {0}")]
+    Recovery(String),
     /// The gRPC server failed.
     #[error("gRPC server error: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -98,63 +121,303 @@ async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerEr
     Ok((listener, bound))
 }
 
+/// Seed for the Raft core's election jitter: the core is deterministic for a
+/// given seed; a running server draws a fresh one.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Runs `task` on the blocking pool.
+async fn blocking<T: Send + 'static>(task: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(task)
+        .await
+        .expect("a start-up task panicked")
+}
+
+/// Opens the LevelDB state. When it cannot be opened (rusty-leveldb does not
+/// fsync, so a power loss can leave it broken) it is set aside and rebuilt
+/// from the snapshot and the WAL, which hold everything it held.
+fn open_state_store(directory: &Path) -> Result<LevelDbStore, ServerError> {
+    match LevelDbStore::open(directory, Durability::Flush) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Engine(reason)) if !reason.contains("lock") => {
+            let aside = directory.with_extension(format!("broken-{}", std::process::id()));
+            tracing::warn!(%reason, aside = %aside.display(), "the LevelDB state cannot be opened; rebuilding it from the snapshot and the log");
+            std::fs::rename(directory, &aside).map_err(|source| StoreError::Io {
+                path: directory.to_path_buf(),
+                source,
+            })?;
+            Ok(LevelDbStore::open(directory, Durability::Flush)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Brings the state machine to a consistent starting point: when a restore
+/// was interrupted, or the store is behind the WAL's snapshot, it is restored
+/// from the snapshot file. Returns the applied position.
+async fn recover_state_machine(
+    store: &StoreHandle,
+    snapshots: &SnapshotDirectory,
+    snapshot: Option<SnapshotMetadata>,
+) -> Result<SnapshotMetadata, ServerError> {
+    let (applied, interrupted) = store
+        .with(|store| {
+            Ok((
+                state_machine::applied(store)?,
+                state_machine::interrupted_restore(store)?,
+            ))
+        })
+        .await?;
+    let Some(snapshot) = snapshot else {
+        if let Some(interrupted) = interrupted {
+            return Err(ServerError::Recovery(format!(
+                "a restore of snapshot {interrupted:?} was interrupted, but the WAL names no snapshot"
+            )));
+        }
+        return Ok(applied);
+    };
+    if interrupted.is_none() && applied.index >= snapshot.index {
+        return Ok(applied);
+    }
+    let path = snapshots.path_of(snapshot);
+    tracing::info!(
+        applied_index = applied.index,
+        snapshot_index = snapshot.index,
+        interrupted = interrupted.is_some(),
+        "restoring the state machine from the snapshot"
+    );
+    let (restored, pairs) = store
+        .with(move |store| {
+            snapshot::restore_into_store(store, &path)
+                .map_err(|error| StoreError::Engine(error.to_string()))
+        })
+        .await?;
+    tracing::info!(index = restored.index, pairs, "state machine restored");
+    Ok(restored)
+}
+
 /// Runs the node until `shutdown` completes, then stops gracefully: in-flight
-/// requests finish (up to a grace period) and the store is closed cleanly.
+/// requests finish (up to a grace period), the Raft driver stops, and the
+/// store is closed cleanly.
 pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
+    let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
-    let store = LevelDbStore::open(&data_dir.kv_directory(), Durability::Fsync)?;
+
+    // Durable Raft state first: the WAL and the snapshot it names.
+    let wal_directory = data_dir.wal_directory();
+    let (wal, recovered) =
+        blocking(move || Wal::open(&wal_directory, WalOptions::default())).await?;
+    if recovered.truncated_tail_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.truncated_tail_bytes,
+            "the WAL ended in a torn record (a crash mid-write); it was cut back to the last whole record"
+        );
+    }
+    let snapshots = SnapshotDirectory::open(&data_dir.snapshot_directory())?;
+    let snapshot = recovered.snapshot.map(persist::marker_from_wal);
+    if let Some(snapshot) = snapshot {
+        let path = snapshots.path_of(snapshot);
+        if !path.exists() {
+            return Err(ServerError::Recovery(format!(
+                "the WAL starts after snapshot {snapshot:?}, but {} is missing",
+                path.display()
+            )));
+        }
+    }
+    let entries = recovered
+        .entries
+        .into_iter()
+        .map(persist::entry_from_wal)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServerError::Recovery)?;
+    let hard_state = persist::hard_state_from_wal(&recovered.hard_state);
+
+    // The applied state, brought in line with the snapshot.
+    let kv_directory = data_dir.kv_directory();
+    let store = blocking(move || open_state_store(&kv_directory)).await?;
     let (store_handle, store_thread) = actor::spawn(store, |store: LevelDbStore| {
         if let Err(error) = store.close() {
             tracing::error!(%error, "closing the store failed");
         }
     });
-    let node = Node::new(config.id, store_handle);
+    let applied = recover_state_machine(&store_handle, &snapshots, snapshot).await?;
+
+    let mut core_config = kvstore_raft::Config::new(config.id, config.members());
+    core_config.election_tick = config.election_ticks();
+    core_config.heartbeat_tick = 1;
+    core_config.seed = random_seed();
+    let entry_count = entries.len();
+    let core = RaftNode::new(core_config, hard_state, snapshot, entries)
+        .map_err(|error| ServerError::Recovery(error.to_string()))?;
+    tracing::info!(
+        node_id = config.id,
+        term = hard_state.term,
+        commit_index = hard_state.commit,
+        applied_index = applied.index,
+        snapshot_index = snapshot.map(|snapshot| snapshot.index).unwrap_or(0),
+        log_entries = entry_count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered durable state"
+    );
+
+    let (events_sender, events) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
+    let (answers_sender, answers) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
+    let (status_sender, status_receiver) = watch::channel(NodeStatus {
+        id: config.id,
+        role: NodeRole::Follower,
+        term: hard_state.term,
+        leader_id: 0,
+        commit_index: hard_state.commit,
+        applied_index: applied.index,
+        last_log_index: core.last_index(),
+        snapshot_index: snapshot.map(|snapshot| snapshot.index).unwrap_or(0),
+        followers: Vec::new(),
+        cluster_id: config.cluster_id.clone(),
+    });
+    let peer_addresses: Vec<(u64, String)> = config
+        .peers
+        .iter()
+        .map(|peer| (peer.id, peer.raft_addr.clone()))
+        .collect();
+    let peers = Arc::new(
+        PeerSet::start(
+            &config.cluster_id,
+            &peer_addresses,
+            answers_sender,
+            snapshots.clone(),
+        )
+        .map_err(ServerError::Config)?,
+    );
+    let applied_index = Arc::new(AtomicU64::new(applied.index));
+    let identity = Identity {
+        id: config.id,
+        cluster_id: config.cluster_id.clone(),
+        members: config.members(),
+    };
+    let timings = Timings {
+        leader_wait: Duration::from_millis(
+            config.election_timeout_ms * u64::from(limits::LEADER_WAIT_ELECTION_TIMEOUTS),
+        ),
+    };
+    let node = Node::new(
+        identity,
+        events_sender,
+        status_receiver,
+        applied_index.clone(),
+        store_handle.clone(),
+        peers.clone(),
+        timings,
+    );
     let request_limits = RequestLimits {
         key_bytes_max: config.max_key_bytes,
         value_bytes_max: config.max_value_bytes,
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<kvstore_proto::kv::v1::kv_server::KvServer<KvService>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = reflection_services(&[KV_SERVICE_NAME]);
-
+    // Listen on both ports before the driver contacts any peer.
     let (client_listener, client_addr) = bind(config.client_addr).await?;
+    let (raft_listener, raft_addr) = bind(config.raft_addr).await?;
     tracing::info!(
         node_id = config.id,
         %client_addr,
+        %raft_addr,
+        cluster_id = config.cluster_id,
+        peers = ?config.peers.iter().map(|peer| format!("{}={}", peer.id, peer.raft_addr)).collect::<Vec<_>>(),
         data_dir = %data_dir.root().display(),
         version = env!("CARGO_PKG_VERSION"),
-        "kvstore-server started; client API listening"
+        "kvstore-server started; client and raft ports listening"
     );
 
-    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let (driver_stop, driver_stopped) = watch::channel(false);
+    let driver = Driver::new(DriverParts {
+        core,
+        cluster_id: config.cluster_id.clone(),
+        wal,
+        store: store_handle.clone(),
+        snapshots: snapshots.clone(),
+        peers,
+        events,
+        answers,
+        status: status_sender,
+        applied_index,
+        settings: DriverSettings {
+            tick: Duration::from_millis(config.heartbeat_interval_ms),
+            snapshot_entries: config.snapshot_entries,
+        },
+        applied,
+    });
+    let driver_task = tokio::spawn(driver.run(driver_stopped));
+    drop(store_handle);
+
+    let (server_stop, server_stopped) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_sender.send(true);
+        let _ = server_stop.send(true);
     });
-    let mut stopped = stop_receiver.clone();
-    let mut server = Box::pin(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(limits::CONCURRENT_STREAMS_MAX))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(KvService::new(node, request_limits).into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-                tracing::info!("shutting down: no new requests, finishing in-flight ones");
-            }),
-    );
+    let stop_signal = |mut stopped: watch::Receiver<bool>, port: &'static str| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+        tracing::info!(
+            port,
+            "shutting down: no new requests, finishing in-flight ones"
+        );
+    };
 
-    let mut stopped = stop_receiver;
+    let (client_health_reporter, client_health) = tonic_health::server::health_reporter();
+    client_health_reporter
+        .set_serving::<kvstore_proto::kv::v1::kv_server::KvServer<KvService>>()
+        .await;
+    let (client_reflection_v1, client_reflection_v1alpha) = reflection_services(&[KV_SERVICE_NAME]);
+    let client_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits::CONCURRENT_STREAMS_MAX))
+        .tcp_nodelay(true)
+        .add_service(client_health)
+        .add_service(client_reflection_v1)
+        .add_service(client_reflection_v1alpha)
+        .add_service(KvService::new(node.clone(), request_limits).into_server())
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stop_signal(server_stopped.clone(), "client"),
+        );
+
+    let (raft_health_reporter, raft_health) = tonic_health::server::health_reporter();
+    raft_health_reporter
+        .set_serving::<RaftServer<RaftService>>()
+        .await;
+    let (raft_reflection_v1, raft_reflection_v1alpha) = reflection_services(&[RAFT_SERVICE_NAME]);
+    let raft_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits::CONCURRENT_STREAMS_MAX))
+        .tcp_nodelay(true)
+        .add_service(raft_health)
+        .add_service(raft_reflection_v1)
+        .add_service(raft_reflection_v1alpha)
+        .add_service(
+            RaftServer::new(RaftService::new(node, snapshots))
+                .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(raft_listener),
+            stop_signal(server_stopped.clone(), "raft"),
+        );
+
+    let servers = async { tokio::try_join!(client_server, raft_server).map(|_| ()) };
+    let mut servers = Box::pin(servers);
+    let mut stopped = server_stopped;
     let result = tokio::select! {
-        result = &mut server => result,
+        result = &mut servers => result,
         _ = async {
             let _ = stopped.wait_for(|stop| *stop).await;
             tokio::time::sleep(Duration::from_millis(limits::SHUTDOWN_GRACE_MS)).await;
@@ -163,8 +426,14 @@ pub async fn run(
             Ok(())
         }
     };
-    // Dropping the server drops the last store handles; the store thread then closes the database.
-    drop(server);
+    // The servers are done (their services and node handles dropped); now the
+    // driver, then the store thread closes the database once the last handle
+    // is gone.
+    drop(servers);
+    let _ = driver_stop.send(true);
+    if let Err(error) = driver_task.await {
+        tracing::error!(%error, "the raft driver panicked");
+    }
     tokio::task::spawn_blocking(move || store_thread.join())
         .await
         .expect("joining the store thread");

@@ -1,11 +1,26 @@
-//! The key-value state machine on top of a [`Store`]: user keys live under a
-//! data prefix so that metadata (such as the last applied log index) shares
-//! the same database and the same atomic write batches.
+//! The key-value state machine on top of a [`Store`].
+//!
+//! User keys live under a data prefix so that metadata — the last applied
+//! log index and a "restore in progress" mark — shares the same database and
+//! the same atomic write batches: an entry's effect and the applied index
+//! that records it are written together, so a restart neither skips nor
+//! re-applies an entry.
+
+use kvstore_proto::raft::v1 as pb;
+use kvstore_raft::{Entry, EntryKind, Index, SnapshotMetadata};
+use prost::Message;
 
 use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
 
 /// Prefix of every user key in the store.
 const DATA_PREFIX: &[u8] = b"d/";
+/// Metadata key: index and term of the last applied entry.
+const APPLIED_KEY: &[u8] = b"m/applied";
+/// Metadata key: set while a snapshot is being restored (the data is then
+/// incomplete and the restore must be redone on restart).
+const RESTORING_KEY: &[u8] = b"m/restoring";
+/// Keys written per batch while restoring or clearing.
+pub const RESTORE_BATCH_KEYS: usize = 1_000;
 
 /// The store key of a user key.
 pub fn data_key(key: &[u8]) -> Vec<u8> {
@@ -25,23 +40,176 @@ pub fn get(store: &mut dyn Store, key: &[u8]) -> Result<Option<Vec<u8>>, StoreEr
     store.get(&data_key(key))
 }
 
-/// Every user key and value, in key order, up to `limit` pairs.
-pub fn scan_data(store: &mut dyn Store, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-    let pairs = store.scan(&KeyRange::prefix(DATA_PREFIX.to_vec()), limit)?;
+/// Up to `limit` user pairs with keys at or after `start`, in key order.
+pub fn scan_data_from(
+    store: &mut dyn Store,
+    start: &[u8],
+    limit: usize,
+) -> Result<Vec<KeyValue>, StoreError> {
+    let range = KeyRange {
+        start: data_key(start),
+        end: KeyRange::prefix(DATA_PREFIX.to_vec()).end,
+    };
+    let pairs = store.scan(&range, limit)?;
     Ok(pairs
         .into_iter()
         .filter_map(|(key, value)| user_key(&key).map(|key| (key.to_vec(), value)))
         .collect())
 }
 
-/// Adds a put of a user key to `batch`.
-pub fn put_into(batch: &mut WriteBatch, key: &[u8], value: &[u8]) {
-    batch.put(data_key(key), value.to_vec());
+fn encode_metadata(snapshot: SnapshotMetadata) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&snapshot.index.to_be_bytes());
+    bytes.extend_from_slice(&snapshot.term.to_be_bytes());
+    bytes
 }
 
-/// Adds a delete of a user key to `batch`.
-pub fn delete_into(batch: &mut WriteBatch, key: &[u8]) {
-    batch.delete(data_key(key));
+fn decode_metadata(bytes: &[u8]) -> Result<SnapshotMetadata, StoreError> {
+    if bytes.len() != 16 {
+        return Err(StoreError::Engine(format!(
+            "metadata record has {} bytes, expected 16",
+            bytes.len()
+        )));
+    }
+    Ok(SnapshotMetadata {
+        index: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+        term: u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
+    })
+}
+
+/// Index and term of the last applied entry ((0, 0) for a fresh store).
+pub fn applied(store: &mut dyn Store) -> Result<SnapshotMetadata, StoreError> {
+    match store.get(APPLIED_KEY)? {
+        Some(bytes) => decode_metadata(&bytes),
+        None => Ok(SnapshotMetadata::default()),
+    }
+}
+
+/// The snapshot whose restore was interrupted, if any.
+pub fn interrupted_restore(store: &mut dyn Store) -> Result<Option<SnapshotMetadata>, StoreError> {
+    store
+        .get(RESTORING_KEY)?
+        .map(|bytes| decode_metadata(&bytes))
+        .transpose()
+}
+
+/// A client write as an entry's data.
+pub fn encode_command(command: &pb::Command) -> Vec<u8> {
+    command.encode_to_vec()
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The entry's index.
+    pub index: Index,
+    /// For a delete: whether the key existed. For a put: always true.
+    pub found: bool,
+}
+
+/// Applies committed entries in order, in one atomic batch together with the
+/// new applied index. Entries at or below the applied index are skipped (they
+/// were applied before a restart). An entry whose data cannot be decoded is a
+/// bug or corruption: it is logged and applied as a no-op, so every replica
+/// stays identical.
+pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, StoreError> {
+    let mut last = applied(store)?;
+    let mut batch = WriteBatch::new();
+    let mut outcomes = Vec::with_capacity(entries.len());
+    // Keys written earlier in this batch, to answer "did it exist" correctly.
+    let mut overlay: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
+    for entry in entries {
+        if entry.index <= last.index {
+            continue;
+        }
+        assert_eq!(
+            entry.index,
+            last.index + 1,
+            "entries must be applied in order without gaps"
+        );
+        let mut found = true;
+        if entry.kind == EntryKind::Normal {
+            match pb::Command::decode(entry.data.as_slice()) {
+                Ok(pb::Command {
+                    operation: Some(pb::command::Operation::Put(put)),
+                    ..
+                }) => {
+                    overlay.insert(put.key.clone(), true);
+                    batch.put(data_key(&put.key), put.value);
+                }
+                Ok(pb::Command {
+                    operation: Some(pb::command::Operation::Delete(delete)),
+                    ..
+                }) => {
+                    found = match overlay.get(&delete.key) {
+                        Some(exists) => *exists,
+                        None => get(store, &delete.key)?.is_some(),
+                    };
+                    overlay.insert(delete.key.clone(), false);
+                    batch.delete(data_key(&delete.key));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::error!(
+                        index = entry.index,
+                        "undecodable command in the log; applied as a no-op"
+                    );
+                }
+            }
+        }
+        last = SnapshotMetadata {
+            index: entry.index,
+            term: entry.term,
+        };
+        outcomes.push(Applied {
+            index: entry.index,
+            found,
+        });
+    }
+    if !outcomes.is_empty() {
+        batch.put(APPLIED_KEY.to_vec(), encode_metadata(last));
+        store.write(batch)?;
+    }
+    Ok(outcomes)
+}
+
+/// Starts replacing the whole state with a snapshot's: marks the restore as
+/// in progress and deletes every user key.
+pub fn begin_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
+    let mut mark = WriteBatch::new();
+    mark.put(RESTORING_KEY.to_vec(), encode_metadata(snapshot));
+    store.write(mark)?;
+    let mut start = Vec::new();
+    loop {
+        let pairs = scan_data_from(store, &start, RESTORE_BATCH_KEYS)?;
+        let Some((last_key, _)) = pairs.last() else {
+            break;
+        };
+        start = last_key.clone();
+        start.push(0);
+        let mut batch = WriteBatch::new();
+        for (key, _) in &pairs {
+            batch.delete(data_key(key));
+        }
+        store.write(batch)?;
+    }
+    Ok(())
+}
+
+/// Writes restored pairs (between [`begin_restore`] and [`finish_restore`]).
+pub fn restore_pairs(store: &mut dyn Store, pairs: Vec<KeyValue>) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    for (key, value) in pairs {
+        batch.put(data_key(&key), value);
+    }
+    store.write(batch)
+}
+
+/// Completes a restore: the state now reflects `snapshot`.
+pub fn finish_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    batch.put(APPLIED_KEY.to_vec(), encode_metadata(snapshot));
+    batch.delete(RESTORING_KEY.to_vec());
+    store.write(batch)
 }
 
 #[cfg(test)]
@@ -49,18 +217,94 @@ mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
 
+    fn put(index: Index, key: &str, value: &str) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: encode_command(&pb::Command {
+                operation: Some(pb::command::Operation::Put(pb::PutOperation {
+                    key: key.into(),
+                    value: value.into(),
+                })),
+                request_id: String::new(),
+            }),
+        }
+    }
+
+    fn delete(index: Index, key: &str) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: encode_command(&pb::Command {
+                operation: Some(pb::command::Operation::Delete(pb::DeleteOperation {
+                    key: key.into(),
+                })),
+                request_id: String::new(),
+            }),
+        }
+    }
+
     #[test]
-    fn user_keys_are_isolated_from_metadata() {
+    fn entries_apply_once_in_order_with_the_applied_index() {
         let mut store = MemoryStore::new();
-        let mut batch = WriteBatch::new();
-        put_into(&mut batch, b"k", b"v");
-        batch.put(b"m/applied".to_vec(), b"7".to_vec());
-        store.write(batch).unwrap();
-        assert_eq!(get(&mut store, b"k").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(get(&mut store, b"m/applied").unwrap(), None);
+        let empty = Entry {
+            index: 1,
+            term: 1,
+            kind: EntryKind::Empty,
+            data: Vec::new(),
+        };
+        let outcomes = apply(
+            &mut store,
+            &[empty, put(2, "a", "1"), delete(3, "a"), delete(4, "a")],
+        )
+        .unwrap();
         assert_eq!(
-            scan_data(&mut store, 10).unwrap(),
-            vec![(b"k".to_vec(), b"v".to_vec())]
+            outcomes
+                .iter()
+                .map(|outcome| outcome.found)
+                .collect::<Vec<_>>(),
+            [true, true, true, false]
+        );
+        assert_eq!(
+            applied(&mut store).unwrap(),
+            SnapshotMetadata { index: 4, term: 1 }
+        );
+        // Replaying after a restart skips what was applied.
+        let outcomes = apply(&mut store, &[put(3, "a", "replayed"), put(5, "b", "2")]).unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(
+            get(&mut store, b"a").unwrap(),
+            None,
+            "index 3 must not be re-applied"
+        );
+        assert_eq!(get(&mut store, b"b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    #[should_panic(expected = "without gaps")]
+    fn a_gap_in_applied_entries_is_a_bug() {
+        let mut store = MemoryStore::new();
+        let _ = apply(&mut store, &[put(2, "a", "1")]);
+    }
+
+    #[test]
+    fn restore_replaces_everything_and_records_the_snapshot() {
+        let mut store = MemoryStore::new();
+        apply(&mut store, &[put(1, "old", "x"), put(2, "keep", "y")]).unwrap();
+        let snapshot = SnapshotMetadata { index: 10, term: 3 };
+        begin_restore(&mut store, snapshot).unwrap();
+        assert_eq!(interrupted_restore(&mut store).unwrap(), Some(snapshot));
+        restore_pairs(&mut store, vec![(b"keep".to_vec(), b"new".to_vec())]).unwrap();
+        finish_restore(&mut store, snapshot).unwrap();
+        assert_eq!(interrupted_restore(&mut store).unwrap(), None);
+        assert_eq!(applied(&mut store).unwrap(), snapshot);
+        assert_eq!(get(&mut store, b"old").unwrap(), None);
+        assert_eq!(get(&mut store, b"keep").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(
+            scan_data_from(&mut store, b"", 10).unwrap(),
+            vec![(b"keep".to_vec(), b"new".to_vec())]
         );
     }
 }

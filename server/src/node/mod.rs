@@ -1,13 +1,29 @@
-//! The node: what the client service calls to read and write.
+//! The node: what the client service and the peer service call.
 //!
-//! Until Raft lands this is a single node that applies writes directly and
-//! durably to its store; the Raft driver replaces the write and read paths
-//! behind the same methods.
+//! [`Node`] is a cheap handle. Writes and linearizable reads go to the Raft
+//! driver when this node leads, and are forwarded to the leader over the raft
+//! port otherwise; serializable reads are served from the local store.
+//! [`driver`] owns the Raft core.
+
+pub mod driver;
+pub mod persist;
+mod status;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore_proto::raft::v1 as pb;
+use kvstore_raft::{Message, NodeId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use status::{NodeRole, NodeStatus};
 
 use crate::errors::KvError;
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
-use crate::storage::WriteBatch;
+use crate::transport::peers::PeerSet;
+use driver::DriverEvent;
 
 /// Who served a request, and where in the log (the client API's header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,7 +32,7 @@ pub struct ServedBy {
     pub node_id: u64,
     /// Leader when the request was served (0 when unknown).
     pub leader_id: u64,
-    /// Raft term (0 before Raft).
+    /// Raft term.
     pub term: u64,
     /// Log index of the write, or the read index.
     pub index: u64,
@@ -33,121 +49,368 @@ pub enum ReadConsistency {
     Serializable,
 }
 
-/// A node's role, as the Status RPC reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeRole {
-    /// Follows a leader.
-    Follower,
-    /// Asking for pre-votes.
-    PreCandidate,
-    /// Running an election.
-    Candidate,
-    /// Leading.
-    Leader,
-}
-
-/// What the Status RPC reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// This node.
-    pub id: u64,
-    /// Its role.
-    pub role: NodeRole,
-    /// Its term.
-    pub term: u64,
-    /// The leader it knows (0 when none).
-    pub leader_id: u64,
-    /// Highest committed index.
-    pub commit_index: u64,
-    /// Highest applied index.
-    pub applied_index: u64,
-    /// Last index in the log.
-    pub last_log_index: u64,
-    /// Index of the latest snapshot.
-    pub snapshot_index: u64,
-    /// On the leader: (follower id, match index, next index).
-    pub followers: Vec<(u64, u64, u64)>,
-    /// Cluster id.
-    pub cluster_id: String,
-}
-
-/// A single kvstore node.
+/// A node's place in its cluster.
 #[derive(Debug, Clone)]
-pub struct Node {
-    id: u64,
+pub struct Identity {
+    /// This node's id.
+    pub id: NodeId,
+    /// The cluster it belongs to.
+    pub cluster_id: String,
+    /// Every member, this node included.
+    pub members: Vec<NodeId>,
+}
+
+/// How long requests may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Longest wait for a leader to be known before a request fails with
+    /// UNAVAILABLE.
+    pub leader_wait: Duration,
+}
+
+struct Shared {
+    identity: Identity,
+    events: mpsc::Sender<DriverEvent>,
+    status: watch::Receiver<NodeStatus>,
+    applied_index: Arc<AtomicU64>,
     store: StoreHandle,
+    peers: Arc<PeerSet>,
+    timings: Timings,
+}
+
+/// A handle on the running node.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Node")
+            .field("id", &self.shared.identity.id)
+            .finish()
+    }
+}
+
+/// Attempts to reach the leader before a request gives up.
+const LEADER_ATTEMPTS_MAX: usize = 3;
+
+/// The result of a write served by the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Where it landed.
+    pub served_by: ServedBy,
+    /// For a delete, whether the key existed.
+    pub found: bool,
 }
 
 impl Node {
-    /// A node serving from `store`.
-    pub fn new(id: u64, store: StoreHandle) -> Self {
-        Self { id, store }
-    }
-
-    /// This node's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn served_by(&self) -> ServedBy {
-        ServedBy {
-            node_id: self.id,
-            leader_id: self.id,
-            ..ServedBy::default()
+    /// A handle over a started driver.
+    pub(crate) fn new(
+        identity: Identity,
+        events: mpsc::Sender<DriverEvent>,
+        status: watch::Receiver<NodeStatus>,
+        applied_index: Arc<AtomicU64>,
+        store: StoreHandle,
+        peers: Arc<PeerSet>,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                identity,
+                events,
+                status,
+                applied_index,
+                store,
+                peers,
+                timings,
+            }),
         }
     }
 
-    /// Stores `value` under `key`, durably, before returning.
-    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<ServedBy, KvError> {
-        let mut batch = WriteBatch::new();
-        state_machine::put_into(&mut batch, &key, &value);
-        self.store.write(batch).await?;
-        Ok(self.served_by())
+    /// This node's id, cluster and members.
+    pub fn identity(&self) -> &Identity {
+        &self.shared.identity
     }
 
-    /// Removes `key`; tells whether it existed.
-    pub async fn delete(&self, key: Vec<u8>) -> Result<(ServedBy, bool), KvError> {
-        let existed = self
-            .store
-            .with(move |store| {
-                let existed = state_machine::get(store, &key)?.is_some();
-                if existed {
-                    let mut batch = WriteBatch::new();
-                    state_machine::delete_into(&mut batch, &key);
-                    store.write(batch)?;
-                }
-                Ok(existed)
-            })
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.identity.id
+    }
+
+    /// What the Status RPC reports.
+    pub fn status(&self) -> NodeStatus {
+        let mut status = self.shared.status.borrow().clone();
+        status.applied_index = self.shared.applied_index.load(Ordering::Acquire);
+        status
+    }
+
+    /// A status receiver that changes whenever the role, term, leader or log
+    /// positions change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.shared.status.clone()
+    }
+
+    async fn send_event(&self, event: DriverEvent) -> Result<(), KvError> {
+        self.shared
+            .events
+            .send(event)
+            .await
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))
+    }
+
+    /// Hands a peer's message to the driver. With `want_answer`, returns the
+    /// receiver of the core's answer (dropped unanswered when the core ignored
+    /// the message).
+    pub async fn deliver(
+        &self,
+        message: Message,
+        want_answer: bool,
+    ) -> Result<Option<oneshot::Receiver<Message>>, KvError> {
+        let (answer, receiver) = if want_answer {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        self.send_event(DriverEvent::Peer { message, answer })
             .await?;
-        Ok((self.served_by(), existed))
+        Ok(receiver)
+    }
+
+    /// Stores `value` under `key` through the leader.
+    pub async fn put(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        request_id: &str,
+    ) -> Result<ServedBy, KvError> {
+        let command = pb::Command {
+            operation: Some(pb::command::Operation::Put(pb::PutOperation { key, value })),
+            request_id: request_id.to_string(),
+        };
+        Ok(self.write(command, request_id).await?.served_by)
+    }
+
+    /// Removes `key` through the leader; tells whether it existed.
+    pub async fn delete(
+        &self,
+        key: Vec<u8>,
+        request_id: &str,
+    ) -> Result<(ServedBy, bool), KvError> {
+        let command = pb::Command {
+            operation: Some(pb::command::Operation::Delete(pb::DeleteOperation { key })),
+            request_id: request_id.to_string(),
+        };
+        let outcome = self.write(command, request_id).await?;
+        Ok((outcome.served_by, outcome.found))
     }
 
     /// Reads `key`.
     pub async fn get(
         &self,
         key: Vec<u8>,
-        _consistency: ReadConsistency,
+        consistency: ReadConsistency,
+        request_id: &str,
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
-        let value = self
-            .store
-            .with(move |store| state_machine::get(store, &key))
-            .await?;
-        Ok((self.served_by(), value))
+        if consistency == ReadConsistency::Serializable {
+            let status = self.status();
+            let value = self
+                .shared
+                .store
+                .with(move |store| state_machine::get(store, &key))
+                .await?;
+            let served_by = ServedBy {
+                node_id: self.id(),
+                leader_id: status.leader_id,
+                term: status.term,
+                index: status.applied_index,
+                forwarded_by: 0,
+            };
+            return Ok((served_by, value));
+        }
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            let leader_id = self.known_leader().await?;
+            if leader_id == self.id() {
+                match self.read_as_leader(key.clone(), request_id, 0).await {
+                    Err(KvError::NotLeader(_)) => continue,
+                    result => return result,
+                }
+            }
+            tracing::debug!(request_id, leader_id, "read forwarded to the leader");
+            let request = pb::forward_request::Request::ReadKey(key.clone());
+            match self.forward(leader_id, request, request_id).await {
+                Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
+                Err(error) => return Err(error),
+                Ok(response) => {
+                    let served_by = self.forwarded_served_by(leader_id, &response);
+                    let value = response.found.then_some(response.value);
+                    return Ok((served_by, value));
+                }
+            }
+        }
+        Err(KvError::NoLeader(
+            "leadership kept changing while the read was retried".into(),
+        ))
     }
 
-    /// Describes this node.
-    pub fn status(&self) -> NodeStatus {
-        NodeStatus {
-            id: self.id,
-            role: NodeRole::Leader,
-            term: 0,
-            leader_id: self.id,
-            commit_index: 0,
-            applied_index: 0,
-            last_log_index: 0,
-            snapshot_index: 0,
-            followers: Vec::new(),
-            cluster_id: String::new(),
+    async fn write(&self, command: pb::Command, request_id: &str) -> Result<WriteOutcome, KvError> {
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            let leader_id = self.known_leader().await?;
+            if leader_id == self.id() {
+                match self.write_as_leader(command.clone(), request_id, 0).await {
+                    Err(KvError::NotLeader(_)) => continue,
+                    Ok((served_by, found)) => return Ok(WriteOutcome { served_by, found }),
+                    Err(error) => return Err(error),
+                }
+            }
+            tracing::debug!(request_id, leader_id, "write forwarded to the leader");
+            let request = pb::forward_request::Request::Write(command.clone());
+            match self.forward(leader_id, request, request_id).await {
+                Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
+                Err(error) => return Err(error),
+                Ok(response) => {
+                    return Ok(WriteOutcome {
+                        served_by: self.forwarded_served_by(leader_id, &response),
+                        found: response.found,
+                    })
+                }
+            }
+        }
+        Err(KvError::NoLeader(
+            "leadership kept changing while the write was retried".into(),
+        ))
+    }
+
+    fn forwarded_served_by(&self, leader_id: NodeId, response: &pb::ForwardResponse) -> ServedBy {
+        ServedBy {
+            node_id: leader_id,
+            leader_id,
+            term: response
+                .header
+                .as_ref()
+                .map(|header| header.term)
+                .unwrap_or_default(),
+            index: response.index,
+            forwarded_by: self.id(),
+        }
+    }
+
+    /// Waits (up to a share of the leader wait) until this node knows a leader
+    /// other than `previous`: after a forward found `previous` gone or deposed.
+    async fn wait_for_leader_change(&self, previous: NodeId) {
+        let mut status = self.shared.status.clone();
+        let wait = self.shared.timings.leader_wait / LEADER_ATTEMPTS_MAX as u32;
+        let _ = tokio::time::timeout(
+            wait,
+            status.wait_for(|status| status.leader_id != 0 && status.leader_id != previous),
+        )
+        .await;
+    }
+
+    /// The current leader, waiting up to the leader wait for one to appear.
+    async fn known_leader(&self) -> Result<NodeId, KvError> {
+        let mut status = self.shared.status.clone();
+        let deadline = Instant::now() + self.shared.timings.leader_wait;
+        loop {
+            let leader_id = status.borrow_and_update().leader_id;
+            if leader_id != 0 {
+                return Ok(leader_id);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(KvError::NoLeader(format!(
+                    "node {} has known no leader for {:?}; is a majority of the cluster up and connected?",
+                    self.id(),
+                    self.shared.timings.leader_wait
+                )));
+            }
+            if tokio::time::timeout(remaining, status.changed())
+                .await
+                .is_ok_and(|changed| changed.is_err())
+            {
+                return Err(KvError::Unavailable("the node is shutting down".into()));
+            }
+        }
+    }
+
+    /// Proposes `command` on this node, which must lead; answers once it is
+    /// committed and applied.
+    pub async fn write_as_leader(
+        &self,
+        command: pb::Command,
+        request_id: &str,
+        forwarded_by: NodeId,
+    ) -> Result<(ServedBy, bool), KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(DriverEvent::Propose {
+            command,
+            request_id: request_id.to_string(),
+            reply,
+        })
+        .await?;
+        let outcome = answer.await.map_err(|_| {
+            KvError::OutcomeUnknown("the node stopped before the write was applied".into())
+        })??;
+        Ok((
+            ServedBy {
+                forwarded_by,
+                ..outcome.served_by
+            },
+            outcome.found,
+        ))
+    }
+
+    /// Reads `key` linearizably on this node, which must lead (ReadIndex).
+    pub async fn read_as_leader(
+        &self,
+        key: Vec<u8>,
+        request_id: &str,
+        forwarded_by: NodeId,
+    ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(DriverEvent::Read {
+            key,
+            request_id: request_id.to_string(),
+            reply,
+        })
+        .await?;
+        let (served_by, value) = answer.await.map_err(|_| {
+            KvError::Unavailable("the node stopped before the read was served".into())
+        })??;
+        Ok((
+            ServedBy {
+                forwarded_by,
+                ..served_by
+            },
+            value,
+        ))
+    }
+
+    async fn forward(
+        &self,
+        leader_id: NodeId,
+        request: pb::forward_request::Request,
+        request_id: &str,
+    ) -> Result<pb::ForwardResponse, KvError> {
+        let is_write = matches!(request, pb::forward_request::Request::Write(_));
+        let mut client = self.shared.peers.client(leader_id).ok_or_else(|| {
+            KvError::Unavailable(format!("leader {leader_id} is not a configured peer"))
+        })?;
+        let message = pb::ForwardRequest {
+            header: Some(pb::MessageHeader {
+                cluster_id: self.shared.identity.cluster_id.clone(),
+                from: self.id(),
+                to: leader_id,
+                term: self.status().term,
+            }),
+            request_id: request_id.to_string(),
+            request: Some(request),
+        };
+        match client.forward(message).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(KvError::from_leader_status(leader_id, status, is_write)),
         }
     }
 }

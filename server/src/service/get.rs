@@ -5,6 +5,7 @@ use tonic::Status;
 
 use super::convert;
 use super::validate::RequestLimits;
+use super::RequestContext;
 use crate::node::Node;
 
 /// Validates and serves one get.
@@ -12,10 +13,14 @@ pub async fn handle(
     node: &Node,
     limits: &RequestLimits,
     request: GetRequest,
+    context: &RequestContext,
 ) -> Result<GetResponse, Status> {
+    tracing::debug!(request_id = context.request_id, "received");
     limits.check_key(&request.key)?;
     let consistency = convert::consistency(request.consistency)?;
-    let (served_by, value) = node.get(request.key, consistency).await?;
+    let (served_by, value) = node
+        .get(request.key, consistency, &context.request_id)
+        .await?;
     Ok(GetResponse {
         header: convert::header(served_by),
         found: value.is_some(),

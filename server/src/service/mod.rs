@@ -8,7 +8,9 @@ mod put;
 mod status;
 mod validate;
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kvstore_proto::kv::v1::kv_server::{Kv, KvServer};
 use kvstore_proto::kv::v1::{
@@ -17,6 +19,7 @@ use kvstore_proto::kv::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::errors::KvError;
 use crate::limits;
 use crate::node::Node;
 pub use validate::RequestLimits;
@@ -24,17 +27,74 @@ pub use validate::RequestLimits;
 /// Full name of the client API service, as reflection lists it.
 pub const KV_SERVICE_NAME: &str = "kvstore.v1.KV";
 
+/// Metadata key a client may set to name its request in the servers' logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// The client API handlers.
 #[derive(Debug, Clone)]
 pub struct KvService {
     node: Node,
     limits: RequestLimits,
+    request_counter: Arc<AtomicU64>,
+}
+
+/// Per-request facts the handlers need.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Names the request in every log line about it, on every node.
+    pub request_id: String,
+    /// When the request must be answered.
+    pub deadline: Duration,
+}
+
+/// Parses a `grpc-timeout` header value ("100m", "5S", ...).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 impl KvService {
     /// Handlers serving `node` and enforcing `limits`.
     pub fn new(node: Node, limits: RequestLimits) -> Self {
-        Self { node, limits }
+        Self {
+            node,
+            limits,
+            request_counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The request id (the client's, or a new one) and deadline of `request`.
+    fn context<T>(&self, request: &Request<T>) -> RequestContext {
+        let request_id = request
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| !value.is_empty() && value.len() <= limits::REQUEST_ID_BYTES_MAX)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let sequence = self.request_counter.fetch_add(1, Ordering::Relaxed);
+                format!("{}-{sequence:x}", self.node.id())
+            });
+        let default = Duration::from_millis(limits::REQUEST_TIMEOUT_DEFAULT_MS);
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(default, |deadline| deadline.min(default));
+        RequestContext {
+            request_id,
+            deadline,
+        }
     }
 
     /// The tonic server for this service, sized for the limits.
@@ -49,14 +109,48 @@ impl KvService {
     }
 }
 
-/// Logs the outcome of one request.
-fn log_outcome<T>(operation: &str, started: Instant, result: &Result<T, Status>) {
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(_) => tracing::debug!(operation, elapsed_us, "answered"),
-        Err(status) => {
-            tracing::info!(operation, elapsed_us, code = ?status.code(), message = status.message(), "failed")
+/// Runs `handler` within the request's deadline.
+async fn with_deadline<T>(
+    context: &RequestContext,
+    is_write: bool,
+    handler: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(context.deadline, handler).await {
+        Ok(result) => result,
+        Err(_) => {
+            let effect = if is_write {
+                "; the write may or may not have been applied"
+            } else {
+                ""
+            };
+            Err(KvError::DeadlineExceeded(format!(
+                "no answer within {:?}{effect}",
+                context.deadline
+            ))
+            .into())
         }
+    }
+}
+
+/// Logs the outcome of one request.
+fn log_outcome<T>(
+    operation: &str,
+    context: &RequestContext,
+    started: Instant,
+    result: &Result<T, Status>,
+) {
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let request_id = context.request_id.as_str();
+    match result {
+        Ok(_) => tracing::debug!(operation, request_id, elapsed_us, "answered"),
+        Err(status) => tracing::info!(
+            operation,
+            request_id,
+            elapsed_us,
+            code = ?status.code(),
+            message = status.message(),
+            "failed"
+        ),
     }
 }
 
@@ -64,15 +158,19 @@ fn log_outcome<T>(operation: &str, started: Instant, result: &Result<T, Status>)
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let started = Instant::now();
-        let result = put::handle(&self.node, &self.limits, request.into_inner()).await;
-        log_outcome("put", started, &result);
+        let context = self.context(&request);
+        let handler = put::handle(&self.node, &self.limits, request.into_inner(), &context);
+        let result = with_deadline(&context, true, handler).await;
+        log_outcome("put", &context, started, &result);
         result.map(Response::new)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let started = Instant::now();
-        let result = get::handle(&self.node, &self.limits, request.into_inner()).await;
-        log_outcome("get", started, &result);
+        let context = self.context(&request);
+        let handler = get::handle(&self.node, &self.limits, request.into_inner(), &context);
+        let result = with_deadline(&context, false, handler).await;
+        log_outcome("get", &context, started, &result);
         result.map(Response::new)
     }
 
@@ -81,8 +179,10 @@ impl Kv for KvService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let started = Instant::now();
-        let result = delete::handle(&self.node, &self.limits, request.into_inner()).await;
-        log_outcome("delete", started, &result);
+        let context = self.context(&request);
+        let handler = delete::handle(&self.node, &self.limits, request.into_inner(), &context);
+        let result = with_deadline(&context, true, handler).await;
+        log_outcome("delete", &context, started, &result);
         result.map(Response::new)
     }
 
@@ -91,5 +191,19 @@ impl Kv for KvService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(status::handle(&self.node)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("7x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
     }
 }

@@ -27,10 +27,10 @@ pub fn handle(node: &Node) -> StatusResponse {
         followers: status
             .followers
             .iter()
-            .map(|&(id, match_index, next_index)| FollowerProgress {
-                id,
-                match_index,
-                next_index,
+            .map(|follower| FollowerProgress {
+                id: follower.id,
+                match_index: follower.match_index,
+                next_index: follower.next_index,
             })
             .collect(),
         cluster_id: status.cluster_id,

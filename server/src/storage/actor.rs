@@ -119,6 +119,25 @@ impl StoreHandle {
             .await
     }
 
+    /// Queues `task` to run on the store thread after everything queued
+    /// before it, without waiting for it. Callers that need the order of their
+    /// tasks kept (apply batches, then the reads that must see them) use this
+    /// from one task. When the queue is full, this blocks the calling worker
+    /// thread until there is room: that is the store's back-pressure.
+    pub fn submit(
+        &self,
+        task: impl FnOnce(&mut dyn Store) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        match self.requests.try_send(StoreRequest::With(Box::new(task))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(request)) => {
+                tokio::task::block_in_place(|| self.requests.send(request))
+                    .map_err(|_| StoreError::Closed)
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
+    }
+
     /// Runs `function` on the store thread with exclusive access to the store
     /// and returns its result: for multi-step work such as building a snapshot.
     pub async fn with<T, F>(&self, function: F) -> Result<T, StoreError>

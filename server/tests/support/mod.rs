@@ -31,6 +31,11 @@ pub fn binary(name: &str) -> PathBuf {
     binary
 }
 
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// A free loopback port, never handed out twice in this process.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -52,6 +57,8 @@ pub struct ServerProcess {
     pub child: Option<Child>,
     /// Where its client API listens.
     pub client_addr: SocketAddr,
+    /// Where its raft API listens.
+    pub raft_addr: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Extra flags it was started with (reused on restart).
@@ -63,23 +70,39 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a single-node server on a fresh port in `data_dir`.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
-        let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut server = Self {
+        let mut server = Self::prepare(
+            data_dir,
+            loopback(free_port()),
+            loopback(free_port()),
+            extra_args,
+        );
+        server.spawn();
+        server.wait_listening();
+        server
+    }
+
+    /// A server that is not started yet.
+    pub fn prepare(
+        data_dir: &Path,
+        client_addr: SocketAddr,
+        raft_addr: SocketAddr,
+        extra_args: &[&str],
+    ) -> Self {
+        Self {
             child: None,
             client_addr,
+            raft_addr,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args
                 .iter()
                 .map(|argument| argument.to_string())
                 .collect(),
             log_path: data_dir.with_extension("log"),
-        };
-        server.spawn();
-        server.wait_listening();
-        server
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process (without waiting for it to listen).
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -88,8 +111,11 @@ impl ServerProcess {
         let child = Command::new(binary("kvstore-server"))
             .arg("--client-addr")
             .arg(self.client_addr.to_string())
+            .arg("--raft-addr")
+            .arg(self.raft_addr.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(["--log-format", "json", "--log-level", "debug"])
             .args(&self.extra_args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -127,6 +153,11 @@ impl ServerProcess {
     /// `HOST:PORT` of the client API.
     pub fn endpoint(&self) -> String {
         self.client_addr.to_string()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILLs the process and reaps it.
@@ -208,4 +239,234 @@ pub fn cli(args: &[&std::ffi::OsStr], stdin: &[u8]) -> Output {
 pub fn cli_str(args: &[&str]) -> Output {
     let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
     cli(&args, b"")
+}
+
+/// Fast timings for tests: 300 ms election timeout, 50 ms heartbeats.
+pub const TEST_ELECTION_TIMEOUT: Duration = Duration::from_millis(300);
+/// Heartbeat interval used by test clusters.
+pub const TEST_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What one node reports through the Status RPC.
+pub type Status = kvstore_proto::kv::v1::StatusResponse;
+
+/// A cluster of real server processes on loopback.
+pub struct Cluster {
+    /// The nodes; node id = position + 1.
+    pub nodes: Vec<ServerProcess>,
+    _directory: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Prepares (does not start) `size` nodes that know each other.
+    pub fn prepare(size: usize, extra_args: &[&str]) -> Self {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let raft_addrs: Vec<SocketAddr> = (0..size).map(|_| loopback(free_port())).collect();
+        let election = TEST_ELECTION_TIMEOUT.as_millis().to_string();
+        let heartbeat = TEST_HEARTBEAT_INTERVAL.as_millis().to_string();
+        let nodes = (0..size)
+            .map(|position| {
+                let id = (position + 1).to_string();
+                let peers: Vec<String> = raft_addrs
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != position)
+                    .map(|(other, addr)| format!("{}={addr}", other + 1))
+                    .collect();
+                let peers = peers.join(",");
+                let mut args: Vec<&str> = vec![
+                    "--id",
+                    &id,
+                    "--peers",
+                    &peers,
+                    "--election-timeout-ms",
+                    &election,
+                    "--heartbeat-interval-ms",
+                    &heartbeat,
+                ];
+                args.extend_from_slice(extra_args);
+                ServerProcess::prepare(
+                    &directory.path().join(format!("node-{id}")),
+                    loopback(free_port()),
+                    raft_addrs[position],
+                    &args,
+                )
+            })
+            .collect();
+        Self {
+            nodes,
+            _directory: directory,
+        }
+    }
+
+    /// Prepares and starts every node.
+    pub fn start(size: usize, extra_args: &[&str]) -> Self {
+        let mut cluster = Self::prepare(size, extra_args);
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        for node in &mut cluster.nodes {
+            node.wait_listening();
+        }
+        cluster
+    }
+
+    /// The node with `id`.
+    pub fn node(&mut self, id: u64) -> &mut ServerProcess {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Every node's client endpoint, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(ServerProcess::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Status of every running node (None for stopped or unreachable ones).
+    pub async fn statuses(&self) -> Vec<Option<Status>> {
+        let mut statuses = Vec::new();
+        for node in &self.nodes {
+            statuses.push(if node.is_running() {
+                status_of(node.client_addr).await
+            } else {
+                None
+            });
+        }
+        statuses
+    }
+
+    /// Waits until exactly one running node leads and every running node
+    /// agrees on it; returns its id and term.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> (u64, u64) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses = self.statuses().await;
+            let running: Vec<&Status> = statuses.iter().flatten().collect();
+            let leaders: Vec<&&Status> = running.iter().filter(|status| status.role == 4).collect();
+            if leaders.len() == 1 {
+                let leader = leaders[0];
+                if running
+                    .iter()
+                    .all(|status| status.leader_id == leader.id && status.term == leader.term)
+                {
+                    return (leader.id, leader.term);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single agreed leader within {timeout:?}: {statuses:#?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_for_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses = self.statuses().await;
+            let done = self.nodes.iter().zip(&statuses).all(|(node, status)| {
+                !node.is_running()
+                    || status
+                        .as_ref()
+                        .is_some_and(|status| status.applied_index >= index)
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not apply {index} within {timeout:?}: {statuses:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let log = node.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "--- {} (last lines) ---\n{}",
+                    node.log_path.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The Status of the node at `client_addr`, or None when it does not answer.
+pub async fn status_of(client_addr: SocketAddr) -> Option<Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{client_addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(500));
+    let channel = endpoint.connect().await.ok()?;
+    let mut client = KvClient::new(channel);
+    client
+        .status(kvstore_proto::kv::v1::StatusRequest {})
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
+}
+
+/// A client for `client_addr` with a per-request deadline.
+pub async fn client_for(client_addr: SocketAddr, deadline: Duration) -> Option<KvClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{client_addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(deadline)
+        .connect()
+        .await
+        .ok()?;
+    Some(KvClient::new(channel))
+}
+
+/// Serializes the tests of one binary that run clusters: on a 2-core machine,
+/// concurrent clusters would starve each other's timers.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A seed for test randomness: `KVSTORE_TEST_SEED` when set, else the clock.
+/// Tests print it so a failure can be replayed.
+pub fn test_seed() -> u64 {
+    std::env::var("KVSTORE_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// A tiny deterministic generator (splitmix64) for test choices.
+pub struct TestRng(pub u64);
+
+impl TestRng {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
 }

@@ -1,0 +1,55 @@
+//! Pure, deterministic Raft consensus core for kvstore.
+//!
+//! The core does no I/O, reads no clock, spawns nothing and draws randomness
+//! only from an RNG seeded by [`Config::seed`]. Time is counted in ticks. A
+//! driver feeds it inputs ([`RaftNode::tick`], [`RaftNode::step`],
+//! [`RaftNode::propose`], [`RaftNode::read_index`],
+//! [`RaftNode::transfer_leader`], [`RaftNode::compact`]) and handles its
+//! output, a [`Ready`]: persist, then send, then apply, then
+//! [`RaftNode::advance`] (see [`Ready`] and the crate README).
+//!
+//! Structure follows etcd-raft: `node.rs` holds roles, ticks and the message
+//! gate; `election.rs` the vote rule and campaigns; `replication.rs` the
+//! leader's flow-controlled replication and commit rule; `follower.rs` the
+//! follower's handlers; `read_index.rs` linearizable reads; `log.rs` the
+//! in-memory log; `progress.rs` per-follower flow control; `quorum.rs`
+//! majority arithmetic; `ready.rs` the driver hand-off.
+//!
+//! Features: pre-vote, check-quorum with leader lease, randomized election
+//! timeouts in `[T, 2T)`, a no-op entry on election and commit by counting
+//! only entries of the current term, leadership transfer, ReadIndex reads,
+//! snapshots (metadata only; the driver ships the bytes), flow control
+//! (entries and bytes per append, in-flight window, probe/replicate/snapshot
+//! states, fast backtracking), a cap on uncommitted proposals. Membership is
+//! static.
+#![deny(missing_docs)]
+
+mod config;
+mod election;
+mod errors;
+mod follower;
+mod log;
+mod node;
+mod progress;
+mod quorum;
+mod read_index;
+mod ready;
+mod replication;
+mod types;
+
+pub use config::{
+    Config, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK, DEFAULT_MAX_BYTES_PER_APPEND,
+    DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY, DEFAULT_MAX_ENTRIES_PER_APPEND,
+    DEFAULT_MAX_INFLIGHT_APPENDS, DEFAULT_MAX_PENDING_PROPOSALS,
+    DEFAULT_MAX_PENDING_READ_REQUESTS, DEFAULT_SNAPSHOT_RETRY_TICK, MAX_VOTERS,
+};
+pub use errors::{
+    CompactError, ConfigError, ProposeError, RaftError, ReadIndexError, TransferError,
+};
+pub use node::RaftNode;
+pub use progress::{PeerProgress, ProgressState};
+pub use ready::{ReadState, Ready, SoftState};
+pub use types::{
+    Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata,
+    Term,
+};

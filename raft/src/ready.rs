@@ -1,0 +1,205 @@
+//! The hand-off to the driver: [`Ready`] batches everything the core wants
+//! done, [`RaftNode::advance`] acknowledges it.
+//!
+//! Contract, per `Ready`, in this order:
+//! 1. Persist: if `snapshot` is set, replace the WAL with it (drop every
+//!    entry, record the snapshot metadata and the received snapshot bytes);
+//!    then write `entries`, first truncating the WAL from `entries[0].index`
+//!    on; then write `hard_state` if set. Make it durable (fsync) when
+//!    `must_sync`. Entries and hard state must become durable together, or
+//!    entries first.
+//! 2. Send `messages` (only now: they may acknowledge what step 1 stored).
+//! 3. Restore the state machine from the snapshot bytes if `snapshot` is
+//!    set, then apply `committed_entries` in order (skip the data of
+//!    `EntryKind::Empty` entries but count them as applied).
+//! 4. Answer reads in `read_states` once applied index >= their index.
+//! 5. Call [`RaftNode::advance`]. Only then may `ready()` be called again;
+//!    `tick`, `step`, `propose` etc. are allowed in between.
+
+use crate::node::RaftNode;
+use crate::types::{Entry, HardState, Index, Message, NodeId, Role, SnapshotMetadata, Term};
+
+/// Role information that needs no persistence, reported when it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    /// Current role.
+    pub role: Role,
+    /// Known leader of the current term.
+    pub leader_id: Option<NodeId>,
+    /// Current term.
+    pub term: Term,
+    /// Why the role or leader last changed, e.g. `"won election"` or
+    /// `"check quorum: no majority heard from within an election timeout"`.
+    pub reason: &'static str,
+}
+
+/// A confirmed linearizable read: answer read `context` once the state
+/// machine has applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The context given to [`RaftNode::read_index`].
+    pub context: u64,
+    /// Commit index at the time of the request.
+    pub index: Index,
+}
+
+/// Everything the core asks of its driver since the previous `Ready`. See the
+/// module documentation for the order in which to handle it. All fields may
+/// be moved out freely; [`RaftNode::advance`] takes no argument.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// New role/leader/term, when any of them changed.
+    pub soft_state: Option<SoftState>,
+    /// Hard state to persist, when it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to append to the WAL; the WAL must first drop every entry at
+    /// or after `entries[0].index` (a new leader may overwrite a suffix).
+    pub entries: Vec<Entry>,
+    /// A snapshot received from the leader: persist it (replacing the WAL)
+    /// and restore the state machine from the bytes that came with it.
+    pub snapshot: Option<SnapshotMetadata>,
+    /// Messages to send after persisting.
+    pub messages: Vec<Message>,
+    /// Committed entries to apply, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Confirmed reads.
+    pub read_states: Vec<ReadState>,
+    /// Whether persisting needs an fsync (entries, a snapshot, or a changed
+    /// term or vote; a commit-only hard-state change does not).
+    pub must_sync: bool,
+}
+
+impl Ready {
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.soft_state.is_none()
+            && self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.snapshot.is_none()
+            && self.messages.is_empty()
+            && self.committed_entries.is_empty()
+            && self.read_states.is_empty()
+    }
+}
+
+/// What the last `Ready` handed out, to be acknowledged by `advance`.
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    last_entry: Option<(Index, Term)>,
+    last_committed_index: Option<Index>,
+    snapshot_index: Option<Index>,
+}
+
+/// Bookkeeping of what the driver has been handed.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadyTracker {
+    hard_state: HardState,
+    soft_state: (Role, Option<NodeId>, Term),
+    outstanding: Option<Outstanding>,
+}
+
+impl ReadyTracker {
+    pub(crate) fn new(
+        hard_state: HardState,
+        role: Role,
+        leader_id: Option<NodeId>,
+        term: Term,
+    ) -> Self {
+        ReadyTracker {
+            hard_state,
+            soft_state: (role, leader_id, term),
+            outstanding: None,
+        }
+    }
+}
+
+impl RaftNode {
+    fn soft_state_key(&self) -> (Role, Option<NodeId>, Term) {
+        (self.role, self.leader_id, self.term)
+    }
+
+    /// Whether [`RaftNode::ready`] would return a non-empty `Ready`. Always
+    /// false while a `Ready` is outstanding (not yet advanced).
+    pub fn has_ready(&self) -> bool {
+        if self.ready_tracker.outstanding.is_some() {
+            return false;
+        }
+        self.soft_state_key() != self.ready_tracker.soft_state
+            || self.hard_state() != self.ready_tracker.hard_state
+            || !self.log.unstable_entries().is_empty()
+            || self.pending_snapshot.is_some()
+            || !self.messages.is_empty()
+            || self.log.has_next_committed_entries()
+            || !self.read_states.is_empty()
+    }
+
+    /// Takes everything pending. Panics if the previous `Ready` was not
+    /// acknowledged with [`RaftNode::advance`].
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            self.ready_tracker.outstanding.is_none(),
+            "ready() called before advance() acknowledged the previous Ready"
+        );
+        let hard_state = self.hard_state();
+        let previous_hard_state = self.ready_tracker.hard_state;
+        let entries = self.log.unstable_entries().to_vec();
+        let snapshot = self.pending_snapshot.take();
+        let must_sync = !entries.is_empty()
+            || snapshot.is_some()
+            || hard_state.term != previous_hard_state.term
+            || hard_state.vote != previous_hard_state.vote;
+        let soft_state_key = self.soft_state_key();
+        let soft_state = (soft_state_key != self.ready_tracker.soft_state).then(|| self.soft_state());
+        let committed_entries = self
+            .log
+            .next_committed_entries(self.config.max_committed_entries_per_ready);
+        let ready = Ready {
+            soft_state,
+            hard_state: (hard_state != previous_hard_state).then_some(hard_state),
+            entries,
+            snapshot,
+            messages: std::mem::take(&mut self.messages),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            must_sync,
+        };
+        self.ready_tracker.hard_state = hard_state;
+        self.ready_tracker.soft_state = soft_state_key;
+        self.ready_tracker.outstanding = Some(Outstanding {
+            last_entry: ready.entries.last().map(|entry| (entry.index, entry.term)),
+            last_committed_index: ready.committed_entries.last().map(|entry| entry.index),
+            snapshot_index: ready.snapshot.map(|snapshot| snapshot.index),
+        });
+        ready
+    }
+
+    /// Acknowledges the last `Ready`: its entries, hard state and snapshot are
+    /// durable, its messages sent and its committed entries applied. A leader
+    /// now counts its own persisted entries toward commit, so `has_ready`
+    /// may turn true again (new committed entries, appends with the new
+    /// commit index): loop until it is false.
+    pub fn advance(&mut self) {
+        let outstanding = self
+            .ready_tracker
+            .outstanding
+            .take()
+            .expect("advance() called without an outstanding Ready");
+        if let Some((index, term)) = outstanding.last_entry {
+            self.log.stable_to(index, term);
+        }
+        if let Some(index) = outstanding.snapshot_index {
+            self.log.snapshot_applied(index);
+        }
+        if let Some(index) = outstanding.last_committed_index {
+            // Entries handed out before a snapshot that covers them: the
+            // snapshot's acknowledgement already moved applied past them.
+            if index > self.log.applied() {
+                self.log.applied_to(index);
+            }
+        }
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.on_commit_advanced();
+        }
+        self.assert_invariants();
+    }
+}

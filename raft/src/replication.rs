@@ -1,0 +1,236 @@
+//! The leader's side of log replication: sending appends, snapshots and
+//! heartbeats under flow control, handling the answers, and advancing the
+//! commit index by counting replicas of entries of the current term.
+
+use crate::node::RaftNode;
+use crate::progress::ProgressState;
+use crate::quorum;
+use crate::types::{Entry, Index, MessageBody, NodeId, Term};
+
+impl RaftNode {
+    /// Appends one entry of our term to our log and sends it to every peer
+    /// whose flow control allows.
+    pub(crate) fn leader_append(&mut self, entry: Entry) {
+        assert_eq!(entry.term, self.term, "a leader appends entries of its term");
+        assert_eq!(entry.index, self.log.last_index() + 1, "leader appends at the end");
+        self.log.append(std::slice::from_ref(&entry));
+        // Our own copy counts toward commit once persisted (see `advance`).
+        self.broadcast_append();
+    }
+
+    /// Sends every peer what it is missing (or an empty append carrying the
+    /// commit index).
+    pub(crate) fn broadcast_append(&mut self) {
+        for peer in self.peers() {
+            self.send_append(peer, true);
+        }
+    }
+
+    /// Sends `peer` the next batch of entries (at most `max_entries_per_append`
+    /// entries and `max_bytes_per_append` bytes), or an `InstallSnapshot` if
+    /// they are compacted. Returns whether anything was sent.
+    pub(crate) fn send_append(&mut self, peer: NodeId, send_if_empty: bool) -> bool {
+        let progress = &self.progress[&peer];
+        if progress.is_paused() {
+            return false;
+        }
+        let next_index = progress.next_index;
+        let prev_log_index = next_index - 1;
+        let prev_log_term = self.log.term(prev_log_index);
+        let entries = self.log.entries_from(
+            next_index,
+            self.config.max_entries_per_append,
+            self.config.max_bytes_per_append,
+        );
+        let (Some(prev_log_term), Some(entries)) = (prev_log_term, entries) else {
+            self.send_snapshot(peer);
+            return true;
+        };
+        if entries.is_empty() && !send_if_empty {
+            return false;
+        }
+        let count = entries.len();
+        let last_index = prev_log_index + count as Index;
+        self.progress
+            .get_mut(&peer)
+            .expect("peer progress")
+            .sent_entries(count, last_index);
+        let leader_commit = self.log.committed();
+        self.send(
+            peer,
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            },
+        );
+        true
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let snapshot = self.log.snapshot();
+        assert!(snapshot.index > 0, "entries are missing but nothing was compacted");
+        self.progress
+            .get_mut(&peer)
+            .expect("peer progress")
+            .become_snapshot(snapshot.index);
+        self.send(peer, MessageBody::InstallSnapshot { snapshot });
+    }
+
+    /// Heartbeats to every peer: liveness, the commit index each one can
+    /// safely apply (capped at its match index), and the read round.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        let commit = self.log.committed();
+        let read_round = self.reads.round();
+        let targets: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(peer, progress)| (*peer, progress.match_index.min(commit)))
+            .collect();
+        for (peer, leader_commit) in targets {
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    leader_commit,
+                    read_round,
+                },
+            );
+        }
+    }
+
+    /// Re-probes followers whose snapshot went unanswered for
+    /// `snapshot_retry_tick` ticks (the message or its answer was lost).
+    pub(crate) fn tick_snapshot_retries(&mut self) {
+        let retry_tick = self.config.snapshot_retry_tick;
+        let mut expired = Vec::new();
+        for (peer, progress) in self.progress.iter_mut() {
+            if progress.state == ProgressState::Snapshot {
+                progress.snapshot_elapsed_ticks += 1;
+                if progress.snapshot_elapsed_ticks >= retry_tick {
+                    progress.retry_after_snapshot_timeout();
+                    expired.push(*peer);
+                }
+            }
+        }
+        for peer in expired {
+            self.send_append(peer, true);
+        }
+    }
+
+    /// Handles an `AppendEntriesResponse` (and, as a success at `index`, an
+    /// `InstallSnapshotResponse`).
+    pub(crate) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: Index,
+        reject_hint_index: Index,
+        reject_hint_term: Term,
+    ) {
+        let last_index = self.log.last_index();
+        let first_index = self.log.first_index();
+        if !success {
+            // Fast backtracking: skip every entry of ours whose term is above
+            // the follower's term at the hint.
+            let probe_hint = if reject_hint_term > 0 {
+                self.log
+                    .find_conflict_by_term(reject_hint_index.min(last_index), reject_hint_term)
+                    .0
+            } else {
+                reject_hint_index
+            };
+            let progress = self.progress.get_mut(&from).expect("peer progress");
+            progress.recent_active = true;
+            if progress.maybe_decrease_to(index, probe_hint) {
+                if progress.state == ProgressState::Replicate {
+                    progress.become_probe();
+                }
+                self.send_append(from, true);
+            }
+            return;
+        }
+        let progress = self.progress.get_mut(&from).expect("peer progress");
+        progress.recent_active = true;
+        let was_paused = progress.is_paused();
+        let updated = progress.maybe_update(index);
+        if !updated && !(progress.match_index == index && progress.state == ProgressState::Probe) {
+            return;
+        }
+        match progress.state {
+            ProgressState::Probe => progress.become_replicate(),
+            ProgressState::Snapshot => {
+                if progress.match_index >= progress.pending_snapshot_index
+                    || progress.match_index + 1 >= first_index
+                {
+                    progress.become_probe();
+                    progress.become_replicate();
+                }
+            }
+            ProgressState::Replicate => progress.inflights.free_up_to(index),
+        }
+        if self.maybe_commit() {
+            self.on_commit_advanced();
+        } else if was_paused {
+            self.send_append(from, true);
+        }
+        while self.send_append(from, false) {}
+        if self.transfer_target == Some(from) && self.progress[&from].match_index == last_index {
+            self.send(from, MessageBody::TimeoutNow);
+        }
+    }
+
+    /// Handles a `HeartbeatResponse`: the peer is alive and acknowledged our
+    /// leadership at `read_round`; resume a paused flow if it lags.
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let last_index = self.log.last_index();
+        let progress = self.progress.get_mut(&from).expect("peer progress");
+        progress.recent_active = true;
+        progress.acknowledged_read_round = progress.acknowledged_read_round.max(read_round);
+        match progress.state {
+            ProgressState::Probe => progress.probe_sent = false,
+            ProgressState::Replicate if progress.inflights.is_full() => {
+                // An append or its answer may be lost: make room for a new
+                // one, which the follower rejects if it has a gap.
+                progress.inflights.free_first();
+            }
+            ProgressState::Replicate | ProgressState::Snapshot => {}
+        }
+        if progress.match_index < last_index {
+            self.send_append(from, true);
+        }
+        self.release_confirmed_reads();
+    }
+
+    /// Advances the commit index to the highest index a majority has durably
+    /// stored, but only if that entry is of our term (Raft §5.4.2, Figure 8):
+    /// older entries commit indirectly. Our own copy counts once persisted.
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let match_indexes: Vec<Index> = self
+            .config
+            .voters
+            .iter()
+            .map(|voter| {
+                if *voter == self.id {
+                    self.log.persisted()
+                } else {
+                    self.progress[voter].match_index
+                }
+            })
+            .collect();
+        let majority_index = quorum::committed_index(match_indexes);
+        if majority_index > self.log.committed()
+        {
+            self.log.commit_to(majority_index);
+            return true;
+        }
+        false
+    }
+
+    /// Tells followers about the new commit index and serves reads that were
+    /// waiting for the first commit of our term.
+    pub(crate) fn on_commit_advanced(&mut self) {
+        self.broadcast_append();
+        self.start_reads_awaiting_commit();
+    }
+}

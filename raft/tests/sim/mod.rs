@@ -1,0 +1,906 @@
+//! Deterministic simulation of a kvstore-raft cluster.
+//!
+//! N cores run in one process over a simulated network (delay, drop,
+//! duplicate, reorder, partitions of any shape including one-way links,
+//! healing) and simulated disks (a `Ready` is written asynchronously; a crash
+//! loses whatever was not yet durable, and a restart rebuilds the core from
+//! the durable hard state, entries and snapshot). Proposals, reads,
+//! compactions, leadership transfers and campaigns are injected at random.
+//! Everything derives from one `u64` seed, so a seed replays exactly.
+//!
+//! After every tick the [`checker::Checker`] verifies election safety, vote
+//! safety, log matching, leader completeness, state-machine safety, read
+//! freshness and monotonic terms and commits; at the end all faults heal and
+//! a proposal must commit on every node within a bound (liveness).
+
+pub mod checker;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use kvstore_raft::{
+    Config, Entry, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
+    SnapshotMetadata, Term,
+};
+use rand::rngs::SmallRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+
+use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
+
+/// Rounds of chaos, each followed by healing and a liveness check.
+pub const ROUNDS: u64 = 5;
+/// Ticks of random faults and load per round.
+pub const CHAOS_TICKS_PER_ROUND: u64 = 1000;
+/// After healing, a proposal must be applied everywhere within this many
+/// election timeouts.
+pub const LIVENESS_BOUND_ELECTION_TIMEOUTS: u64 = 30;
+/// Liveness allowance per entry of backlog at healing time (one round trip
+/// with disk delays, when flow control allows one entry per message).
+pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
+/// Messages on the wire beyond which a run stops (amplification guard: a
+/// lying disk can make a leader re-send on every duplicated rejection).
+pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
+/// Iterations of the ready loop per node and tick (a bound, not a target).
+const MAX_READY_ROUNDS_PER_TICK: usize = 8;
+
+/// A deliberately broken environment, to prove the checkers catch bugs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// A correct disk.
+    None,
+    /// The disk lies about fsync: a restarted node has lost its whole
+    /// durable state (term, vote, log, snapshot).
+    AmnesiaOnRestart,
+}
+
+/// One simulation run.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// Everything derives from it.
+    pub seed: u64,
+    /// Print a trace of every event and message.
+    pub verbose: bool,
+    /// Environment bug to inject.
+    pub fault: InjectedFault,
+}
+
+/// Counters of a finished run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimStats {
+    /// Voters in the cluster.
+    pub node_count: usize,
+    /// Distinct leaders (terms with a leader).
+    pub leader_terms: u64,
+    /// Highest index applied anywhere.
+    pub applied_index: Index,
+    /// Reads confirmed.
+    pub reads_confirmed: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Messages delivered.
+    pub messages_delivered: u64,
+    /// Ticks until liveness was reached after healing.
+    pub liveness_ticks: u64,
+}
+
+/// Per-seed randomized environment.
+#[derive(Clone, Copy, Debug)]
+struct Environment {
+    drop_probability: f64,
+    duplicate_probability: f64,
+    max_extra_delay_ticks: u64,
+    /// Deliver messages due in the same tick in random order (else FIFO).
+    reorder: bool,
+    max_disk_delay_ticks: u64,
+    tick_skip_probability: f64,
+    propose_probability: f64,
+    crash_probability: f64,
+    partition_probability: f64,
+    heal_probability: f64,
+    compact_probability: f64,
+    read_probability: f64,
+    transfer_probability: f64,
+    campaign_probability: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    hard_state: HardState,
+    snapshot: Option<SnapshotMetadata>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StateMachine {
+    applied_index: Index,
+    hash: u64,
+}
+
+struct SimNode {
+    id: NodeId,
+    config: Config,
+    core: Option<RaftNode>,
+    durable: Durable,
+    /// A `Ready` being written, completing at the given tick.
+    writing: Option<(Ready, u64)>,
+    state: StateMachine,
+    restart_at: u64,
+    /// Reads requested in this life: context -> commit floor.
+    pending_reads: BTreeMap<u64, Index>,
+    /// Term in which this node was last seen leading (completeness checked once).
+    leader_checked_term: Option<Term>,
+}
+
+struct InFlight {
+    deliver_at: u64,
+    message: Message,
+}
+
+/// The whole simulated world.
+pub struct World {
+    rng: SmallRng,
+    options: SimOptions,
+    /// The environment during chaos (healing replaces `environment`).
+    chaos_environment: Environment,
+    environment: Environment,
+    now: u64,
+    nodes: Vec<SimNode>,
+    network: Vec<InFlight>,
+    /// Group per node: messages only flow within a group.
+    groups: BTreeMap<NodeId, u8>,
+    /// One-way cuts `(from, to)`.
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    checker: Checker,
+    /// State hash of every snapshot taken anywhere, keyed by its metadata.
+    snapshot_states: BTreeMap<SnapshotMetadata, u64>,
+    next_payload: u64,
+    next_read_context: u64,
+    election_tick: u32,
+    stats: SimStats,
+}
+
+impl World {
+    /// Builds a random cluster (3 or 5 voters, random limits and features).
+    pub fn new(options: SimOptions) -> Self {
+        let mut rng = SmallRng::seed_from_u64(options.seed);
+        let node_count = if rng.random_bool(0.5) { 3 } else { 5 };
+        let voters: Vec<NodeId> = (1..=node_count as NodeId).collect();
+        let election_tick = rng.random_range(6..=15u32);
+        let heartbeat_tick = rng.random_range(1..=2u32);
+        let check_quorum = rng.random_bool(0.75);
+        let pre_vote = rng.random_bool(0.75);
+        let max_entries_per_append = rng.random_range(1..=8usize);
+        let max_bytes_per_append = *[8usize, 64, 1 << 20].choose(&mut rng).expect("choice");
+        let max_inflight_appends = rng.random_range(1..=4usize);
+        let max_pending_proposals = *[4usize, 16, 256].choose(&mut rng).expect("choice");
+        let max_committed_entries_per_ready = *[1usize, 3, 4096].choose(&mut rng).expect("choice");
+        let config_seed = rng.random::<u64>();
+        let environment = Environment {
+            drop_probability: *[0.0, 0.02, 0.1, 0.25].choose(&mut rng).expect("choice"),
+            duplicate_probability: *[0.0, 0.05, 0.2].choose(&mut rng).expect("choice"),
+            max_extra_delay_ticks: rng.random_range(0..=4u64),
+            reorder: true,
+            max_disk_delay_ticks: rng.random_range(0..=2u64),
+            tick_skip_probability: *[0.0, 0.05, 0.2].choose(&mut rng).expect("choice"),
+            propose_probability: *[0.1, 0.3, 0.8].choose(&mut rng).expect("choice"),
+            crash_probability: *[0.0, 0.003, 0.01].choose(&mut rng).expect("choice"),
+            partition_probability: *[0.0, 0.005, 0.02].choose(&mut rng).expect("choice"),
+            heal_probability: 0.02,
+            compact_probability: *[0.0, 0.01, 0.05].choose(&mut rng).expect("choice"),
+            read_probability: 0.05,
+            transfer_probability: *[0.0, 0.005].choose(&mut rng).expect("choice"),
+            campaign_probability: 0.002,
+        };
+        let environment = if options.fault == InjectedFault::AmnesiaOnRestart {
+            Environment {
+                crash_probability: 0.03,
+                ..environment
+            }
+        } else {
+            environment
+        };
+        let mut nodes = Vec::new();
+        for id in &voters {
+            let config = Config {
+                election_tick,
+                heartbeat_tick,
+                seed: config_seed,
+                check_quorum,
+                pre_vote,
+                max_entries_per_append,
+                max_bytes_per_append,
+                max_inflight_appends,
+                max_pending_proposals,
+                max_committed_entries_per_ready,
+                snapshot_retry_tick: 2 * election_tick,
+                ..Config::new(*id, voters.clone())
+            };
+            let core = RaftNode::new(config.clone(), HardState::default(), None, vec![])
+                .expect("valid initial state");
+            nodes.push(SimNode {
+                id: *id,
+                config,
+                core: Some(core),
+                durable: Durable::default(),
+                writing: None,
+                state: StateMachine {
+                    applied_index: 0,
+                    hash: INITIAL_STATE_HASH,
+                },
+                restart_at: 0,
+                pending_reads: BTreeMap::new(),
+                leader_checked_term: None,
+            });
+        }
+        let world = World {
+            rng,
+            options,
+            chaos_environment: environment,
+            environment,
+            now: 0,
+            groups: voters.iter().map(|id| (*id, 0)).collect(),
+            nodes,
+            network: Vec::new(),
+            cut_links: BTreeSet::new(),
+            checker: Checker::new(),
+            snapshot_states: BTreeMap::new(),
+            next_payload: 0,
+            next_read_context: 0,
+            election_tick,
+            stats: SimStats {
+                node_count,
+                ..SimStats::default()
+            },
+        };
+        world.trace(|| {
+            format!(
+                "cluster: {node_count} nodes, election_tick {election_tick}, heartbeat_tick {heartbeat_tick}, check_quorum {check_quorum}, pre_vote {pre_vote}, entries/append {max_entries_per_append}, bytes/append {max_bytes_per_append}, inflight {max_inflight_appends}, pending {max_pending_proposals}, committed/ready {max_committed_entries_per_ready}; {:?}",
+                world.environment
+            )
+        });
+        world
+    }
+
+    fn trace(&self, line: impl FnOnce() -> String) {
+        if self.options.verbose {
+            println!("[t={:>5}] {}", self.now, line());
+        }
+    }
+
+    /// Runs chaos, then heals everything and checks liveness.
+    pub fn run(&mut self) -> Result<SimStats, Violation> {
+        for round in 0..ROUNDS {
+            self.environment = self.chaos_environment;
+            self.trace(|| format!("round {round}: chaos for {CHAOS_TICKS_PER_ROUND} ticks"));
+            for _ in 0..CHAOS_TICKS_PER_ROUND {
+                self.inject_random_events();
+                self.step_world()?;
+            }
+            self.heal_everything();
+            let ticks = self.check_liveness()?;
+            self.stats.liveness_ticks = self.stats.liveness_ticks.max(ticks);
+        }
+        self.stats.applied_index = self.checker.highest_applied_index();
+        Ok(self.stats)
+    }
+
+    /// After healing: a leader must be elected and a proposal applied on
+    /// every node within the bound. Returns the ticks it took.
+    fn check_liveness(&mut self) -> Result<u64, Violation> {
+        // Liveness bound: elections and snapshot retries, plus the time to
+        // replicate the backlog at worst one entry per round trip.
+        let backlog = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.core.as_ref().map(RaftNode::last_index))
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(
+                self.nodes
+                    .iter()
+                    .map(|node| node.state.applied_index)
+                    .min()
+                    .unwrap_or(0),
+            );
+        let bound = LIVENESS_BOUND_ELECTION_TIMEOUTS * u64::from(self.election_tick)
+            + LIVENESS_TICKS_PER_BACKLOG_ENTRY * backlog;
+        // Marker proposals (index, term), made on each new leader until one
+        // is applied on every node.
+        let mut markers: Vec<(Index, Term)> = Vec::new();
+        for elapsed in 0..bound {
+            self.step_world()?;
+            let reached = markers.iter().any(|(index, term)| {
+                self.checker
+                    .applied_at(*index)
+                    .is_some_and(|(applied_term, _)| applied_term == *term)
+                    && self
+                        .nodes
+                        .iter()
+                        .all(|node| node.state.applied_index >= *index)
+            });
+            if reached {
+                self.trace(|| format!("liveness reached after {elapsed} ticks"));
+                return Ok(elapsed);
+            }
+            let last_marker_term = markers.last().map_or(0, |(_, term)| *term);
+            let data = format!("liveness-{}", self.now).into_bytes();
+            for node in &mut self.nodes {
+                let Some(core) = node.core.as_mut() else {
+                    continue;
+                };
+                if core.role() == Role::Leader && core.term() > last_marker_term {
+                    if let Ok((index, term)) = core.propose(data.clone()) {
+                        markers.push((index, term));
+                    }
+                }
+            }
+        }
+        let summary: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| match &node.core {
+                Some(core) => format!("{core:?} state_applied={}", node.state.applied_index),
+                None => format!("node {} down", node.id),
+            })
+            .collect();
+        Err(Violation {
+            kind: ViolationKind::Liveness,
+            detail: format!(
+                "no proposal applied on every node within {bound} ticks after healing (markers {markers:?}); nodes: {summary:?}"
+            ),
+        })
+    }
+
+    // ----- Fault and load injection -----------------------------------------
+
+    fn inject_random_events(&mut self) {
+        let environment = self.environment;
+        if self.rng.random_bool(environment.propose_probability) {
+            self.propose_somewhere();
+        }
+        if self.rng.random_bool(environment.read_probability) {
+            self.read_somewhere();
+        }
+        if self.rng.random_bool(environment.crash_probability) {
+            self.crash_random_node();
+        }
+        let now = self.now;
+        let restarts: Vec<usize> = (0..self.nodes.len())
+            .filter(|position| {
+                self.nodes[*position].core.is_none() && self.nodes[*position].restart_at <= now
+            })
+            .collect();
+        for position in restarts {
+            self.restart(position);
+        }
+        if self.rng.random_bool(environment.partition_probability) {
+            self.random_partition();
+        }
+        if self.rng.random_bool(environment.heal_probability) {
+            self.trace(|| "network healed".to_string());
+            self.heal_network();
+        }
+        if self.rng.random_bool(environment.compact_probability) {
+            self.compact_random_node();
+        }
+        if self.rng.random_bool(environment.transfer_probability) {
+            self.transfer_somewhere();
+        }
+        if self.rng.random_bool(environment.campaign_probability) {
+            let position = self.rng.random_range(0..self.nodes.len());
+            if let Some(core) = self.nodes[position].core.as_mut() {
+                core.campaign();
+                let id = core.id();
+                self.trace(|| format!("n{id} campaign()"));
+            }
+        }
+    }
+
+    fn random_live_node(&mut self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|position| self.nodes[*position].core.is_some())
+            .collect();
+        live.choose(&mut self.rng).copied()
+    }
+
+    fn propose_somewhere(&mut self) {
+        // Usually the (a) leader, sometimes anyone (exercises NotLeader).
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|position| {
+                self.nodes[*position]
+                    .core
+                    .as_ref()
+                    .is_some_and(|core| core.role() == Role::Leader)
+            })
+            .collect();
+        let target = if !leaders.is_empty() && self.rng.random_bool(0.9) {
+            leaders.choose(&mut self.rng).copied()
+        } else {
+            self.random_live_node()
+        };
+        let Some(position) = target else { return };
+        self.next_payload += 1;
+        let length = self.rng.random_range(0..24usize);
+        let mut data = format!("p{}-", self.next_payload).into_bytes();
+        data.resize(data.len() + length, b'x');
+        let core = self.nodes[position].core.as_mut().expect("live");
+        let result = core.propose(data);
+        let id = core.id();
+        let payload = self.next_payload;
+        self.trace(|| format!("n{id} propose p{payload}: {result:?}"));
+    }
+
+    fn commit_floor(&self) -> Index {
+        let live_commit = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.core.as_ref().map(RaftNode::commit_index))
+            .max()
+            .unwrap_or(0);
+        live_commit.max(self.checker.highest_applied_index())
+    }
+
+    fn read_somewhere(&mut self) {
+        let Some(position) = self.random_live_node() else {
+            return;
+        };
+        self.next_read_context += 1;
+        let context = self.next_read_context;
+        let floor = self.commit_floor();
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("live");
+        let result = core.read_index(context);
+        if result.is_ok() {
+            node.pending_reads.insert(context, floor);
+        }
+        let id = node.id;
+        self.trace(|| format!("n{id} read_index({context}) floor {floor}: {result:?}"));
+    }
+
+    fn crash_random_node(&mut self) {
+        let Some(position) = self.random_live_node() else {
+            return;
+        };
+        let downtime = self.rng.random_range(1..=(8 * u64::from(self.election_tick)));
+        let node = &mut self.nodes[position];
+        node.core = None;
+        node.writing = None;
+        node.pending_reads.clear();
+        node.restart_at = self.now + downtime;
+        self.stats.crashes += 1;
+        let id = node.id;
+        self.trace(|| format!("n{id} CRASH (unwritten Ready lost), down for {downtime} ticks"));
+    }
+
+    fn restart(&mut self, position: usize) {
+        if self.options.fault == InjectedFault::AmnesiaOnRestart {
+            self.nodes[position].durable = Durable::default();
+            let id = self.nodes[position].id;
+            self.checker.forget_durable_history(id);
+        }
+        let node = &mut self.nodes[position];
+        let durable = node.durable.clone();
+        let core = RaftNode::new(
+            node.config.clone(),
+            durable.hard_state,
+            durable.snapshot,
+            durable.entries,
+        )
+        .expect("durable state is valid");
+        node.state = match durable.snapshot {
+            Some(snapshot) => StateMachine {
+                applied_index: snapshot.index,
+                hash: self.snapshot_states[&snapshot],
+            },
+            None => StateMachine {
+                applied_index: 0,
+                hash: INITIAL_STATE_HASH,
+            },
+        };
+        node.leader_checked_term = None;
+        let id = node.id;
+        let (term, commit) = (core.term(), core.commit_index());
+        node.core = Some(core);
+        self.trace(|| {
+            format!(
+                "n{id} RESTART from durable hard state {:?}, snapshot {:?}, {} entries",
+                durable.hard_state,
+                durable.snapshot,
+                self.nodes[position].durable.entries.len()
+            )
+        });
+        // A new life: its baseline is what was durable.
+        self.checker
+            .observe_term_and_commit(id, term, commit, true)
+            .expect("restart baseline");
+    }
+
+    fn random_partition(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
+        let shape = self.rng.random_range(0..4u32);
+        match shape {
+            0 => {
+                // Isolate one node.
+                let isolated = *ids.choose(&mut self.rng).expect("nodes");
+                for id in &ids {
+                    self.groups.insert(*id, u8::from(*id == isolated));
+                }
+            }
+            1 | 2 => {
+                // Random split into 2 or 3 groups.
+                let group_count = if shape == 1 { 2 } else { 3 };
+                for id in &ids {
+                    let group = self.rng.random_range(0..group_count);
+                    self.groups.insert(*id, group);
+                }
+            }
+            _ => {
+                // A few one-way link cuts.
+                for _ in 0..self.rng.random_range(1..=3) {
+                    let from = *ids.choose(&mut self.rng).expect("nodes");
+                    let to = *ids.choose(&mut self.rng).expect("nodes");
+                    if from != to {
+                        self.cut_links.insert((from, to));
+                    }
+                }
+            }
+        }
+        let groups = self.groups.clone();
+        let cuts = self.cut_links.clone();
+        self.trace(|| format!("partition: groups {groups:?}, one-way cuts {cuts:?}"));
+    }
+
+    fn heal_network(&mut self) {
+        for group in self.groups.values_mut() {
+            *group = 0;
+        }
+        self.cut_links.clear();
+    }
+
+    fn heal_everything(&mut self) {
+        self.trace(|| "HEAL: network healed, crashed nodes restart, faults stop".to_string());
+        self.heal_network();
+        for position in 0..self.nodes.len() {
+            if self.nodes[position].core.is_none() {
+                self.restart(position);
+            }
+        }
+        self.environment = Environment {
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            max_extra_delay_ticks: 0,
+            reorder: false,
+            max_disk_delay_ticks: self.environment.max_disk_delay_ticks.min(1),
+            tick_skip_probability: 0.0,
+            ..self.environment
+        };
+    }
+
+    fn compact_random_node(&mut self) {
+        let Some(position) = self.random_live_node() else {
+            return;
+        };
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("live");
+        let index = core.applied_index();
+        assert_eq!(index, node.state.applied_index, "harness applied tracking");
+        if core.compact(index).is_err() {
+            return;
+        }
+        let snapshot = core.snapshot_metadata().expect("just compacted");
+        // The driver's snapshot is durable before the WAL is truncated.
+        node.durable.snapshot = Some(snapshot);
+        node.durable.entries.retain(|entry| entry.index > snapshot.index);
+        let hash = node.state.hash;
+        let id = node.id;
+        if let Some(existing) = self.snapshot_states.insert(snapshot, hash) {
+            assert_eq!(existing, hash, "two snapshots at {snapshot:?} differ");
+        }
+        self.trace(|| format!("n{id} compact to {snapshot:?}"));
+    }
+
+    fn transfer_somewhere(&mut self) {
+        let Some(position) = self.random_live_node() else {
+            return;
+        };
+        let target = self.rng.random_range(1..=self.nodes.len() as NodeId);
+        let core = self.nodes[position].core.as_mut().expect("live");
+        let result = core.transfer_leader(target);
+        let id = core.id();
+        self.trace(|| format!("n{id} transfer_leader({target}): {result:?}"));
+    }
+
+    // ----- One tick of the world --------------------------------------------
+
+    fn link_open(&self, from: NodeId, to: NodeId) -> bool {
+        self.groups[&from] == self.groups[&to] && !self.cut_links.contains(&(from, to))
+    }
+
+    fn step_world(&mut self) -> Result<(), Violation> {
+        self.now += 1;
+        self.deliver_due_messages();
+        for position in 0..self.nodes.len() {
+            let skip = self.rng.random_bool(self.environment.tick_skip_probability);
+            if let Some(core) = self.nodes[position].core.as_mut() {
+                if !skip {
+                    core.tick();
+                }
+            }
+        }
+        for position in 0..self.nodes.len() {
+            self.drive_ready(position)?;
+        }
+        if self.network.len() > MAX_IN_FLIGHT_MESSAGES {
+            return Err(Violation {
+                kind: ViolationKind::MessageStorm,
+                detail: format!("{} messages in flight", self.network.len()),
+            });
+        }
+        self.check_nodes()
+    }
+
+    fn deliver_due_messages(&mut self) {
+        let now = self.now;
+        let (mut due, pending): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.network)
+            .into_iter()
+            .partition(|in_flight| in_flight.deliver_at <= now);
+        self.network = pending;
+        if self.environment.reorder {
+            due.shuffle(&mut self.rng);
+        }
+        for in_flight in due {
+            let message = in_flight.message;
+            // Partitions also cut messages already on the wire.
+            if !self.link_open(message.from, message.to) {
+                continue;
+            }
+            let position = (message.to - 1) as usize;
+            let Some(core) = self.nodes[position].core.as_mut() else {
+                continue;
+            };
+            self.stats.messages_delivered += 1;
+            if self.options.verbose {
+                println!("[t={:>5}] deliver {}", now, describe(&message));
+            }
+            core.step(message);
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        if !self.link_open(message.from, message.to)
+            || self.rng.random_bool(self.environment.drop_probability)
+        {
+            return;
+        }
+        if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+            // The driver ships the snapshot bytes along: they must exist.
+            assert!(
+                self.snapshot_states.contains_key(snapshot),
+                "snapshot {snapshot:?} sent but never taken"
+            );
+        }
+        let copies = if self.rng.random_bool(self.environment.duplicate_probability) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = 1 + self.rng.random_range(0..=self.environment.max_extra_delay_ticks);
+            self.network.push(InFlight {
+                deliver_at: self.now + delay,
+                message: message.clone(),
+            });
+        }
+    }
+
+    /// Takes `Ready`s and completes disk writes whose time has come.
+    fn drive_ready(&mut self, position: usize) -> Result<(), Violation> {
+        for _ in 0..MAX_READY_ROUNDS_PER_TICK {
+            let node = &mut self.nodes[position];
+            let Some(core) = node.core.as_mut() else {
+                return Ok(());
+            };
+            match &node.writing {
+                Some((_, complete_at)) if *complete_at <= self.now => {
+                    self.complete_write(position)?;
+                }
+                Some(_) => return Ok(()),
+                None if core.has_ready() => {
+                    let ready = core.ready();
+                    let id = node.id;
+                    for entry in &ready.entries {
+                        let previous_term = core.term_at(entry.index - 1);
+                        self.checker.observe_entry(id, entry, previous_term)?;
+                    }
+                    let delay = self.rng.random_range(0..=self.environment.max_disk_delay_ticks);
+                    self.nodes[position].writing = Some((ready, self.now + delay));
+                }
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The disk write finished: the Ready is durable; send, apply, advance.
+    fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
+        let (ready, _) = self.nodes[position].writing.take().expect("a write");
+        let id = self.nodes[position].id;
+        if let Some(soft_state) = &ready.soft_state {
+            self.trace(|| {
+                format!(
+                    "n{id} is {} in term {} (leader {:?}): {}",
+                    soft_state.role, soft_state.term, soft_state.leader_id, soft_state.reason
+                )
+            });
+        }
+        // 1. Persist.
+        {
+            let durable = &mut self.nodes[position].durable;
+            if let Some(snapshot) = ready.snapshot {
+                durable.snapshot = Some(snapshot);
+                durable.entries.clear();
+            }
+            if let Some(first) = ready.entries.first() {
+                let snapshot_index = durable.snapshot.map_or(0, |snapshot| snapshot.index);
+                let durable_last = durable
+                    .entries
+                    .last()
+                    .map_or(snapshot_index, |entry| entry.index);
+                assert!(
+                    first.index > snapshot_index && first.index <= durable_last + 1,
+                    "Ready entries at {} do not fit the WAL (snapshot {snapshot_index}, last {durable_last})",
+                    first.index
+                );
+                durable.entries.retain(|entry| entry.index < first.index);
+                durable.entries.extend(ready.entries.iter().cloned());
+            }
+            if let Some(hard_state) = ready.hard_state {
+                durable.hard_state = hard_state;
+            }
+        }
+        if let Some(hard_state) = ready.hard_state {
+            self.checker
+                .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+        }
+        // 2. Send.
+        for message in ready.messages {
+            self.send(message);
+        }
+        // 3. Restore the snapshot, then apply.
+        if let Some(snapshot) = ready.snapshot {
+            let hash = self.snapshot_states[&snapshot];
+            self.nodes[position].state = StateMachine {
+                applied_index: snapshot.index,
+                hash,
+            };
+            self.stats.snapshots_installed += 1;
+            self.trace(|| format!("n{id} installed snapshot {snapshot:?}"));
+        }
+        for entry in &ready.committed_entries {
+            let state = self.nodes[position].state;
+            if entry.index != state.applied_index + 1 {
+                return Err(Violation {
+                    kind: ViolationKind::StateMachineSafety,
+                    detail: format!(
+                        "node {id} applied index {} right after {}",
+                        entry.index, state.applied_index
+                    ),
+                });
+            }
+            self.checker.observe_applied(id, entry)?;
+            self.nodes[position].state = StateMachine {
+                applied_index: entry.index,
+                hash: apply_to_state(state.hash, entry),
+            };
+        }
+        // 4. Reads.
+        for read_state in &ready.read_states {
+            let floor = self.nodes[position]
+                .pending_reads
+                .remove(&read_state.context)
+                .expect("a read state answers a pending request");
+            self.checker
+                .check_read(id, read_state.context, floor, read_state.index)?;
+            self.stats.reads_confirmed += 1;
+        }
+        // 5. Advance.
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("live");
+        core.advance();
+        assert_eq!(
+            core.applied_index(),
+            node.state.applied_index,
+            "core and state machine agree on the applied index"
+        );
+        Ok(())
+    }
+
+    fn check_nodes(&mut self) -> Result<(), Violation> {
+        for position in 0..self.nodes.len() {
+            let node = &mut self.nodes[position];
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            let (id, term, commit) = (core.id(), core.term(), core.commit_index());
+            self.checker.observe_term_and_commit(id, term, commit, false)?;
+            if core.role() == Role::Leader {
+                self.checker.observe_leader(term, id)?;
+                if node.leader_checked_term != Some(term) {
+                    node.leader_checked_term = Some(term);
+                    self.stats.leader_terms += 1;
+                    self.checker.check_leader_completeness(core)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One-line description of a message for traces.
+pub fn describe(message: &Message) -> String {
+    let detail = match &message.body {
+        MessageBody::RequestVote {
+            last_log_index,
+            last_log_term,
+            transfer,
+            ..
+        } => format!("last ({last_log_index}, t{last_log_term}) transfer {transfer}"),
+        MessageBody::RequestVoteResponse { granted, .. } => format!("granted {granted}"),
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => format!(
+            "prev ({prev_log_index}, t{prev_log_term}) entries {} commit {leader_commit}",
+            entries.len()
+        ),
+        MessageBody::AppendEntriesResponse {
+            success,
+            index,
+            reject_hint_index,
+            reject_hint_term,
+        } => format!("success {success} index {index} hint ({reject_hint_index}, t{reject_hint_term})"),
+        MessageBody::Heartbeat {
+            leader_commit,
+            read_round,
+        } => format!("commit {leader_commit} round {read_round}"),
+        MessageBody::HeartbeatResponse { read_round } => format!("round {read_round}"),
+        MessageBody::InstallSnapshot { snapshot } => format!("{snapshot:?}"),
+        MessageBody::InstallSnapshotResponse { index } => format!("index {index}"),
+        MessageBody::TimeoutNow => String::new(),
+    };
+    format!(
+        "n{} -> n{} t{} {} {}",
+        message.from,
+        message.to,
+        message.term,
+        message.body.kind_name(),
+        detail
+    )
+}
+
+/// Runs one seed, turning panics into [`ViolationKind::Panic`].
+pub fn run_seed(options: SimOptions) -> Result<SimStats, Violation> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut world = World::new(options);
+        world.run()
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|text| (*text).to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            Err(Violation {
+                kind: ViolationKind::Panic,
+                detail,
+            })
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Deterministic simulation of kvstore-raft clusters, plus tests proving the
+//! safety checkers can fail.
+//!
+//! * `cargo test -p kvstore-raft --release --test simulation` runs seeds
+//!   `0..1000` (3- and 5-node clusters, random faults).
+//! * `KVSTORE_SIM_SEEDS=N` runs N seeds, `KVSTORE_SIM_SEED_START=S` starts
+//!   at seed S.
+//! * `KVSTORE_SIM_SEED=S` replays seed S with a full trace (use
+//!   `-- --nocapture`).
+
+mod sim;
+
+use std::time::Instant;
+
+use kvstore_raft::{Config, Entry, EntryKind, HardState, RaftNode};
+use sim::checker::{Checker, ViolationKind};
+use sim::{run_seed, InjectedFault, SimOptions, SimStats};
+
+/// Seeds run by default.
+const DEFAULT_SEED_COUNT: u64 = 1000;
+/// Seeds run with a lying disk to prove the checkers catch it.
+const AMNESIA_SEED_COUNT: u64 = 200;
+
+fn environment_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be an unsigned integer, got {value:?}")),
+    )
+}
+
+fn replay_command(seed: u64) -> String {
+    format!("KVSTORE_SIM_SEED={seed} cargo test -p kvstore-raft --release --test simulation -- --nocapture simulation_seeds")
+}
+
+/// Runs `seeds` on all cores; returns (seed, outcome) sorted by seed.
+fn run_seeds(
+    seeds: Vec<u64>,
+    fault: InjectedFault,
+) -> Vec<(u64, Result<SimStats, sim::checker::Violation>)> {
+    let thread_count = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1);
+    let chunk_size = seeds.len().div_ceil(thread_count).max(1);
+    let mut outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = seeds
+            .chunks(chunk_size)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|seed| {
+                            let options = SimOptions {
+                                seed: *seed,
+                                verbose: false,
+                                fault,
+                            };
+                            (*seed, run_seed(options))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("simulation thread"))
+            .collect()
+    });
+    outcomes.sort_by_key(|(seed, _)| *seed);
+    outcomes
+}
+
+#[test]
+fn simulation_seeds() {
+    if let Some(seed) = environment_number("KVSTORE_SIM_SEED") {
+        let fault = match std::env::var("KVSTORE_SIM_FAULT").as_deref() {
+            Ok("amnesia") => InjectedFault::AmnesiaOnRestart,
+            Ok(other) => panic!("unknown KVSTORE_SIM_FAULT {other:?} (known: amnesia)"),
+            Err(_) => InjectedFault::None,
+        };
+        let options = SimOptions {
+            seed,
+            verbose: std::env::var("KVSTORE_SIM_QUIET").is_err(),
+            fault,
+        };
+        match run_seed(options) {
+            Ok(stats) => println!("seed {seed} passed: {stats:?}"),
+            Err(violation) => panic!("seed {seed} failed: {violation}"),
+        }
+        return;
+    }
+    let count = environment_number("KVSTORE_SIM_SEEDS").unwrap_or(DEFAULT_SEED_COUNT);
+    let start = environment_number("KVSTORE_SIM_SEED_START").unwrap_or(0);
+    let started = Instant::now();
+    let outcomes = run_seeds((start..start + count).collect(), InjectedFault::None);
+    let elapsed = started.elapsed();
+    let mut failures = Vec::new();
+    let mut totals = SimStats::default();
+    let mut worst_liveness_ticks = 0;
+    for (seed, outcome) in &outcomes {
+        match outcome {
+            Ok(stats) => {
+                totals.leader_terms += stats.leader_terms;
+                totals.applied_index += stats.applied_index;
+                totals.reads_confirmed += stats.reads_confirmed;
+                totals.snapshots_installed += stats.snapshots_installed;
+                totals.crashes += stats.crashes;
+                totals.messages_delivered += stats.messages_delivered;
+                worst_liveness_ticks = worst_liveness_ticks.max(stats.liveness_ticks);
+            }
+            Err(violation) => failures.push(format!(
+                "seed {seed}: {violation}\n  replay: {}",
+                replay_command(*seed)
+            )),
+        }
+    }
+    println!(
+        "simulated seeds {start}..{} in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages; slowest recovery {} ticks",
+        start + count,
+        elapsed,
+        totals.leader_terms,
+        totals.applied_index,
+        totals.reads_confirmed,
+        totals.snapshots_installed,
+        totals.crashes,
+        totals.messages_delivered,
+        worst_liveness_ticks
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn same_seed_replays_identically() {
+    let options = SimOptions {
+        seed: 7,
+        verbose: false,
+        fault: InjectedFault::None,
+    };
+    let first = format!("{:?}", run_seed(options));
+    let second = format!("{:?}", run_seed(options));
+    assert_eq!(first, second);
+}
+
+/// End to end: a disk that loses everything on restart (while the checkers
+/// are told nothing) must be caught by a cluster-wide safety checker, not by
+/// luck of a panic, in some seeds.
+#[test]
+fn lying_disk_is_caught_by_the_checkers() {
+    let outcomes = run_seeds((0..AMNESIA_SEED_COUNT).collect(), InjectedFault::AmnesiaOnRestart);
+    let mut caught: std::collections::BTreeMap<ViolationKind, Vec<u64>> = Default::default();
+    for (seed, outcome) in &outcomes {
+        if let Err(violation) = outcome {
+            if violation.kind.is_consensus() {
+                caught.entry(violation.kind).or_default().push(*seed);
+            }
+        }
+    }
+    for (kind, seeds) in &caught {
+        println!(
+            "lying disk: {kind:?} caught in {} seeds (first: {:?})",
+            seeds.len(),
+            &seeds[..seeds.len().min(5)]
+        );
+    }
+    assert!(
+        caught.contains_key(&ViolationKind::ElectionSafety),
+        "no two leaders in a term despite nodes forgetting their votes: {caught:?}"
+    );
+    assert!(
+        caught.contains_key(&ViolationKind::LeaderCompleteness)
+            || caught.contains_key(&ViolationKind::StateMachineSafety),
+        "no lost committed entry noticed despite nodes forgetting their logs: {caught:?}"
+    );
+}
+
+fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: data.to_vec(),
+    }
+}
+
+#[test]
+fn checker_reports_two_leaders_in_one_term() {
+    let mut checker = Checker::new();
+    assert!(checker.observe_leader(3, 1).is_ok());
+    assert!(checker.observe_leader(3, 1).is_ok(), "the same leader again is fine");
+    assert!(checker.observe_leader(4, 2).is_ok());
+    let violation = checker.observe_leader(3, 2).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::ElectionSafety);
+}
+
+#[test]
+fn checker_reports_a_second_vote_in_one_term() {
+    let mut checker = Checker::new();
+    assert!(checker.observe_durable_hard_state(1, 2, Some(2)).is_ok());
+    assert!(checker.observe_durable_hard_state(1, 2, Some(2)).is_ok());
+    let violation = checker.observe_durable_hard_state(1, 2, Some(3)).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::VoteSafety);
+    let violation = checker.observe_durable_hard_state(1, 1, None).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::MonotonicTerm);
+}
+
+#[test]
+fn checker_reports_log_matching_breaks() {
+    let mut checker = Checker::new();
+    assert!(checker.observe_entry(1, &entry(5, 2, b"a"), Some(1)).is_ok());
+    assert!(checker.observe_entry(2, &entry(5, 2, b"a"), Some(1)).is_ok());
+    let different_data = checker.observe_entry(3, &entry(5, 2, b"b"), Some(1));
+    assert_eq!(different_data.unwrap_err().kind, ViolationKind::LogMatching);
+    let different_prefix = checker.observe_entry(3, &entry(5, 2, b"a"), Some(2));
+    assert_eq!(different_prefix.unwrap_err().kind, ViolationKind::LogMatching);
+}
+
+#[test]
+fn checker_reports_divergent_state_machines() {
+    let mut checker = Checker::new();
+    assert!(checker.observe_applied(1, &entry(1, 1, b"x")).is_ok());
+    assert!(checker.observe_applied(2, &entry(1, 1, b"x")).is_ok());
+    let violation = checker.observe_applied(3, &entry(1, 1, b"y")).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::StateMachineSafety);
+    let violation = checker.observe_applied(3, &entry(1, 2, b"x")).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::StateMachineSafety);
+}
+
+#[test]
+fn checker_reports_a_leader_missing_a_committed_entry() {
+    let mut checker = Checker::new();
+    checker.observe_applied(2, &entry(1, 1, b"a")).unwrap();
+    checker.observe_applied(2, &entry(2, 1, b"b")).unwrap();
+    // A node whose log only has entry 1, pretending to lead.
+    let config = Config::new(1, vec![1, 2, 3]);
+    let hard_state = HardState {
+        term: 2,
+        vote: None,
+        commit: 0,
+    };
+    let node = RaftNode::new(config, hard_state, None, vec![entry(1, 1, b"a")]).unwrap();
+    let violation = checker.check_leader_completeness(&node).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::LeaderCompleteness);
+    // With the entry of a different term at index 2, too.
+    let config = Config::new(1, vec![1, 2, 3]);
+    let node = RaftNode::new(
+        config,
+        hard_state,
+        None,
+        vec![entry(1, 1, b"a"), entry(2, 2, b"b")],
+    )
+    .unwrap();
+    assert!(checker.check_leader_completeness(&node).is_err());
+}
+
+#[test]
+fn checker_reports_regressions_and_stale_reads() {
+    let mut checker = Checker::new();
+    checker.observe_term_and_commit(1, 3, 5, false).unwrap();
+    let violation = checker.observe_term_and_commit(1, 2, 5, false).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::MonotonicTerm);
+    checker.observe_term_and_commit(1, 3, 5, true).unwrap();
+    let violation = checker.observe_term_and_commit(1, 3, 4, false).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::MonotonicCommit);
+    assert!(checker.check_read(1, 9, 5, 5).is_ok());
+    let violation = checker.check_read(1, 9, 5, 4).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::StaleRead);
+}

@@ -1,0 +1,684 @@
+//! The Raft driver: one tokio task that owns the Raft core.
+//!
+//! It ticks the core, steps peers' messages and answers into it, proposes
+//! client writes and asks for read indexes; then, for each `Ready`, it
+//! persists (one WAL append and one fsync for the whole batch), sends,
+//! applies and advances — in the order the core's contract demands. While a
+//! batch is being fsynced new requests queue up, and the next `Ready` carries
+//! all of them: that is the group commit.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore_proto::raft::v1 as pb;
+use kvstore_raft::{
+    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError, Ready,
+    Role, SnapshotMetadata, Term,
+};
+use kvstore_wal::Wal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::persist;
+use super::status::{FollowerStatus, NodeRole, NodeStatus};
+use super::{ServedBy, WriteOutcome};
+use crate::errors::KvError;
+use crate::snapshot::{self, SnapshotDirectory};
+use crate::state_machine;
+use crate::storage::actor::StoreHandle;
+use crate::storage::StoreError;
+use crate::transport::convert::{expected_reply, reply_kind_of_response, ReplyKind};
+use crate::transport::peers::PeerSet;
+
+/// Inputs taken from the queues before one `Ready` is processed: bounds the
+/// work (and the latency) of one batch.
+pub const EVENTS_PER_READY_MAX: usize = 1_024;
+/// Capacity of the driver's input queue.
+pub const EVENT_QUEUE_CAPACITY: usize = 8_192;
+/// Exit code when the node stops because its storage failed: the process
+/// exits and recovers from the WAL on restart rather than diverge.
+pub const EXIT_CODE_STORAGE_FAILURE: i32 = 70;
+
+/// An input of the driver.
+pub enum DriverEvent {
+    /// A message from a peer; `answer` receives the core's answer.
+    Peer {
+        /// The message.
+        message: Message,
+        /// Where the answer goes (dropped unanswered if the core ignores it).
+        answer: Option<oneshot::Sender<Message>>,
+    },
+    /// A client write to propose.
+    Propose {
+        /// The write.
+        command: pb::Command,
+        /// The client request's id, for the logs.
+        request_id: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
+    },
+    /// A linearizable read.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+        /// The client request's id, for the logs.
+        request_id: String,
+        /// Where the value goes.
+        reply: oneshot::Sender<ReadResult>,
+    },
+}
+
+/// What a linearizable read returns.
+pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
+
+/// Events the driver sends itself from other threads.
+enum InternalEvent {
+    SnapshotWritten {
+        snapshot: SnapshotMetadata,
+        result: Result<u64, String>,
+    },
+}
+
+struct PendingProposal {
+    term: Term,
+    request_id: String,
+    reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
+}
+
+struct PendingRead {
+    key: Vec<u8>,
+    request_id: String,
+    reply: oneshot::Sender<ReadResult>,
+}
+
+struct AnswerWaiter {
+    sequence: u64,
+    answer: oneshot::Sender<Message>,
+}
+
+/// Settings of the driver.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverSettings {
+    /// Wall-clock length of one core tick.
+    pub tick: Duration,
+    /// Applied entries after which a snapshot is taken and the log compacted.
+    pub snapshot_entries: u64,
+}
+
+/// Everything the driver owns.
+pub struct Driver {
+    core: RaftNode,
+    cluster_id: String,
+    wal: Option<Wal>,
+    store: StoreHandle,
+    snapshots: SnapshotDirectory,
+    peers: Arc<PeerSet>,
+    events: mpsc::Receiver<DriverEvent>,
+    answers: mpsc::Receiver<Message>,
+    internal_sender: mpsc::UnboundedSender<InternalEvent>,
+    internal: mpsc::UnboundedReceiver<InternalEvent>,
+    status: watch::Sender<NodeStatus>,
+    applied_index: Arc<AtomicU64>,
+    settings: DriverSettings,
+    proposals: BTreeMap<Index, PendingProposal>,
+    reads: HashMap<u64, PendingRead>,
+    next_read_context: u64,
+    reads_awaiting_apply: Vec<(Index, PendingRead)>,
+    answer_waiters: HashMap<(NodeId, ReplyKind), VecDeque<AnswerWaiter>>,
+    next_waiter_sequence: u64,
+    applied_submitted: SnapshotMetadata,
+    snapshot_index: Index,
+    snapshot_in_progress: bool,
+}
+
+/// What the driver needs to start.
+pub struct DriverParts {
+    /// The core, rebuilt from the WAL.
+    pub core: RaftNode,
+    /// The cluster id, for status.
+    pub cluster_id: String,
+    /// The opened WAL.
+    pub wal: Wal,
+    /// The state machine's store.
+    pub store: StoreHandle,
+    /// Snapshot files.
+    pub snapshots: SnapshotDirectory,
+    /// Outbound links.
+    pub peers: Arc<PeerSet>,
+    /// Client and peer inputs.
+    pub events: mpsc::Receiver<DriverEvent>,
+    /// Answers to our outbound RPCs.
+    pub answers: mpsc::Receiver<Message>,
+    /// Where status is published.
+    pub status: watch::Sender<NodeStatus>,
+    /// The state machine's applied index, shared with status readers.
+    pub applied_index: Arc<AtomicU64>,
+    /// Settings.
+    pub settings: DriverSettings,
+    /// The state machine's applied position at start.
+    pub applied: SnapshotMetadata,
+}
+
+fn storage_failure(context: &str, error: impl std::fmt::Display) -> ! {
+    tracing::error!(%error, "{context}; stopping so the node recovers from its log on restart");
+    std::process::exit(EXIT_CODE_STORAGE_FAILURE);
+}
+
+impl Driver {
+    /// Assembles the driver.
+    pub fn new(parts: DriverParts) -> Self {
+        let (internal_sender, internal) = mpsc::unbounded_channel();
+        let snapshot_index = parts
+            .core
+            .snapshot_metadata()
+            .map(|snapshot| snapshot.index)
+            .unwrap_or(0);
+        Self {
+            core: parts.core,
+            cluster_id: parts.cluster_id,
+            wal: Some(parts.wal),
+            store: parts.store,
+            snapshots: parts.snapshots,
+            peers: parts.peers,
+            events: parts.events,
+            answers: parts.answers,
+            internal_sender,
+            internal,
+            status: parts.status,
+            applied_index: parts.applied_index,
+            settings: parts.settings,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read_context: 1,
+            reads_awaiting_apply: Vec::new(),
+            answer_waiters: HashMap::new(),
+            next_waiter_sequence: 0,
+            applied_submitted: parts.applied,
+            snapshot_index,
+            snapshot_in_progress: false,
+        }
+    }
+
+    /// Runs until `shutdown` turns true. A single-member cluster campaigns at once.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if self.core.voters() == [self.core.id()] {
+            self.core.campaign();
+        }
+        let mut ticker = tokio::time::interval(self.settings.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                _ = ticker.tick() => self.core.tick(),
+                Some(answer) = self.answers.recv() => self.core.step(answer),
+                Some(event) = self.events.recv() => self.handle_event(event),
+                Some(event) = self.internal.recv() => self.handle_internal(event).await,
+            }
+            self.drain_inputs();
+            self.process_readies().await;
+            self.publish_status();
+        }
+        self.fail_pending("the node is shutting down");
+        tracing::info!("raft driver stopped");
+    }
+
+    /// Takes whatever else is already queued, up to a bound, so that one
+    /// `Ready` (one fsync, one send round) serves all of it.
+    fn drain_inputs(&mut self) {
+        for _ in 0..EVENTS_PER_READY_MAX {
+            if let Ok(answer) = self.answers.try_recv() {
+                self.core.step(answer);
+                continue;
+            }
+            match self.events.try_recv() {
+                Ok(event) => self.handle_event(event),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: DriverEvent) {
+        match event {
+            DriverEvent::Peer { message, answer } => {
+                if let (Some(answer), Some(kind)) = (answer, expected_reply(&message.body)) {
+                    let sequence = self.next_waiter_sequence;
+                    self.next_waiter_sequence += 1;
+                    self.answer_waiters
+                        .entry((message.from, kind))
+                        .or_default()
+                        .push_back(AnswerWaiter { sequence, answer });
+                }
+                self.core.step(message);
+            }
+            DriverEvent::Propose {
+                command,
+                request_id,
+                reply,
+            } => match self.core.propose(state_machine::encode_command(&command)) {
+                Ok((index, term)) => {
+                    tracing::debug!(
+                        request_id,
+                        index,
+                        term,
+                        "proposed: appended to the leader's log"
+                    );
+                    self.proposals.insert(
+                        index,
+                        PendingProposal {
+                            term,
+                            request_id,
+                            reply,
+                        },
+                    );
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(propose_error(error)));
+                }
+            },
+            DriverEvent::Read {
+                key,
+                request_id,
+                reply,
+            } => {
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                match self.core.read_index(context) {
+                    Ok(()) => {
+                        self.reads.insert(
+                            context,
+                            PendingRead {
+                                key,
+                                request_id,
+                                reply,
+                            },
+                        );
+                    }
+                    Err(ReadIndexError::NotLeader { leader_hint }) => {
+                        let _ = reply.send(Err(KvError::NotLeader(format!(
+                            "leader hint {leader_hint:?}"
+                        ))));
+                    }
+                    Err(ReadIndexError::TooManyPending) => {
+                        let _ = reply.send(Err(KvError::Unavailable(
+                            "too many pending reads; retry".into(),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_internal(&mut self, event: InternalEvent) {
+        match event {
+            InternalEvent::SnapshotWritten { snapshot, result } => {
+                self.snapshot_in_progress = false;
+                match result {
+                    Ok(pairs) => {
+                        self.wal_compact(snapshot).await;
+                        match self.core.compact(snapshot.index) {
+                            Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
+                            Err(error) => tracing::error!(%error, "compacting the raft log failed"),
+                        }
+                        self.snapshot_index = self.snapshot_index.max(snapshot.index);
+                        tracing::info!(
+                            index = snapshot.index,
+                            term = snapshot.term,
+                            pairs,
+                            "snapshot taken; log compacted"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, index = snapshot.index, "taking a snapshot failed")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process_readies(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.ready();
+            self.process_ready(ready).await;
+            self.core.advance();
+        }
+    }
+
+    async fn process_ready(&mut self, ready: Ready) {
+        let waiters_before_ready = self.next_waiter_sequence;
+        if let Some(soft_state) = &ready.soft_state {
+            tracing::info!(
+                role = %soft_state.role,
+                term = soft_state.term,
+                leader_id = soft_state.leader_id.unwrap_or(0),
+                reason = soft_state.reason,
+                "raft role or leader changed"
+            );
+            if soft_state.role != Role::Leader {
+                self.fail_pending("leadership was lost");
+            }
+        }
+        // 1. Persist.
+        if let Some(snapshot) = ready.snapshot {
+            self.install_received_snapshot(snapshot).await;
+        }
+        if !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some()) {
+            self.wal_append(ready.hard_state, ready.entries).await;
+        }
+        // 2. Send: answers to waiting RPCs, requests to peers.
+        for message in ready.messages {
+            match reply_kind_of_response(&message.body) {
+                Some(kind) => self.answer(kind, message),
+                None => self.peers.send(message),
+            }
+        }
+        // Requests stepped before this Ready that got no answer were ignored.
+        for waiters in self.answer_waiters.values_mut() {
+            while waiters
+                .front()
+                .is_some_and(|waiter| waiter.sequence < waiters_before_ready)
+            {
+                waiters.pop_front();
+            }
+        }
+        // 3. Apply.
+        if !ready.committed_entries.is_empty() {
+            self.submit_apply(ready.committed_entries);
+        }
+        // 4. Reads.
+        for read_state in ready.read_states {
+            if let Some(read) = self.reads.remove(&read_state.context) {
+                if read_state.index <= self.applied_submitted.index {
+                    self.submit_read(read, read_state.index);
+                } else {
+                    self.reads_awaiting_apply.push((read_state.index, read));
+                }
+            }
+        }
+        self.maybe_snapshot();
+    }
+
+    fn answer(&mut self, kind: ReplyKind, message: Message) {
+        let waiter = self
+            .answer_waiters
+            .get_mut(&(message.to, kind))
+            .and_then(VecDeque::pop_front);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.answer.send(message);
+            }
+            None => tracing::debug!(
+                to = message.to,
+                kind = message.body.kind_name(),
+                "answer with no waiting RPC dropped"
+            ),
+        }
+    }
+
+    async fn wal_append(
+        &mut self,
+        hard_state: Option<kvstore_raft::HardState>,
+        entries: Vec<Entry>,
+    ) {
+        let mut wal = self.wal.take().expect("the WAL is owned by the driver");
+        let started = Instant::now();
+        let entry_count = entries.len();
+        let (wal, result) = tokio::task::spawn_blocking(move || {
+            let hard_state = hard_state.as_ref().map(persist::hard_state_to_wal);
+            let entries: Vec<kvstore_wal::Entry> =
+                entries.iter().map(persist::entry_to_wal).collect();
+            let result = wal.append(hard_state.as_ref(), &entries);
+            (wal, result)
+        })
+        .await
+        .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
+        self.wal = Some(wal);
+        if let Err(error) = result {
+            storage_failure("appending to the WAL failed", error);
+        }
+        tracing::trace!(
+            entry_count,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "WAL batch synced"
+        );
+    }
+
+    async fn wal_compact(&mut self, snapshot: SnapshotMetadata) {
+        let mut wal = self.wal.take().expect("the WAL is owned by the driver");
+        let (wal, result) = tokio::task::spawn_blocking(move || {
+            let result = wal.compact(persist::marker_to_wal(snapshot));
+            (wal, result)
+        })
+        .await
+        .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
+        self.wal = Some(wal);
+        if let Err(error) = result {
+            storage_failure("compacting the WAL failed", error);
+        }
+    }
+
+    /// A snapshot from the leader: its file is already durable; record it in
+    /// the WAL (dropping the entries it replaces) and restore the state
+    /// machine from it before anything after it is applied.
+    async fn install_received_snapshot(&mut self, snapshot: SnapshotMetadata) {
+        self.wal_compact(snapshot).await;
+        let path = self.snapshots.path_of(snapshot);
+        let started = Instant::now();
+        let result = self
+            .store
+            .with(move |store| {
+                snapshot::restore_into_store(store, &path)
+                    .map_err(|error| StoreError::Engine(error.to_string()))
+            })
+            .await;
+        match result {
+            Ok((_, pairs)) => tracing::info!(
+                index = snapshot.index,
+                term = snapshot.term,
+                pairs,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "installed the leader's snapshot"
+            ),
+            Err(error) => storage_failure("restoring a received snapshot failed", error),
+        }
+        self.applied_index.store(snapshot.index, Ordering::Release);
+        self.applied_submitted = snapshot;
+        self.snapshot_index = snapshot.index;
+        self.flush_reads_awaiting_apply();
+    }
+
+    fn submit_apply(&mut self, entries: Vec<Entry>) {
+        let last = entries.last().expect("not empty");
+        let last = SnapshotMetadata {
+            index: last.index,
+            term: last.term,
+        };
+        let mut resolved = Vec::new();
+        for entry in &entries {
+            if let Some(proposal) = self.proposals.remove(&entry.index) {
+                tracing::debug!(
+                    request_id = proposal.request_id,
+                    index = entry.index,
+                    "committed"
+                );
+                resolved.push((entry.index, entry.term, proposal));
+            }
+        }
+        let applied_index = self.applied_index.clone();
+        let node_id = self.core.id();
+        let result = self.store.submit(move |store| {
+            let outcomes = match state_machine::apply(store, &entries) {
+                Ok(outcomes) => outcomes,
+                Err(error) => storage_failure("applying committed entries failed", error),
+            };
+            applied_index.fetch_max(last.index, Ordering::AcqRel);
+            for (index, entry_term, proposal) in resolved {
+                let outcome = if entry_term != proposal.term {
+                    Err(KvError::Unavailable(
+                        "a new leader replaced the write before it committed; it was not applied"
+                            .into(),
+                    ))
+                } else {
+                    tracing::debug!(request_id = proposal.request_id, index, "applied");
+                    let found = outcomes
+                        .iter()
+                        .find(|outcome| outcome.index == index)
+                        .is_none_or(|outcome| outcome.found);
+                    Ok(WriteOutcome {
+                        served_by: ServedBy {
+                            node_id,
+                            leader_id: node_id,
+                            term: entry_term,
+                            index,
+                            forwarded_by: 0,
+                        },
+                        found,
+                    })
+                };
+                let _ = proposal.reply.send(outcome);
+            }
+        });
+        if let Err(error) = result {
+            storage_failure("the store thread is gone", error);
+        }
+        self.applied_submitted = last;
+        self.flush_reads_awaiting_apply();
+    }
+
+    fn flush_reads_awaiting_apply(&mut self) {
+        let applied = self.applied_submitted.index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_awaiting_apply = waiting;
+        for (index, read) in ready {
+            self.submit_read(read, index);
+        }
+    }
+
+    fn submit_read(&self, read: PendingRead, read_index: Index) {
+        let served_by = ServedBy {
+            node_id: self.core.id(),
+            leader_id: self.core.id(),
+            term: self.core.term(),
+            index: read_index,
+            forwarded_by: 0,
+        };
+        let result = self.store.submit(move |store| {
+            let result = state_machine::get(store, &read.key)
+                .map(|value| (served_by, value))
+                .map_err(KvError::from);
+            tracing::debug!(
+                request_id = read.request_id,
+                read_index,
+                "read served at the read index"
+            );
+            let _ = read.reply.send(result);
+        });
+        if let Err(error) = result {
+            storage_failure("the store thread is gone", error);
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let since_snapshot = self
+            .applied_submitted
+            .index
+            .saturating_sub(self.snapshot_index);
+        if self.snapshot_in_progress || since_snapshot < self.settings.snapshot_entries {
+            return;
+        }
+        self.snapshot_in_progress = true;
+        let snapshot = self.applied_submitted;
+        let directory = self.snapshots.clone();
+        let events = self.internal_sender.clone();
+        tracing::info!(index = snapshot.index, since_snapshot, "taking a snapshot");
+        let result = self.store.submit(move |store| {
+            let result =
+                snapshot::write_from_store(store, &directory, snapshot).and_then(|pairs| {
+                    directory.install(snapshot)?;
+                    directory.remove_old()?;
+                    Ok(pairs)
+                });
+            let _ = events.send(InternalEvent::SnapshotWritten {
+                snapshot,
+                result: result.map_err(|error| error.to_string()),
+            });
+        });
+        if let Err(error) = result {
+            storage_failure("the store thread is gone", error);
+        }
+    }
+
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, proposal) in std::mem::take(&mut self.proposals) {
+            let _ = proposal.reply.send(Err(KvError::OutcomeUnknown(format!(
+                "{reason} while the write was in flight; it may or may not be applied"
+            ))));
+        }
+        let reads = std::mem::take(&mut self.reads).into_values().chain(
+            std::mem::take(&mut self.reads_awaiting_apply)
+                .into_iter()
+                .map(|(_, read)| read),
+        );
+        for read in reads {
+            let _ = read.reply.send(Err(KvError::NotLeader(format!(
+                "{reason} before the read was confirmed"
+            ))));
+        }
+    }
+
+    fn publish_status(&self) {
+        let core = &self.core;
+        let followers = if core.role() == Role::Leader {
+            core.follower_progress()
+                .into_iter()
+                .map(|progress| FollowerStatus {
+                    id: progress.id,
+                    match_index: progress.match_index,
+                    next_index: progress.next_index,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let status = NodeStatus {
+            id: core.id(),
+            role: NodeRole::from(core.role()),
+            term: core.term(),
+            leader_id: core.leader_id().unwrap_or(0),
+            commit_index: core.commit_index(),
+            applied_index: self.applied_index.load(Ordering::Acquire),
+            last_log_index: core.last_index(),
+            snapshot_index: self.snapshot_index,
+            followers,
+            cluster_id: self.cluster_id.clone(),
+        };
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+}
+
+fn propose_error(error: ProposeError) -> KvError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => {
+            KvError::NotLeader(format!("leader hint {leader_hint:?}"))
+        }
+        ProposeError::TooManyPending => {
+            KvError::Unavailable("too many writes in flight; retry".into())
+        }
+        ProposeError::TransferInProgress => {
+            KvError::Unavailable("leadership transfer in progress; retry".into())
+        }
+    }
+}

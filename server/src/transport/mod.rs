@@ -1,0 +1,6 @@
+//! The Raft peer transport: protobuf conversion at one boundary, outbound
+//! per-peer senders, and the inbound gRPC service.
+
+pub mod convert;
+pub mod peers;
+pub mod service;

@@ -1,0 +1,248 @@
+//! The inbound side of the peer protocol: the `kvstore.raft.v1.Raft` gRPC
+//! service on the raft port. Every request's header is checked first, so a
+//! node of another cluster or a stray client is refused and changes nothing.
+
+use std::time::Duration;
+
+use kvstore_proto::raft::v1 as pb;
+use kvstore_proto::raft::v1::raft_server::Raft;
+use kvstore_raft::{Message, SnapshotMetadata};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, ResponseProto};
+use crate::node::{Node, ServedBy};
+use crate::snapshot::{self, SnapshotDirectory};
+
+/// Full name of the peer service, as reflection lists it.
+pub const RAFT_SERVICE_NAME: &str = "kvstore.raft.v1.Raft";
+
+/// How long an inbound message may wait for the driver's answer.
+pub const INBOUND_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Raft peer service.
+#[derive(Debug)]
+pub struct RaftService {
+    node: Node,
+    snapshots: SnapshotDirectory,
+    /// One snapshot is received at a time.
+    receiving_snapshot: Mutex<()>,
+}
+
+impl RaftService {
+    /// The service for `node`, receiving snapshots into `snapshots`.
+    pub fn new(node: Node, snapshots: SnapshotDirectory) -> Self {
+        Self {
+            node,
+            snapshots,
+            receiving_snapshot: Mutex::new(()),
+        }
+    }
+
+    fn check(&self, header: Option<&pb::MessageHeader>) -> Result<(), Status> {
+        let identity = self.node.identity();
+        convert::check_header(header, &identity.cluster_id, identity.id, &identity.members)
+            .map_err(Status::failed_precondition)
+    }
+
+    /// Steps `message` into the driver and waits for its answer.
+    async fn exchange(&self, message: Message) -> Result<ResponseProto, Status> {
+        let answer = self
+            .node
+            .deliver(message, true)
+            .await
+            .map_err(Status::from)?
+            .expect("an answer was asked for");
+        let answer = tokio::time::timeout(INBOUND_ANSWER_TIMEOUT, answer)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
+            .map_err(|_| Status::aborted("message ignored (stale or superseded)"))?;
+        convert::response_to_proto(&self.node.identity().cluster_id, &answer)
+            .ok_or_else(|| Status::internal("the driver answered with a request message"))
+    }
+}
+
+fn malformed(error: convert::MalformedMessage) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+type ForwardResult = Result<Response<pb::ForwardResponse>, Status>;
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn request_vote(
+        &self,
+        request: Request<pb::RequestVoteRequest>,
+    ) -> Result<Response<pb::RequestVoteResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let message = convert::request_vote_from_proto(request).map_err(malformed)?;
+        match self.exchange(message).await? {
+            ResponseProto::Vote(response) => Ok(Response::new(response)),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let message = convert::append_entries_from_proto(request).map_err(malformed)?;
+        match self.exchange(message).await? {
+            ResponseProto::Append(response) => Ok(Response::new(response)),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check(first.header.as_ref())?;
+        let header = first.header.clone().expect("checked above");
+        let snapshot = first
+            .snapshot
+            .map(|snapshot| SnapshotMetadata {
+                index: snapshot.index,
+                term: snapshot.term,
+            })
+            .ok_or_else(|| Status::invalid_argument("the first chunk must name the snapshot"))?;
+        let _receiving = self.receiving_snapshot.lock().await;
+        let path = self.snapshots.temporary_path_of(snapshot);
+        let io =
+            |error: std::io::Error| Status::internal(format!("cannot store the snapshot: {error}"));
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        let mut expected_offset = 0u64;
+        let mut chunk = Some(first);
+        let total_bytes = loop {
+            let Some(current) = chunk.take() else {
+                return Err(Status::invalid_argument(
+                    "snapshot stream ended before its last chunk",
+                ));
+            };
+            if current.offset != expected_offset {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {}, expected {expected_offset}",
+                    current.offset
+                )));
+            }
+            file.write_all(&current.data).await.map_err(io)?;
+            expected_offset += current.data.len() as u64;
+            if current.done {
+                break current.total_bytes;
+            }
+            chunk = stream.message().await?;
+        };
+        if total_bytes != expected_offset {
+            return Err(Status::invalid_argument(format!(
+                "snapshot of {expected_offset} bytes received, {total_bytes} announced"
+            )));
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let check_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            snapshot::verify_checksum(&check_path)?;
+            snapshot::peek_metadata(&check_path)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?;
+        match verified {
+            Ok(in_file) if in_file == snapshot => {}
+            Ok(in_file) => {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot file is {in_file:?}, announced {snapshot:?}"
+                )))
+            }
+            Err(error) => return Err(Status::data_loss(error.to_string())),
+        }
+        self.snapshots
+            .install(snapshot)
+            .map_err(|error| Status::internal(error.to_string()))?;
+        tracing::info!(
+            from = header.from,
+            index = snapshot.index,
+            term = snapshot.term,
+            bytes = total_bytes,
+            "snapshot received and stored"
+        );
+        match self
+            .exchange(convert::install_snapshot_message(&header, snapshot))
+            .await?
+        {
+            ResponseProto::Snapshot(response) => Ok(Response::new(response)),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let message = convert::timeout_now_from_proto(request).map_err(malformed)?;
+        let header = convert::header(
+            &self.node.identity().cluster_id,
+            &Message {
+                from: message.to,
+                to: message.from,
+                term: message.term,
+                body: message.body.clone(),
+            },
+        );
+        self.node
+            .deliver(message, false)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::TimeoutNowResponse { header }))
+    }
+
+    async fn forward(&self, request: Request<pb::ForwardRequest>) -> ForwardResult {
+        let request = request.into_inner();
+        self.check(request.header.as_ref())?;
+        let from = request
+            .header
+            .as_ref()
+            .map(|header| header.from)
+            .unwrap_or_default();
+        let (served_by, found, value): (ServedBy, bool, Vec<u8>) = match request.request {
+            Some(pb::forward_request::Request::Write(command)) => {
+                let (served_by, found) = self
+                    .node
+                    .write_as_leader(command, &request.request_id, from)
+                    .await
+                    .map_err(Status::from)?;
+                (served_by, found, Vec::new())
+            }
+            Some(pb::forward_request::Request::ReadKey(key)) => {
+                let (served_by, value) = self
+                    .node
+                    .read_as_leader(key, &request.request_id, from)
+                    .await
+                    .map_err(Status::from)?;
+                (served_by, value.is_some(), value.unwrap_or_default())
+            }
+            None => return Err(Status::invalid_argument("forwarded request is empty")),
+        };
+        Ok(Response::new(pb::ForwardResponse {
+            header: Some(pb::MessageHeader {
+                cluster_id: self.node.identity().cluster_id.clone(),
+                from: served_by.node_id,
+                to: from,
+                term: served_by.term,
+            }),
+            index: served_by.index,
+            found,
+            value,
+        }))
+    }
+}

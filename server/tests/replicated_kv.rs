@@ -1,0 +1,359 @@
+//! The replicated key-value store with real processes: writes through any
+//! node, linearizable reads, crashes under load, a deposed leader, and a
+//! follower that catches up through a snapshot.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest};
+use support::{client_for, status_of, Cluster, TEST_ELECTION_TIMEOUT};
+
+const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
+
+async fn try_put(
+    cluster_addr: std::net::SocketAddr,
+    key: &str,
+    value: &str,
+) -> Result<(), tonic::Status> {
+    let mut client = client_for(cluster_addr, CLIENT_DEADLINE)
+        .await
+        .ok_or_else(|| tonic::Status::unavailable("connect failed"))?;
+    client
+        .put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn get(
+    address: std::net::SocketAddr,
+    key: &str,
+    consistency: Consistency,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let mut client = client_for(address, CLIENT_DEADLINE)
+        .await
+        .ok_or_else(|| tonic::Status::unavailable("connect failed"))?;
+    let response = client
+        .get(GetRequest {
+            key: key.into(),
+            consistency: consistency as i32,
+        })
+        .await?
+        .into_inner();
+    Ok(response.found.then_some(response.value))
+}
+
+/// Writers that put unique values to a few keys through every node until
+/// stopped; records which writes were acknowledged.
+struct WriteLoad {
+    acknowledged: Arc<Mutex<BTreeMap<String, Vec<String>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Most writes a load issues per writer (a bound besides time).
+const LOAD_WRITES_PER_WRITER_MAX: usize = 5_000;
+
+impl WriteLoad {
+    fn start(cluster: &Cluster, writers: usize) -> Self {
+        let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addresses: Vec<_> = cluster.nodes.iter().map(|node| node.client_addr).collect();
+        let tasks = (0..writers)
+            .map(|writer| {
+                let acknowledged = acknowledged.clone();
+                let stop = stop.clone();
+                let addresses = addresses.clone();
+                tokio::spawn(async move {
+                    for sequence in 0..LOAD_WRITES_PER_WRITER_MAX {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        // Each writer owns its keys, so the last acknowledged value per key is known.
+                        let key = format!("writer-{writer}-key-{}", sequence % 5);
+                        let value = format!("{writer}-{sequence}");
+                        let address = addresses[(writer + sequence) % addresses.len()];
+                        if try_put(address, &key, &value).await.is_ok() {
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .entry(key)
+                                .or_insert_with(Vec::new)
+                                .push(value);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            acknowledged,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> BTreeMap<String, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acknowledged = self.acknowledged.lock().unwrap();
+        acknowledged
+            .iter()
+            .map(|(key, values)| (key.clone(), values.last().unwrap().clone()))
+            .collect()
+    }
+}
+
+/// Every acknowledged last value is what a linearizable read returns through
+/// every node, and what each node has applied locally.
+async fn assert_all_acknowledged_present(cluster: &Cluster, expected: &BTreeMap<String, String>) {
+    assert!(
+        !expected.is_empty(),
+        "the load acknowledged no write at all"
+    );
+    let (leader, _) = cluster.wait_for_leader(20 * TEST_ELECTION_TIMEOUT).await;
+    let commit = status_of(cluster.nodes[(leader - 1) as usize].client_addr)
+        .await
+        .unwrap()
+        .commit_index;
+    cluster
+        .wait_for_applied(commit, Duration::from_secs(20))
+        .await;
+    for node in &cluster.nodes {
+        for (key, value) in expected {
+            for consistency in [Consistency::Linearizable, Consistency::Serializable] {
+                // A write acknowledged later could only be newer: each writer's
+                // values for one key are written in sequence, so the last
+                // acknowledged value is the one that must be there (an
+                // unacknowledged later write may also have landed).
+                let found = get(node.client_addr, key, consistency).await.expect("read");
+                let found = String::from_utf8(found.expect("the key exists")).unwrap();
+                let (writer, sequence) = found.split_once('-').unwrap();
+                let (expected_writer, expected_sequence) = value.split_once('-').unwrap();
+                assert_eq!(writer, expected_writer);
+                assert!(
+                    sequence.parse::<u64>().unwrap() >= expected_sequence.parse::<u64>().unwrap(),
+                    "{key} on {}: {found} is older than the acknowledged {value}",
+                    node.endpoint()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_follower_is_read_through_the_other() {
+    let _serial = support::serial();
+    let cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let followers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .filter(|node| node.endpoint() != cluster.nodes[(leader - 1) as usize].endpoint())
+        .collect();
+    let mut writer = client_for(followers[0].client_addr, CLIENT_DEADLINE)
+        .await
+        .unwrap();
+    let response = writer
+        .put(PutRequest {
+            key: b"greeting".to_vec(),
+            value: b"hello".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let header = response.header.unwrap();
+    assert_eq!(
+        header.node_id, leader,
+        "the leader served the forwarded write"
+    );
+    assert!(header.forwarded_by != 0 && header.forwarded_by != leader);
+    assert!(header.index > 0 && header.term > 0);
+    assert_eq!(
+        get(
+            followers[1].client_addr,
+            "greeting",
+            Consistency::Linearizable
+        )
+        .await
+        .unwrap(),
+        Some(b"hello".to_vec())
+    );
+    // A serializable read is local: it sees the write once applied there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(
+            followers[1].client_addr,
+            "greeting",
+            Consistency::Serializable,
+        )
+        .await
+        .unwrap()
+            == Some(b"hello".to_vec())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never applied the write"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Deletes go through followers too.
+    let mut client = client_for(followers[1].client_addr, CLIENT_DEADLINE)
+        .await
+        .unwrap();
+    let deleted = client
+        .delete(kvstore_proto::kv::v1::DeleteRequest {
+            key: b"greeting".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted);
+    assert_eq!(
+        get(
+            followers[0].client_addr,
+            "greeting",
+            Consistency::Linearizable
+        )
+        .await
+        .unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_killing_the_leader_under_load() {
+    let _serial = support::serial();
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let load = WriteLoad::start(&cluster, 8);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.node(leader).kill();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let expected = load.stop().await;
+    cluster.node(leader).restart();
+    assert_all_acknowledged_present(&cluster, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_killing_every_node_under_load() {
+    let _serial = support::serial();
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let load = WriteLoad::start(&cluster, 8);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let expected = load.stop().await;
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    assert_all_acknowledged_present(&cluster, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_never_serves_a_stale_read() {
+    let _serial = support::serial();
+    let mut cluster = Cluster::start(3, &[]);
+    let (old_leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let old_address = cluster.node(old_leader).client_addr;
+    try_put(old_address, "fact", "old").await.unwrap();
+    cluster.node(old_leader).signal("STOP");
+    // The others elect a new leader and accept a new value.
+    let others: Vec<_> = cluster
+        .nodes
+        .iter()
+        .filter(|node| node.client_addr != old_address)
+        .map(|node| node.client_addr)
+        .collect();
+    let deadline = Instant::now() + 20 * TEST_ELECTION_TIMEOUT;
+    loop {
+        if try_put(others[0], "fact", "new").await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the majority never accepted the new value\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.node(old_leader).signal("CONT");
+    // Read from the old leader at once: new value or an error, never "old".
+    for _ in 0..20 {
+        match get(old_address, "fact", Consistency::Linearizable).await {
+            Ok(value) => assert_eq!(
+                value,
+                Some(b"new".to_vec()),
+                "a stale read from the deposed leader"
+            ),
+            Err(status) => println!(
+                "read refused (fine): {:?} {}",
+                status.code(),
+                status.message()
+            ),
+        }
+    }
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    assert_ne!(leader, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_through_a_snapshot() {
+    let _serial = support::serial();
+    let mut cluster = Cluster::start(3, &["--snapshot-entries", "100"]);
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.node(lagging).kill();
+    let leader_address = cluster.node(leader).client_addr;
+    let mut client = client_for(leader_address, CLIENT_DEADLINE).await.unwrap();
+    for index in 0..450u32 {
+        client
+            .put(PutRequest {
+                key: format!("key-{}", index % 150).into_bytes(),
+                value: index.to_string().into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    let leader_status = status_of(leader_address).await.unwrap();
+    assert!(
+        leader_status.snapshot_index >= 300,
+        "the leader took several snapshots: {leader_status:?}"
+    );
+    cluster.node(lagging).restart();
+    cluster
+        .wait_for_applied(leader_status.commit_index, Duration::from_secs(30))
+        .await;
+    let caught_up = status_of(cluster.node(lagging).client_addr).await.unwrap();
+    assert!(
+        caught_up.snapshot_index > 0,
+        "the follower installed a snapshot: {caught_up:?}"
+    );
+    assert!(cluster
+        .node(lagging)
+        .log()
+        .contains("installed the leader's snapshot"));
+    for index in 300..450u32 {
+        let key = format!("key-{}", index % 150);
+        let value = get(
+            cluster.node(lagging).client_addr,
+            &key,
+            Consistency::Serializable,
+        )
+        .await
+        .unwrap();
+        assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
+    }
+}
