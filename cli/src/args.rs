@@ -107,6 +107,132 @@ pub enum Command {
     },
     /// Show every endpoint's role, term, leader and log positions.
     Status,
+    /// Measure throughput and latency of put, get or mixed requests.
+    #[command(after_help = BENCH_AFTER_HELP)]
+    Bench(BenchArgs),
+}
+
+const BENCH_AFTER_HELP: &str = "\
+Endpoints:
+  The --conns connections are spread round-robin over --endpoints, and the
+  clients over the connections. Any node takes writes (followers forward them
+  to the leader). To measure through the leader only, list only the leader:
+    kvstore-cli --endpoints 127.0.0.1:51151 bench put --clients 64 --conns 4
+  To spread the load over a 3-node cluster, list all three and use --conns 3
+  or a multiple of it.
+
+Keys and values:
+  Key i of the keyspace is `bench-` followed by i in zero-padded decimal,
+  --key-size bytes in all (`bench-0000000042`). Each request picks a key
+  uniformly from 0..keyspace with an RNG seeded by --seed; values are random
+  bytes. get and mixed first write every key of the keyspace once (the
+  prefill, not measured) unless --no-prefill is given.
+
+Results:
+  Throughput counts succeeded requests; latency (HDR histogram, successful
+  requests only) is measured from just before each call to its response.
+  Failed requests are counted by gRPC code. -w json prints one JSON object
+  with latencies in microseconds (latency_us_p50, ...).
+  Each request's deadline is --timeout.
+
+Exit codes: 0 when the run completed, even with some failed requests;
+2 bad usage; 3 when no request succeeded or the run could not start.";
+
+/// What `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Writes only.
+    Put,
+    /// Reads only, with --consistency.
+    Get,
+    /// Reads (fraction --ratio) and writes.
+    Mixed,
+}
+
+impl Workload {
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+impl Consistency {
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Serializable => "serializable",
+        }
+    }
+}
+
+/// Arguments of `bench`. Checked and resolved by `bench::plan::Plan::new`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub workload: Workload,
+
+    /// Concurrent requests in flight: one task each, sending its next request
+    /// when the previous one is answered.
+    #[arg(long, default_value_t = 1)]
+    pub clients: u64,
+
+    /// gRPC (HTTP/2) connections, spread round-robin over --endpoints.
+    #[arg(long = "conns", default_value_t = 1)]
+    pub connections: u64,
+
+    /// Stop after this many requests [default: 10000 when --duration is not
+    /// given]. With --duration, whichever comes first.
+    #[arg(long = "total")]
+    pub total_operations: Option<u64>,
+
+    /// Stop after this long, such as 10s or 2m. With --total, whichever comes
+    /// first.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Size of every key, in bytes.
+    #[arg(long = "key-size", default_value_t = 16)]
+    pub key_size_bytes: u64,
+
+    /// Size of every written value, in bytes.
+    #[arg(long = "value-size", default_value_t = 256)]
+    pub value_size_bytes: u64,
+
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keyspace: u64,
+
+    /// mixed: fraction of requests that are reads, 0.0 to 1.0 [default: 0.5].
+    #[arg(long)]
+    pub ratio: Option<f64>,
+
+    /// Consistency of reads (get and mixed) [default: linearizable].
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+
+    /// Write every key once before measuring [default: on for get and mixed].
+    #[arg(long, overrides_with = "no_prefill")]
+    pub prefill: bool,
+
+    /// Do not write the keyspace before measuring.
+    #[arg(long, overrides_with = "prefill")]
+    pub no_prefill: bool,
+
+    /// Seed of the random key choice and values; the same seed replays the
+    /// same keys in each client.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Never draw the progress bar (it is drawn on stderr only when stderr is
+    /// a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// Parses `500ms`, `5s`, `2m` or a bare number of seconds.

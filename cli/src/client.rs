@@ -26,6 +26,7 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Chann
         .map_err(|error| Failure(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(timeout)
         .timeout(timeout)
+        .tcp_nodelay(true)
         .connect()
         .await
         .map_err(|error| {
@@ -61,6 +62,11 @@ pub fn describe_status(endpoint: &str, status: &tonic::Status) -> Failure {
     Failure(format!("{endpoint}: {} ({message})", code_name(&code)))
 }
 
+/// The name of a gRPC code as gRPC spells it: `DEADLINE_EXCEEDED`.
+pub fn grpc_code_name(code: tonic::Code) -> String {
+    code_name(&format!("{code:?}"))
+}
+
 /// `DeadlineExceeded` → `DEADLINE_EXCEEDED`, as gRPC spells codes.
 fn code_name(debug_name: &str) -> String {
     let mut name = String::new();
@@ -73,9 +79,19 @@ fn code_name(debug_name: &str) -> String {
     name
 }
 
+/// True when the server says it did not start the request because no leader
+/// could serve it: another endpoint may be tried without risk of doing the
+/// request twice.
+pub fn surely_not_started(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().starts_with("no leader is known")
+            || status.message().starts_with("not the leader"))
+}
+
 /// Runs `call` against the endpoints in order until one answers. Moves on only
-/// when the request surely did not reach a server (the connection could not be
-/// made); an error after that is final, since the request may have taken effect.
+/// when the request surely did not take effect: the connection could not be
+/// made, or the node answered that no leader could take the request. Any
+/// other error is final, since the request may have taken effect.
 pub async fn with_any_endpoint<T, F, Fut>(
     endpoints: &[String],
     timeout: Duration,
@@ -96,6 +112,9 @@ where
         };
         match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(answer)) => return Ok((endpoint.clone(), answer)),
+            Ok(Err(status)) if surely_not_started(&status) => {
+                errors.push(describe_status(endpoint, &status).0)
+            }
             Ok(Err(status)) => return Err(describe_status(endpoint, &status)),
             Err(_) => {
                 return Err(Failure(format!(
@@ -121,5 +140,10 @@ mod tests {
         assert_eq!(code_name("DeadlineExceeded"), "DEADLINE_EXCEEDED");
         assert_eq!(code_name("InvalidArgument"), "INVALID_ARGUMENT");
         assert_eq!(code_name("Unavailable"), "UNAVAILABLE");
+        assert_eq!(
+            grpc_code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
     }
 }

@@ -1,9 +1,10 @@
-//! `kvstore-cli`: put, get, delete and status against a kvstore cluster.
+//! `kvstore-cli`: put, get, delete, status and bench against a kvstore cluster.
 //!
 //! Every failure is one line on stderr and an exit code (see `--help`); the
 //! program never panics on a network or server error.
 
 mod args;
+mod bench;
 mod client;
 mod output;
 
@@ -210,6 +211,7 @@ async fn run(cli: &Cli) -> Outcome {
         Command::Get { key, consistency } => get(cli, key, *consistency).await,
         Command::Delete { key } => delete(cli, key).await,
         Command::Status => status(cli).await,
+        Command::Bench(arguments) => bench::run(cli, arguments).await,
     }
 }
 
@@ -226,10 +228,12 @@ fn main() -> ExitCode {
             });
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One request needs one thread; a benchmark's many clients use them all.
+    let mut builder = match cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kvstore-cli: cannot start the async runtime: {error}");

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Benchmarks a local 3-node kvstore cluster of native processes, all on
+# 127.0.0.1: starts three kvstore-server (ids 1..3, client ports 51151-51153,
+# raft ports 61151-61153, data in a temporary directory), waits for a leader,
+# runs the standard workloads with `kvstore-cli bench` and prints one summary
+# table. Every node is stopped at the end, also on a failure or Ctrl-C.
+#
+# usage: scripts/bench-cluster.sh [BIN_DIR [COMMAND...]]   (BIN_DIR: target/release)
+#   With a COMMAND, runs it against the cluster instead of the standard
+#   workloads, with KVSTORE_ENDPOINTS (read by kvstore-cli) set to the leader
+#   and BENCH_ALL_ENDPOINTS to every node, the leader first:
+#     scripts/bench-cluster.sh target/release target/release/kvstore-cli bench put --total 2000
+#
+# Environment (defaults in brackets):
+#   BENCH_DURATION   each workload's --duration [10s]
+#   BENCH_TOTAL      each workload's --total; whichever comes first [200000]
+#   BENCH_KEYSPACE   distinct keys [10000]
+#   BENCH_VALUE_SIZE value bytes [256]
+#   BENCH_CLIENTS    clients of the concurrent workloads [64]
+#   BENCH_VIA        all: concurrent workloads spread over the 3 nodes;
+#                    leader: everything through the leader [all]
+#   BENCH_KEEP       1 keeps the data directory, logs and JSON results
+set -euo pipefail
+
+bin_dir=${1:-target/release}
+shift $(($# > 0 ? 1 : 0))
+server=$bin_dir/kvstore-server
+cli=$bin_dir/kvstore-cli
+duration=${BENCH_DURATION:-10s}
+total=${BENCH_TOTAL:-200000}
+keyspace=${BENCH_KEYSPACE:-10000}
+value_size=${BENCH_VALUE_SIZE:-256}
+clients=${BENCH_CLIENTS:-64}
+via=${BENCH_VIA:-all}
+node_count=3
+client_port_base=51150
+raft_port_base=61150
+leader_wait_seconds=30
+
+for binary in "$server" "$cli"; do
+  [[ -x $binary ]] || { echo "bench: $binary is missing; build it first (make release)" >&2; exit 1; }
+done
+[[ $via == all || $via == leader ]] || { echo "bench: BENCH_VIA must be all or leader, not $via" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
+pids=()
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ $status -ne 0 ]]; then
+    for id in $(seq "$node_count"); do
+      [[ -s $work/node-$id.log ]] && { echo "--- node $id log (last lines)" >&2; tail -n 15 "$work/node-$id.log" >&2; }
+    done
+  fi
+  if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for id in $(seq "$node_count"); do
+  for port in $((client_port_base + id)) $((raft_port_base + id)); do
+    if port_taken "$port"; then echo "bench: 127.0.0.1:$port is in use; stop whatever listens there" >&2; exit 1; fi
+  done
+done
+
+endpoint() { echo "127.0.0.1:$((client_port_base + $1))"; }
+all_endpoints=$(for id in $(seq "$node_count"); do endpoint "$id"; done | paste -sd, -)
+for id in $(seq "$node_count"); do
+  peers=$(for peer in $(seq "$node_count"); do
+    [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$((raft_port_base + peer))"
+  done | paste -sd, -)
+  "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$((raft_port_base + id))" \
+    --peers "$peers" --data-dir "$work/node-$id" --log-level warn 2>"$work/node-$id.log" &
+  pids+=($!)
+done
+
+# A leader is known when every node answers and names the same leader.
+leader_endpoint() {
+  python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)
+leaders = {node.get("leader_id", 0) for node in nodes}
+if len(leaders) == 1 and 0 not in leaders and all("error" not in node for node in nodes):
+    print(next(node["endpoint"] for node in nodes if node["id"] in leaders and node["role"] == "leader"))
+'
+}
+deadline=$((SECONDS + leader_wait_seconds))
+leader=""
+while [[ -z $leader ]]; do
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "bench: a node exited during startup" >&2; exit 1; }
+  done
+  if ((SECONDS >= deadline)); then echo "bench: no leader within $leader_wait_seconds s" >&2; exit 1; fi
+  sleep 0.2
+  leader=$("$cli" --endpoints "$all_endpoints" --timeout 1s -w json status 2>/dev/null | leader_endpoint 2>/dev/null || true)
+done
+# The leader first: a single connection goes to it.
+other_endpoints=$(tr , '\n' <<<"$all_endpoints" | grep -vx "$leader" | paste -sd, -)
+spread_endpoints="$leader,$other_endpoints"
+concurrent_endpoints=$([[ $via == all ]] && echo "$spread_endpoints" || echo "$leader")
+concurrent_via=$([[ $via == all ]] && echo "$node_count nodes" || echo "leader")
+
+echo "bench: $node_count nodes up, leader $leader; $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))" >&2
+if (($# > 0)); then
+  echo "bench: running $*" >&2
+  KVSTORE_ENDPOINTS=$leader BENCH_ALL_ENDPOINTS=$spread_endpoints "$@"
+  exit
+fi
+echo "bench: each workload --duration $duration --total $total, keyspace $keyspace, values $value_size bytes, data on $(stat -f -c %T "$work")" >&2
+
+# name | via | endpoints | bench arguments
+workloads=(
+  "put, 1 client|leader|$leader|put --clients 1 --conns 1"
+  "put, $clients clients|$concurrent_via|$concurrent_endpoints|put --clients $clients --conns $node_count"
+  "get linearizable, $clients clients|$concurrent_via|$concurrent_endpoints|get --consistency linearizable --clients $clients --conns $node_count"
+  "get serializable, $clients clients|$concurrent_via|$concurrent_endpoints|get --consistency serializable --clients $clients --conns $node_count"
+  "mixed 50% reads, $clients clients|$concurrent_via|$concurrent_endpoints|mixed --ratio 0.5 --clients $clients --conns $node_count"
+)
+failed=0
+index=0
+for workload in "${workloads[@]}"; do
+  index=$((index + 1))
+  IFS='|' read -r name workload_via endpoints arguments <<<"$workload"
+  echo "bench: [$index/${#workloads[@]}] $name via $workload_via" >&2
+  printf '%s\n%s\n' "$name" "$workload_via" >"$work/result-$index.name"
+  # shellcheck disable=SC2086 # the arguments are words on purpose
+  if ! "$cli" --endpoints "$endpoints" -w json bench $arguments \
+    --duration "$duration" --total "$total" --keyspace "$keyspace" --value-size "$value_size" \
+    >"$work/result-$index.json"; then
+    failed=1
+  fi
+done
+
+python3 - "$work" "${#workloads[@]}" <<'EOF'
+import json, sys
+work, count = sys.argv[1], int(sys.argv[2])
+rows = [("workload", "via", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors")]
+for index in range(1, count + 1):
+    name, via = open(f"{work}/result-{index}.name").read().splitlines()
+    try:
+        result = json.load(open(f"{work}/result-{index}.json"))
+    except (OSError, ValueError):
+        rows.append((name, via, "failed", "", "", "", ""))
+        continue
+    milliseconds = lambda field: f"{result[field] / 1000:.3f}"
+    rows.append((name, via, f"{result['throughput_ops_per_s']:.0f}", milliseconds("latency_us_p50"),
+                 milliseconds("latency_us_p99"), milliseconds("latency_us_p99_9"), str(result["errors"])))
+widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+for number, row in enumerate(rows):
+    cells = [cell.ljust(width) if column < 2 else cell.rjust(width) for column, (cell, width) in enumerate(zip(row, widths))]
+    print("| " + " | ".join(cells) + " |")
+    if number == 0:
+        print("|" + "|".join("-" * (width + 2) if column < 2 else "-" * (width + 1) + ":" for column, width in enumerate(widths)) + "|")
+EOF
+exit "$failed"
