@@ -106,7 +106,17 @@ pub enum Command {
         key: OsString,
     },
     /// Show every endpoint's role, term, leader and log positions.
-    Status,
+    Status {
+        /// Refresh the table in place until interrupted (Ctrl-C).
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes with --watch.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Measure throughput and latency of put, get or mixed requests.
     #[command(after_help = BENCH_AFTER_HELP)]
     Bench(BenchArgs),

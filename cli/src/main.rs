@@ -169,7 +169,7 @@ async fn delete(cli: &Cli, key: &OsString) -> Outcome {
     Ok(EXIT_OK)
 }
 
-async fn status(cli: &Cli) -> Outcome {
+async fn fetch_statuses(cli: &Cli) -> Vec<output::EndpointStatus> {
     let queries = cli.endpoints.iter().map(|endpoint| async move {
         let result = async {
             let mut client = client::connect(endpoint, cli.timeout)
@@ -185,7 +185,11 @@ async fn status(cli: &Cli) -> Outcome {
         .await;
         (endpoint.clone(), result)
     });
-    let statuses = futures::future::join_all(queries).await;
+    futures::future::join_all(queries).await
+}
+
+async fn status(cli: &Cli) -> Outcome {
+    let statuses = fetch_statuses(cli).await;
     match cli.write_out {
         OutputFormat::Json => print_json(&output::status_json(&statuses))?,
         OutputFormat::Table => write_stdout(output::status_table(&statuses).as_bytes())?,
@@ -205,12 +209,45 @@ async fn status(cli: &Cli) -> Outcome {
     Ok(EXIT_OK)
 }
 
+/// Redraws the cluster table every `interval` (in place on a terminal)
+/// until interrupted or `count` refreshes were shown.
+async fn watch_status(cli: &Cli, interval: std::time::Duration, count: Option<u64>) -> Outcome {
+    let on_terminal = std::io::stdout().is_terminal();
+    let mut shown = 0u64;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(EXIT_OK),
+        }
+        let statuses = fetch_statuses(cli).await;
+        let mut frame = String::new();
+        if on_terminal {
+            frame.push_str("\x1b[H\x1b[2J");
+        } else if shown > 0 {
+            frame.push('\n');
+        }
+        frame.push_str(&output::watch_header(&statuses, interval));
+        frame.push_str(&output::status_table(&statuses));
+        write_stdout(frame.as_bytes())?;
+        shown += 1;
+        if count.is_some_and(|count| shown >= count) {
+            return Ok(EXIT_OK);
+        }
+    }
+}
+
 async fn run(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Put { key, value } => put(cli, key, value).await,
         Command::Get { key, consistency } => get(cli, key, *consistency).await,
         Command::Delete { key } => delete(cli, key).await,
-        Command::Status => status(cli).await,
+        Command::Status { watch: false, .. } => status(cli).await,
+        Command::Status {
+            watch: true,
+            interval,
+            count,
+        } => watch_status(cli, *interval, *count).await,
         Command::Bench(arguments) => bench::run(cli, arguments).await,
     }
 }

@@ -86,7 +86,7 @@ pub fn status_json(statuses: &[EndpointStatus]) -> Value {
     )
 }
 
-const STATUS_COLUMNS: [&str; 9] = [
+const STATUS_COLUMNS: [&str; 10] = [
     "ENDPOINT",
     "ID",
     "ROLE",
@@ -94,11 +94,49 @@ const STATUS_COLUMNS: [&str; 9] = [
     "LEADER",
     "COMMIT",
     "APPLIED",
+    "LAG",
     "LAST INDEX",
     "ERROR",
 ];
 
-fn status_row(endpoint: &str, status: &Result<StatusResponse, String>) -> [String; 9] {
+/// The highest commit index any endpoint reported: what "caught up" means.
+fn highest_commit(statuses: &[EndpointStatus]) -> u64 {
+    statuses
+        .iter()
+        .filter_map(|(_, status)| status.as_ref().ok())
+        .map(|status| status.commit_index)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The line above the table in `status --watch`: the leader, its term, the time.
+pub fn watch_header(statuses: &[EndpointStatus], interval: std::time::Duration) -> String {
+    let leaders: Vec<&StatusResponse> = statuses
+        .iter()
+        .filter_map(|(_, status)| status.as_ref().ok())
+        .filter(|status| Role::try_from(status.role) == Ok(Role::Leader))
+        .collect();
+    let leader = match leaders.as_slice() {
+        [leader] => format!("leader {} (term {})", leader.id, leader.term),
+        [] => "NO LEADER".to_string(),
+        many => format!("{} nodes claim to lead", many.len()),
+    };
+    let answered = statuses.iter().filter(|(_, status)| status.is_ok()).count();
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        "kvstore cluster: {leader}, {answered}/{} nodes answering, refreshed every {interval:?} (unix time {seconds}); Ctrl-C to quit\n",
+        statuses.len()
+    )
+}
+
+fn status_row(
+    endpoint: &str,
+    status: &Result<StatusResponse, String>,
+    highest_commit: u64,
+) -> [String; 10] {
     match status {
         Ok(status) => [
             endpoint.to_string(),
@@ -108,13 +146,16 @@ fn status_row(endpoint: &str, status: &Result<StatusResponse, String>) -> [Strin
             status.leader_id.to_string(),
             status.commit_index.to_string(),
             status.applied_index.to_string(),
+            highest_commit
+                .saturating_sub(status.applied_index)
+                .to_string(),
             status.last_log_index.to_string(),
             String::new(),
         ],
         Err(error) => {
-            let mut row: [String; 9] = Default::default();
+            let mut row: [String; 10] = Default::default();
             row[0] = endpoint.to_string();
-            row[8] = error.clone();
+            row[9] = error.clone();
             row
         }
     }
@@ -123,9 +164,10 @@ fn status_row(endpoint: &str, status: &Result<StatusResponse, String>) -> [Strin
 /// Status of every endpoint as an aligned table with borders, like
 /// `etcdctl endpoint status -w table`.
 pub fn status_table(statuses: &[EndpointStatus]) -> String {
-    let rows: Vec<[String; 9]> = statuses
+    let highest_commit = highest_commit(statuses);
+    let rows: Vec<[String; 10]> = statuses
         .iter()
-        .map(|(endpoint, status)| status_row(endpoint, status))
+        .map(|(endpoint, status)| status_row(endpoint, status, highest_commit))
         .collect();
     let mut widths = STATUS_COLUMNS.map(str::len);
     for row in &rows {

@@ -415,3 +415,46 @@ fn reflection_and_health_are_served() {
         assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     });
 }
+
+#[test]
+fn status_table_json_and_watch() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&directory.path().join("node"), &[]);
+    let endpoint = server.endpoint();
+    // A single-node cluster elects itself at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let json = cli_str(&["--endpoints", &endpoint, "status", "-w", "json"]);
+        let document: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        if document[0]["role"] == "leader" {
+            assert_eq!(document[0]["id"], 1);
+            assert_eq!(document[0]["leader_id"], 1);
+            assert!(document[0]["term"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {document}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let table = cli_str(&["--endpoints", &endpoint, "status", "-w", "table"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.contains("| ROLE") && table.contains("LAG") && table.contains("leader"), "{table}");
+
+    let unreachable = format!("127.0.0.1:{}", support::free_port());
+    let watch = cli_str(&[
+        "--endpoints",
+        &format!("{endpoint},{unreachable}"),
+        "--timeout",
+        "1s",
+        "status",
+        "--watch",
+        "--interval",
+        "100ms",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(watch.status.code(), Some(0));
+    let frames = String::from_utf8(watch.stdout).unwrap();
+    assert_eq!(frames.matches("kvstore cluster: leader 1").count(), 2, "{frames}");
+    assert_eq!(frames.matches("1/2 nodes answering").count(), 2, "{frames}");
+    assert!(frames.contains("cannot connect"), "the down node shows its error: {frames}");
+}
