@@ -7,7 +7,9 @@ DATA_DIR     ?= data
 GRPCURL      := $(VENV)/bin/grpcurl
 
 .DEFAULT_GOAL := help
-.PHONY: help build release test test-rust test-grpcurl fmt lint run tools clean
+SEEDS        ?= 10000
+
+.PHONY: help build release test test-rust test-sim sim test-grpcurl fmt lint run tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,10 +20,17 @@ build: ## Build every binary (debug)
 release: ## Build every binary (release)
 	$(CARGO) build --workspace --bins --release
 
-test: test-rust test-grpcurl ## Run every test (no docker needed)
+test: test-rust test-sim test-grpcurl ## Run every test (no docker needed)
 
 test-rust: build
 	$(CARGO) test --workspace
+
+test-sim: ## Raft simulation: the fixed 1,000 seeds, release build
+	$(CARGO) test -p kvstore-raft --release --test simulation
+
+sim: ## Raft simulation over more seeds: make sim SEEDS=100000 [SEED_START=S]
+	KVSTORE_SIM_SEEDS=$(SEEDS) KVSTORE_SIM_SEED_START=$(or $(SEED_START),0) \
+		$(CARGO) test -p kvstore-raft --release --test simulation -- --nocapture simulation_seeds
 
 test-grpcurl: build tools ## grpcurl against a live server, through reflection only
 	scripts/grpcurl-smoke.sh target/debug/kvstore-server $(GRPCURL)

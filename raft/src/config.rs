@@ -163,7 +163,10 @@ mod tests {
     fn rejects_bad_fields() {
         let cases: Vec<(Config, ConfigError)> = vec![
             (Config::new(0, vec![1]), ConfigError::IdZero),
-            (Config::new(4, vec![1, 2, 3]), ConfigError::NotAVoter { id: 4 }),
+            (
+                Config::new(4, vec![1, 2, 3]),
+                ConfigError::NotAVoter { id: 4 },
+            ),
             (
                 Config::new(1, vec![1, 2, 2]),
                 ConfigError::DuplicateVoter { id: 2 },

@@ -195,7 +195,8 @@ impl RaftNode {
             // Grants come back with the prospective term, rejections with
             // the voter's own (ours; a higher one already made us step down).
             Role::PreCandidate if pre_vote => {
-                (granted && message.term == self.term + 1) || (!granted && message.term == self.term)
+                (granted && message.term == self.term + 1)
+                    || (!granted && message.term == self.term)
             }
             Role::Candidate if !pre_vote => message.term == self.term,
             _ => false,
@@ -242,7 +243,12 @@ mod tests {
         }
     }
 
-    fn request(term: Term, pre_vote: bool, last_log_index: Index, last_log_term: Term) -> VoteRequest {
+    fn request(
+        term: Term,
+        pre_vote: bool,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) -> VoteRequest {
         VoteRequest {
             candidate: CANDIDATE,
             term,
@@ -257,26 +263,74 @@ mod tests {
         use VoteDecision::*;
         let cases = [
             // Term check.
-            (voter(4, None, None), request(3, false, 9, 9), RejectStaleTerm),
-            (voter(4, None, None), request(3, true, 9, 9), RejectStaleTerm),
+            (
+                voter(4, None, None),
+                request(3, false, 9, 9),
+                RejectStaleTerm,
+            ),
+            (
+                voter(4, None, None),
+                request(3, true, 9, 9),
+                RejectStaleTerm,
+            ),
             // One vote per term.
             (voter(4, None, None), request(4, false, 5, 2), Grant),
-            (voter(4, Some(CANDIDATE), None), request(4, false, 5, 2), Grant),
-            (voter(4, Some(OTHER), None), request(4, false, 9, 9), RejectAlreadyVoted),
-            (voter(4, None, Some(OTHER)), request(4, false, 9, 9), RejectLeaderKnown),
+            (
+                voter(4, Some(CANDIDATE), None),
+                request(4, false, 5, 2),
+                Grant,
+            ),
+            (
+                voter(4, Some(OTHER), None),
+                request(4, false, 9, 9),
+                RejectAlreadyVoted,
+            ),
+            (
+                voter(4, None, Some(OTHER)),
+                request(4, false, 9, 9),
+                RejectLeaderKnown,
+            ),
             // A later term is a fresh vote, whatever we did in ours.
-            (voter(4, Some(OTHER), Some(OTHER)), request(5, false, 5, 2), Grant),
+            (
+                voter(4, Some(OTHER), Some(OTHER)),
+                request(5, false, 5, 2),
+                Grant,
+            ),
             // Pre-votes ask about the next term: free of our vote...
-            (voter(4, Some(OTHER), Some(OTHER)), request(5, true, 5, 2), Grant),
+            (
+                voter(4, Some(OTHER), Some(OTHER)),
+                request(5, true, 5, 2),
+                Grant,
+            ),
             // ...but one for our own term obeys the same rule as a vote.
-            (voter(4, Some(OTHER), None), request(4, true, 5, 2), RejectAlreadyVoted),
+            (
+                voter(4, Some(OTHER), None),
+                request(4, true, 5, 2),
+                RejectAlreadyVoted,
+            ),
             // Log comparison: last term first, then last index.
-            (voter(4, None, None), request(4, false, 4, 2), RejectLogBehind),
-            (voter(4, None, None), request(4, false, 100, 1), RejectLogBehind),
+            (
+                voter(4, None, None),
+                request(4, false, 4, 2),
+                RejectLogBehind,
+            ),
+            (
+                voter(4, None, None),
+                request(4, false, 100, 1),
+                RejectLogBehind,
+            ),
             (voter(4, None, None), request(4, false, 1, 3), Grant),
             (voter(4, None, None), request(4, false, 6, 2), Grant),
-            (voter(4, None, None), request(5, true, 4, 2), RejectLogBehind),
-            (voter(0, None, None), request(1, false, 0, 0), RejectLogBehind),
+            (
+                voter(4, None, None),
+                request(5, true, 4, 2),
+                RejectLogBehind,
+            ),
+            (
+                voter(0, None, None),
+                request(1, false, 0, 0),
+                RejectLogBehind,
+            ),
             (voter(0, None, None), request(1, false, 5, 2), Grant),
         ];
         for (position, (view, vote_request, expected)) in cases.iter().enumerate() {

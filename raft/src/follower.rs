@@ -66,8 +66,7 @@ impl RaftNode {
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, leader_commit: Index, read_round: u64) {
         // The leader caps `leader_commit` at our match index, so those
         // entries are ours; the `min` only guards our own invariant.
-        self.log
-            .commit_to(leader_commit.min(self.log.last_index()));
+        self.log.commit_to(leader_commit.min(self.log.last_index()));
         self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
 

@@ -40,8 +40,8 @@ mod types;
 pub use config::{
     Config, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK, DEFAULT_MAX_BYTES_PER_APPEND,
     DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY, DEFAULT_MAX_ENTRIES_PER_APPEND,
-    DEFAULT_MAX_INFLIGHT_APPENDS, DEFAULT_MAX_PENDING_PROPOSALS,
-    DEFAULT_MAX_PENDING_READ_REQUESTS, DEFAULT_SNAPSHOT_RETRY_TICK, MAX_VOTERS,
+    DEFAULT_MAX_INFLIGHT_APPENDS, DEFAULT_MAX_PENDING_PROPOSALS, DEFAULT_MAX_PENDING_READ_REQUESTS,
+    DEFAULT_SNAPSHOT_RETRY_TICK, MAX_VOTERS,
 };
 pub use errors::{
     CompactError, ConfigError, ProposeError, RaftError, ReadIndexError, TransferError,
@@ -50,6 +50,5 @@ pub use node::RaftNode;
 pub use progress::{PeerProgress, ProgressState};
 pub use ready::{ReadState, Ready, SoftState};
 pub use types::{
-    Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata,
-    Term,
+    Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata, Term,
 };

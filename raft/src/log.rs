@@ -24,6 +24,9 @@ pub(crate) struct RaftLog {
     applied: Index,
     /// Highest index known durable and equal to our in-memory entry.
     persisted: Index,
+    /// Highest index handed to the driver for persisting (`>= persisted`);
+    /// lowered if those entries are truncated before the driver is done.
+    persisting: Index,
 }
 
 impl RaftLog {
@@ -40,9 +43,12 @@ impl RaftLog {
             committed: committed.max(snapshot.index),
             applied: snapshot.index,
             persisted: 0,
+            persisting: 0,
         };
+        let last_index = log.last_index();
         let log = RaftLog {
-            persisted: log.last_index(),
+            persisted: last_index,
+            persisting: last_index,
             ..log
         };
         log.assert_invariants();
@@ -53,12 +59,32 @@ impl RaftLog {
         // `applied` may lag the snapshot index between a snapshot install and
         // the driver acknowledging it (see `snapshot_applied`).
         assert!(self.applied <= self.committed, "applied beyond commit");
-        assert!(self.committed <= self.last_index(), "commit beyond last index");
-        assert!(self.persisted <= self.last_index(), "persisted beyond last index");
-        assert!(self.persisted >= self.snapshot.index, "persisted below the snapshot");
+        assert!(
+            self.committed <= self.last_index(),
+            "commit beyond last index"
+        );
+        assert!(
+            self.persisted <= self.last_index(),
+            "persisted beyond last index"
+        );
+        assert!(
+            self.persisted >= self.snapshot.index,
+            "persisted below the snapshot"
+        );
+        assert!(
+            self.persisted <= self.persisting && self.persisting <= self.last_index(),
+            "persisting watermark out of range"
+        );
         if let Some(first) = self.entries.first() {
-            assert_eq!(first.index, self.snapshot.index + 1, "entries do not follow the snapshot");
-            assert!(first.term >= self.snapshot.term, "entry term below the snapshot term");
+            assert_eq!(
+                first.index,
+                self.snapshot.index + 1,
+                "entries do not follow the snapshot"
+            );
+            assert!(
+                first.term >= self.snapshot.term,
+                "entry term below the snapshot term"
+            );
         }
     }
 
@@ -75,7 +101,9 @@ impl RaftLog {
     }
 
     pub(crate) fn last_term(&self) -> Term {
-        self.entries.last().map_or(self.snapshot.term, |entry| entry.term)
+        self.entries
+            .last()
+            .map_or(self.snapshot.term, |entry| entry.term)
     }
 
     pub(crate) fn committed(&self) -> Index {
@@ -163,14 +191,25 @@ impl RaftLog {
             first.index,
             self.committed
         );
-        assert!(first.index <= self.last_index() + 1, "appending leaves a gap");
+        assert!(
+            first.index <= self.last_index() + 1,
+            "appending leaves a gap"
+        );
         for pair in entries.windows(2) {
-            assert_eq!(pair[1].index, pair[0].index + 1, "appended entries not contiguous");
-            assert!(pair[1].term >= pair[0].term, "appended entry terms decrease");
+            assert_eq!(
+                pair[1].index,
+                pair[0].index + 1,
+                "appended entries not contiguous"
+            );
+            assert!(
+                pair[1].term >= pair[0].term,
+                "appended entry terms decrease"
+            );
         }
         let keep = (first.index - self.first_index()) as usize;
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(first.index - 1);
+        self.persisting = self.persisting.min(first.index - 1);
         self.entries.extend_from_slice(entries);
         self.assert_invariants();
         self.last_index()
@@ -236,17 +275,29 @@ impl RaftLog {
     }
 
     pub(crate) fn applied_to(&mut self, index: Index) {
-        assert!(index <= self.committed, "applied {index} beyond commit {}", self.committed);
-        assert!(index >= self.applied, "applied index moved back from {} to {index}", self.applied);
+        assert!(
+            index <= self.committed,
+            "applied {index} beyond commit {}",
+            self.committed
+        );
+        assert!(
+            index >= self.applied,
+            "applied index moved back from {} to {index}",
+            self.applied
+        );
         self.applied = index;
     }
 
-    /// The driver persisted entries up to `(index, term)`. Ignored if our log
-    /// changed there meanwhile (the entry was truncated and replaced).
-    pub(crate) fn stable_to(&mut self, index: Index, term: Term) {
-        if index > self.persisted && self.match_term(index, term) {
-            self.persisted = index;
-        }
+    /// Entries up to `index` were handed to the driver to persist.
+    pub(crate) fn persisting_to(&mut self, index: Index) {
+        assert!(index <= self.last_index(), "persisting beyond the log");
+        self.persisting = self.persisting.max(index);
+    }
+
+    /// The driver finished persisting what it was handed (minus anything
+    /// truncated meanwhile, which `append` cut from the watermark).
+    pub(crate) fn persisting_done(&mut self) {
+        self.persisted = self.persisting;
     }
 
     /// Drops entries up to `index` (already applied), remembering its term.
@@ -264,11 +315,15 @@ impl RaftLog {
     /// Replaces the whole log with a snapshot point received from the leader.
     /// The caller checked the snapshot is ahead of our commit index.
     pub(crate) fn restore(&mut self, snapshot: SnapshotMetadata) {
-        assert!(snapshot.index > self.committed, "restoring a stale snapshot");
+        assert!(
+            snapshot.index > self.committed,
+            "restoring a stale snapshot"
+        );
         self.entries.clear();
         self.snapshot = snapshot;
         self.committed = snapshot.index;
         self.persisted = snapshot.index;
+        self.persisting = snapshot.index;
         self.assert_invariants();
     }
 
@@ -342,7 +397,11 @@ mod tests {
         assert_eq!(follower.maybe_append(2, 1, 5, &sent), Some(5));
         assert_eq!(follower.entries(), leader.entries());
         assert_eq!(follower.committed(), 5);
-        assert_eq!(follower.persisted(), 2, "truncated suffix is no longer persisted");
+        assert_eq!(
+            follower.persisted(),
+            2,
+            "truncated suffix is no longer persisted"
+        );
         assert_eq!(follower.unstable_entries(), &leader.entries()[2..]);
     }
 
@@ -350,7 +409,10 @@ mod tests {
     fn old_reordered_append_does_not_truncate() {
         let mut follower = log_with_terms(&[1, 1, 1, 1]);
         // A late AppendEntries carrying only entries 2..=3 we already hold.
-        assert_eq!(follower.maybe_append(1, 1, 0, &[entry(2, 1), entry(3, 1)]), Some(3));
+        assert_eq!(
+            follower.maybe_append(1, 1, 0, &[entry(2, 1), entry(3, 1)]),
+            Some(3)
+        );
         assert_eq!(follower.last_index(), 4);
     }
 
@@ -379,15 +441,15 @@ mod tests {
     }
 
     #[test]
-    fn stable_to_ignores_replaced_entries() {
+    fn truncation_while_persisting_keeps_only_the_untouched_prefix() {
         let mut log = log_with_terms(&[1]);
-        log.append(&[entry(2, 1), entry(3, 1)]);
-        assert_eq!(log.persisted(), 1);
+        log.append(&[entry(2, 1), entry(3, 1), entry(4, 1)]);
+        log.persisting_to(4);
+        // A new leader replaces 3..: only 2 of what was handed out survives.
         log.append(&[entry(3, 2)]);
-        log.stable_to(3, 1);
-        assert_eq!(log.persisted(), 1);
-        log.stable_to(3, 2);
-        assert_eq!(log.persisted(), 3);
+        log.persisting_done();
+        assert_eq!(log.persisted(), 2);
+        assert_eq!(log.unstable_entries(), &[entry(3, 2)]);
     }
 
     /// Operations for the model-based property test.
@@ -395,20 +457,37 @@ mod tests {
     enum Operation {
         /// Follower-style append after position `prev` (clamped), with
         /// `count` entries of `term`.
-        Append { prev: u64, count: u64, term: u64 },
-        Commit { index: u64 },
-        Apply { index: u64 },
-        Persist { index: u64 },
-        Compact { index: u64 },
+        Append {
+            prev: u64,
+            count: u64,
+            term: u64,
+        },
+        Commit {
+            index: u64,
+        },
+        Apply {
+            index: u64,
+        },
+        /// Hand everything unstable to the "driver".
+        StartPersist,
+        /// The "driver" is done.
+        FinishPersist,
+        Compact {
+            index: u64,
+        },
     }
 
     fn operation() -> impl Strategy<Value = Operation> {
         prop_oneof![
-            (0..30u64, 0..5u64, 0..4u64)
-                .prop_map(|(prev, count, term)| Operation::Append { prev, count, term }),
+            (0..30u64, 0..5u64, 0..4u64).prop_map(|(prev, count, term)| Operation::Append {
+                prev,
+                count,
+                term
+            }),
             (0..30u64).prop_map(|index| Operation::Commit { index }),
             (0..30u64).prop_map(|index| Operation::Apply { index }),
-            (0..30u64).prop_map(|index| Operation::Persist { index }),
+            Just(Operation::StartPersist),
+            Just(Operation::FinishPersist),
             (0..30u64).prop_map(|index| Operation::Compact { index }),
         ]
     }
@@ -423,6 +502,7 @@ mod tests {
             let mut model_committed: Index = 0;
             let mut model_applied: Index = 0;
             let mut model_persisted: Index = 0;
+            let mut model_persisting: Index = 0;
             let mut next_payload = 0u8;
             for operation in operations {
                 match operation {
@@ -444,6 +524,7 @@ mod tests {
                                 if model[position].term != entry.term {
                                     model.truncate(position);
                                     model_persisted = model_persisted.min(position as u64);
+                                    model_persisting = model_persisting.min(position as u64);
                                     model.push(entry);
                                 }
                             } else {
@@ -461,12 +542,13 @@ mod tests {
                         log.applied_to(index);
                         model_applied = index;
                     }
-                    Operation::Persist { index } => {
-                        let index = index.min(model.len() as u64);
-                        if index > 0 {
-                            log.stable_to(index, model[index as usize - 1].term);
-                            model_persisted = model_persisted.max(index);
-                        }
+                    Operation::StartPersist => {
+                        log.persisting_to(model.len() as u64);
+                        model_persisting = model.len() as u64;
+                    }
+                    Operation::FinishPersist => {
+                        log.persisting_done();
+                        model_persisted = model_persisting;
                     }
                     Operation::Compact { index } => {
                         let index = index.min(model_applied).min(model_persisted);

@@ -15,8 +15,7 @@ use crate::progress::{PeerProgress, Progress};
 use crate::read_index::ReadTracker;
 use crate::ready::{ReadState, ReadyTracker, SoftState};
 use crate::types::{
-    Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata,
-    Term,
+    Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata, Term,
 };
 
 /// Multiplier mixing the node id into the RNG seed (golden-ratio constant), so
@@ -255,6 +254,12 @@ impl RaftNode {
             .collect()
     }
 
+    /// Leader only: the progress of `peer` (`None` if we do not lead or it
+    /// is not a peer).
+    pub fn progress_of(&self, peer: NodeId) -> Option<PeerProgress> {
+        self.progress.get(&peer).map(|progress| progress.view(peer))
+    }
+
     // ----- Inputs ----------------------------------------------------------
 
     /// Advances logical time by one tick.
@@ -370,8 +375,11 @@ impl RaftNode {
     }
 
     /// Processes a message from a peer. Messages not addressed to us, from
-    /// non-voters or from ourselves are ignored; stale ones are ignored or
-    /// answered with our term (so a deposed leader learns it).
+    /// non-voters or from ourselves are ignored. Requests from an older term
+    /// are answered with the matching response kind and our term (so a
+    /// deposed leader or stale candidate learns it); other stale messages are
+    /// dropped. Every request of our term gets exactly one response, except
+    /// `TimeoutNow` (none) and a vote request dropped by the leader lease.
     pub fn step(&mut self, message: Message) {
         if message.to != self.id
             || message.from == self.id
@@ -438,7 +446,8 @@ impl RaftNode {
             MessageBody::HeartbeatResponse { read_round } => {
                 self.handle_heartbeat_response(message.from, read_round)
             }
-            MessageBody::InstallSnapshotResponse { index } => {
+            // Index 0 only comes from a node answering a stale request.
+            MessageBody::InstallSnapshotResponse { index } if index > 0 => {
                 self.handle_append_response(message.from, true, index, 0, 0)
             }
             // Another leader in our term cannot exist; vote answers after
@@ -453,7 +462,11 @@ impl RaftNode {
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::InstallSnapshot { .. } => {
-                self.become_follower(message.term, Some(message.from), "found the leader of our term");
+                self.become_follower(
+                    message.term,
+                    Some(message.from),
+                    "found the leader of our term",
+                );
                 self.step_follower(message);
             }
             _ => {}
@@ -498,7 +511,11 @@ impl RaftNode {
     fn heard_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed_ticks = 0;
         if self.leader_id != Some(leader) {
-            assert!(self.leader_id.is_none(), "two leaders in term {}", self.term);
+            assert!(
+                self.leader_id.is_none(),
+                "two leaders in term {}",
+                self.term
+            );
             self.leader_id = Some(leader);
             self.role_change_reason = "learned the leader of our term";
         }
@@ -557,31 +574,30 @@ impl RaftNode {
             && self.election_elapsed_ticks < self.config.election_tick
     }
 
-    /// Answers a message from an older term so its sender steps down; a stale
-    /// pre-vote gets a rejection (otherwise a pre-candidate with a lower term
-    /// could wait forever). Everything else is dropped.
+    /// Answers a request from an older term with the matching response kind
+    /// carrying our term, so its sender steps down (and an RPC transport
+    /// pairing requests with responses gets its answer). The bodies are
+    /// no-ops for a receiver that is already in our term. `TimeoutNow` and
+    /// stale responses get nothing.
     fn answer_stale(&mut self, message: &Message) {
-        match message.body {
-            MessageBody::AppendEntries { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => self.send(
-                message.from,
-                MessageBody::AppendEntriesResponse {
-                    success: false,
-                    index: 0,
-                    reject_hint_index: 0,
-                    reject_hint_term: 0,
-                },
-            ),
-            MessageBody::RequestVote { pre_vote: true, .. } => self.send(
-                message.from,
-                MessageBody::RequestVoteResponse {
-                    pre_vote: true,
-                    granted: false,
-                },
-            ),
-            _ => {}
-        }
+        let answer = match message.body {
+            MessageBody::AppendEntries { .. } => MessageBody::AppendEntriesResponse {
+                success: false,
+                index: 0,
+                reject_hint_index: 0,
+                reject_hint_term: 0,
+            },
+            MessageBody::Heartbeat { .. } => MessageBody::HeartbeatResponse { read_round: 0 },
+            MessageBody::InstallSnapshot { .. } => {
+                MessageBody::InstallSnapshotResponse { index: 0 }
+            }
+            MessageBody::RequestVote { pre_vote, .. } => MessageBody::RequestVoteResponse {
+                pre_vote,
+                granted: false,
+            },
+            _ => return,
+        };
+        self.send(message.from, answer);
     }
 
     // ----- Role transitions -----------------------------------------------
@@ -637,13 +653,19 @@ impl RaftNode {
     /// Takes the lead: every follower is probed from our last index, and an
     /// empty entry of our term is appended so earlier entries can commit.
     pub(crate) fn become_leader(&mut self, reason: &'static str) {
-        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
         assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
         self.reset_role_state(Role::Leader, Some(self.id), reason);
         let next_index = self.log.last_index() + 1;
         for peer in self.peers() {
-            self.progress
-                .insert(peer, Progress::new(next_index, self.config.max_inflight_appends));
+            self.progress.insert(
+                peer,
+                Progress::new(next_index, self.config.max_inflight_appends),
+            );
         }
         let entry = Entry {
             index: next_index,
@@ -686,7 +708,10 @@ impl RaftNode {
 
     pub(crate) fn assert_invariants(&self) {
         self.log.assert_invariants();
-        assert!(self.log.last_term() <= self.term, "log term above current term");
+        assert!(
+            self.log.last_term() <= self.term,
+            "log term above current term"
+        );
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader_id, Some(self.id));
@@ -727,13 +752,5 @@ impl std::fmt::Debug for RaftNode {
             .field("commit", &self.log.committed())
             .field("applied", &self.log.applied())
             .finish()
-    }
-}
-
-/// Leader-only introspection used by tests: a follower's progress.
-impl RaftNode {
-    /// Leader only: the progress of `peer`, if we lead and it is a peer.
-    pub fn progress_of(&self, peer: NodeId) -> Option<PeerProgress> {
-        self.progress.get(&peer).map(|progress| progress.view(peer))
     }
 }

@@ -35,6 +35,8 @@ pub struct PeerProgress {
     pub next_index: Index,
     /// Replication state.
     pub state: ProgressState,
+    /// Unacknowledged `AppendEntries` messages (pipelining window in use).
+    pub inflight_appends: usize,
 }
 
 /// Last indexes of unacknowledged `AppendEntries` messages, oldest first.
@@ -71,7 +73,11 @@ impl Inflights {
 
     /// Acknowledges every message whose last index is `<= index`.
     pub(crate) fn free_up_to(&mut self, index: Index) {
-        while self.last_indexes.front().is_some_and(|oldest| *oldest <= index) {
+        while self
+            .last_indexes
+            .front()
+            .is_some_and(|oldest| *oldest <= index)
+        {
             self.last_indexes.pop_front();
         }
     }
@@ -121,9 +127,16 @@ impl Progress {
     }
 
     pub(crate) fn assert_invariants(&self) {
-        assert!(self.match_index < self.next_index, "next index must be above match index");
+        assert!(
+            self.match_index < self.next_index,
+            "next index must be above match index"
+        );
         if self.state != ProgressState::Replicate {
-            assert_eq!(self.inflights.count(), 0, "in-flight messages outside Replicate");
+            assert_eq!(
+                self.inflights.count(),
+                0,
+                "in-flight messages outside Replicate"
+            );
         }
     }
 
@@ -221,6 +234,7 @@ impl Progress {
             match_index: self.match_index,
             next_index: self.next_index,
             state: self.state,
+            inflight_appends: self.inflights.count(),
         }
     }
 }
@@ -265,7 +279,10 @@ mod tests {
         assert!(progress.maybe_decrease_to(6, 0));
         assert_eq!(progress.next_index, 4);
         progress.become_replicate();
-        assert!(!progress.maybe_decrease_to(3, 0), "at or below match is stale");
+        assert!(
+            !progress.maybe_decrease_to(3, 0),
+            "at or below match is stale"
+        );
     }
 
     #[test]

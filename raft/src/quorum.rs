@@ -29,7 +29,10 @@ pub(crate) fn committed_index(mut match_indexes: Vec<Index>) -> Index {
 
 /// Tallies `granted` and `rejected` answers among `voter_count` voters.
 pub(crate) fn vote_result(voter_count: usize, granted: usize, rejected: usize) -> VoteResult {
-    assert!(granted + rejected <= voter_count, "more answers than voters");
+    assert!(
+        granted + rejected <= voter_count,
+        "more answers than voters"
+    );
     let needed = majority(voter_count);
     if granted >= needed {
         VoteResult::Won
@@ -43,6 +46,37 @@ pub(crate) fn vote_result(voter_count: usize, granted: usize, rejected: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The committed index is held by a majority, and no higher index is.
+        #[test]
+        fn committed_index_is_held_by_a_majority(matches in proptest::collection::vec(0..20u64, 1..8)) {
+            let committed = committed_index(matches.clone());
+            let needed = majority(matches.len());
+            let at_or_above = matches.iter().filter(|index| **index >= committed).count();
+            let above = matches.iter().filter(|index| **index > committed).count();
+            prop_assert!(at_or_above >= needed);
+            prop_assert!(above < needed);
+        }
+
+        /// A tally never reports both outcomes reachable: Won and Lost are
+        /// final, and Pending means both are still possible.
+        #[test]
+        fn vote_tally_is_consistent(voters in 1..9usize, granted in 0..9usize, rejected in 0..9usize) {
+            prop_assume!(granted + rejected <= voters);
+            let needed = majority(voters);
+            let outstanding = voters - granted - rejected;
+            match vote_result(voters, granted, rejected) {
+                VoteResult::Won => prop_assert!(granted >= needed),
+                VoteResult::Lost => prop_assert!(granted + outstanding < needed),
+                VoteResult::Pending => {
+                    prop_assert!(granted < needed);
+                    prop_assert!(granted + outstanding >= needed);
+                }
+            }
+        }
+    }
 
     #[test]
     fn majority_sizes() {

@@ -85,7 +85,6 @@ impl Ready {
 /// What the last `Ready` handed out, to be acknowledged by `advance`.
 #[derive(Clone, Copy, Debug)]
 struct Outstanding {
-    last_entry: Option<(Index, Term)>,
     last_committed_index: Option<Index>,
     snapshot_index: Option<Index>,
 }
@@ -143,13 +142,17 @@ impl RaftNode {
         let hard_state = self.hard_state();
         let previous_hard_state = self.ready_tracker.hard_state;
         let entries = self.log.unstable_entries().to_vec();
+        if let Some(last) = entries.last() {
+            self.log.persisting_to(last.index);
+        }
         let snapshot = self.pending_snapshot.take();
         let must_sync = !entries.is_empty()
             || snapshot.is_some()
             || hard_state.term != previous_hard_state.term
             || hard_state.vote != previous_hard_state.vote;
         let soft_state_key = self.soft_state_key();
-        let soft_state = (soft_state_key != self.ready_tracker.soft_state).then(|| self.soft_state());
+        let soft_state =
+            (soft_state_key != self.ready_tracker.soft_state).then(|| self.soft_state());
         let committed_entries = self
             .log
             .next_committed_entries(self.config.max_committed_entries_per_ready);
@@ -166,7 +169,6 @@ impl RaftNode {
         self.ready_tracker.hard_state = hard_state;
         self.ready_tracker.soft_state = soft_state_key;
         self.ready_tracker.outstanding = Some(Outstanding {
-            last_entry: ready.entries.last().map(|entry| (entry.index, entry.term)),
             last_committed_index: ready.committed_entries.last().map(|entry| entry.index),
             snapshot_index: ready.snapshot.map(|snapshot| snapshot.index),
         });
@@ -184,9 +186,7 @@ impl RaftNode {
             .outstanding
             .take()
             .expect("advance() called without an outstanding Ready");
-        if let Some((index, term)) = outstanding.last_entry {
-            self.log.stable_to(index, term);
-        }
+        self.log.persisting_done();
         if let Some(index) = outstanding.snapshot_index {
             self.log.snapshot_applied(index);
         }

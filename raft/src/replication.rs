@@ -11,8 +11,15 @@ impl RaftNode {
     /// Appends one entry of our term to our log and sends it to every peer
     /// whose flow control allows.
     pub(crate) fn leader_append(&mut self, entry: Entry) {
-        assert_eq!(entry.term, self.term, "a leader appends entries of its term");
-        assert_eq!(entry.index, self.log.last_index() + 1, "leader appends at the end");
+        assert_eq!(
+            entry.term, self.term,
+            "a leader appends entries of its term"
+        );
+        assert_eq!(
+            entry.index,
+            self.log.last_index() + 1,
+            "leader appends at the end"
+        );
         self.log.append(std::slice::from_ref(&entry));
         // Our own copy counts toward commit once persisted (see `advance`).
         self.broadcast_append();
@@ -70,7 +77,10 @@ impl RaftNode {
 
     fn send_snapshot(&mut self, peer: NodeId) {
         let snapshot = self.log.snapshot();
-        assert!(snapshot.index > 0, "entries are missing but nothing was compacted");
+        assert!(
+            snapshot.index > 0,
+            "entries are missing but nothing was compacted"
+        );
         self.progress
             .get_mut(&peer)
             .expect("peer progress")
@@ -154,7 +164,11 @@ impl RaftNode {
         progress.recent_active = true;
         let was_paused = progress.is_paused();
         let updated = progress.maybe_update(index);
-        if !updated && !(progress.match_index == index && progress.state == ProgressState::Probe) {
+        // A probe answered at the match point we already knew still proves
+        // the logs match there: start replicating.
+        let probe_confirmed =
+            progress.match_index == index && progress.state == ProgressState::Probe;
+        if !updated && !probe_confirmed {
             return;
         }
         match progress.state {
@@ -219,7 +233,7 @@ impl RaftNode {
             })
             .collect();
         let majority_index = quorum::committed_index(match_indexes);
-        if majority_index > self.log.committed()
+        if majority_index > self.log.committed() && self.log.term(majority_index) == Some(self.term)
         {
             self.log.commit_to(majority_index);
             return true;

@@ -159,6 +159,7 @@ pub enum MessageBody {
     InstallSnapshotResponse {
         /// The recipient's log now matches the leader's up to this index (the
         /// snapshot index, or its commit index if the snapshot was stale).
+        /// 0 when answering a request from an older term.
         index: Index,
     },
     /// Leadership transfer: the recipient should campaign immediately.

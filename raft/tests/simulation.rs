@@ -2,7 +2,8 @@
 //! safety checkers can fail.
 //!
 //! * `cargo test -p kvstore-raft --release --test simulation` runs seeds
-//!   `0..1000` (3- and 5-node clusters, random faults).
+//!   `0..1000` (3- and 5-node clusters, random faults); a debug build runs
+//!   `0..100` by default.
 //! * `KVSTORE_SIM_SEEDS=N` runs N seeds, `KVSTORE_SIM_SEED_START=S` starts
 //!   at seed S.
 //! * `KVSTORE_SIM_SEED=S` replays seed S with a full trace (use
@@ -16,8 +17,10 @@ use kvstore_raft::{Config, Entry, EntryKind, HardState, RaftNode};
 use sim::checker::{Checker, ViolationKind};
 use sim::{run_seed, InjectedFault, SimOptions, SimStats};
 
-/// Seeds run by default.
+/// Seeds run by default in release builds.
 const DEFAULT_SEED_COUNT: u64 = 1000;
+/// Seeds run by default in debug builds (about 10x slower per seed).
+const DEFAULT_SEED_COUNT_DEBUG: u64 = 100;
 /// Seeds run with a lying disk to prove the checkers catch it.
 const AMNESIA_SEED_COUNT: u64 = 200;
 
@@ -91,7 +94,12 @@ fn simulation_seeds() {
         }
         return;
     }
-    let count = environment_number("KVSTORE_SIM_SEEDS").unwrap_or(DEFAULT_SEED_COUNT);
+    let default_count = if cfg!(debug_assertions) {
+        DEFAULT_SEED_COUNT_DEBUG
+    } else {
+        DEFAULT_SEED_COUNT
+    };
+    let count = environment_number("KVSTORE_SIM_SEEDS").unwrap_or(default_count);
     let start = environment_number("KVSTORE_SIM_SEED_START").unwrap_or(0);
     let started = Instant::now();
     let outcomes = run_seeds((start..start + count).collect(), InjectedFault::None);
@@ -99,6 +107,7 @@ fn simulation_seeds() {
     let mut failures = Vec::new();
     let mut totals = SimStats::default();
     let mut worst_liveness_ticks = 0;
+    let mut five_node_seeds = 0;
     for (seed, outcome) in &outcomes {
         match outcome {
             Ok(stats) => {
@@ -109,6 +118,9 @@ fn simulation_seeds() {
                 totals.crashes += stats.crashes;
                 totals.messages_delivered += stats.messages_delivered;
                 worst_liveness_ticks = worst_liveness_ticks.max(stats.liveness_ticks);
+                if stats.node_count == 5 {
+                    five_node_seeds += 1;
+                }
             }
             Err(violation) => failures.push(format!(
                 "seed {seed}: {violation}\n  replay: {}",
@@ -117,7 +129,7 @@ fn simulation_seeds() {
         }
     }
     println!(
-        "simulated seeds {start}..{} in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages; slowest recovery {} ticks",
+        "simulated seeds {start}..{} ({five_node_seeds} with 5 nodes, the rest 3) in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages; slowest recovery {} ticks",
         start + count,
         elapsed,
         totals.leader_terms,
@@ -153,7 +165,10 @@ fn same_seed_replays_identically() {
 /// luck of a panic, in some seeds.
 #[test]
 fn lying_disk_is_caught_by_the_checkers() {
-    let outcomes = run_seeds((0..AMNESIA_SEED_COUNT).collect(), InjectedFault::AmnesiaOnRestart);
+    let outcomes = run_seeds(
+        (0..AMNESIA_SEED_COUNT).collect(),
+        InjectedFault::AmnesiaOnRestart,
+    );
     let mut caught: std::collections::BTreeMap<ViolationKind, Vec<u64>> = Default::default();
     for (seed, outcome) in &outcomes {
         if let Err(violation) = outcome {
@@ -193,7 +208,10 @@ fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
 fn checker_reports_two_leaders_in_one_term() {
     let mut checker = Checker::new();
     assert!(checker.observe_leader(3, 1).is_ok());
-    assert!(checker.observe_leader(3, 1).is_ok(), "the same leader again is fine");
+    assert!(
+        checker.observe_leader(3, 1).is_ok(),
+        "the same leader again is fine"
+    );
     assert!(checker.observe_leader(4, 2).is_ok());
     let violation = checker.observe_leader(3, 2).unwrap_err();
     assert_eq!(violation.kind, ViolationKind::ElectionSafety);
@@ -204,7 +222,9 @@ fn checker_reports_a_second_vote_in_one_term() {
     let mut checker = Checker::new();
     assert!(checker.observe_durable_hard_state(1, 2, Some(2)).is_ok());
     assert!(checker.observe_durable_hard_state(1, 2, Some(2)).is_ok());
-    let violation = checker.observe_durable_hard_state(1, 2, Some(3)).unwrap_err();
+    let violation = checker
+        .observe_durable_hard_state(1, 2, Some(3))
+        .unwrap_err();
     assert_eq!(violation.kind, ViolationKind::VoteSafety);
     let violation = checker.observe_durable_hard_state(1, 1, None).unwrap_err();
     assert_eq!(violation.kind, ViolationKind::MonotonicTerm);
@@ -213,12 +233,19 @@ fn checker_reports_a_second_vote_in_one_term() {
 #[test]
 fn checker_reports_log_matching_breaks() {
     let mut checker = Checker::new();
-    assert!(checker.observe_entry(1, &entry(5, 2, b"a"), Some(1)).is_ok());
-    assert!(checker.observe_entry(2, &entry(5, 2, b"a"), Some(1)).is_ok());
+    assert!(checker
+        .observe_entry(1, &entry(5, 2, b"a"), Some(1))
+        .is_ok());
+    assert!(checker
+        .observe_entry(2, &entry(5, 2, b"a"), Some(1))
+        .is_ok());
     let different_data = checker.observe_entry(3, &entry(5, 2, b"b"), Some(1));
     assert_eq!(different_data.unwrap_err().kind, ViolationKind::LogMatching);
     let different_prefix = checker.observe_entry(3, &entry(5, 2, b"a"), Some(2));
-    assert_eq!(different_prefix.unwrap_err().kind, ViolationKind::LogMatching);
+    assert_eq!(
+        different_prefix.unwrap_err().kind,
+        ViolationKind::LogMatching
+    );
 }
 
 #[test]

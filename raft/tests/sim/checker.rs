@@ -38,14 +38,6 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
-    /// Whether this is a safety property (as opposed to liveness / crash).
-    pub fn is_safety(self) -> bool {
-        !matches!(
-            self,
-            ViolationKind::Liveness | ViolationKind::MessageStorm | ViolationKind::Panic
-        )
-    }
-
     /// Whether this is a cluster-wide consensus property (as opposed to one
     /// node's own durable history).
     pub fn is_consensus(self) -> bool {
@@ -142,7 +134,9 @@ impl Checker {
 
     /// Term and digest of the entry applied at `index`, if any node applied it.
     pub fn applied_at(&self, index: Index) -> Option<(Term, u64)> {
-        self.applied.get(&index).map(|(term, digest, _)| (*term, *digest))
+        self.applied
+            .get(&index)
+            .map(|(term, digest, _)| (*term, *digest))
     }
 
     /// `node` is leader in `term`: no other node may ever lead `term`.

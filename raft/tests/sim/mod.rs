@@ -29,9 +29,9 @@ use rand::{Rng, SeedableRng};
 use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
 
 /// Rounds of chaos, each followed by healing and a liveness check.
-pub const ROUNDS: u64 = 5;
+pub const ROUNDS: u64 = 6;
 /// Ticks of random faults and load per round.
-pub const CHAOS_TICKS_PER_ROUND: u64 = 1000;
+pub const CHAOS_TICKS_PER_ROUND: u64 = 1500;
 /// After healing, a proposal must be applied everywhere within this many
 /// election timeouts.
 pub const LIVENESS_BOUND_ELECTION_TIMEOUTS: u64 = 30;
@@ -98,6 +98,8 @@ struct Environment {
     tick_skip_probability: f64,
     propose_probability: f64,
     crash_probability: f64,
+    /// Per tick: crash whichever node currently leads.
+    leader_crash_probability: f64,
     partition_probability: f64,
     heal_probability: f64,
     compact_probability: f64,
@@ -187,6 +189,7 @@ impl World {
             tick_skip_probability: *[0.0, 0.05, 0.2].choose(&mut rng).expect("choice"),
             propose_probability: *[0.1, 0.3, 0.8].choose(&mut rng).expect("choice"),
             crash_probability: *[0.0, 0.003, 0.01].choose(&mut rng).expect("choice"),
+            leader_crash_probability: *[0.0, 0.005, 0.02].choose(&mut rng).expect("choice"),
             partition_probability: *[0.0, 0.005, 0.02].choose(&mut rng).expect("choice"),
             heal_probability: 0.02,
             compact_probability: *[0.0, 0.01, 0.05].choose(&mut rng).expect("choice"),
@@ -365,7 +368,14 @@ impl World {
             self.read_somewhere();
         }
         if self.rng.random_bool(environment.crash_probability) {
-            self.crash_random_node();
+            if let Some(position) = self.random_live_node() {
+                self.crash(position);
+            }
+        }
+        if self.rng.random_bool(environment.leader_crash_probability) {
+            if let Some(position) = self.random_leader() {
+                self.crash(position);
+            }
         }
         let now = self.now;
         let restarts: Vec<usize> = (0..self.nodes.len())
@@ -408,18 +418,9 @@ impl World {
 
     fn propose_somewhere(&mut self) {
         // Usually the (a) leader, sometimes anyone (exercises NotLeader).
-        let leaders: Vec<usize> = (0..self.nodes.len())
-            .filter(|position| {
-                self.nodes[*position]
-                    .core
-                    .as_ref()
-                    .is_some_and(|core| core.role() == Role::Leader)
-            })
-            .collect();
-        let target = if !leaders.is_empty() && self.rng.random_bool(0.9) {
-            leaders.choose(&mut self.rng).copied()
-        } else {
-            self.random_live_node()
+        let target = match self.random_leader() {
+            Some(leader) if self.rng.random_bool(0.9) => Some(leader),
+            _ => self.random_live_node(),
         };
         let Some(position) = target else { return };
         self.next_payload += 1;
@@ -460,11 +461,22 @@ impl World {
         self.trace(|| format!("n{id} read_index({context}) floor {floor}: {result:?}"));
     }
 
-    fn crash_random_node(&mut self) {
-        let Some(position) = self.random_live_node() else {
-            return;
-        };
-        let downtime = self.rng.random_range(1..=(8 * u64::from(self.election_tick)));
+    fn random_leader(&mut self) -> Option<usize> {
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|position| {
+                self.nodes[*position]
+                    .core
+                    .as_ref()
+                    .is_some_and(|core| core.role() == Role::Leader)
+            })
+            .collect();
+        leaders.choose(&mut self.rng).copied()
+    }
+
+    fn crash(&mut self, position: usize) {
+        let downtime = self
+            .rng
+            .random_range(1..=(8 * u64::from(self.election_tick)));
         let node = &mut self.nodes[position];
         node.core = None;
         node.writing = None;
@@ -520,11 +532,19 @@ impl World {
 
     fn random_partition(&mut self) {
         let ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
-        let shape = self.rng.random_range(0..4u32);
+        let shape = self.rng.random_range(0..5u32);
         match shape {
-            0 => {
-                // Isolate one node.
-                let isolated = *ids.choose(&mut self.rng).expect("nodes");
+            0 | 4 => {
+                // Isolate one node (shape 4: the leader, if any).
+                let leader = if shape == 4 {
+                    self.random_leader()
+                } else {
+                    None
+                };
+                let isolated = match leader {
+                    Some(position) => self.nodes[position].id,
+                    None => *ids.choose(&mut self.rng).expect("nodes"),
+                };
                 for id in &ids {
                     self.groups.insert(*id, u8::from(*id == isolated));
                 }
@@ -593,7 +613,9 @@ impl World {
         let snapshot = core.snapshot_metadata().expect("just compacted");
         // The driver's snapshot is durable before the WAL is truncated.
         node.durable.snapshot = Some(snapshot);
-        node.durable.entries.retain(|entry| entry.index > snapshot.index);
+        node.durable
+            .entries
+            .retain(|entry| entry.index > snapshot.index);
         let hash = node.state.hash;
         let id = node.id;
         if let Some(existing) = self.snapshot_states.insert(snapshot, hash) {
@@ -688,7 +710,9 @@ impl World {
             1
         };
         for _ in 0..copies {
-            let delay = 1 + self.rng.random_range(0..=self.environment.max_extra_delay_ticks);
+            let delay = 1 + self
+                .rng
+                .random_range(0..=self.environment.max_extra_delay_ticks);
             self.network.push(InFlight {
                 deliver_at: self.now + delay,
                 message: message.clone(),
@@ -715,7 +739,9 @@ impl World {
                         let previous_term = core.term_at(entry.index - 1);
                         self.checker.observe_entry(id, entry, previous_term)?;
                     }
-                    let delay = self.rng.random_range(0..=self.environment.max_disk_delay_ticks);
+                    let delay = self
+                        .rng
+                        .random_range(0..=self.environment.max_disk_delay_ticks);
                     self.nodes[position].writing = Some((ready, self.now + delay));
                 }
                 None => return Ok(()),
@@ -825,7 +851,8 @@ impl World {
                 continue;
             };
             let (id, term, commit) = (core.id(), core.term(), core.commit_index());
-            self.checker.observe_term_and_commit(id, term, commit, false)?;
+            self.checker
+                .observe_term_and_commit(id, term, commit, false)?;
             if core.role() == Role::Leader {
                 self.checker.observe_leader(term, id)?;
                 if node.leader_checked_term != Some(term) {
@@ -863,7 +890,9 @@ pub fn describe(message: &Message) -> String {
             index,
             reject_hint_index,
             reject_hint_term,
-        } => format!("success {success} index {index} hint ({reject_hint_index}, t{reject_hint_term})"),
+        } => format!(
+            "success {success} index {index} hint ({reject_hint_index}, t{reject_hint_term})"
+        ),
         MessageBody::Heartbeat {
             leader_commit,
             read_round,
@@ -895,7 +924,11 @@ pub fn run_seed(options: SimOptions) -> Result<SimStats, Violation> {
             let detail = payload
                 .downcast_ref::<String>()
                 .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|text| (*text).to_string()))
+                .or_else(|| {
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_string())
+                })
                 .unwrap_or_else(|| "non-string panic".to_string());
             Err(Violation {
                 kind: ViolationKind::Panic,
