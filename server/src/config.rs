@@ -17,6 +17,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// A deliberate bug (see `--inject-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InjectedFault {
+    /// Linearizable reads served from local state, without ReadIndex.
+    StaleReads,
+    /// Writes acknowledged when proposed, before they are committed.
+    EarlyAck,
+}
+
 /// kvstore-server: one node of a Raft-replicated key-value store.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvstore-server", version, about, long_about = None)]
@@ -33,6 +42,18 @@ pub struct ServerConfig {
     /// reach this node here.
     #[arg(long, env = "KVSTORE_RAFT_ADDR", default_value = "127.0.0.1:60051")]
     pub raft_addr: SocketAddr,
+
+    /// Address the HTTP observability port listens on: /metrics (Prometheus),
+    /// /healthz, /readyz, /status (JSON) and / (the cluster status page).
+    /// Port 0 picks a free port.
+    #[arg(long, env = "KVSTORE_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: SocketAddr,
+
+    /// The other members' HTTP observability addresses as a browser reaches
+    /// them, `ID=HOST:PORT,...`: the status page served by this node polls
+    /// them. Members left out are shown without data.
+    #[arg(long, env = "KVSTORE_PEER_METRICS_ADDRS", value_delimiter = ',', value_parser = parse_member_address)]
+    pub peer_metrics_addrs: Vec<MemberAddress>,
 
     /// The other members and their raft addresses: `ID=HOST:PORT,...`. Empty
     /// for a single-node cluster.
@@ -55,6 +76,13 @@ pub struct ServerConfig {
     /// Applied entries between snapshots; the log before a snapshot is deleted.
     #[arg(long, env = "KVSTORE_SNAPSHOT_ENTRIES", default_value_t = limits::SNAPSHOT_ENTRIES_DEFAULT)]
     pub snapshot_entries: u64,
+
+    /// Deliberate bugs, for proving that the conformance suite catches them.
+    /// NEVER use in production. `stale-reads`: linearizable reads are served
+    /// from local state without ReadIndex. `early-ack`: writes are
+    /// acknowledged as soon as the leader proposes them, before commit.
+    #[arg(long, env = "KVSTORE_INJECT_FAULT", value_enum, hide = true)]
+    pub inject_fault: Option<InjectedFault>,
 
     /// Directory holding this node's state; created when missing.
     #[arg(long, env = "KVSTORE_DATA_DIR", default_value = "data")]
@@ -85,6 +113,24 @@ pub struct Peer {
     pub id: u64,
     /// Its raft address, `HOST:PORT` (a name is resolved when connecting).
     pub raft_addr: String,
+}
+
+/// Another member's HTTP observability address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAddress {
+    /// Its node id.
+    pub id: u64,
+    /// `HOST:PORT`, as a browser reaches it.
+    pub address: String,
+}
+
+/// Parses `ID=HOST:PORT` into a [`MemberAddress`].
+fn parse_member_address(text: &str) -> Result<MemberAddress, String> {
+    let peer = parse_peer(text)?;
+    Ok(MemberAddress {
+        id: peer.id,
+        address: peer.raft_addr,
+    })
 }
 
 /// Parses `ID=HOST:PORT`.
@@ -130,6 +176,14 @@ impl ServerConfig {
         }
         if self.cluster_id.is_empty() {
             return Err("--cluster-id must not be empty".into());
+        }
+        for peer in &self.peer_metrics_addrs {
+            if !self.peers.iter().any(|member| member.id == peer.id) {
+                return Err(format!(
+                    "--peer-metrics-addrs names node {}, which is not in --peers",
+                    peer.id
+                ));
+            }
         }
         let mut ids: Vec<u64> = self.peers.iter().map(|peer| peer.id).collect();
         ids.push(self.id);
@@ -194,5 +248,13 @@ mod tests {
         assert!(config.validate().is_ok());
         assert_eq!(config.members(), vec![1, 2, 3]);
         assert_eq!(config.election_ticks(), 10);
+        let config = ServerConfig::parse_from([
+            "kvstore-server",
+            "--peers",
+            "2=a:1",
+            "--peer-metrics-addrs",
+            "2=127.0.0.1:9102,3=127.0.0.1:9103",
+        ]);
+        assert!(config.validate().unwrap_err().contains("node 3"));
     }
 }

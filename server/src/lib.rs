@@ -5,8 +5,10 @@
 pub mod config;
 pub mod data_dir;
 pub mod errors;
+pub mod http;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod service;

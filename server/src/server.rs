@@ -18,7 +18,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServerConfig;
 use crate::data_dir::{DataDir, DataDirError};
+use crate::http::{self, HttpState};
 use crate::limits;
+use crate::logging;
+use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
 use crate::node::{persist, Identity, Node, NodeRole, NodeStatus, Timings};
 use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
@@ -108,6 +111,23 @@ fn reflection_services(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     (v1, v1alpha)
+}
+
+/// The accepted connections of `listener`, with Nagle's algorithm off.
+/// `Server::tcp_nodelay` does not apply to a listener we bind ourselves, and
+/// with Nagle on a response split over two writes waits ~40 ms for the
+/// client's delayed ACK.
+fn accept_without_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot disable Nagle's algorithm on a connection");
+        }
+        Ok(stream)
+    })
 }
 
 /// Binds `address`, reporting the address actually bound (port 0 picks one).
@@ -214,6 +234,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
+    logging::set_node_id(config.id);
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
 
@@ -245,6 +266,7 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()
         .map_err(ServerError::Recovery)?;
     let hard_state = persist::hard_state_from_wal(&recovered.hard_state);
+    logging::set_term(hard_state.term);
 
     // The applied state, brought in line with the snapshot.
     let kv_directory = data_dir.kv_directory();
@@ -312,7 +334,16 @@ pub async fn run(
         leader_wait: Duration::from_millis(
             config.election_timeout_ms * u64::from(limits::LEADER_WAIT_ELECTION_TIMEOUTS),
         ),
+        injected_fault: config.inject_fault,
     };
+    if let Some(fault) = config.inject_fault {
+        tracing::warn!(?fault, "DELIBERATE FAULT INJECTED: this node breaks its guarantees on purpose (--inject-fault)");
+    }
+    let metrics = Arc::new(Metrics::new(
+        config.id,
+        &config.cluster_id,
+        &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
+    ));
     let node = Node::new(
         identity,
         events_sender,
@@ -321,24 +352,27 @@ pub async fn run(
         store_handle.clone(),
         peers.clone(),
         timings,
+        metrics.clone(),
     );
     let request_limits = RequestLimits {
         key_bytes_max: config.max_key_bytes,
         value_bytes_max: config.max_value_bytes,
     };
 
-    // Listen on both ports before the driver contacts any peer.
+    // Listen on every port before the driver contacts any peer.
     let (client_listener, client_addr) = bind(config.client_addr).await?;
     let (raft_listener, raft_addr) = bind(config.raft_addr).await?;
+    let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
     tracing::info!(
         node_id = config.id,
         %client_addr,
         %raft_addr,
+        %metrics_addr,
         cluster_id = config.cluster_id,
         peers = ?config.peers.iter().map(|peer| format!("{}={}", peer.id, peer.raft_addr)).collect::<Vec<_>>(),
         data_dir = %data_dir.root().display(),
         version = env!("CARGO_PKG_VERSION"),
-        "kvstore-server started; client and raft ports listening"
+        "kvstore-server started; client, raft and metrics ports listening"
     );
 
     let (driver_stop, driver_stopped) = watch::channel(false);
@@ -356,8 +390,10 @@ pub async fn run(
         settings: DriverSettings {
             tick: Duration::from_millis(config.heartbeat_interval_ms),
             snapshot_entries: config.snapshot_entries,
+            injected_fault: config.inject_fault,
         },
         applied,
+        metrics,
     });
     let driver_task = tokio::spawn(driver.run(driver_stopped));
     drop(store_handle);
@@ -375,6 +411,13 @@ pub async fn run(
         );
     };
 
+    let http_state = HttpState::new(node.clone(), config.peer_metrics_addrs.clone());
+    let http_task = tokio::spawn(http::serve(
+        metrics_listener,
+        http_state,
+        stop_signal(server_stopped.clone(), "metrics"),
+    ));
+
     let (client_health_reporter, client_health) = tonic_health::server::health_reporter();
     client_health_reporter
         .set_serving::<kvstore_proto::kv::v1::kv_server::KvServer<KvService>>()
@@ -388,7 +431,7 @@ pub async fn run(
         .add_service(client_reflection_v1alpha)
         .add_service(KvService::new(node.clone(), request_limits).into_server())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_listener),
+            accept_without_delay(client_listener),
             stop_signal(server_stopped.clone(), "client"),
         );
 
@@ -409,7 +452,7 @@ pub async fn run(
                 .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(raft_listener),
+            accept_without_delay(raft_listener),
             stop_signal(server_stopped.clone(), "raft"),
         );
 
@@ -430,6 +473,19 @@ pub async fn run(
     // driver, then the store thread closes the database once the last handle
     // is gone.
     drop(servers);
+    // The HTTP server holds a node handle too; it finishes its open requests
+    // (they are quick) or is cut off after the grace period.
+    let http_abort = http_task.abort_handle();
+    match tokio::time::timeout(Duration::from_millis(limits::SHUTDOWN_GRACE_MS), http_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "the metrics HTTP server failed"),
+        Ok(Err(error)) if error.is_cancelled() => {}
+        Ok(Err(error)) => tracing::error!(%error, "the metrics HTTP server panicked"),
+        Err(_) => {
+            tracing::warn!("the metrics HTTP server did not stop in time; closing it");
+            http_abort.abort();
+        }
+    }
     let _ = driver_stop.send(true);
     if let Err(error) = driver_task.await {
         tracing::error!(%error, "the raft driver panicked");

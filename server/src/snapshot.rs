@@ -16,6 +16,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use kvstore_raft::SnapshotMetadata;
 
 use crate::state_machine;
@@ -31,8 +33,6 @@ const TEMPORARY_SUFFIX: &str = ".tmp";
 pub const SNAPSHOTS_KEPT: usize = 2;
 /// Largest key or value accepted when reading a snapshot (sanity bound).
 const RECORD_BYTES_MAX: u32 = 64 * 1024 * 1024;
-/// Pairs read from the store per scan while writing a snapshot.
-const SCAN_CHUNK_KEYS: usize = 1_000;
 /// Buffer size of snapshot file readers and writers.
 const FILE_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -182,119 +182,237 @@ impl<W: Write> Write for ChecksumWriter<W> {
     }
 }
 
-/// Writes the store's whole user state, which reflects `snapshot`, to the
-/// temporary file of `snapshot` and syncs it; [`SnapshotDirectory::install`]
-/// then moves it into place. Returns the number of pairs written.
-pub fn write_from_store(
-    store: &mut dyn Store,
-    directory: &SnapshotDirectory,
-    snapshot: SnapshotMetadata,
-) -> Result<u64, SnapshotError> {
-    let path = directory.temporary_path_of(snapshot);
-    let file = File::create(&path).map_err(io_error(&path))?;
-    let mut writer = ChecksumWriter {
-        inner: BufWriter::with_capacity(FILE_BUFFER_BYTES, file),
-        crc: 0,
-    };
-    let mut write = |bytes: &[u8]| writer_write(&mut writer, bytes, &path);
-    write(MAGIC)?;
-    write(&snapshot.index.to_le_bytes())?;
-    write(&snapshot.term.to_le_bytes())?;
-    let mut pair_count = 0u64;
-    let mut start = Vec::new();
-    loop {
-        let pairs = state_machine::scan_data_from(store, &start, SCAN_CHUNK_KEYS)?;
-        let Some((last_key, _)) = pairs.last() else {
-            break;
+/// Writes one snapshot file, pairs in ascending key order, to the temporary
+/// path of its snapshot; [`SnapshotDirectory::install`] then moves it in place.
+pub struct SnapshotWriter {
+    path: PathBuf,
+    writer: ChecksumWriter<BufWriter<File>>,
+    pair_count: u64,
+    last_key: Option<Vec<u8>>,
+}
+
+impl SnapshotWriter {
+    /// Starts the temporary file of `snapshot` in `directory`.
+    pub fn create(
+        directory: &SnapshotDirectory,
+        snapshot: SnapshotMetadata,
+    ) -> Result<Self, SnapshotError> {
+        let path = directory.temporary_path_of(snapshot);
+        let file = File::create(&path).map_err(io_error(&path))?;
+        let mut writer = Self {
+            writer: ChecksumWriter {
+                inner: BufWriter::with_capacity(FILE_BUFFER_BYTES, file),
+                crc: 0,
+            },
+            path,
+            pair_count: 0,
+            last_key: None,
         };
-        start = last_key.clone();
-        start.push(0);
-        for (key, value) in &pairs {
-            write(&(key.len() as u32).to_le_bytes())?;
-            write(&(value.len() as u32).to_le_bytes())?;
-            write(key)?;
-            write(value)?;
-            pair_count += 1;
-        }
+        writer.write(MAGIC)?;
+        writer.write(&snapshot.index.to_le_bytes())?;
+        writer.write(&snapshot.term.to_le_bytes())?;
+        Ok(writer)
     }
-    write(&END_MARKER.to_le_bytes())?;
-    write(&pair_count.to_le_bytes())?;
-    let crc = writer.crc;
-    let mut file_writer = writer.inner;
-    file_writer
-        .write_all(&crc.to_le_bytes())
-        .map_err(io_error(&path))?;
-    let file = file_writer
-        .into_inner()
-        .map_err(|error| io_error(&path)(error.into_error()))?;
-    file.sync_all().map_err(io_error(&path))?;
-    Ok(pair_count)
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        self.writer.write_all(bytes).map_err(io_error(&self.path))
+    }
+
+    /// Appends one pair; keys must come in strictly ascending order.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        assert!(
+            self.last_key.as_deref().is_none_or(|last| last < key),
+            "snapshot keys must be written in ascending order"
+        );
+        self.write(&(key.len() as u32).to_le_bytes())?;
+        self.write(&(value.len() as u32).to_le_bytes())?;
+        self.write(key)?;
+        self.write(value)?;
+        self.pair_count += 1;
+        self.last_key = Some(key.to_vec());
+        Ok(())
+    }
+
+    /// Writes the trailer and syncs the file. Returns the number of pairs.
+    pub fn finish(mut self) -> Result<u64, SnapshotError> {
+        self.write(&END_MARKER.to_le_bytes())?;
+        let pair_count = self.pair_count;
+        self.write(&pair_count.to_le_bytes())?;
+        let crc = self.writer.crc;
+        let path = self.path;
+        let mut file_writer = self.writer.inner;
+        file_writer
+            .write_all(&crc.to_le_bytes())
+            .map_err(io_error(&path))?;
+        let file = file_writer
+            .into_inner()
+            .map_err(|error| io_error(&path)(error.into_error()))?;
+        file.sync_all().map_err(io_error(&path))?;
+        Ok(pair_count)
+    }
 }
 
-fn writer_write<W: Write>(writer: &mut W, bytes: &[u8], path: &Path) -> Result<(), SnapshotError> {
-    writer.write_all(bytes).map_err(io_error(path))
+/// Reads the pairs of a snapshot file in order. Open it with
+/// [`SnapshotReader::open`], which verifies the checksum first, so nothing is
+/// handed over from a corrupt file.
+pub struct SnapshotReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    snapshot: SnapshotMetadata,
+    pair_count: u64,
+    last_key: Option<Vec<u8>>,
+    finished: bool,
 }
 
-/// Reads a snapshot file, handing its pairs to `on_pairs` in chunks of
-/// [`state_machine::RESTORE_BATCH_KEYS`]. Verifies the checksum first, so
-/// nothing is handed over from a corrupt file. Returns the snapshot's identity.
-pub fn read_file(
-    path: &Path,
-    mut on_pairs: impl FnMut(Vec<KeyValue>) -> Result<(), SnapshotError>,
-) -> Result<SnapshotMetadata, SnapshotError> {
-    let corrupt = |reason: String| SnapshotError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
-    verify_checksum(path)?;
-    let file = File::open(path).map_err(io_error(path))?;
-    let mut reader = BufReader::with_capacity(FILE_BUFFER_BYTES, file);
-    let read_u32 = |reader: &mut BufReader<File>| -> Result<u32, SnapshotError> {
+impl SnapshotReader {
+    /// Verifies the file and positions the reader on its first pair.
+    pub fn open(path: &Path) -> Result<Self, SnapshotError> {
+        verify_checksum(path)?;
+        let file = File::open(path).map_err(io_error(path))?;
+        let mut reader = BufReader::with_capacity(FILE_BUFFER_BYTES, file);
+        let mut header = [0u8; 24];
+        reader.read_exact(&mut header).map_err(io_error(path))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt(path, "bad magic"));
+        }
+        let snapshot = SnapshotMetadata {
+            index: u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
+            term: u64::from_le_bytes(header[16..24].try_into().expect("8 bytes")),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            snapshot,
+            pair_count: 0,
+            last_key: None,
+            finished: false,
+        })
+    }
+
+    /// The snapshot's identity, from the file header.
+    pub fn snapshot(&self) -> SnapshotMetadata {
+        self.snapshot
+    }
+
+    fn read_u32(&mut self) -> Result<u32, SnapshotError> {
         let mut bytes = [0u8; 4];
-        reader.read_exact(&mut bytes).map_err(io_error(path))?;
+        self.reader
+            .read_exact(&mut bytes)
+            .map_err(io_error(&self.path))?;
         Ok(u32::from_le_bytes(bytes))
-    };
-    let mut header = [0u8; 24];
-    reader.read_exact(&mut header).map_err(io_error(path))?;
-    if &header[..8] != MAGIC {
-        return Err(corrupt("bad magic".into()));
     }
-    let snapshot = SnapshotMetadata {
-        index: u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
-        term: u64::from_le_bytes(header[16..24].try_into().expect("8 bytes")),
-    };
-    let mut chunk = Vec::with_capacity(state_machine::RESTORE_BATCH_KEYS);
-    let mut pair_count = 0u64;
-    loop {
-        let key_length = read_u32(&mut reader)?;
-        if key_length == END_MARKER {
-            break;
+
+    /// The next pair, or `None` after the last one.
+    pub fn next_pair(&mut self) -> Result<Option<KeyValue>, SnapshotError> {
+        if self.finished {
+            return Ok(None);
         }
-        let value_length = read_u32(&mut reader)?;
+        let key_length = self.read_u32()?;
+        if key_length == END_MARKER {
+            let mut count = [0u8; 8];
+            self.reader
+                .read_exact(&mut count)
+                .map_err(io_error(&self.path))?;
+            if u64::from_le_bytes(count) != self.pair_count {
+                return Err(corrupt(&self.path, "pair count mismatch"));
+            }
+            self.finished = true;
+            return Ok(None);
+        }
+        let value_length = self.read_u32()?;
         if key_length > RECORD_BYTES_MAX || value_length > RECORD_BYTES_MAX {
-            return Err(corrupt(format!(
-                "record of {key_length}+{value_length} bytes"
-            )));
+            return Err(corrupt(
+                &self.path,
+                &format!("record of {key_length}+{value_length} bytes"),
+            ));
         }
         let mut key = vec![0u8; key_length as usize];
         let mut value = vec![0u8; value_length as usize];
-        reader.read_exact(&mut key).map_err(io_error(path))?;
-        reader.read_exact(&mut value).map_err(io_error(path))?;
-        chunk.push((key, value));
-        pair_count += 1;
-        if chunk.len() == state_machine::RESTORE_BATCH_KEYS {
-            on_pairs(std::mem::take(&mut chunk))?;
+        self.reader
+            .read_exact(&mut key)
+            .map_err(io_error(&self.path))?;
+        self.reader
+            .read_exact(&mut value)
+            .map_err(io_error(&self.path))?;
+        if self.last_key.as_ref().is_some_and(|last| *last >= key) {
+            return Err(corrupt(&self.path, "keys out of order"));
+        }
+        self.last_key = Some(key.clone());
+        self.pair_count += 1;
+        Ok(Some((key, value)))
+    }
+}
+
+fn corrupt(path: &Path, reason: &str) -> SnapshotError {
+    SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Writes snapshot `target` as the snapshot `base` (none: the empty state)
+/// with the committed `entries` after it applied on top, merging the two in
+/// key order. It reads only files and the entries, never the store, so it
+/// runs on its own thread while writes go on: taking a snapshot never stalls
+/// the apply path. Returns the number of pairs written.
+pub fn write_merged(
+    directory: &SnapshotDirectory,
+    base: Option<SnapshotMetadata>,
+    entries: &[kvstore_raft::Entry],
+    target: SnapshotMetadata,
+) -> Result<u64, SnapshotError> {
+    let base_index = base.map_or(0, |base| base.index);
+    assert!(
+        entries
+            .first()
+            .is_none_or(|first| first.index == base_index + 1)
+            && entries.last().is_none_or(|last| last.index == target.index),
+        "the entries must lead exactly from the base snapshot to the target"
+    );
+    let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for entry in entries {
+        match state_machine::decode_operation(entry) {
+            Some(state_machine::Operation::Put { key, value }) => changes.insert(key, Some(value)),
+            Some(state_machine::Operation::Delete { key }) => changes.insert(key, None),
+            None => None,
+        };
+    }
+    let mut base_pairs = match base {
+        Some(base) => Some(SnapshotReader::open(&directory.path_of(base))?),
+        None => None,
+    };
+    let next_base = |reader: &mut Option<SnapshotReader>| match reader {
+        Some(reader) => reader.next_pair(),
+        None => Ok(None),
+    };
+    let mut writer = SnapshotWriter::create(directory, target)?;
+    let mut changes = changes.into_iter().peekable();
+    let mut current_base = next_base(&mut base_pairs)?;
+    loop {
+        let take_change = match (&current_base, changes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((base_key, _)), Some((change_key, _))) => change_key <= base_key,
+        };
+        if take_change {
+            let (key, value) = changes.next().expect("peeked");
+            if current_base
+                .as_ref()
+                .is_some_and(|(base_key, _)| *base_key == key)
+            {
+                current_base = next_base(&mut base_pairs)?;
+            }
+            if let Some(value) = value {
+                writer.push(&key, &value)?;
+            }
+        } else {
+            let (key, value) = current_base.take().expect("checked above");
+            writer.push(&key, &value)?;
+            current_base = next_base(&mut base_pairs)?;
         }
     }
-    if !chunk.is_empty() {
-        on_pairs(chunk)?;
-    }
-    let mut count = [0u8; 8];
-    reader.read_exact(&mut count).map_err(io_error(path))?;
-    if u64::from_le_bytes(count) != pair_count {
-        return Err(corrupt("pair count mismatch".into()));
-    }
-    Ok(snapshot)
+    writer.finish()
 }
 
 /// Checks the trailing CRC-32C of a snapshot file.
@@ -337,14 +455,20 @@ pub fn restore_into_store(
     store: &mut dyn Store,
     path: &Path,
 ) -> Result<(SnapshotMetadata, u64), SnapshotError> {
-    verify_checksum(path)?;
-    let file_snapshot = peek_metadata(path)?;
-    state_machine::begin_restore(store, file_snapshot)?;
+    let mut reader = SnapshotReader::open(path)?;
+    let snapshot = reader.snapshot();
+    state_machine::begin_restore(store, snapshot)?;
     let mut restored = 0u64;
-    let snapshot = read_file(path, |pairs| {
-        restored += pairs.len() as u64;
-        state_machine::restore_pairs(store, pairs).map_err(SnapshotError::from)
-    })?;
+    let mut chunk = Vec::with_capacity(state_machine::RESTORE_BATCH_KEYS);
+    while let Some(pair) = reader.next_pair()? {
+        chunk.push(pair);
+        if chunk.len() == state_machine::RESTORE_BATCH_KEYS {
+            restored += chunk.len() as u64;
+            state_machine::restore_pairs(store, std::mem::take(&mut chunk))?;
+        }
+    }
+    restored += chunk.len() as u64;
+    state_machine::restore_pairs(store, chunk)?;
     state_machine::finish_restore(store, snapshot)?;
     Ok((snapshot, restored))
 }
@@ -369,48 +493,129 @@ pub fn peek_metadata(path: &Path) -> Result<SnapshotMetadata, SnapshotError> {
 
 #[cfg(test)]
 mod tests {
+    use kvstore_proto::raft::v1 as pb;
+    use kvstore_raft::{Entry, EntryKind};
+
     use super::*;
     use crate::storage::memory::MemoryStore;
-    use crate::storage::WriteBatch;
 
-    fn filled_store(pairs: usize) -> MemoryStore {
-        let mut store = MemoryStore::new();
-        let mut batch = WriteBatch::new();
-        for index in 0..pairs {
-            batch.put(
-                state_machine::data_key(format!("key-{index:05}").as_bytes()),
-                vec![index as u8; index % 50],
-            );
+    fn put(index: u64, key: &str, value: &str) -> Entry {
+        command(
+            index,
+            pb::command::Operation::Put(pb::PutOperation {
+                key: key.into(),
+                value: value.into(),
+            }),
+        )
+    }
+
+    fn delete(index: u64, key: &str) -> Entry {
+        command(
+            index,
+            pb::command::Operation::Delete(pb::DeleteOperation { key: key.into() }),
+        )
+    }
+
+    fn command(index: u64, operation: pb::command::Operation) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: state_machine::encode_command(&pb::Command {
+                operation: Some(operation),
+                request_id: String::new(),
+            }),
         }
-        batch.put(b"m/other".to_vec(), b"not user data".to_vec());
-        store.write(batch).unwrap();
-        store
+    }
+
+    fn snapshot(index: u64) -> SnapshotMetadata {
+        SnapshotMetadata { index, term: 1 }
+    }
+
+    /// The state a store reaches by applying `entries` from scratch.
+    fn applied_state(entries: &[Entry]) -> Vec<KeyValue> {
+        let mut store = MemoryStore::new();
+        state_machine::apply(&mut store, entries).unwrap();
+        state_machine::scan_data_from(&mut store, b"", usize::MAX).unwrap()
+    }
+
+    fn read_all(path: &Path) -> Vec<KeyValue> {
+        let mut reader = SnapshotReader::open(path).unwrap();
+        let mut pairs = Vec::new();
+        while let Some(pair) = reader.next_pair().unwrap() {
+            pairs.push(pair);
+        }
+        pairs
     }
 
     #[test]
-    fn a_snapshot_round_trips_into_another_store() {
+    fn merged_snapshots_equal_applying_every_entry() {
         let directory = tempfile::tempdir().unwrap();
         let snapshots = SnapshotDirectory::open(directory.path()).unwrap();
-        let snapshot = SnapshotMetadata { index: 42, term: 3 };
-        let mut source = filled_store(2_500);
-        assert_eq!(
-            write_from_store(&mut source, &snapshots, snapshot).unwrap(),
-            2_500
-        );
-        let path = snapshots.install(snapshot).unwrap();
-        assert_eq!(snapshots.list().unwrap(), vec![snapshot]);
+        let mut entries = Vec::new();
+        let mut index = 0;
+        let mut next = |entries: &mut Vec<Entry>, entry: fn(u64) -> Entry| {
+            index += 1;
+            entries.push(entry(index));
+        };
+        for round in 0..3u64 {
+            for key in 0..40u64 {
+                let _ = round;
+                next(&mut entries, |index| {
+                    put(index, &format!("key-{:02}", index % 37), &index.to_string())
+                });
+                if key % 7 == 0 {
+                    next(&mut entries, |index| {
+                        delete(index, &format!("key-{:02}", (index * 3) % 37))
+                    });
+                }
+                if key % 11 == 0 {
+                    next(&mut entries, |index| Entry {
+                        index,
+                        term: 1,
+                        kind: EntryKind::Empty,
+                        data: Vec::new(),
+                    });
+                }
+            }
+        }
+        // Three snapshots, each merged from the previous one.
+        let cuts = [entries.len() / 3, 2 * entries.len() / 3, entries.len()];
+        let mut base: Option<SnapshotMetadata> = None;
+        for cut in cuts {
+            let from = base.map_or(0, |base| base.index) as usize;
+            let target = snapshot(cut as u64);
+            let pairs = write_merged(&snapshots, base, &entries[from..cut], target).unwrap();
+            let path = snapshots.install(target).unwrap();
+            let expected = applied_state(&entries[..cut]);
+            assert_eq!(pairs, expected.len() as u64);
+            assert_eq!(read_all(&path), expected, "snapshot at {cut}");
+            base = Some(target);
+        }
+    }
 
-        let mut target = filled_store(10);
-        let mut extra = WriteBatch::new();
-        extra.put(state_machine::data_key(b"stale"), b"x".to_vec());
-        target.write(extra).unwrap();
+    #[test]
+    fn a_snapshot_restores_into_a_store_replacing_its_state() {
+        let directory = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotDirectory::open(directory.path()).unwrap();
+        let entries: Vec<Entry> = (1..=2_500)
+            .map(|index| put(index, &format!("key-{index:05}"), "v"))
+            .collect();
+        write_merged(&snapshots, None, &entries, snapshot(2_500)).unwrap();
+        let path = snapshots.install(snapshot(2_500)).unwrap();
+
+        let mut target = MemoryStore::new();
+        state_machine::apply(&mut target, &[put(1, "stale", "x")]).unwrap();
         let (restored, count) = restore_into_store(&mut target, &path).unwrap();
-        assert_eq!((restored, count), (snapshot, 2_500));
-        assert_eq!(state_machine::applied(&mut target).unwrap(), snapshot);
+        assert_eq!((restored, count), (snapshot(2_500), 2_500));
+        assert_eq!(
+            state_machine::applied(&mut target).unwrap(),
+            snapshot(2_500)
+        );
         assert_eq!(state_machine::get(&mut target, b"stale").unwrap(), None);
         assert_eq!(
             state_machine::scan_data_from(&mut target, b"", usize::MAX).unwrap(),
-            state_machine::scan_data_from(&mut source, b"", usize::MAX).unwrap()
+            applied_state(&entries)
         );
     }
 
@@ -418,21 +623,24 @@ mod tests {
     fn a_corrupt_snapshot_is_refused_before_anything_changes() {
         let directory = tempfile::tempdir().unwrap();
         let snapshots = SnapshotDirectory::open(directory.path()).unwrap();
-        let snapshot = SnapshotMetadata { index: 7, term: 1 };
-        write_from_store(&mut filled_store(100), &snapshots, snapshot).unwrap();
-        let path = snapshots.install(snapshot).unwrap();
+        let entries: Vec<Entry> = (1..=100)
+            .map(|index| put(index, &format!("k{index:03}"), "value"))
+            .collect();
+        write_merged(&snapshots, None, &entries, snapshot(100)).unwrap();
+        let path = snapshots.install(snapshot(100)).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let mut target = filled_store(3);
+        let mut target = MemoryStore::new();
+        state_machine::apply(&mut target, &[put(1, "a", "1"), put(2, "b", "2")]).unwrap();
         let error = restore_into_store(&mut target, &path).unwrap_err();
         assert!(error.to_string().contains("checksum mismatch"), "{error}");
         assert_eq!(
             state_machine::scan_data_from(&mut target, b"", 10)
                 .unwrap()
                 .len(),
-            3
+            2
         );
         assert_eq!(
             state_machine::interrupted_restore(&mut target).unwrap(),
@@ -441,13 +649,25 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "ascending order")]
+    fn keys_out_of_order_are_a_bug() {
+        let directory = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotDirectory::open(directory.path()).unwrap();
+        let mut writer = SnapshotWriter::create(&snapshots, snapshot(1)).unwrap();
+        writer.push(b"b", b"").unwrap();
+        writer.push(b"a", b"").unwrap();
+    }
+
+    #[test]
     fn old_snapshots_and_temporary_files_are_cleaned_up() {
         let directory = tempfile::tempdir().unwrap();
         let snapshots = SnapshotDirectory::open(directory.path()).unwrap();
         for index in 1..=4 {
-            let snapshot = SnapshotMetadata { index, term: 1 };
-            write_from_store(&mut filled_store(1), &snapshots, snapshot).unwrap();
-            snapshots.install(snapshot).unwrap();
+            SnapshotWriter::create(&snapshots, snapshot(index))
+                .unwrap()
+                .finish()
+                .unwrap();
+            snapshots.install(snapshot(index)).unwrap();
         }
         snapshots.remove_old().unwrap();
         let kept: Vec<u64> = snapshots
@@ -457,11 +677,7 @@ mod tests {
             .map(|snapshot| snapshot.index)
             .collect();
         assert_eq!(kept, vec![3, 4]);
-        std::fs::write(
-            snapshots.temporary_path_of(SnapshotMetadata { index: 9, term: 1 }),
-            b"partial",
-        )
-        .unwrap();
+        std::fs::write(snapshots.temporary_path_of(snapshot(9)), b"partial").unwrap();
         let reopened = SnapshotDirectory::open(directory.path()).unwrap();
         assert_eq!(reopened.list().unwrap().len(), 2);
         assert_eq!(

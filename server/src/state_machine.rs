@@ -98,6 +98,48 @@ pub fn encode_command(command: &pb::Command) -> Vec<u8> {
     command.encode_to_vec()
 }
 
+/// The effect of one entry on the key-value state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Store `value` under `key`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// The operation an entry carries; `None` for a no-op entry. An entry whose
+/// data cannot be decoded is a bug or corruption: it is logged and treated as
+/// a no-op, the same way on every replica, so they stay identical.
+pub fn decode_operation(entry: &Entry) -> Option<Operation> {
+    if entry.kind != EntryKind::Normal {
+        return None;
+    }
+    match pb::Command::decode(entry.data.as_slice()).map(|command| command.operation) {
+        Ok(Some(pb::command::Operation::Put(put))) => Some(Operation::Put {
+            key: put.key,
+            value: put.value,
+        }),
+        Ok(Some(pb::command::Operation::Delete(delete))) => {
+            Some(Operation::Delete { key: delete.key })
+        }
+        Ok(None) | Err(_) => {
+            tracing::error!(
+                index = entry.index,
+                "undecodable command in the log; applied as a no-op"
+            );
+            None
+        }
+    }
+}
+
 /// What applying one entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -109,9 +151,7 @@ pub struct Applied {
 
 /// Applies committed entries in order, in one atomic batch together with the
 /// new applied index. Entries at or below the applied index are skipped (they
-/// were applied before a restart). An entry whose data cannot be decoded is a
-/// bug or corruption: it is logged and applied as a no-op, so every replica
-/// stays identical.
+/// were applied before a restart).
 pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, StoreError> {
     let mut last = applied(store)?;
     let mut batch = WriteBatch::new();
@@ -128,33 +168,20 @@ pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, S
             "entries must be applied in order without gaps"
         );
         let mut found = true;
-        if entry.kind == EntryKind::Normal {
-            match pb::Command::decode(entry.data.as_slice()) {
-                Ok(pb::Command {
-                    operation: Some(pb::command::Operation::Put(put)),
-                    ..
-                }) => {
-                    overlay.insert(put.key.clone(), true);
-                    batch.put(data_key(&put.key), put.value);
-                }
-                Ok(pb::Command {
-                    operation: Some(pb::command::Operation::Delete(delete)),
-                    ..
-                }) => {
-                    found = match overlay.get(&delete.key) {
-                        Some(exists) => *exists,
-                        None => get(store, &delete.key)?.is_some(),
-                    };
-                    overlay.insert(delete.key.clone(), false);
-                    batch.delete(data_key(&delete.key));
-                }
-                Ok(_) | Err(_) => {
-                    tracing::error!(
-                        index = entry.index,
-                        "undecodable command in the log; applied as a no-op"
-                    );
-                }
+        match decode_operation(entry) {
+            Some(Operation::Put { key, value }) => {
+                batch.put(data_key(&key), value);
+                overlay.insert(key, true);
             }
+            Some(Operation::Delete { key }) => {
+                found = match overlay.get(&key) {
+                    Some(exists) => *exists,
+                    None => get(store, &key)?.is_some(),
+                };
+                batch.delete(data_key(&key));
+                overlay.insert(key, false);
+            }
+            None => {}
         }
         last = SnapshotMetadata {
             index: entry.index,

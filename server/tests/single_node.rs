@@ -432,12 +432,18 @@ fn status_table_json_and_watch() {
             assert!(document[0]["term"].as_u64().unwrap() >= 1);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no leader: {document}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader: {document}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let table = cli_str(&["--endpoints", &endpoint, "status", "-w", "table"]);
     let table = String::from_utf8(table.stdout).unwrap();
-    assert!(table.contains("| ROLE") && table.contains("LAG") && table.contains("leader"), "{table}");
+    assert!(
+        table.contains("| ROLE") && table.contains("LAG") && table.contains("leader"),
+        "{table}"
+    );
 
     let unreachable = format!("127.0.0.1:{}", support::free_port());
     let watch = cli_str(&[
@@ -454,7 +460,14 @@ fn status_table_json_and_watch() {
     ]);
     assert_eq!(watch.status.code(), Some(0));
     let frames = String::from_utf8(watch.stdout).unwrap();
-    assert_eq!(frames.matches("kvstore cluster: leader 1").count(), 2, "{frames}");
+    assert_eq!(
+        frames.matches("kvstore cluster: leader 1").count(),
+        2,
+        "{frames}"
+    );
     assert_eq!(frames.matches("1/2 nodes answering").count(), 2, "{frames}");
-    assert!(frames.contains("cannot connect"), "the down node shows its error: {frames}");
+    assert!(
+        frames.contains("cannot connect"),
+        "the down node shows its error: {frames}"
+    );
 }

@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::persist;
 use super::status::{FollowerStatus, NodeRole, NodeStatus};
 use super::{ServedBy, WriteOutcome};
+use crate::config::InjectedFault;
 use crate::errors::KvError;
+use crate::metrics::{Metrics, SnapshotKind};
 use crate::snapshot::{self, SnapshotDirectory};
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
@@ -104,6 +106,8 @@ pub struct DriverSettings {
     pub tick: Duration,
     /// Applied entries after which a snapshot is taken and the log compacted.
     pub snapshot_entries: u64,
+    /// A deliberate bug to switch on (conformance suite self-test only).
+    pub injected_fault: Option<InjectedFault>,
 }
 
 /// Everything the driver owns.
@@ -130,6 +134,7 @@ pub struct Driver {
     applied_submitted: SnapshotMetadata,
     snapshot_index: Index,
     snapshot_in_progress: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// What the driver needs to start.
@@ -158,6 +163,8 @@ pub struct DriverParts {
     pub settings: DriverSettings,
     /// The state machine's applied position at start.
     pub applied: SnapshotMetadata,
+    /// Where counters and histograms are recorded.
+    pub metrics: Arc<Metrics>,
 }
 
 fn storage_failure(context: &str, error: impl std::fmt::Display) -> ! {
@@ -197,6 +204,7 @@ impl Driver {
             applied_submitted: parts.applied,
             snapshot_index,
             snapshot_in_progress: false,
+            metrics: parts.metrics,
         }
     }
 
@@ -277,6 +285,7 @@ impl Driver {
                     );
                 }
                 Err(error) => {
+                    self.metrics.proposals_failed(1);
                     let _ = reply.send(Err(propose_error(error)));
                 }
             },
@@ -318,6 +327,13 @@ impl Driver {
             InternalEvent::SnapshotWritten { snapshot, result } => {
                 self.snapshot_in_progress = false;
                 match result {
+                    Ok(_) if snapshot.index <= self.snapshot_index => {
+                        tracing::info!(
+                            index = snapshot.index,
+                            newer = self.snapshot_index,
+                            "a newer snapshot was installed meanwhile; this one is not used"
+                        );
+                    }
                     Ok(pairs) => {
                         self.wal_compact(snapshot).await;
                         match self.core.compact(snapshot.index) {
@@ -325,6 +341,7 @@ impl Driver {
                             Err(error) => tracing::error!(%error, "compacting the raft log failed"),
                         }
                         self.snapshot_index = self.snapshot_index.max(snapshot.index);
+                        self.metrics.snapshot(SnapshotKind::Taken);
                         tracing::info!(
                             index = snapshot.index,
                             term = snapshot.term,
@@ -351,6 +368,11 @@ impl Driver {
     async fn process_ready(&mut self, ready: Ready) {
         let waiters_before_ready = self.next_waiter_sequence;
         if let Some(soft_state) = &ready.soft_state {
+            self.metrics.observe_soft_state(
+                NodeRole::from(soft_state.role),
+                soft_state.term,
+                soft_state.leader_id,
+            );
             tracing::info!(
                 role = %soft_state.role,
                 term = soft_state.term,
@@ -440,6 +462,7 @@ impl Driver {
         if let Err(error) = result {
             storage_failure("appending to the WAL failed", error);
         }
+        self.metrics.observe_wal_sync(started.elapsed());
         tracing::trace!(
             entry_count,
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -485,6 +508,7 @@ impl Driver {
             ),
             Err(error) => storage_failure("restoring a received snapshot failed", error),
         }
+        self.metrics.snapshot(SnapshotKind::Installed);
         self.applied_index.store(snapshot.index, Ordering::Release);
         self.applied_submitted = snapshot;
         self.snapshot_index = snapshot.index;
@@ -505,6 +529,11 @@ impl Driver {
                     index = entry.index,
                     "committed"
                 );
+                if entry.term == proposal.term {
+                    self.metrics.proposal_committed();
+                } else {
+                    self.metrics.proposals_failed(1);
+                }
                 resolved.push((entry.index, entry.term, proposal));
             }
         }
@@ -593,28 +622,37 @@ impl Driver {
             return;
         }
         self.snapshot_in_progress = true;
-        let snapshot = self.applied_submitted;
+        // The new snapshot is the previous one plus the committed entries
+        // since: merged from files on a blocking thread, never touching the
+        // store, so applies and reads go on meanwhile.
+        let target = self.applied_submitted;
+        let base = self.core.snapshot_metadata().filter(|base| base.index > 0);
+        let entries: Vec<Entry> = self
+            .core
+            .log_entries()
+            .iter()
+            .take_while(|entry| entry.index <= target.index)
+            .cloned()
+            .collect();
         let directory = self.snapshots.clone();
         let events = self.internal_sender.clone();
-        tracing::info!(index = snapshot.index, since_snapshot, "taking a snapshot");
-        let result = self.store.submit(move |store| {
+        tracing::info!(index = target.index, since_snapshot, "taking a snapshot");
+        tokio::task::spawn_blocking(move || {
             let result =
-                snapshot::write_from_store(store, &directory, snapshot).and_then(|pairs| {
-                    directory.install(snapshot)?;
+                snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
+                    directory.install(target)?;
                     directory.remove_old()?;
                     Ok(pairs)
                 });
             let _ = events.send(InternalEvent::SnapshotWritten {
-                snapshot,
+                snapshot: target,
                 result: result.map_err(|error| error.to_string()),
             });
         });
-        if let Err(error) = result {
-            storage_failure("the store thread is gone", error);
-        }
     }
 
     fn fail_pending(&mut self, reason: &str) {
+        self.metrics.proposals_failed(self.proposals.len());
         for (_, proposal) in std::mem::take(&mut self.proposals) {
             let _ = proposal.reply.send(Err(KvError::OutcomeUnknown(format!(
                 "{reason} while the write was in flight; it may or may not be applied"
@@ -633,6 +671,7 @@ impl Driver {
     }
 
     fn publish_status(&self) {
+        self.metrics.set_proposals_pending(self.proposals.len());
         let core = &self.core;
         let followers = if core.role() == Role::Leader {
             core.follower_progress()

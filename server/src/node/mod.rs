@@ -17,9 +17,11 @@ use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Message, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use status::{NodeRole, NodeStatus};
+pub use status::{FollowerStatus, NodeRole, NodeStatus};
 
+use crate::config::InjectedFault;
 use crate::errors::KvError;
+use crate::metrics::{Metrics, Operation};
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
 use crate::transport::peers::PeerSet;
@@ -60,12 +62,14 @@ pub struct Identity {
     pub members: Vec<NodeId>,
 }
 
-/// How long requests may wait.
+/// How long requests may wait, and deliberate bugs.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// Longest wait for a leader to be known before a request fails with
     /// UNAVAILABLE.
     pub leader_wait: Duration,
+    /// A deliberate bug to switch on (conformance suite self-test only).
+    pub injected_fault: Option<InjectedFault>,
 }
 
 struct Shared {
@@ -76,6 +80,7 @@ struct Shared {
     store: StoreHandle,
     peers: Arc<PeerSet>,
     timings: Timings,
+    metrics: Arc<Metrics>,
 }
 
 /// A handle on the running node.
@@ -107,6 +112,7 @@ pub struct WriteOutcome {
 
 impl Node {
     /// A handle over a started driver.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         identity: Identity,
         events: mpsc::Sender<DriverEvent>,
@@ -115,6 +121,7 @@ impl Node {
         store: StoreHandle,
         peers: Arc<PeerSet>,
         timings: Timings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -125,6 +132,7 @@ impl Node {
                 store,
                 peers,
                 timings,
+                metrics,
             }),
         }
     }
@@ -132,6 +140,16 @@ impl Node {
     /// This node's id, cluster and members.
     pub fn identity(&self) -> &Identity {
         &self.shared.identity
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The outbound peer links (for their counters).
+    pub fn peers(&self) -> &Arc<PeerSet> {
+        &self.shared.peers
     }
 
     /// This node's id.
@@ -214,7 +232,8 @@ impl Node {
         consistency: ReadConsistency,
         request_id: &str,
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
-        if consistency == ReadConsistency::Serializable {
+        let stale_reads = self.shared.timings.injected_fault == Some(InjectedFault::StaleReads);
+        if consistency == ReadConsistency::Serializable || stale_reads {
             let status = self.status();
             let value = self
                 .shared
@@ -395,6 +414,9 @@ impl Node {
         request_id: &str,
     ) -> Result<pb::ForwardResponse, KvError> {
         let is_write = matches!(request, pb::forward_request::Request::Write(_));
+        self.shared
+            .metrics
+            .observe_forward(forwarded_operation(&request));
         let mut client = self.shared.peers.client(leader_id).ok_or_else(|| {
             KvError::Unavailable(format!("leader {leader_id} is not a configured peer"))
         })?;
@@ -412,5 +434,16 @@ impl Node {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(KvError::from_leader_status(leader_id, status, is_write)),
         }
+    }
+}
+
+/// The `op` label of a forwarded request.
+fn forwarded_operation(request: &pb::forward_request::Request) -> Operation {
+    match request {
+        pb::forward_request::Request::ReadKey(_) => Operation::Get,
+        pb::forward_request::Request::Write(command) => match &command.operation {
+            Some(pb::command::Operation::Delete(_)) => Operation::Delete,
+            _ => Operation::Put,
+        },
     }
 }

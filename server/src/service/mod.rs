@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::errors::KvError;
 use crate::limits;
+use crate::metrics::Operation;
 use crate::node::Node;
 pub use validate::RequestLimits;
 
@@ -97,6 +98,16 @@ impl KvService {
         }
     }
 
+    /// Counts one answered request, by operation and code, and its latency.
+    fn observe<T>(&self, operation: Operation, started: Instant, result: &Result<T, Status>) {
+        let code = result
+            .as_ref()
+            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
+        self.node
+            .metrics()
+            .observe_request(operation, code, started.elapsed());
+    }
+
     /// The tonic server for this service, sized for the limits.
     pub fn into_server(self) -> KvServer<Self> {
         let decoding_max = limits::decoding_message_bytes_max(
@@ -162,6 +173,7 @@ impl Kv for KvService {
         let handler = put::handle(&self.node, &self.limits, request.into_inner(), &context);
         let result = with_deadline(&context, true, handler).await;
         log_outcome("put", &context, started, &result);
+        self.observe(Operation::Put, started, &result);
         result.map(Response::new)
     }
 
@@ -171,6 +183,7 @@ impl Kv for KvService {
         let handler = get::handle(&self.node, &self.limits, request.into_inner(), &context);
         let result = with_deadline(&context, false, handler).await;
         log_outcome("get", &context, started, &result);
+        self.observe(Operation::Get, started, &result);
         result.map(Response::new)
     }
 
@@ -183,6 +196,7 @@ impl Kv for KvService {
         let handler = delete::handle(&self.node, &self.limits, request.into_inner(), &context);
         let result = with_deadline(&context, true, handler).await;
         log_outcome("delete", &context, started, &result);
+        self.observe(Operation::Delete, started, &result);
         result.map(Response::new)
     }
 
@@ -190,7 +204,10 @@ impl Kv for KvService {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(status::handle(&self.node)))
+        let started = Instant::now();
+        let result = Ok(Response::new(status::handle(&self.node)));
+        self.observe(Operation::Status, started, &result);
+        result
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ServerProcess {
     pub extra_args: Vec<String>,
     /// Its log file (stderr).
     pub log_path: PathBuf,
+    /// Where its HTTP observability port listens (None: a free port the
+    /// test does not know, so that servers never collide on the default).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -98,6 +101,7 @@ impl ServerProcess {
                 .map(|argument| argument.to_string())
                 .collect(),
             log_path: data_dir.with_extension("log"),
+            metrics_addr: None,
         }
     }
 
@@ -116,6 +120,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--log-format", "json", "--log-level", "debug"])
+            .args(self.metrics_args())
             .args(&self.extra_args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -123,6 +128,22 @@ impl ServerProcess {
             .spawn()
             .expect("starting kvstore-server");
         self.child = Some(child);
+    }
+
+    /// `--metrics-addr` for this process: its own, else a free port, unless
+    /// the extra flags name one.
+    fn metrics_args(&self) -> Vec<String> {
+        if self
+            .extra_args
+            .iter()
+            .any(|argument| argument.starts_with("--metrics-addr"))
+        {
+            return Vec::new();
+        }
+        let address = self
+            .metrics_addr
+            .map_or_else(|| "127.0.0.1:0".to_string(), |address| address.to_string());
+        vec!["--metrics-addr".into(), address]
     }
 
     /// Waits until the client port accepts connections.
@@ -298,6 +319,38 @@ impl Cluster {
         }
     }
 
+    /// Like [`Cluster::prepare`], and every node gets a known HTTP
+    /// observability port (`metrics_addr`) and knows the others'
+    /// (`--peer-metrics-addrs`).
+    pub fn prepare_observed(size: usize, extra_args: &[&str]) -> Self {
+        let mut cluster = Self::prepare(size, extra_args);
+        let addresses: Vec<SocketAddr> = (0..size).map(|_| loopback(free_port())).collect();
+        for (position, node) in cluster.nodes.iter_mut().enumerate() {
+            node.metrics_addr = Some(addresses[position]);
+            let peers: Vec<String> = addresses
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != position)
+                .map(|(other, address)| format!("{}={address}", other + 1))
+                .collect();
+            node.extra_args
+                .extend(["--peer-metrics-addrs".to_string(), peers.join(",")]);
+        }
+        cluster
+    }
+
+    /// Prepares (with [`Cluster::prepare_observed`]) and starts every node.
+    pub fn start_observed(size: usize, extra_args: &[&str]) -> Self {
+        let mut cluster = Self::prepare_observed(size, extra_args);
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        for node in &mut cluster.nodes {
+            node.wait_listening();
+        }
+        cluster
+    }
+
     /// Prepares and starts every node.
     pub fn start(size: usize, extra_args: &[&str]) -> Self {
         let mut cluster = Self::prepare(size, extra_args);
@@ -469,4 +522,49 @@ impl TestRng {
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound
     }
+}
+
+/// An HTTP answer: status code, headers (names lower-cased) and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// `(name, value)`, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// `GET path` over HTTP/1.0 (the server closes the connection after the
+/// answer); None when nothing answers.
+pub fn http_get(address: SocketAddr, path: &str) -> Option<HttpAnswer> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Some(HttpAnswer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
