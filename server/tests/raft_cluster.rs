@@ -1,6 +1,10 @@
 //! Raft with real processes: three `kvstore-server`s on loopback, started in
 //! any order, killed, restarted and paused.
 
+// Cluster tests hold the serial lock across awaits on purpose: each test has
+// its own runtime, and the lock keeps two clusters from running at once.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,10 @@
 //! node, linearizable reads, crashes under load, a deposed leader, and a
 //! follower that catches up through a snapshot.
 
+// Cluster tests hold the serial lock across awaits on purpose: each test has
+// its own runtime, and the lock keeps two clusters from running at once.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::collections::BTreeMap;
