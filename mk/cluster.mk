@@ -14,12 +14,16 @@ CLUSTER_WAIT      ?= 60
 # 1: strip debug info from the binaries copied into the image (~16 MB image);
 # 0: keep the line tables for file:line backtraces (~70 MB).
 IMAGE_STRIP       ?= 1
+# Dashboard services of `make cluster`: started only when both images are
+# already local (never pulled; `make observability-pull` pulls them).
+PROMETHEUS_IMAGE  ?= prom/prometheus:v2.53.1
+GRAFANA_IMAGE     ?= grafana/grafana:11.1.0
 
 CLUSTER_IMAGE_DIR    := target/docker-image
 CLUSTER_ENV = COMPOSE='$(COMPOSE)' COMPOSE_FILE_PATH='$(CURDIR)/docker/docker-compose.yml' \
 	CLUSTER_PROJECT='$(CLUSTER_PROJECT)' KVSTORE_IMAGE='$(IMAGE)' \
 	KVSTORE_CLUSTER_DATA='$(CLUSTER_DATA)' CLUSTER_CLI='$(CURDIR)/target/release/kvstore-cli' \
-	CLUSTER_WAIT='$(CLUSTER_WAIT)'
+	CLUSTER_WAIT='$(CLUSTER_WAIT)' PROMETHEUS_IMAGE='$(PROMETHEUS_IMAGE)' GRAFANA_IMAGE='$(GRAFANA_IMAGE)'
 CLUSTER_LOCAL_ENV = CLUSTER_LOCAL_DIR='$(CLUSTER_DATA)/local' \
 	CLUSTER_SERVER='$(CURDIR)/target/release/kvstore-server' \
 	CLUSTER_CLI='$(CURDIR)/target/release/kvstore-cli' CLUSTER_WAIT='$(CLUSTER_WAIT)'
@@ -36,7 +40,7 @@ image: cluster-release ## Build the docker image (kvstore:local) FROM scratch (n
 cluster-compose-check:
 	@test -n '$(COMPOSE)' || { echo "error: neither 'docker compose' nor 'docker-compose' found (set COMPOSE=...); 'make cluster-local' runs the cluster without docker" >&2; exit 1; }
 
-cluster: cluster-compose-check image ## Start a 3-node cluster in docker compose; clients on 127.0.0.1:50051-50053
+cluster: cluster-compose-check image ## 3 nodes in docker compose (clients 127.0.0.1:50051-50053, status pages :9101-9103) + Prometheus/Grafana if their images are local
 	@$(CLUSTER_ENV) scripts/cluster-docker.sh up
 
 cluster-down: cluster-compose-check ## Stop the docker cluster, keep its data (.cluster-data/node-N)

@@ -74,7 +74,7 @@ for id in $(seq "$node_count"); do
     [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$((raft_port_base + peer))"
   done | paste -sd, -)
   "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$((raft_port_base + id))" \
-    --peers "$peers" --data-dir "$work/node-$id" --log-level warn 2>"$work/node-$id.log" &
+    --peers "$peers" --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
   pids+=($!)
 done
 

@@ -2,14 +2,24 @@
 # Shared helpers of scripts/cluster-docker.sh and scripts/cluster-local.sh.
 # Source it; it defines functions only.
 
-# The three nodes' ports on localhost (node N: client 5005N, raft 6005N).
+# The three nodes' ports on localhost (node N: client 5005N, raft 6005N,
+# metrics/status page 910N).
 # shellcheck disable=SC2034  # used by the scripts that source this file
 CLUSTER_NODES=(1 2 3)
 cluster_client_port() { echo $((50050 + $1)); }
 cluster_raft_port() { echo $((60050 + $1)); }
-# Metrics, once the server has --metrics-addr: node N on 910N.
-# cluster_metrics_port() { echo $((9100 + $1)); }
-cluster_ports_of() { echo "$(cluster_client_port "$1") $(cluster_raft_port "$1")"; }
+cluster_metrics_port() { echo $((9100 + $1)); }
+cluster_ports_of() { echo "$(cluster_client_port "$1") $(cluster_raft_port "$1") $(cluster_metrics_port "$1")"; }
+# `ID=127.0.0.1:910M,...` of every node but N: where a browser on this host
+# reaches the other nodes' status pages (--peer-metrics-addrs).
+cluster_peer_metrics_of() {
+    local node=$1 other addresses=""
+    for other in "${CLUSTER_NODES[@]}"; do
+        [ "$other" = "$node" ] && continue
+        addresses+="${addresses:+,}$other=${KVSTORE_BROWSER_HOST:-127.0.0.1}:$(cluster_metrics_port "$other")"
+    done
+    echo "$addresses"
+}
 CLUSTER_ENDPOINTS=127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053
 
 cluster_log() { printf '%s\n' "$*" >&2; }
@@ -170,6 +180,7 @@ cluster_print_hints() {
     shift
     echo
     echo "Cluster ready: clients on $CLUSTER_ENDPOINTS, raft on 127.0.0.1:60051-60053."
+    echo "Status page: http://127.0.0.1:9101/ (any node: 9101-9103; /metrics, /healthz, /readyz, /status)."
     echo "  $cli --endpoints $CLUSTER_ENDPOINTS put greeting hello"
     echo "  $cli --endpoints 127.0.0.1:50053 get greeting"
     for hint in "make cluster-status # the table above, again" "$@"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The three-node cluster as native processes on 127.0.0.1 (no docker), with
-# the docker cluster's ports: node N serves clients on 5005N, raft on 6005N.
+# the docker cluster's ports: node N serves clients on 5005N, raft on 6005N,
+# HTTP (metrics, health, status page) on 910N.
 # Called by mk/cluster.mk:
 #   scripts/cluster-local.sh up|down|clean
 # Node N keeps its data in $CLUSTER_LOCAL_DIR/node-N, logs to node-N.log and
@@ -92,13 +93,14 @@ cmd_up() {
             --client-addr "127.0.0.1:$(cluster_client_port "$node")" \
             --raft-addr "127.0.0.1:$(cluster_raft_port "$node")" \
             --peers "$(peers_of "$node")" \
+            --metrics-addr "127.0.0.1:$(cluster_metrics_port "$node")" \
+            --peer-metrics-addrs "$(cluster_peer_metrics_of "$node")" \
             --data-dir "$CLUSTER_LOCAL_DIR/node-$node" \
             --log-format "$CLUSTER_LOG_FORMAT" \
             --log-level "$CLUSTER_LOG_LEVEL" \
             </dev/null >>"$(log_file "$node")" 2>&1 &
-        # --metrics-addr "127.0.0.1:$(cluster_metrics_port "$node")"   # later
         echo $! >"$(pid_file "$node")"
-        cluster_log "started node $node: pid $!, client 127.0.0.1:$(cluster_client_port "$node"), raft 127.0.0.1:$(cluster_raft_port "$node"), log $(log_file "$node")"
+        cluster_log "started node $node: pid $!, client 127.0.0.1:$(cluster_client_port "$node"), raft 127.0.0.1:$(cluster_raft_port "$node"), http 127.0.0.1:$(cluster_metrics_port "$node"), log $(log_file "$node")"
     done
 
     local rc=0
@@ -120,6 +122,7 @@ cmd_up() {
     dir=$(cluster_pretty_path "$CLUSTER_LOCAL_DIR")
     cluster_print_hints "$CLUSTER_CLI" \
         "tail -f $dir/node-*.log" \
+        "make observability-local # Prometheus on 127.0.0.1:9090 scraping these nodes" \
         "kill \$(cat $dir/node-1.pid); make cluster-local # fail a node, bring it back" \
         "make cluster-local-down # stop; keeps the data in $dir/node-N" \
         "make cluster-local-clean # stop and delete the data and logs"

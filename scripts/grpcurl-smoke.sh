@@ -7,10 +7,12 @@ set -euo pipefail
 server_binary=${1:?usage: grpcurl-smoke.sh SERVER_BINARY GRPCURL}
 grpcurl=${2:?usage: grpcurl-smoke.sh SERVER_BINARY GRPCURL}
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-address="127.0.0.1:$port"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+address="127.0.0.1:$(free_port)"
+raft_address="127.0.0.1:$(free_port)"
 
-"$server_binary" --data-dir "$work/data" --client-addr "$address" 2>"$work/server.log" &
+"$server_binary" --data-dir "$work/data" --client-addr "$address" --raft-addr "$raft_address" \
+  --metrics-addr 127.0.0.1:0 2>"$work/server.log" &
 server_pid=$!
 cleanup() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -38,4 +40,10 @@ check "get" '"value": "YmFy"' "$grpcurl" -plaintext -d '{"key": "Zm9v"}' "$addre
 check "status" '"role": "ROLE_' "$grpcurl" -plaintext "$address" kvstore.v1.KV/Status
 check "health" '"status": "SERVING"' "$grpcurl" -plaintext "$address" grpc.health.v1.Health/Check
 check "empty key refused" "Code: InvalidArgument" "$grpcurl" -plaintext -d '{"key": ""}' "$address" kvstore.v1.KV/Get
+# The raft port: reflection and health too, and a stranger is refused.
+check "raft port: list services" "kvstore.raft.v1.Raft" "$grpcurl" -plaintext "$raft_address" list
+check "raft port: describe" "rpc AppendEntries" "$grpcurl" -plaintext "$raft_address" describe kvstore.raft.v1.Raft
+check "raft port: health" '"status": "SERVING"' "$grpcurl" -plaintext "$raft_address" grpc.health.v1.Health/Check
+check "raft port: stranger refused" "Code: FailedPrecondition" "$grpcurl" -plaintext \
+  -d '{"header": {"clusterId": "another-cluster", "from": 7, "to": 1, "term": 99}}' "$raft_address" kvstore.raft.v1.Raft/RequestVote
 echo "grpcurl: $passed passed, 0 failed"

@@ -79,6 +79,8 @@ fn start_server(work: &tempfile::TempDir) -> (ServerGuard, SocketAddr) {
         .arg(client_address.to_string())
         .arg("--raft-addr")
         .arg(raft_address.to_string())
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(work.path().join("data"))
         .arg("--max-value-bytes")
