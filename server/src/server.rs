@@ -23,7 +23,7 @@ use crate::limits;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
-use crate::node::{persist, Identity, Node, NodeRole, NodeStatus, Timings};
+use crate::node::{persist, Identity, Node, NodeParts, NodeRole, NodeStatus, Timings};
 use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
@@ -344,16 +344,16 @@ pub async fn run(
         &config.cluster_id,
         &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
     ));
-    let node = Node::new(
+    let node = Node::new(NodeParts {
         identity,
-        events_sender,
-        status_receiver,
-        applied_index.clone(),
-        store_handle.clone(),
-        peers.clone(),
+        events: events_sender,
+        status: status_receiver,
+        applied_index: applied_index.clone(),
+        store: store_handle.clone(),
+        peers: peers.clone(),
         timings,
-        metrics.clone(),
-    );
+        metrics: metrics.clone(),
+    });
     let request_limits = RequestLimits {
         key_bytes_max: config.max_key_bytes,
         value_bytes_max: config.max_value_bytes,

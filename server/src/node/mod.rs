@@ -72,21 +72,30 @@ pub struct Timings {
     pub injected_fault: Option<InjectedFault>,
 }
 
-struct Shared {
-    identity: Identity,
-    events: mpsc::Sender<DriverEvent>,
-    status: watch::Receiver<NodeStatus>,
-    applied_index: Arc<AtomicU64>,
-    store: StoreHandle,
-    peers: Arc<PeerSet>,
-    timings: Timings,
-    metrics: Arc<Metrics>,
+/// What a [`Node`] handle is made of.
+pub struct NodeParts {
+    /// This node's id, cluster and members.
+    pub identity: Identity,
+    /// The driver's input queue.
+    pub events: mpsc::Sender<DriverEvent>,
+    /// The status the driver publishes.
+    pub status: watch::Receiver<NodeStatus>,
+    /// The state machine's applied index.
+    pub applied_index: Arc<AtomicU64>,
+    /// The state machine's store (serializable reads).
+    pub store: StoreHandle,
+    /// Links to the peers (forwarding).
+    pub peers: Arc<PeerSet>,
+    /// Waits and deliberate bugs.
+    pub timings: Timings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A handle on the running node.
 #[derive(Clone)]
 pub struct Node {
-    shared: Arc<Shared>,
+    shared: Arc<NodeParts>,
 }
 
 impl std::fmt::Debug for Node {
@@ -112,28 +121,9 @@ pub struct WriteOutcome {
 
 impl Node {
     /// A handle over a started driver.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        identity: Identity,
-        events: mpsc::Sender<DriverEvent>,
-        status: watch::Receiver<NodeStatus>,
-        applied_index: Arc<AtomicU64>,
-        store: StoreHandle,
-        peers: Arc<PeerSet>,
-        timings: Timings,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(crate) fn new(parts: NodeParts) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                identity,
-                events,
-                status,
-                applied_index,
-                store,
-                peers,
-                timings,
-                metrics,
-            }),
+            shared: Arc::new(parts),
         }
     }
 
