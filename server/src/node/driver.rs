@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{
-    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError, Ready,
-    Role, SnapshotMetadata, Term,
+    CompactError, Entry, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError,
+    Ready, Role, SnapshotMetadata, Term,
 };
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -73,6 +73,13 @@ pub enum DriverEvent {
 
 /// What a linearizable read returns.
 pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
+
+/// A WAL append running on a blocking thread.
+struct PendingAppend {
+    task: tokio::task::JoinHandle<(Wal, Result<(), kvstore_wal::WalError>)>,
+    started: Instant,
+    entry_count: usize,
+}
 
 /// Events the driver sends itself from other threads.
 enum InternalEvent {
@@ -135,6 +142,8 @@ pub struct Driver {
     snapshot_index: Index,
     snapshot_in_progress: bool,
     metrics: Arc<Metrics>,
+    /// Term and vote last handed to the WAL.
+    persisted_term_vote: (Term, Option<NodeId>),
 }
 
 /// What the driver needs to start.
@@ -176,6 +185,7 @@ impl Driver {
     /// Assembles the driver.
     pub fn new(parts: DriverParts) -> Self {
         let (internal_sender, internal) = mpsc::unbounded_channel();
+        let hard_state = parts.core.hard_state();
         let snapshot_index = parts
             .core
             .snapshot_metadata()
@@ -205,6 +215,7 @@ impl Driver {
             snapshot_index,
             snapshot_in_progress: false,
             metrics: parts.metrics,
+            persisted_term_vote: (hard_state.term, hard_state.vote),
         }
     }
 
@@ -384,19 +395,39 @@ impl Driver {
                 self.fail_pending("leadership was lost");
             }
         }
-        // 1. Persist.
+        // 1. Persist, and 2. send: answers to waiting RPCs, requests to peers.
         if let Some(snapshot) = ready.snapshot {
             self.install_received_snapshot(snapshot).await;
         }
-        if !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some()) {
-            self.wal_append(ready.hard_state, ready.entries).await;
-        }
-        // 2. Send: answers to waiting RPCs, requests to peers.
+        let needs_append =
+            !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some());
+        // A leader sends its appends while its own fsync runs (etcd-raft
+        // allows it): it counts itself toward commit only at `advance`, after
+        // the fsync. Anyone else persists first, since its messages (votes,
+        // acknowledgements) vouch for what it stores; so does a leader whose
+        // term or vote is changing in this batch.
+        let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
+            (hard_state.term, hard_state.vote) != self.persisted_term_vote
+        });
+        let send_while_persisting = self.core.role() == Role::Leader && !term_or_vote_changes;
+        let pending_append =
+            needs_append.then(|| self.start_wal_append(ready.hard_state, ready.entries));
+        let pending_append = if send_while_persisting {
+            pending_append
+        } else {
+            if let Some(pending) = pending_append {
+                self.finish_wal_append(pending).await;
+            }
+            None
+        };
         for message in ready.messages {
             match reply_kind_of_response(&message.body) {
                 Some(kind) => self.answer(kind, message),
                 None => self.peers.send(message),
             }
+        }
+        if let Some(pending) = pending_append {
+            self.finish_wal_append(pending).await;
         }
         // Requests stepped before this Ready that got no answer were ignored.
         for waiters in self.answer_waiters.values_mut() {
@@ -441,31 +472,45 @@ impl Driver {
         }
     }
 
-    async fn wal_append(
+    /// Starts appending (and fsyncing) one batch on a blocking thread.
+    fn start_wal_append(
         &mut self,
-        hard_state: Option<kvstore_raft::HardState>,
+        hard_state: Option<HardState>,
         entries: Vec<Entry>,
-    ) {
+    ) -> PendingAppend {
         let mut wal = self.wal.take().expect("the WAL is owned by the driver");
-        let started = Instant::now();
+        if let Some(hard_state) = hard_state {
+            self.persisted_term_vote = (hard_state.term, hard_state.vote);
+        }
         let entry_count = entries.len();
-        let (wal, result) = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let hard_state = hard_state.as_ref().map(persist::hard_state_to_wal);
             let entries: Vec<kvstore_wal::Entry> =
                 entries.iter().map(persist::entry_to_wal).collect();
             let result = wal.append(hard_state.as_ref(), &entries);
             (wal, result)
-        })
-        .await
-        .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
+        });
+        PendingAppend {
+            task,
+            started: Instant::now(),
+            entry_count,
+        }
+    }
+
+    /// Waits until the batch is durable.
+    async fn finish_wal_append(&mut self, pending: PendingAppend) {
+        let (wal, result) = pending
+            .task
+            .await
+            .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
         self.wal = Some(wal);
         if let Err(error) = result {
             storage_failure("appending to the WAL failed", error);
         }
-        self.metrics.observe_wal_sync(started.elapsed());
+        self.metrics.observe_wal_sync(pending.started.elapsed());
         tracing::trace!(
-            entry_count,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            entry_count = pending.entry_count,
+            elapsed_us = pending.started.elapsed().as_micros() as u64,
             "WAL batch synced"
         );
     }
