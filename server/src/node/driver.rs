@@ -279,6 +279,22 @@ impl Driver {
                 request_id,
                 reply,
             } => match self.core.propose(state_machine::encode_command(&command)) {
+                // Deliberate bug (--inject-fault early-ack): acknowledge before commit.
+                Ok((index, term))
+                    if self.settings.injected_fault == Some(InjectedFault::EarlyAck) =>
+                {
+                    let served_by = ServedBy {
+                        node_id: self.core.id(),
+                        leader_id: self.core.id(),
+                        term,
+                        index,
+                        forwarded_by: 0,
+                    };
+                    let _ = reply.send(Ok(WriteOutcome {
+                        served_by,
+                        found: true,
+                    }));
+                }
                 Ok((index, term)) => {
                     tracing::debug!(
                         request_id,

@@ -1,0 +1,88 @@
+//! The sequential specification of one key: a register that can be absent.
+//! Values are interned per key (0 = absent).
+
+use super::wgl::Model;
+
+/// What an operation on one key asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Store a value (interned id, never 0).
+    Put(u32),
+    /// Read.
+    Get,
+    /// Remove.
+    Delete,
+}
+
+/// What the client was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A put was acknowledged.
+    Written,
+    /// A get read this value (0 = absent).
+    Read(u32),
+    /// A delete said whether the key existed.
+    Deleted(bool),
+    /// The outcome is unknown: any answer is possible.
+    Unknown,
+}
+
+/// The register model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Register;
+
+impl Model for Register {
+    type State = u32;
+    type Input = Input;
+    type Output = Output;
+
+    fn init(&self) -> u32 {
+        0
+    }
+
+    fn step(&self, state: &u32, input: &Input, output: &Output) -> Option<u32> {
+        match (input, output) {
+            (Input::Put(value), _) => Some(*value),
+            (Input::Get, Output::Read(value)) => (value == state).then_some(*state),
+            (Input::Get, _) => Some(*state),
+            (Input::Delete, Output::Deleted(existed)) => (*existed == (*state != 0)).then_some(0),
+            (Input::Delete, _) => Some(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_then_get() {
+        let state = Register.step(&0, &Input::Put(3), &Output::Written).unwrap();
+        assert_eq!(
+            Register.step(&state, &Input::Get, &Output::Read(3)),
+            Some(3)
+        );
+        assert_eq!(Register.step(&state, &Input::Get, &Output::Read(0)), None);
+    }
+
+    #[test]
+    fn delete_reports_existence() {
+        assert_eq!(
+            Register.step(&3, &Input::Delete, &Output::Deleted(true)),
+            Some(0)
+        );
+        assert_eq!(
+            Register.step(&3, &Input::Delete, &Output::Deleted(false)),
+            None
+        );
+        assert_eq!(
+            Register.step(&0, &Input::Delete, &Output::Deleted(false)),
+            Some(0)
+        );
+        assert_eq!(
+            Register.step(&0, &Input::Delete, &Output::Deleted(true)),
+            None
+        );
+        assert_eq!(Register.step(&5, &Input::Delete, &Output::Unknown), Some(0));
+    }
+}

@@ -1,0 +1,480 @@
+//! The generated gRPC client, with timeouts, outcome classification and
+//! recording of every operation into the history.
+//!
+//! Classification (the protos' error semantics, read conservatively):
+//!
+//! | what the client saw | outcome |
+//! |---|---|
+//! | a response | ok |
+//! | a status from the server: UNAVAILABLE, INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS, OUT_OF_RANGE, UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED, RESOURCE_EXHAUSTED | failed (surely not done) |
+//! | a status from the server: UNKNOWN, DEADLINE_EXCEEDED, CANCELLED, INTERNAL, ABORTED, DATA_LOSS | unknown |
+//! | the connection could not be opened (refused) | failed |
+//! | any other transport error (reset, closed mid-request), or the client's own timeout | unknown |
+//!
+//! A status counts as "from the server" when tonic parsed it from the
+//! response (it has no source error); statuses tonic makes up for transport
+//! failures carry the failure as their source.
+
+use std::collections::BTreeMap;
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kvstore_proto::kv::v1 as pb;
+use kvstore_proto::kv::v1::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::history::{Consistency, Event, History, OpKind, OpStatus, Operation, Served};
+
+/// The host address of every node's client port (`None`: not running).
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints(Arc<RwLock<BTreeMap<u64, Option<SocketAddr>>>>);
+
+impl Endpoints {
+    /// Sets node `id`'s address.
+    pub fn set(&self, id: u64, address: Option<SocketAddr>) {
+        self.0.write().expect("endpoints lock").insert(id, address);
+    }
+    /// Node `id`'s address.
+    pub fn get(&self, id: u64) -> Option<SocketAddr> {
+        self.0
+            .read()
+            .expect("endpoints lock")
+            .get(&id)
+            .copied()
+            .flatten()
+    }
+}
+
+/// Records operations and events with times relative to the scenario start.
+#[derive(Debug)]
+pub struct Recorder {
+    start: Instant,
+    history: Mutex<History>,
+    next_process: AtomicUsize,
+}
+
+impl Recorder {
+    /// A new recorder; time 0 is now.
+    pub fn new(scenario: &str, seed: u64) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            start: Instant::now(),
+            history: Mutex::new(History {
+                scenario: scenario.to_string(),
+                seed,
+                operations: Vec::new(),
+                events: Vec::new(),
+            }),
+            next_process: AtomicUsize::new(0),
+        })
+    }
+
+    /// Microseconds since the start.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// A new timeline row.
+    pub fn new_process(&self) -> usize {
+        self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a runner action.
+    pub fn event(&self, text: impl Into<String>) {
+        let at_us = self.now_us();
+        self.history
+            .lock()
+            .expect("history lock")
+            .events
+            .push(Event {
+                at_us,
+                text: text.into(),
+            });
+    }
+
+    fn record(&self, mut operation: Operation) -> Operation {
+        let mut history = self.history.lock().expect("history lock");
+        operation.id = history.operations.len();
+        history.operations.push(operation.clone());
+        operation
+    }
+
+    /// A copy of everything recorded so far, operations in completion order
+    /// of recording (ids are positions).
+    pub fn snapshot(&self) -> History {
+        self.history.lock().expect("history lock").clone()
+    }
+}
+
+/// A client operation to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Put `key` = `value`.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Get `key`.
+    Get {
+        /// Key.
+        key: String,
+        /// Consistency.
+        consistency: Consistency,
+    },
+    /// Delete `key`.
+    Delete {
+        /// Key.
+        key: String,
+    },
+}
+
+/// Per-request time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The gRPC deadline sent to the server.
+    pub request: Duration,
+    /// Extra time the client waits past the deadline before giving up itself.
+    pub grace: Duration,
+    /// Opening a connection.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: Duration::from_millis(2500),
+            grace: Duration::from_millis(500),
+            connect: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// A client for every node of a cluster, sharing connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Endpoints,
+    channels: Arc<Mutex<BTreeMap<u64, (SocketAddr, Channel)>>>,
+    recorder: Arc<Recorder>,
+    timeouts: Timeouts,
+}
+
+impl Client {
+    /// A client of the nodes in `endpoints`, recording into `recorder`.
+    pub fn new(endpoints: Endpoints, recorder: Arc<Recorder>, timeouts: Timeouts) -> Client {
+        Client {
+            endpoints,
+            channels: Arc::default(),
+            recorder,
+            timeouts,
+        }
+    }
+
+    /// The recorder.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
+    }
+
+    fn channel(&self, node: u64) -> Option<Channel> {
+        let address = self.endpoints.get(node)?;
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some((known, channel)) = channels.get(&node) {
+            if *known == address {
+                return Some(channel.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .expect("a socket address is a valid URI")
+            .connect_timeout(self.timeouts.connect)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(node, (address, channel.clone()));
+        Some(channel)
+    }
+
+    /// Forgets node `id`'s connection (after a restart, say).
+    pub fn forget(&self, node: u64) {
+        self.channels.lock().expect("channels lock").remove(&node);
+    }
+
+    /// Runs `request` at `node` as client `client` (timeline row `process`)
+    /// and records it.
+    pub async fn execute(
+        &self,
+        client: &str,
+        process: usize,
+        node: u64,
+        request: &Request,
+    ) -> Operation {
+        let (kind, key, value, consistency) = match request {
+            Request::Put { key, value } => (OpKind::Put, key, Some(value.clone()), None),
+            Request::Get { key, consistency } => (OpKind::Get, key, None, Some(*consistency)),
+            Request::Delete { key } => (OpKind::Delete, key, None, None),
+        };
+        let mut operation = Operation {
+            id: 0,
+            client: client.to_string(),
+            process,
+            node,
+            kind,
+            key: key.clone(),
+            value,
+            consistency,
+            invoke_us: self.recorder.now_us(),
+            complete_us: 0,
+            status: OpStatus::Failed,
+            read: None,
+            deleted: None,
+            served: None,
+            error: None,
+        };
+        let result = match self.channel(node) {
+            None => Err((OpStatus::Failed, format!("node {node} is not running"))),
+            Some(channel) => {
+                let limit = self.timeouts.request + self.timeouts.grace;
+                match tokio::time::timeout(limit, self.call(channel, request)).await {
+                    Ok(result) => result,
+                    Err(_) => Err((OpStatus::Unknown, format!("client timeout after {limit:?}"))),
+                }
+            }
+        };
+        operation.complete_us = self.recorder.now_us();
+        match result {
+            Ok(reply) => {
+                operation.status = OpStatus::Ok;
+                operation.served = Some(reply.served);
+                operation.read = reply.read;
+                operation.deleted = reply.deleted;
+            }
+            Err((status, error)) => {
+                operation.status = status;
+                operation.error = Some(error);
+            }
+        }
+        self.recorder.record(operation)
+    }
+
+    async fn call(&self, channel: Channel, request: &Request) -> Result<Reply, (OpStatus, String)> {
+        let mut client = KvClient::new(channel);
+        let deadline = self.timeouts.request;
+        match request {
+            Request::Put { key, value } => {
+                let response = client
+                    .put(with_timeout(
+                        pb::PutRequest {
+                            key: key.as_bytes().to_vec(),
+                            value: value.as_bytes().to_vec(),
+                        },
+                        deadline,
+                    ))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    read: None,
+                    deleted: None,
+                })
+            }
+            Request::Get { key, consistency } => {
+                let consistency = match consistency {
+                    Consistency::Linearizable => pb::Consistency::Linearizable,
+                    Consistency::Serializable => pb::Consistency::Serializable,
+                };
+                let response = client
+                    .get(with_timeout(
+                        pb::GetRequest {
+                            key: key.as_bytes().to_vec(),
+                            consistency: consistency as i32,
+                        },
+                        deadline,
+                    ))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                let value = response
+                    .found
+                    .then(|| String::from_utf8_lossy(&response.value).into_owned());
+                Ok(Reply {
+                    served: served(response.header),
+                    read: Some(value),
+                    deleted: None,
+                })
+            }
+            Request::Delete { key } => {
+                let response = client
+                    .delete(with_timeout(
+                        pb::DeleteRequest {
+                            key: key.as_bytes().to_vec(),
+                        },
+                        deadline,
+                    ))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    read: None,
+                    deleted: Some(response.deleted),
+                })
+            }
+        }
+    }
+
+    /// `KV/Status` of `node`, within `timeout`.
+    pub async fn status(&self, node: u64, timeout: Duration) -> Result<pb::StatusResponse, String> {
+        let channel = self
+            .channel(node)
+            .ok_or_else(|| format!("node {node} is not running"))?;
+        let mut client = KvClient::new(channel);
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout + Duration::from_millis(200), client.status(request))
+            .await
+        {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+struct Reply {
+    served: Served,
+    read: Option<Option<String>>,
+    deleted: Option<bool>,
+}
+
+fn served(header: Option<pb::ResponseHeader>) -> Served {
+    let header = header.unwrap_or_default();
+    Served {
+        node_id: header.node_id,
+        leader_id: header.leader_id,
+        term: header.term,
+        index: header.index,
+        forwarded_by: header.forwarded_by,
+    }
+}
+
+/// Classifies an error status (see the module docs).
+pub fn classify(status: &tonic::Status) -> (OpStatus, String) {
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.source() {
+        None => (classify_server_code(status.code()), message),
+        Some(source) => {
+            let mut chain = Vec::new();
+            let mut error: Option<&(dyn std::error::Error + 'static)> = Some(source);
+            let mut refused = false;
+            while let Some(current) = error {
+                let text = current.to_string();
+                if let Some(io) = current.downcast_ref::<std::io::Error>() {
+                    refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                refused |=
+                    text.contains("tcp connect error") || text.contains("Connection refused");
+                chain.push(text);
+                error = current.source();
+            }
+            let message = format!("{message} ({})", chain.join(": "));
+            if refused {
+                (OpStatus::Failed, message)
+            } else {
+                (OpStatus::Unknown, message)
+            }
+        }
+    }
+}
+
+/// Outcome of a status code sent by the server.
+pub fn classify_server_code(code: Code) -> OpStatus {
+    match code {
+        Code::Ok => OpStatus::Ok,
+        Code::Unavailable
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::ResourceExhausted => OpStatus::Failed,
+        Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Internal
+        | Code::Aborted
+        | Code::DataLoss => OpStatus::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes() {
+        assert_eq!(
+            classify(&tonic::Status::unavailable("no leader")).0,
+            OpStatus::Failed
+        );
+        assert_eq!(
+            classify(&tonic::Status::invalid_argument("empty key")).0,
+            OpStatus::Failed
+        );
+        assert_eq!(
+            classify(&tonic::Status::unknown("leader lost")).0,
+            OpStatus::Unknown
+        );
+        assert_eq!(
+            classify(&tonic::Status::deadline_exceeded("late")).0,
+            OpStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn transport_errors() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(refused));
+        assert_eq!(classify(&status).0, OpStatus::Failed);
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let status = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(classify(&status).0, OpStatus::Unknown);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_fails_and_is_recorded() {
+        // A port nobody listens on: bind, learn the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoints = Endpoints::default();
+        endpoints.set(1, Some(SocketAddr::from(([127, 0, 0, 1], port))));
+        endpoints.set(2, None);
+        let recorder = Recorder::new("test", 1);
+        let client = Client::new(endpoints, recorder.clone(), Timeouts::default());
+        let put = Request::Put {
+            key: "a".into(),
+            value: "1".into(),
+        };
+        let operation = client.execute("c", 0, 1, &put).await;
+        assert_eq!(operation.status, OpStatus::Failed, "{:?}", operation.error);
+        let operation = client.execute("c", 0, 2, &put).await;
+        assert_eq!(operation.status, OpStatus::Failed);
+        let history = recorder.snapshot();
+        assert_eq!(history.operations.len(), 2);
+        assert_eq!(history.operations[1].id, 1);
+    }
+}

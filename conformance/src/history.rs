@@ -1,0 +1,216 @@
+//! What happened during a scenario: every client operation with its invoke and
+//! completion times and outcome, and every fault the runner injected. Written
+//! to `history.json` for debugging and fed to the linearizability checker.
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of a client operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// `KV/Put`.
+    Put,
+    /// `KV/Get`.
+    Get,
+    /// `KV/Delete`.
+    Delete,
+}
+
+/// How an operation ended, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    /// The server acknowledged it.
+    Ok,
+    /// It surely did not happen (e.g. UNAVAILABLE, INVALID_ARGUMENT, or the
+    /// client could not even connect).
+    Failed,
+    /// It may or may not have happened (timeout, connection lost, UNKNOWN,
+    /// DEADLINE_EXCEEDED): for a write, the checker lets it take effect at
+    /// any time after its invocation, or never.
+    Unknown,
+}
+
+/// Read consistency of a `Get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Through the leader, after ReadIndex (the default).
+    #[default]
+    Linearizable,
+    /// Served from the answering node's local state.
+    Serializable,
+}
+
+/// The response header of an acknowledged operation (who served it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Served {
+    /// Node that answered.
+    pub node_id: u64,
+    /// Leader when the request was served.
+    pub leader_id: u64,
+    /// Term in which it was served.
+    pub term: u64,
+    /// Commit index of a write, read index of a read.
+    pub index: u64,
+    /// Node that forwarded the request to `node_id` (0: not forwarded).
+    pub forwarded_by: u64,
+}
+
+/// One client operation, invoke to completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Position in the history.
+    pub id: usize,
+    /// Who issued it: `step 4`, `workload w1 client 2`, ...
+    pub client: String,
+    /// The timeline row. A client that saw an unknown outcome continues as a
+    /// new process (as in Jepsen), since its previous operation may still be
+    /// pending.
+    pub process: usize,
+    /// Node the request was sent to.
+    pub node: u64,
+    /// The operation.
+    pub kind: OpKind,
+    /// The key (UTF-8; the runner only uses text keys).
+    pub key: String,
+    /// The value written by a put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Read consistency of a get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+    /// Microseconds since the scenario started, just before the request was sent.
+    pub invoke_us: u64,
+    /// Microseconds since the scenario started, when the client had its answer
+    /// (or gave up).
+    pub complete_us: u64,
+    /// How it ended.
+    pub status: OpStatus,
+    /// For an acknowledged get: the value read (`None`: the key was absent).
+    /// In JSON: no field when nothing was read, `null` for absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub read: Option<Option<String>>,
+    /// For an acknowledged delete: whether the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// Who served an acknowledged operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+    /// The error of a failed or unknown operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A field that is there (even as `null`) is `Some`: keeps "read absent"
+/// (`Some(None)`) apart from "read nothing" (`None`) through JSON.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+impl Operation {
+    /// A one-line description: `put k=v`, `get k -> v`, `delete k -> true`.
+    pub fn describe(&self) -> String {
+        let call = match self.kind {
+            OpKind::Put => format!("put {}={}", self.key, self.value.as_deref().unwrap_or("")),
+            OpKind::Get => match self.consistency {
+                Some(Consistency::Serializable) => format!("get {} (serializable)", self.key),
+                _ => format!("get {}", self.key),
+            },
+            OpKind::Delete => format!("delete {}", self.key),
+        };
+        match self.status {
+            OpStatus::Ok => match (&self.read, self.deleted) {
+                (Some(Some(value)), _) => format!("{call} -> {value}"),
+                (Some(None), _) => format!("{call} -> (absent)"),
+                (None, Some(deleted)) => format!("{call} -> deleted={deleted}"),
+                (None, None) => format!("{call} -> ok"),
+            },
+            OpStatus::Failed => format!("{call} -> failed"),
+            OpStatus::Unknown => format!("{call} -> unknown"),
+        }
+    }
+}
+
+/// A fault or other runner action, shown on the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Microseconds since the scenario started.
+    pub at_us: u64,
+    /// What happened, e.g. `kill node 2 (leader)`.
+    pub text: String,
+}
+
+/// Everything recorded for one scenario run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed of every random choice the runner made.
+    pub seed: u64,
+    /// Client operations in invocation order of recording.
+    pub operations: Vec<Operation>,
+    /// Faults and other runner actions.
+    pub events: Vec<Event>,
+}
+
+impl History {
+    /// Operations that were acknowledged.
+    pub fn acknowledged(&self) -> usize {
+        self.operations
+            .iter()
+            .filter(|operation| operation.status == OpStatus::Ok)
+            .count()
+    }
+
+    /// Counts of `(ok, failed, unknown)` operations.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for operation in &self.operations {
+            match operation.status {
+                OpStatus::Ok => counts.0 += 1,
+                OpStatus::Failed => counts.1 += 1,
+                OpStatus::Unknown => counts.2 += 1,
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_survive_json() {
+        let mut operation = Operation {
+            id: 1,
+            client: "c".into(),
+            process: 0,
+            node: 1,
+            kind: OpKind::Get,
+            key: "k".into(),
+            value: None,
+            consistency: Some(Consistency::Linearizable),
+            invoke_us: 1,
+            complete_us: 2,
+            status: OpStatus::Ok,
+            read: Some(None),
+            deleted: None,
+            served: None,
+            error: None,
+        };
+        for read in [None, Some(None), Some(Some("v".to_string()))] {
+            operation.read = read.clone();
+            let json = serde_json::to_string(&operation).unwrap();
+            let back: Operation = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.read, read, "{json}");
+        }
+    }
+}

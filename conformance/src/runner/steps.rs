@@ -1,0 +1,625 @@
+//! The scenario steps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use kvstore_proto::kv::v1 as pb;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+
+use super::background::{nemesis, workload};
+use super::driver::{Driver, STATUS_TIMEOUT};
+use crate::client::{Recorder, Request};
+use crate::cluster::NodeState;
+use crate::history::{OpKind, OpStatus, Operation};
+use crate::scenario::{Expect, LeaderChange, Scenario, Step, Target, TermStep};
+
+/// How long a step's client operation is retried while it must succeed.
+const RETRY_WINDOW: Duration = Duration::from_secs(15);
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// State of one scenario run.
+pub(super) struct Run<'a> {
+    scenario: &'a Scenario,
+    driver: Driver,
+    recorder: Arc<Recorder>,
+    rng: SmallRng,
+    old_leader: Option<u64>,
+    marked_term: Option<u64>,
+    named: BTreeMap<String, (u64, Option<pb::StatusResponse>)>,
+    background: Vec<(String, String, JoinHandle<Result<String>>)>,
+    final_values: BTreeMap<String, String>,
+    step_process: usize,
+    verbose: bool,
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn new(
+        scenario: &'a Scenario,
+        driver: Driver,
+        recorder: Arc<Recorder>,
+        verbose: bool,
+    ) -> Self {
+        Run {
+            scenario,
+            driver,
+            rng: SmallRng::seed_from_u64(scenario.seed),
+            old_leader: None,
+            marked_term: None,
+            named: BTreeMap::new(),
+            background: Vec::new(),
+            final_values: BTreeMap::new(),
+            step_process: recorder.new_process(),
+            recorder,
+            verbose,
+        }
+    }
+
+    /// The background tasks still running: (label, handle).
+    pub(super) fn take_background(&mut self) -> Vec<(String, JoinHandle<Result<String>>)> {
+        std::mem::take(&mut self.background)
+            .into_iter()
+            .map(|(_, label, handle)| (label, handle))
+            .collect()
+    }
+
+    /// The values read by `final_values` steps.
+    pub(super) fn take_final_values(&mut self) -> BTreeMap<String, String> {
+        std::mem::take(&mut self.final_values)
+    }
+    fn event(&self, text: String) {
+        if self.verbose {
+            eprintln!("    [{:>7.3}s] {text}", self.recorder.now_us() as f64 / 1e6);
+        }
+        self.recorder.event(text);
+    }
+
+    /// Resolves a target to node ids.
+    async fn resolve(&mut self, target: &Target) -> Result<Vec<u64>> {
+        let nodes = self.driver.nodes;
+        Ok(match target {
+            Target::Leader => vec![self.driver.leader().await?],
+            Target::Follower => {
+                let followers = self.driver.followers().await?;
+                vec![followers[self.rng.random_range(0..followers.len())]]
+            }
+            Target::Followers => self.driver.followers().await?,
+            Target::OldLeader => vec![self
+                .old_leader
+                .ok_or_else(|| anyhow!("no `mark` step before: no old leader"))?],
+            Target::Node(id) if (1..=nodes).contains(id) => vec![*id],
+            Target::Node(id) => bail!("no node {id} in a {nodes}-node cluster"),
+            Target::Named(name) => vec![self
+                .named
+                .get(name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| anyhow!("no node remembered as {name:?}"))?],
+            Target::All => self.driver.cluster.ids(),
+            Target::Others => bail!("`others` only makes sense in a partition"),
+            Target::Any => {
+                let running: Vec<u64> = self
+                    .driver
+                    .cluster
+                    .ids()
+                    .into_iter()
+                    .filter(|&id| self.driver.cluster.state(id) == NodeState::Running)
+                    .collect();
+                if running.is_empty() {
+                    bail!("no node is running");
+                }
+                vec![running[self.rng.random_range(0..running.len())]]
+            }
+        })
+    }
+
+    async fn resolve_one(&mut self, target: &Target) -> Result<u64> {
+        let ids = self.resolve(target).await?;
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            _ => bail!("{target} must name exactly one node"),
+        }
+    }
+
+    fn label(target: &Target, id: u64) -> String {
+        match target {
+            Target::Node(_) => format!("node {id}"),
+            other => format!("node {id} ({other})"),
+        }
+    }
+
+    /// Runs a client operation at every node the target names (one for
+    /// most targets, e.g. every follower for `followers`); all must pass.
+    async fn client_steps(
+        &mut self,
+        request: Request,
+        at: &Target,
+        expect: &Expect,
+        forwarded: Option<bool>,
+    ) -> Result<String> {
+        if matches!(at, Target::Followers | Target::All) {
+            let mut result = String::new();
+            for node in self.resolve(at).await? {
+                result = self
+                    .client_step(request.clone(), &Target::Node(node), expect, forwarded)
+                    .await?;
+            }
+            return Ok(result);
+        }
+        self.client_step(request, at, expect, forwarded).await
+    }
+
+    /// Runs a client operation with its expectation; returns the result text.
+    async fn client_step(
+        &mut self,
+        request: Request,
+        at: &Target,
+        expect: &Expect,
+        forwarded: Option<bool>,
+    ) -> Result<String> {
+        let must_succeed = matches!(expect, Expect::Ok | Expect::Value(_) | Expect::Absent);
+        let deadline = Instant::now() + RETRY_WINDOW;
+        let mut attempts = Vec::new();
+        loop {
+            let node = self.resolve_one(at).await?;
+            let operation = self
+                .driver
+                .client
+                .execute("steps", self.step_process, node, &request)
+                .await;
+            if operation.status == OpStatus::Unknown {
+                self.step_process = self.recorder.new_process();
+            }
+            if self.verbose {
+                eprintln!(
+                    "    [{:>7.3}s] node {node}: {}",
+                    self.recorder.now_us() as f64 / 1e6,
+                    operation.describe()
+                );
+            }
+            attempts.push(format!(
+                "node {node}: {}{}",
+                operation.describe(),
+                operation
+                    .error
+                    .as_deref()
+                    .map(|error| format!(" ({error})"))
+                    .unwrap_or_default()
+            ));
+            if must_succeed && operation.status != OpStatus::Ok && Instant::now() < deadline {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            let passed = match expect {
+                Expect::Any => return Ok("done".into()),
+                Expect::Ok => operation.status == OpStatus::Ok,
+                Expect::Fail => operation.status == OpStatus::Failed,
+                Expect::NotOk => operation.status != OpStatus::Ok,
+                Expect::Value(value) => operation.read == Some(Some(value.clone())),
+                Expect::Absent => operation.read == Some(None),
+                Expect::FreshOrFail => {
+                    operation.status != OpStatus::Ok || self.is_fresh(&operation)
+                }
+            };
+            if passed {
+                if let (Some(expected), Some(served)) = (forwarded, operation.served) {
+                    let was_forwarded = served.forwarded_by == node && served.node_id != node;
+                    let was_local = served.forwarded_by == 0 && served.node_id == node;
+                    if (expected && !was_forwarded) || (!expected && !was_local) {
+                        bail!(
+                            "sent to node {node}: served by node {} (leader {}), forwarded by {}",
+                            served.node_id,
+                            served.leader_id,
+                            served.forwarded_by
+                        );
+                    }
+                }
+                return Ok("passed".into());
+            }
+            bail!("expected {expect}; got {}", attempts.join("; then "));
+        }
+    }
+
+    /// Whether an acknowledged read returned a value no older than the last
+    /// write of its key acknowledged before it started (a write still
+    /// pending, unknown, or concurrent with that one may also be seen).
+    fn is_fresh(&self, read: &Operation) -> bool {
+        let history = self.recorder.snapshot();
+        let writes: Vec<&Operation> = history
+            .operations
+            .iter()
+            .filter(|op| {
+                op.key == read.key && op.kind != OpKind::Get && op.status != OpStatus::Failed
+            })
+            .collect();
+        let value_of = |op: &Operation| match op.kind {
+            OpKind::Put => op.value.clone(),
+            _ => None,
+        };
+        let last = writes
+            .iter()
+            .filter(|op| op.status == OpStatus::Ok && op.complete_us < read.invoke_us)
+            .max_by_key(|op| op.complete_us);
+        let mut allowed: Vec<Option<String>> = Vec::new();
+        match last {
+            Some(last) => {
+                allowed.push(value_of(last));
+                for op in &writes {
+                    let may_follow =
+                        op.status == OpStatus::Unknown || op.complete_us > last.invoke_us;
+                    if op.invoke_us < read.complete_us && may_follow {
+                        allowed.push(value_of(op));
+                    }
+                }
+            }
+            None => {
+                allowed.push(None);
+                allowed.extend(
+                    writes
+                        .iter()
+                        .filter(|op| op.invoke_us < read.complete_us)
+                        .map(|op| value_of(op)),
+                );
+            }
+        }
+        read.read
+            .as_ref()
+            .is_some_and(|value| allowed.contains(value))
+    }
+
+    /// Runs one step; returns its result text (`passed`, `done`).
+    pub(super) async fn step(&mut self, step: &Step) -> Result<String> {
+        let cluster = self.driver.cluster.clone();
+        match step {
+            Step::WaitForLeader(args) => {
+                let (not, above) = if args.new {
+                    (
+                        Some(
+                            self.old_leader
+                                .ok_or_else(|| anyhow!("`new: true` needs a `mark` step before"))?,
+                        ),
+                        self.marked_term.unwrap_or(0),
+                    )
+                } else {
+                    (None, 0)
+                };
+                let leader = self
+                    .driver
+                    .wait_for_leader(args.timeout.0, not, above)
+                    .await?;
+                self.event(format!("leader: node {} (term {})", leader.id, leader.term));
+                Ok("passed".into())
+            }
+            Step::WaitCaughtUp(args) => {
+                self.driver.wait_caught_up(args.timeout.0).await?;
+                Ok("passed".into())
+            }
+            Step::Sleep(span) => {
+                tokio::time::sleep(span.0).await;
+                Ok("done".into())
+            }
+            Step::Await(name) => {
+                let mut waited = 0;
+                let mut index = 0;
+                while index < self.background.len() {
+                    if name
+                        .as_ref()
+                        .is_none_or(|name| *name == self.background[index].0)
+                    {
+                        let (_, task, handle) = self.background.remove(index);
+                        waited += 1;
+                        let report = handle
+                            .await
+                            .map_err(|error| anyhow!("{task} crashed: {error}"))??;
+                        self.event(format!("{task} finished: {report}"));
+                    } else {
+                        index += 1;
+                    }
+                }
+                if waited == 0 && name.is_some() {
+                    bail!(
+                        "nothing named {:?} runs in the background",
+                        name.as_deref().unwrap_or_default()
+                    );
+                }
+                Ok("done".into())
+            }
+            Step::Mark => {
+                let leader = self
+                    .driver
+                    .wait_for_leader(Duration::from_secs(20), None, 0)
+                    .await?;
+                self.old_leader = Some(leader.id);
+                self.marked_term = Some(leader.term);
+                self.event(format!(
+                    "mark: leader node {} term {}",
+                    leader.id, leader.term
+                ));
+                Ok("done".into())
+            }
+            Step::Remember(args) => {
+                let id = self.resolve_one(&args.node).await?;
+                let status = self.driver.client.status(id, STATUS_TIMEOUT).await.ok();
+                self.event(format!("remember node {id} as {}", args.name));
+                self.named.insert(args.name.clone(), (id, status));
+                Ok("done".into())
+            }
+            Step::Put(args) => {
+                let request = Request::Put {
+                    key: args.key.clone(),
+                    value: args.value.clone(),
+                };
+                self.client_steps(request, &args.at, &args.expect, args.forwarded)
+                    .await
+            }
+            Step::Get(args) => {
+                let request = Request::Get {
+                    key: args.key.clone(),
+                    consistency: args.consistency,
+                };
+                self.client_steps(request, &args.at, &args.expect, args.forwarded)
+                    .await
+            }
+            Step::Delete(args) => {
+                let request = Request::Delete {
+                    key: args.key.clone(),
+                };
+                self.client_steps(request, &args.at, &args.expect, args.forwarded)
+                    .await
+            }
+            Step::Kill(target)
+            | Step::Stop(target)
+            | Step::Start(target)
+            | Step::Restart(target)
+            | Step::Pause(target)
+            | Step::Unpause(target) => {
+                let ids = self.resolve(target).await?;
+                let verb = step
+                    .describe()
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let labels: Vec<String> = ids.iter().map(|&id| Self::label(target, id)).collect();
+                self.event(format!("{verb} {}", labels.join(", ")));
+                let actions = ids.iter().map(|&id| {
+                    let driver = self.driver.clone();
+                    let step = step.clone();
+                    async move {
+                        match step {
+                            Step::Kill(_) => driver.cluster.kill(id).await,
+                            Step::Stop(_) => driver.cluster.stop(id).await,
+                            Step::Start(_) => driver.cluster.start_node_again(id).await,
+                            Step::Restart(_) => driver.restart(id).await,
+                            Step::Pause(_) => driver.cluster.pause(id).await,
+                            _ => driver.cluster.unpause(id).await,
+                        }
+                    }
+                });
+                // "kill all" kills every node at once: a whole-cluster crash.
+                for result in futures::future::join_all(actions).await {
+                    result?;
+                }
+                Ok("done".into())
+            }
+            Step::Isolate(target) => {
+                let id = self.resolve_one(target).await?;
+                self.event(format!("isolate {}", Self::label(target, id)));
+                self.driver.isolate(id).await?;
+                Ok("done".into())
+            }
+            Step::Partition(groups) => {
+                let mut resolved: Vec<Vec<u64>> = Vec::new();
+                let mut others_at = None;
+                for (index, group) in groups.iter().enumerate() {
+                    let mut ids = Vec::new();
+                    for target in group {
+                        if *target == Target::Others {
+                            others_at = Some(index);
+                        } else {
+                            ids.extend(self.resolve(target).await?);
+                        }
+                    }
+                    resolved.push(ids);
+                }
+                let named: Vec<u64> = resolved.iter().flatten().copied().collect();
+                let rest: Vec<u64> = cluster
+                    .ids()
+                    .into_iter()
+                    .filter(|id| !named.contains(id))
+                    .collect();
+                match others_at {
+                    Some(index) => resolved[index].extend(rest),
+                    None if !rest.is_empty() => resolved.push(rest),
+                    None => {}
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for id in resolved.iter().flatten() {
+                    if !seen.insert(*id) {
+                        bail!("node {id} is in two groups of the partition");
+                    }
+                }
+                let text: Vec<String> = resolved.iter().map(|group| format!("{group:?}")).collect();
+                self.event(format!("partition {}", text.join(" | ")));
+                for (index, group) in resolved.iter().enumerate() {
+                    for other in &resolved[index + 1..] {
+                        for &a in group {
+                            for &b in other {
+                                cluster.cut(a, b).await?;
+                            }
+                        }
+                    }
+                }
+                Ok("done".into())
+            }
+            Step::Cut(a, b) => {
+                let (a, b) = (self.resolve_one(a).await?, self.resolve_one(b).await?);
+                self.event(format!("cut node {a} <-> node {b}"));
+                cluster.cut(a, b).await?;
+                Ok("done".into())
+            }
+            Step::Heal => {
+                self.event("heal".into());
+                cluster.heal().await?;
+                Ok("done".into())
+            }
+            Step::Workload(args) => {
+                let targets = match &args.at {
+                    Target::Any | Target::All => None,
+                    other => Some(self.resolve(other).await?),
+                };
+                let task = tokio::spawn(workload(
+                    self.driver.clone(),
+                    args.clone(),
+                    targets,
+                    self.scenario.seed,
+                ));
+                self.event(format!("workload {} started", args.name));
+                if args.background {
+                    self.background.push((
+                        args.name.clone(),
+                        format!("workload {}", args.name),
+                        task,
+                    ));
+                } else {
+                    let report = task
+                        .await
+                        .map_err(|error| anyhow!("workload crashed: {error}"))??;
+                    self.event(format!("workload {} finished: {report}", args.name));
+                }
+                Ok("done".into())
+            }
+            Step::Nemesis(args) => {
+                let task = tokio::spawn(nemesis(
+                    self.driver.clone(),
+                    self.recorder.clone(),
+                    args.clone(),
+                    self.scenario.seed,
+                    self.verbose,
+                ));
+                self.background
+                    .push((args.name.clone(), format!("nemesis {}", args.name), task));
+                Ok("done".into())
+            }
+            Step::ExpectLeader(change) => {
+                let old = self
+                    .old_leader
+                    .ok_or_else(|| anyhow!("no `mark` step before"))?;
+                let marked_term = self.marked_term.unwrap_or(0);
+                let leader = self
+                    .driver
+                    .wait_for_leader(Duration::from_secs(20), None, 0)
+                    .await?;
+                let ok = match change {
+                    LeaderChange::Changed => leader.id != old && leader.term > marked_term,
+                    LeaderChange::Unchanged => leader.id == old && leader.term == marked_term,
+                };
+                if !ok {
+                    bail!(
+                        "leader was node {old} in term {marked_term}, is node {} in term {}",
+                        leader.id,
+                        leader.term
+                    );
+                }
+                Ok("passed".into())
+            }
+            Step::ExpectTerm(TermStep {
+                min_increase,
+                max_increase,
+            }) => {
+                let marked = self
+                    .marked_term
+                    .ok_or_else(|| anyhow!("no `mark` step before"))?;
+                let leader = self
+                    .driver
+                    .wait_for_leader(Duration::from_secs(20), None, 0)
+                    .await?;
+                let view = self.driver.view().await;
+                let highest = view
+                    .statuses
+                    .values()
+                    .map(|status| status.term)
+                    .max()
+                    .unwrap_or(leader.term);
+                let increase = highest.saturating_sub(marked);
+                if min_increase.is_some_and(|min| increase < min)
+                    || max_increase.is_some_and(|max| increase > max)
+                {
+                    bail!("term went from {marked} to {highest} (+{increase})");
+                }
+                Ok("passed".into())
+            }
+            Step::ExpectSnapshotCatchUp(target) => {
+                let Target::Named(name) = target else {
+                    bail!("expect_snapshot_catch_up takes a node remembered (with `remember`) while it was up");
+                };
+                let (id, before) = self
+                    .named
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no node remembered as {name:?}"))?;
+                let before = before
+                    .ok_or_else(|| anyhow!("node {id} did not answer when it was remembered"))?;
+                let leader = self
+                    .driver
+                    .wait_for_leader(Duration::from_secs(20), None, 0)
+                    .await?;
+                let now = self
+                    .driver
+                    .client
+                    .status(id, STATUS_TIMEOUT)
+                    .await
+                    .map_err(|error| anyhow!(error))?;
+                let problems: Vec<String> = [
+                    (leader.snapshot_index <= before.last_log_index).then(|| {
+                        format!(
+                            "the leader's snapshot index {} does not pass node {id}'s old log end {} (no compaction: plain replication would do)",
+                            leader.snapshot_index, before.last_log_index
+                        )
+                    }),
+                    (now.snapshot_index <= before.last_log_index).then(|| {
+                        format!("node {id}'s snapshot index {} did not pass its old log end {}", now.snapshot_index, before.last_log_index)
+                    }),
+                    (now.applied_index < leader.snapshot_index)
+                        .then(|| format!("node {id} applied {} < the leader's snapshot {}", now.applied_index, leader.snapshot_index)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !problems.is_empty() {
+                    bail!("{}", problems.join("; "));
+                }
+                Ok("passed".into())
+            }
+            Step::FinalValues(keys) => {
+                for key in keys {
+                    let request = Request::Get {
+                        key: key.clone(),
+                        consistency: Default::default(),
+                    };
+                    let deadline = Instant::now() + RETRY_WINDOW;
+                    let value = loop {
+                        let node = self.resolve_one(&Target::Any).await?;
+                        let operation = self
+                            .driver
+                            .client
+                            .execute("steps", self.step_process, node, &request)
+                            .await;
+                        if let Some(value) = operation.read {
+                            break value;
+                        }
+                        if Instant::now() > deadline {
+                            bail!("cannot read {key}: {}", operation.error.unwrap_or_default());
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    };
+                    self.final_values
+                        .insert(key.clone(), value.unwrap_or_else(|| "(absent)".into()));
+                }
+                Ok("done".into())
+            }
+        }
+    }
+}

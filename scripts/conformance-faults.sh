@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Proves the conformance suite catches bugs. The server has a hidden switch
+# for deliberate bugs (--inject-fault / KVSTORE_INJECT_FAULT):
+#   stale-reads  linearizable reads served from local state, without ReadIndex
+#   early-ack    writes acknowledged when proposed, before they are committed
+# Each scenario below is run against nodes started with such a fault (the
+# runner passes --node-env KVSTORE_INJECT_FAULT=...) and MUST FAIL; with
+# `full`, the same scenarios are first run against clean nodes and must pass.
+#   scripts/conformance-faults.sh quick   stale-reads x linearizable-reads-under-partition (part of make conformance)
+#   scripts/conformance-faults.sh full    every pair below, plus the clean runs (make conformance-faults)
+# Artifacts of the faulty runs: $CONFORMANCE_OUT/faults/FAULT/SCENARIO/.
+set -uo pipefail
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.." || exit 2
+mode=${1:-full}
+bin=${CONFORMANCE_BIN:-target/release/kvstore-conformance}
+out=${CONFORMANCE_OUT:-conformance/out}
+image=${KVSTORE_CONFORMANCE_IMAGE:-kvstore:local}
+
+# FAULT SCENARIO pairs that must fail (keep in sync with conformance/README.md).
+quick_pairs=(
+    "stale-reads linearizable-reads-under-partition"
+)
+full_pairs=(
+    "stale-reads linearizable-reads-under-partition"
+    "stale-reads follower-forwarding"
+    "stale-reads leader-pause"
+    "stale-reads concurrent-clients-linearizable"
+    "early-ack minority-partition"
+    "early-ack concurrent-clients-linearizable"
+)
+case "$mode" in
+    quick) pairs=("${quick_pairs[@]}") ;;
+    full) pairs=("${full_pairs[@]}") ;;
+    *) echo "usage: $0 quick|full" >&2; exit 2 ;;
+esac
+
+passed=0
+failed=0
+if [ "$mode" = full ]; then
+    scenarios=$(for pair in "${pairs[@]}"; do echo "${pair#* }"; done | sort -u)
+    echo "-- clean nodes: these scenarios must pass"
+    # shellcheck disable=SC2086 # one word per scenario
+    if "$bin" run --image "$image" --out "$out/faults/clean" $scenarios; then
+        passed=$((passed + 1))
+    else
+        echo "FAIL the clean image does not pass the scenarios the faults are checked with"
+        failed=$((failed + 1))
+    fi
+fi
+
+for pair in "${pairs[@]}"; do
+    fault=${pair%% *}
+    scenario=${pair#* }
+    echo "-- KVSTORE_INJECT_FAULT=$fault: $scenario must fail"
+    log=$(mktemp)
+    "$bin" run --image "$image" --out "$out/faults/$fault" --node-env "KVSTORE_INJECT_FAULT=$fault" "$scenario" >"$log" 2>&1
+    rc=$?
+    outcome="$out/faults/$fault/$scenario/outcome.yaml"
+    if [ "$rc" = 1 ] && [ -f "$outcome" ] && grep -q '^passed: false' "$outcome" \
+        && ! grep -q 'start the cluster' "$outcome"; then
+        echo "ok   $fault caught by $scenario:"
+        grep -E '^   FAIL|^    #|none of' "$log" | sed 's/^/       /'
+        passed=$((passed + 1))
+    else
+        echo "FAIL $fault NOT caught by $scenario (exit $rc):"
+        sed 's/^/       /' "$log"
+        failed=$((failed + 1))
+    fi
+    rm -f "$log"
+done
+echo "fault injection: $passed passed, $failed failed"
+[ "$failed" = 0 ]
