@@ -52,43 +52,7 @@ struct Cli {
 enum Command {
     /// Run scenarios (all of SCENARIOS_DIR when none is named). Exit code 0:
     /// all passed; 1: a scenario failed; 2: usage or environment error.
-    Run {
-        /// Scenario names (file stems) or paths to .yaml files.
-        scenarios: Vec<String>,
-        /// Image to test; it must exist locally (nothing is pulled).
-        #[arg(
-            long,
-            env = "KVSTORE_CONFORMANCE_IMAGE",
-            default_value = "kvstore:local"
-        )]
-        image: String,
-        /// Directory of the scenario files.
-        #[arg(long, default_value = "scenarios")]
-        scenarios_dir: PathBuf,
-        /// Where per-scenario artifacts go: SCENARIO/{outcome.yaml,history.json,timeline.html,node-N.log}.
-        #[arg(long, default_value = "conformance/out")]
-        out: PathBuf,
-        /// Extra environment for every node, KEY=VALUE (repeatable); wins
-        /// over the scenario's and the defaults.
-        #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
-        node_env: Vec<(String, String)>,
-        /// Client API port inside the containers.
-        #[arg(long, default_value_t = 50051)]
-        client_port: u16,
-        /// Raft peer port inside the containers.
-        #[arg(long, default_value_t = 60051)]
-        peer_port: u16,
-        /// Also compare each outcome with the insta snapshot in this
-        /// directory (`outcomes__SCENARIO.snap`); a difference fails.
-        #[arg(long, value_name = "DIR")]
-        compare_snapshots: Option<PathBuf>,
-        /// gRPC deadline of each client request, in milliseconds.
-        #[arg(long, default_value_t = 2500)]
-        request_timeout_ms: u64,
-        /// Print every step, operation and fault as it happens.
-        #[arg(short, long)]
-        verbose: bool,
-    },
+    Run(RunArgs),
     /// Re-check a saved history.json and rewrite its timeline.html.
     Check {
         /// A history.json written by `run`.
@@ -127,6 +91,46 @@ enum Command {
     },
     /// Remove containers and networks left by runs that were killed.
     Cleanup,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Scenario names (file stems) or paths to .yaml files.
+    scenarios: Vec<String>,
+    /// Image to test; it must exist locally (nothing is pulled).
+    #[arg(
+        long,
+        env = "KVSTORE_CONFORMANCE_IMAGE",
+        default_value = "kvstore:local"
+    )]
+    image: String,
+    /// Directory of the scenario files.
+    #[arg(long, default_value = "scenarios")]
+    scenarios_dir: PathBuf,
+    /// Where per-scenario artifacts go: SCENARIO/{outcome.yaml,history.json,timeline.html,node-N.log}.
+    #[arg(long, default_value = "conformance/out")]
+    out: PathBuf,
+    /// Extra environment for every node, KEY=VALUE (repeatable); wins
+    /// over the scenario's and the defaults.
+    #[arg(long = "node-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    node_env: Vec<(String, String)>,
+    /// Client API port inside the containers.
+    #[arg(long, default_value_t = 50051)]
+    client_port: u16,
+    /// Raft peer port inside the containers.
+    #[arg(long, default_value_t = 60051)]
+    peer_port: u16,
+    /// Also compare each outcome with the insta snapshot in this
+    /// directory (`outcomes__SCENARIO.snap`); a difference fails.
+    #[arg(long, value_name = "DIR")]
+    compare_snapshots: Option<PathBuf>,
+    /// gRPC deadline of each client request, in milliseconds.
+    #[arg(long, default_value_t = 2500)]
+    request_timeout_ms: u64,
+    /// Print every step, operation and fault as it happens.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -230,19 +234,19 @@ fn print_summary(runs: &[(ScenarioRun, Option<String>)], elapsed: Duration) {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run(
-    names: Vec<String>,
-    image: String,
-    scenarios_dir: PathBuf,
-    out: PathBuf,
-    node_env: Vec<(String, String)>,
-    client_port: u16,
-    peer_port: u16,
-    compare_snapshots: Option<PathBuf>,
-    request_timeout_ms: u64,
-    verbose: bool,
-    run_id: String,
-) -> Result<u8> {
+async fn run(args: RunArgs, run_id: String) -> Result<u8> {
+    let RunArgs {
+        scenarios: names,
+        image,
+        scenarios_dir,
+        out,
+        node_env,
+        client_port,
+        peer_port,
+        compare_snapshots,
+        request_timeout_ms,
+        verbose,
+    } = args;
     let scenarios = select_scenarios(&names, &scenarios_dir)?;
     let setup = docker_api::prepare()?;
     let docker = docker_api::client(&setup).await?;
@@ -438,32 +442,9 @@ fn main() -> ExitCode {
 
 async fn async_main(command: Command) -> Result<u8> {
     match command {
-        Command::Run {
-            scenarios,
-            image,
-            scenarios_dir,
-            out,
-            node_env,
-            client_port,
-            peer_port,
-            compare_snapshots,
-            request_timeout_ms,
-            verbose,
-        } => {
+        Command::Run(args) => {
             let id = run_id();
-            let work = run(
-                scenarios,
-                image,
-                scenarios_dir,
-                out,
-                node_env,
-                client_port,
-                peer_port,
-                compare_snapshots,
-                request_timeout_ms,
-                verbose,
-                id.clone(),
-            );
+            let work = run(args, id.clone());
             tokio::select! {
                 result = work => result,
                 _ = tokio::signal::ctrl_c() => {
