@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Benchmarks a local 3-node kvstore cluster of native processes, all on
-# 127.0.0.1: starts three kvstore-server (ids 1..3, client ports 51151-51153,
-# raft ports 61151-61153, data in a temporary directory), waits for a leader,
-# runs the standard workloads with `kvstore-cli bench` and prints one summary
-# table. Every node is stopped at the end, also on a failure or Ctrl-C.
+# Benchmarks a local 3-node cluster of native processes, all on 127.0.0.1:
+# starts three kvstore-server (ids 1..3, client ports 51151-51153, raft ports
+# 61151-61153) or, with BENCH_STORE=etcd, three etcd members (client ports
+# 52151-52153, peer ports 62151-62153), data in a temporary directory; waits
+# for a leader, runs the standard workloads with `kvstore-cli bench` (with
+# --protocol etcd against etcd: the same clients, keys and histograms) and
+# prints one summary table. Every node is stopped at the end, also on a
+# failure or Ctrl-C.
 #
 # usage: scripts/bench-cluster.sh [BIN_DIR [COMMAND...]]   (BIN_DIR: target/release)
 #   With a COMMAND, runs it against the cluster instead of the standard
@@ -19,6 +22,9 @@
 #   BENCH_CLIENTS    clients of the concurrent workloads [64]
 #   BENCH_VIA        all: concurrent workloads spread over the 3 nodes;
 #                    leader: everything through the leader [all]
+#   BENCH_STORE      kvstore or etcd (etcd 3.4's `etcd` on PATH, or ETCD) [kvstore]
+#   BENCH_RESULTS    a directory to copy the JSON results into, for
+#                    scripts/bench-table.py (side-by-side tables) [none]
 #   BENCH_KEEP       1 keeps the data directory, logs and JSON results
 set -euo pipefail
 
@@ -32,14 +38,26 @@ keyspace=${BENCH_KEYSPACE:-10000}
 value_size=${BENCH_VALUE_SIZE:-256}
 clients=${BENCH_CLIENTS:-64}
 via=${BENCH_VIA:-all}
+store=${BENCH_STORE:-kvstore}
+etcd=${ETCD:-etcd}
+etcdctl=${ETCDCTL:-etcdctl}
 node_count=3
-client_port_base=51150
-raft_port_base=61150
 leader_wait_seconds=30
+case $store in
+  kvstore) client_port_base=51150 raft_port_base=61150 ;;
+  etcd) client_port_base=52150 raft_port_base=62150 ;;
+  *) echo "bench: BENCH_STORE must be kvstore or etcd, not $store" >&2; exit 1 ;;
+esac
 
 for binary in "$server" "$cli"; do
   [[ -x $binary ]] || { echo "bench: $binary is missing; build it first (make release)" >&2; exit 1; }
 done
+if [[ $store == etcd ]]; then
+  for binary in "$etcd" "$etcdctl"; do
+    command -v "$binary" >/dev/null ||
+      { echo "bench: $binary is not installed (Debian: apt-get install etcd-server etcd-client; make bench-etcd does it)" >&2; exit 1; }
+  done
+fi
 [[ $via == all || $via == leader ]] || { echo "bench: BENCH_VIA must be all or leader, not $via" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -69,17 +87,35 @@ done
 
 endpoint() { echo "127.0.0.1:$((client_port_base + $1))"; }
 all_endpoints=$(for id in $(seq "$node_count"); do endpoint "$id"; done | paste -sd, -)
-for id in $(seq "$node_count"); do
+start_kvstore_node() {
+  local id=$1 peers
   peers=$(for peer in $(seq "$node_count"); do
     [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$((raft_port_base + peer))"
   done | paste -sd, -)
   "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$((raft_port_base + id))" \
     --peers "$peers" --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
+}
+# etcd with its defaults (fsync on every WAL write, 100 ms heartbeat, 1 s
+# election timeout, snapshot every 100,000 entries): what a user runs.
+start_etcd_member() {
+  local id=$1 initial_cluster
+  initial_cluster=$(for peer in $(seq "$node_count"); do
+    echo "node-$peer=http://127.0.0.1:$((raft_port_base + peer))"
+  done | paste -sd, -)
+  "$etcd" --name "node-$id" --data-dir "$work/node-$id" \
+    --listen-client-urls "http://$(endpoint "$id")" --advertise-client-urls "http://$(endpoint "$id")" \
+    --listen-peer-urls "http://127.0.0.1:$((raft_port_base + id))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((raft_port_base + id))" \
+    --initial-cluster "$initial_cluster" --initial-cluster-state new --initial-cluster-token kvstore-bench \
+    --logger zap --log-level warn 2>"$work/node-$id.log" &
+}
+for id in $(seq "$node_count"); do
+  if [[ $store == etcd ]]; then start_etcd_member "$id"; else start_kvstore_node "$id"; fi
   pids+=($!)
 done
 
 # A leader is known when every node answers and names the same leader.
-leader_endpoint() {
+kvstore_leader_endpoint() {
   python3 -c '
 import json, sys
 nodes = json.load(sys.stdin)
@@ -87,6 +123,22 @@ leaders = {node.get("leader_id", 0) for node in nodes}
 if len(leaders) == 1 and 0 not in leaders and all("error" not in node for node in nodes):
     print(next(node["endpoint"] for node in nodes if node["id"] in leaders and node["role"] == "leader"))
 '
+}
+etcd_leader_endpoint() {
+  python3 -c '
+import json, sys
+statuses = json.load(sys.stdin)
+leaders = {status["Status"]["leader"] for status in statuses}
+if len(statuses) == 3 and len(leaders) == 1 and 0 not in leaders:
+    print(next(status["Endpoint"] for status in statuses if status["Status"]["header"]["member_id"] in leaders))
+'
+}
+leader_endpoint() {
+  if [[ $store == etcd ]]; then
+    "$etcdctl" --endpoints "$all_endpoints" --command-timeout 1s -w json endpoint status | etcd_leader_endpoint
+  else
+    "$cli" --endpoints "$all_endpoints" --timeout 1s -w json status | kvstore_leader_endpoint
+  fi
 }
 deadline=$((SECONDS + leader_wait_seconds))
 leader=""
@@ -96,7 +148,7 @@ while [[ -z $leader ]]; do
   done
   if ((SECONDS >= deadline)); then echo "bench: no leader within $leader_wait_seconds s" >&2; exit 1; fi
   sleep 0.2
-  leader=$("$cli" --endpoints "$all_endpoints" --timeout 1s -w json status 2>/dev/null | leader_endpoint 2>/dev/null || true)
+  leader=$(leader_endpoint 2>/dev/null || true)
 done
 # The leader first: a single connection goes to it.
 other_endpoints=$(tr , '\n' <<<"$all_endpoints" | grep -vx "$leader" | paste -sd, -)
@@ -104,10 +156,10 @@ spread_endpoints="$leader,$other_endpoints"
 concurrent_endpoints=$([[ $via == all ]] && echo "$spread_endpoints" || echo "$leader")
 concurrent_via=$([[ $via == all ]] && echo "$node_count nodes" || echo "leader")
 
-echo "bench: $node_count nodes up, leader $leader; $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))" >&2
+echo "bench: $store, $node_count nodes up, leader $leader; $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))" >&2
 if (($# > 0)); then
   echo "bench: running $*" >&2
-  KVSTORE_ENDPOINTS=$leader BENCH_ALL_ENDPOINTS=$spread_endpoints "$@"
+  KVSTORE_ENDPOINTS=$leader BENCH_ALL_ENDPOINTS=$spread_endpoints BENCH_PROTOCOL=$store "$@"
   exit
 fi
 echo "bench: each workload --duration $duration --total $total, keyspace $keyspace, values $value_size bytes, data on $(stat -f -c %T "$work")" >&2
@@ -128,32 +180,16 @@ for workload in "${workloads[@]}"; do
   echo "bench: [$index/${#workloads[@]}] $name via $workload_via" >&2
   printf '%s\n%s\n' "$name" "$workload_via" >"$work/result-$index.name"
   # shellcheck disable=SC2086 # the arguments are words on purpose
-  if ! "$cli" --endpoints "$endpoints" -w json bench $arguments \
+  if ! "$cli" --endpoints "$endpoints" -w json bench $arguments --protocol "$store" \
     --duration "$duration" --total "$total" --keyspace "$keyspace" --value-size "$value_size" \
     >"$work/result-$index.json"; then
     failed=1
   fi
 done
 
-python3 - "$work" "${#workloads[@]}" <<'EOF'
-import json, sys
-work, count = sys.argv[1], int(sys.argv[2])
-rows = [("workload", "via", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors")]
-for index in range(1, count + 1):
-    name, via = open(f"{work}/result-{index}.name").read().splitlines()
-    try:
-        result = json.load(open(f"{work}/result-{index}.json"))
-    except (OSError, ValueError):
-        rows.append((name, via, "failed", "", "", "", ""))
-        continue
-    milliseconds = lambda field: f"{result[field] / 1000:.3f}"
-    rows.append((name, via, f"{result['throughput_ops_per_s']:.0f}", milliseconds("latency_us_p50"),
-                 milliseconds("latency_us_p99"), milliseconds("latency_us_p99_9"), str(result["errors"])))
-widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-for number, row in enumerate(rows):
-    cells = [cell.ljust(width) if column < 2 else cell.rjust(width) for column, (cell, width) in enumerate(zip(row, widths))]
-    print("| " + " | ".join(cells) + " |")
-    if number == 0:
-        print("|" + "|".join("-" * (width + 2) if column < 2 else "-" * (width + 1) + ":" for column, width in enumerate(widths)) + "|")
-EOF
+if [[ -n ${BENCH_RESULTS:-} ]]; then
+  mkdir -p "$BENCH_RESULTS"
+  cp "$work"/result-* "$BENCH_RESULTS"/
+fi
+python3 "$(dirname "$0")/bench-table.py" "$store=$work"
 exit "$failed"

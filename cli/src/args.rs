@@ -145,6 +145,13 @@ Results:
   with latencies in microseconds (latency_us_p50, ...).
   Each request's deadline is --timeout.
 
+Comparing with etcd:
+  --protocol etcd drives etcd's v3 gRPC API (Put, and Range of one key) with
+  the same clients, keys, values and histogram, so both stores are measured
+  the same way:
+    kvstore-cli --endpoints 127.0.0.1:2379 bench put --protocol etcd --clients 64
+  `make bench-etcd` runs the standard workloads against a local etcd cluster.
+
 Exit codes: 0 when the run completed, even with some failed requests;
 2 bad usage; 3 when no request succeeded or the run could not start.";
 
@@ -243,6 +250,31 @@ pub struct BenchArgs {
     /// a terminal).
     #[arg(long)]
     pub no_progress: bool,
+
+    /// The API of the servers at --endpoints: kvstore's, or etcd's v3 gRPC
+    /// API (to run the same workloads against etcd for comparison).
+    #[arg(long, value_enum, default_value_t = Protocol::Kvstore)]
+    pub protocol: Protocol,
+}
+
+/// Which server API `bench` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// kvstore.v1.KV: Put and Get.
+    Kvstore,
+    /// etcd's etcdserverpb.KV (v3 API): Put and Range of one key;
+    /// serializable reads set Range's `serializable` flag.
+    Etcd,
+}
+
+impl Protocol {
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Kvstore => "kvstore",
+            Protocol::Etcd => "etcd",
+        }
+    }
 }
 
 /// Parses `500ms`, `5s`, `2m` or a bare number of seconds.

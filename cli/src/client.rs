@@ -17,12 +17,20 @@ impl std::fmt::Display for Failure {
 
 /// Connects to one endpoint (`HOST:PORT`, or a full `http://` URL).
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Channel>, Failure> {
+    Ok(KvClient::new(connect_channel(endpoint, timeout).await?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// Opens one HTTP/2 connection to `endpoint` (`HOST:PORT`, or a full
+/// `http://` URL) with `timeout` for connecting and for every request.
+pub async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
         format!("http://{endpoint}")
     };
-    let channel = Endpoint::from_shared(url)
+    Endpoint::from_shared(url)
         .map_err(|error| Failure(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -34,10 +42,7 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Chann
                 "cannot connect to {endpoint}: {}",
                 root_cause(&error)
             ))
-        })?;
-    Ok(KvClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        })
 }
 
 /// The innermost error message of a chain ("Connection refused (os error 111)").

@@ -3,6 +3,7 @@
 //!
 //! A benchmark, not a test: nothing here asserts a speed.
 
+pub mod api;
 pub mod keys;
 pub mod plan;
 pub mod progress;
@@ -12,7 +13,8 @@ pub mod summary;
 use std::sync::Arc;
 
 use crate::args::{BenchArgs, Cli, OutputFormat, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::client::{self, Failure};
+use crate::client::Failure;
+use api::Connection;
 use plan::{Bound, Plan, PREFILL_DURATION_MAX};
 use progress::{Progress, Scale};
 use runner::Counters;
@@ -34,7 +36,7 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
 
     let mut connections = Vec::with_capacity(plan.connections);
     for endpoint in &plan.connection_endpoints {
-        connections.push(client::connect(endpoint, cli.timeout).await?);
+        connections.push(Connection::open(plan.protocol, endpoint, cli.timeout).await?);
     }
     if cli.verbose {
         eprintln!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::args::{BenchArgs, Consistency, Workload};
+use crate::args::{BenchArgs, Consistency, Protocol, Workload};
 use crate::bench::keys;
 
 /// Most concurrent clients (tasks with a request in flight). Each holds a
@@ -72,6 +72,8 @@ pub struct Plan {
     pub seed: u64,
     /// Never draw a progress bar.
     pub progress_hidden: bool,
+    /// The API of the servers measured.
+    pub protocol: Protocol,
     /// Settings that are allowed but likely unintended, to print on stderr.
     pub warnings: Vec<String>,
 }
@@ -200,6 +202,7 @@ impl Plan {
             prefill,
             seed: arguments.seed,
             progress_hidden: arguments.no_progress,
+            protocol: arguments.protocol,
             warnings,
         })
     }
@@ -249,6 +252,18 @@ mod tests {
             Command::Bench(arguments) => Plan::new(arguments, &cli.endpoints),
             other => panic!("not bench: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_protocol_defaults_to_kvstore_and_can_be_etcd() {
+        assert_eq!(
+            plan("kvstore-cli bench put").unwrap().protocol,
+            Protocol::Kvstore
+        );
+        let etcd =
+            plan("kvstore-cli bench get --protocol etcd --consistency serializable").unwrap();
+        assert_eq!(etcd.protocol, Protocol::Etcd);
+        assert_eq!(etcd.consistency, Consistency::Serializable);
     }
 
     #[test]

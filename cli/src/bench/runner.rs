@@ -5,14 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore_proto::kv::v1::kv_client::KvClient;
-use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
-use crate::args;
+use crate::bench::api::Connection;
 use crate::bench::keys;
 use crate::bench::plan::Plan;
 use crate::bench::summary::{StopReason, Tally};
@@ -26,13 +23,6 @@ pub struct Counters {
     issued: AtomicU64,
     /// Requests answered (with success or an error), for the progress bar.
     pub completed: Arc<AtomicU64>,
-}
-
-fn wire_consistency(consistency: args::Consistency) -> Consistency {
-    match consistency {
-        args::Consistency::Linearizable => Consistency::Linearizable,
-        args::Consistency::Serializable => Consistency::Serializable,
-    }
 }
 
 /// The RNG of client `client`: a distinct stream per client from one seed.
@@ -53,7 +43,7 @@ async fn join_all<T: 'static>(mut tasks: JoinSet<T>) -> Result<Vec<T>, Failure> 
 }
 
 /// The client that client task `client` uses.
-fn client_of(plan: &Plan, connections: &[KvClient<Channel>], client: usize) -> KvClient<Channel> {
+fn client_of(plan: &Plan, connections: &[Connection], client: usize) -> Connection {
     connections[plan.connection_of_client(client)].clone()
 }
 
@@ -61,7 +51,7 @@ fn client_of(plan: &Plan, connections: &[KvClient<Channel>], client: usize) -> K
 /// the tally (latencies are not reported) and whether the deadline cut it short.
 pub async fn prefill(
     plan: &Arc<Plan>,
-    connections: &[KvClient<Channel>],
+    connections: &[Connection],
     counters: &Arc<Counters>,
     duration_max: Duration,
 ) -> Result<(Tally, bool), Failure> {
@@ -79,12 +69,10 @@ pub async fn prefill(
                 if index >= plan.keyspace {
                     break;
                 }
-                let request = PutRequest {
-                    key: keys::key(index, plan.key_size_bytes),
-                    value: keys::random_value(&mut random, plan.value_size_bytes),
-                };
+                let key = keys::key(index, plan.key_size_bytes);
+                let value = keys::random_value(&mut random, plan.value_size_bytes);
                 let started = Instant::now();
-                match connection.put(request).await {
+                match connection.put(key, value).await {
                     Ok(_) => tally.record_success(started.elapsed()),
                     Err(status) => tally.record_error(grpc_code_name(status.code())),
                 }
@@ -107,7 +95,7 @@ pub async fn prefill(
 /// Returns the merged tally, the elapsed time and why it stopped.
 pub async fn measure(
     plan: &Arc<Plan>,
-    connections: &[KvClient<Channel>],
+    connections: &[Connection],
     counters: &Arc<Counters>,
 ) -> Result<(Tally, Duration, StopReason), Failure> {
     let started = Instant::now();
@@ -118,7 +106,6 @@ pub async fn measure(
         let plan = Arc::clone(plan);
         let counters = Arc::clone(counters);
         let mut random = client_random(plan.seed, client);
-        let consistency = wire_consistency(plan.consistency) as i32;
         tasks.spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < deadline {
@@ -128,14 +115,13 @@ pub async fn measure(
                 let key = keys::key(random.random_range(0..plan.keyspace), plan.key_size_bytes);
                 let read = plan.read_ratio > 0.0 && random.random_bool(plan.read_ratio);
                 if read {
-                    let request = GetRequest { key, consistency };
                     let request_started = Instant::now();
-                    let answer = connection.get(request).await;
+                    let answer = connection.get(key, plan.consistency).await;
                     let latency = request_started.elapsed();
                     match answer {
-                        Ok(response) => {
+                        Ok(found) => {
                             tally.record_success(latency);
-                            if !response.get_ref().found {
+                            if !found {
                                 tally.reads_not_found += 1;
                             }
                         }
@@ -143,12 +129,9 @@ pub async fn measure(
                     }
                     tally.reads += 1;
                 } else {
-                    let request = PutRequest {
-                        key,
-                        value: keys::random_value(&mut random, plan.value_size_bytes),
-                    };
+                    let value = keys::random_value(&mut random, plan.value_size_bytes);
                     let request_started = Instant::now();
-                    let answer = connection.put(request).await;
+                    let answer = connection.put(key, value).await;
                     let latency = request_started.elapsed();
                     match answer {
                         Ok(_) => tally.record_success(latency),

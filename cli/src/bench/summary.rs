@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::args::Protocol;
 use crate::bench::plan::Plan;
 
 /// Significant decimal digits the latency histogram keeps: 1 µs resolution
@@ -188,6 +189,9 @@ impl Summary {
         if plan.read_ratio > 0.0 {
             workload += &format!(" ({} reads)", plan.consistency.name());
         }
+        if plan.protocol != Protocol::Kvstore {
+            workload += &format!(" via the {} API", plan.protocol.name());
+        }
         rows.push(("workload".into(), workload));
         rows.push((
             "clients".into(),
@@ -246,6 +250,7 @@ impl Summary {
         let plan = &self.plan;
         let mut object = json!({
             "workload": plan.workload.name(),
+            "protocol": plan.protocol.name(),
             "clients": plan.clients,
             "connections": plan.connections,
             "endpoints": plan.endpoints_used(),
@@ -346,6 +351,7 @@ mod tests {
     fn json_has_unit_suffixed_fields() {
         let json = summary().json();
         assert_eq!(json["workload"], "mixed");
+        assert_eq!(json["protocol"], "kvstore");
         assert_eq!(json["operations"], 103);
         assert_eq!(json["operations_succeeded"], 100);
         assert_eq!(json["errors"], 3);

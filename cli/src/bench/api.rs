@@ -1,0 +1,89 @@
+//! The server API a bench client drives: kvstore's own, or etcd's v3 gRPC API
+//! for comparison runs. Both are reduced to the two calls the workloads make,
+//! so the clients, keys, values and histograms are the same whichever is
+//! measured.
+
+use std::time::Duration;
+
+use kvstore_proto::kv::v1::kv_client::KvClient;
+use kvstore_proto::kv::v1::{GetRequest, PutRequest};
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::args::{Consistency, Protocol};
+use crate::client::{self, Failure};
+
+/// The generated client of the etcd API subset in `cli/proto/etcdserverpb/`.
+#[allow(missing_docs, clippy::all)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// One gRPC connection, speaking one of the APIs. Cloning shares the
+/// connection (HTTP/2 multiplexes the clients' requests over it).
+#[derive(Debug, Clone)]
+pub enum Connection {
+    /// kvstore.v1.KV.
+    Kvstore(KvClient<Channel>),
+    /// etcdserverpb.KV.
+    Etcd(etcd::kv_client::KvClient<Channel>),
+}
+
+impl Connection {
+    /// Connects to `endpoint`, which serves `protocol`.
+    pub async fn open(
+        protocol: Protocol,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Connection, Failure> {
+        Ok(match protocol {
+            Protocol::Kvstore => Connection::Kvstore(client::connect(endpoint, timeout).await?),
+            Protocol::Etcd => Connection::Etcd(
+                etcd::kv_client::KvClient::new(client::connect_channel(endpoint, timeout).await?)
+                    .max_decoding_message_size(usize::MAX),
+            ),
+        })
+    }
+
+    /// Writes `value` at `key`; Ok once the server acknowledged it.
+    pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Status> {
+        match self {
+            Connection::Kvstore(client) => {
+                client.put(PutRequest { key, value }).await?;
+            }
+            Connection::Etcd(client) => {
+                client.put(etcd::PutRequest { key, value }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `key` with `consistency`; Ok(whether the key was found).
+    pub async fn get(&mut self, key: Vec<u8>, consistency: Consistency) -> Result<bool, Status> {
+        match self {
+            Connection::Kvstore(client) => {
+                let consistency = match consistency {
+                    Consistency::Linearizable => kvstore_proto::kv::v1::Consistency::Linearizable,
+                    Consistency::Serializable => kvstore_proto::kv::v1::Consistency::Serializable,
+                };
+                let response = client
+                    .get(GetRequest {
+                        key,
+                        consistency: consistency as i32,
+                    })
+                    .await?;
+                Ok(response.get_ref().found)
+            }
+            Connection::Etcd(client) => {
+                let response = client
+                    .range(etcd::RangeRequest {
+                        key,
+                        serializable: consistency == Consistency::Serializable,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(!response.get_ref().kvs.is_empty())
+            }
+        }
+    }
+}
