@@ -314,7 +314,15 @@ impl RaftNode {
     /// its applied index reaches `index`. Requests pending when leadership
     /// is lost are dropped: fail them when `SoftState` shows another role.
     pub fn read_index(&mut self, context: u64) -> Result<(), ReadIndexError> {
-        let result = self.request_read(context);
+        self.read_index_batch(&[context])
+    }
+
+    /// Starts the linearizable reads `contexts` together: one heartbeat round
+    /// confirms them all, so a driver that collects the reads arriving while
+    /// it was busy pays one round (one heartbeat per follower) for the lot.
+    /// Either every read is accepted or none is.
+    pub fn read_index_batch(&mut self, contexts: &[u64]) -> Result<(), ReadIndexError> {
+        let result = self.request_reads(contexts);
         self.assert_invariants();
         result
     }

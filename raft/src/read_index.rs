@@ -66,16 +66,19 @@ impl ReadTracker {
 }
 
 impl RaftNode {
-    pub(crate) fn request_read(&mut self, context: u64) -> Result<(), ReadIndexError> {
+    pub(crate) fn request_reads(&mut self, contexts: &[u64]) -> Result<(), ReadIndexError> {
         if self.role != Role::Leader {
             return Err(ReadIndexError::NotLeader {
                 leader_hint: self.leader_id,
             });
         }
-        if self.reads.pending_count() >= self.reads.max_pending {
+        if self.reads.pending_count() + contexts.len() > self.reads.max_pending {
             return Err(ReadIndexError::TooManyPending);
         }
-        self.reads.awaiting_commit.push_back(context);
+        if contexts.is_empty() {
+            return Ok(());
+        }
+        self.reads.awaiting_commit.extend(contexts);
         self.start_reads_awaiting_commit();
         Ok(())
     }

@@ -683,6 +683,47 @@ fn read_index_waits_for_a_quorum_round_after_the_request() {
 }
 
 #[test]
+fn a_batch_of_reads_shares_one_heartbeat_round() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.propose(1, b"v1");
+    cluster.stabilize();
+    let commit = cluster.node(1).commit_index();
+    cluster.node_mut(1).read_index_batch(&[10, 11, 12]).unwrap();
+    cluster.process_ready(1);
+    let heartbeats: Vec<&Message> = cluster
+        .wire
+        .iter()
+        .filter(|message| matches!(message.body, MessageBody::Heartbeat { .. }))
+        .collect();
+    assert_eq!(
+        heartbeats.len(),
+        2,
+        "one heartbeat per follower for three reads"
+    );
+    cluster.stabilize();
+    let served: Vec<ReadState> = (10..=12)
+        .map(|context| ReadState {
+            context,
+            index: commit,
+        })
+        .collect();
+    assert_eq!(cluster.read_states[&1], served);
+    // All or nothing: a batch past the pending limit is refused whole.
+    let too_many: Vec<u64> = (0..=kvstore_raft::DEFAULT_MAX_PENDING_READ_REQUESTS as u64).collect();
+    assert_eq!(
+        cluster.node_mut(1).read_index_batch(&too_many),
+        Err(ReadIndexError::TooManyPending)
+    );
+    assert_eq!(
+        cluster.node_mut(2).read_index_batch(&[1, 2]),
+        Err(ReadIndexError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
+}
+
+#[test]
 fn read_index_is_never_confirmed_by_a_partitioned_leader() {
     let mut cluster = Cluster::new(3, |_| {});
     cluster.elect(1);

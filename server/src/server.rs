@@ -447,7 +447,7 @@ pub async fn run(
         .add_service(raft_reflection_v1)
         .add_service(raft_reflection_v1alpha)
         .add_service(
-            RaftServer::new(RaftService::new(node, snapshots))
+            RaftServer::new(RaftService::new(node, snapshots, server_stopped.clone()))
                 .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
         )

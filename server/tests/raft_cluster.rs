@@ -9,6 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest};
 use kvstore_proto::raft::v1 as pb;
 use support::{client_for, status_of, Cluster, TestRng, TEST_ELECTION_TIMEOUT};
@@ -196,6 +197,30 @@ async fn the_raft_port_refuses_other_clusters_strangers_and_garbage() {
         (pb::RequestVoteRequest::default(), "missing message header"),
     ] {
         let status = client.request_vote(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    // The same refusals on the Stream call nodes use to talk to each other:
+    // the stream ends with the status and nothing reaches the node.
+    for (request, expected) in [
+        (vote("another-cluster", 2, 1), "cluster id mismatch"),
+        (vote("kvstore", 9, 1), "not a member"),
+        (vote("kvstore", 2, 3), "reached node 1"),
+        (pb::RequestVoteRequest::default(), "missing message header"),
+    ] {
+        let batch = pb::MessageBatch {
+            messages: vec![pb::RaftMessage {
+                message: Some(pb::raft_message::Message::RequestVote(request)),
+            }],
+        };
+        let response = client
+            .stream(futures::stream::iter([batch]).chain(futures::stream::pending()))
+            .await
+            .expect("the stream is accepted before its messages are read");
+        let status = tokio::time::timeout(Duration::from_secs(5), response.into_inner().message())
+            .await
+            .expect("a refused stream ends at once")
+            .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         assert!(status.message().contains(expected), "{}", status.message());
     }

@@ -448,17 +448,23 @@ impl World {
         let Some(position) = self.random_live_node() else {
             return;
         };
-        self.next_read_context += 1;
-        let context = self.next_read_context;
+        // Like the driver, sometimes several reads share one request.
+        let batch_size = self.rng.random_range(1..=3u64);
+        let contexts: Vec<u64> = (1..=batch_size)
+            .map(|offset| self.next_read_context + offset)
+            .collect();
+        self.next_read_context += batch_size;
         let floor = self.commit_floor();
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");
-        let result = core.read_index(context);
+        let result = core.read_index_batch(&contexts);
         if result.is_ok() {
-            node.pending_reads.insert(context, floor);
+            for context in &contexts {
+                node.pending_reads.insert(*context, floor);
+            }
         }
         let id = node.id;
-        self.trace(|| format!("n{id} read_index({context}) floor {floor}: {result:?}"));
+        self.trace(|| format!("n{id} read_index_batch({contexts:?}) floor {floor}: {result:?}"));
     }
 
     fn random_leader(&mut self) -> Option<usize> {

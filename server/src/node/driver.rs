@@ -135,6 +135,8 @@ pub struct Driver {
     proposals: BTreeMap<Index, PendingProposal>,
     reads: HashMap<u64, PendingRead>,
     next_read_context: u64,
+    /// Reads taken in this turn of the loop, not yet handed to the core.
+    reads_to_start: Vec<u64>,
     reads_awaiting_apply: Vec<(Index, PendingRead)>,
     answer_waiters: HashMap<(NodeId, ReplyKind), VecDeque<AnswerWaiter>>,
     next_waiter_sequence: u64,
@@ -208,6 +210,7 @@ impl Driver {
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
             next_read_context: 1,
+            reads_to_start: Vec::new(),
             reads_awaiting_apply: Vec::new(),
             answer_waiters: HashMap::new(),
             next_waiter_sequence: 0,
@@ -239,6 +242,7 @@ impl Driver {
                 Some(event) = self.internal.recv() => self.handle_internal(event).await,
             }
             self.drain_inputs();
+            self.start_reads();
             self.process_readies().await;
             self.publish_status();
         }
@@ -323,28 +327,40 @@ impl Driver {
             } => {
                 let context = self.next_read_context;
                 self.next_read_context += 1;
-                match self.core.read_index(context) {
-                    Ok(()) => {
-                        self.reads.insert(
-                            context,
-                            PendingRead {
-                                key,
-                                request_id,
-                                reply,
-                            },
-                        );
+                self.reads.insert(
+                    context,
+                    PendingRead {
+                        key,
+                        request_id,
+                        reply,
+                    },
+                );
+                self.reads_to_start.push(context);
+            }
+        }
+    }
+
+    /// Asks the core for one read index for every read taken since the last
+    /// call: one heartbeat round confirms them all.
+    fn start_reads(&mut self) {
+        if self.reads_to_start.is_empty() {
+            return;
+        }
+        let contexts = std::mem::take(&mut self.reads_to_start);
+        let error = match self.core.read_index_batch(&contexts) {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        for context in contexts {
+            if let Some(read) = self.reads.remove(&context) {
+                let _ = read.reply.send(Err(match error {
+                    ReadIndexError::NotLeader { leader_hint } => {
+                        KvError::NotLeader(format!("leader hint {leader_hint:?}"))
                     }
-                    Err(ReadIndexError::NotLeader { leader_hint }) => {
-                        let _ = reply.send(Err(KvError::NotLeader(format!(
-                            "leader hint {leader_hint:?}"
-                        ))));
+                    ReadIndexError::TooManyPending => {
+                        KvError::Unavailable("too many pending reads; retry".into())
                     }
-                    Err(ReadIndexError::TooManyPending) => {
-                        let _ = reply.send(Err(KvError::Unavailable(
-                            "too many pending reads; retry".into(),
-                        )));
-                    }
-                }
+                }));
             }
         }
     }
@@ -480,11 +496,8 @@ impl Driver {
             Some(waiter) => {
                 let _ = waiter.answer.send(message);
             }
-            None => tracing::debug!(
-                to = message.to,
-                kind = message.body.kind_name(),
-                "answer with no waiting RPC dropped"
-            ),
+            // The request came on the peer's stream: the answer goes back on ours.
+            None => self.peers.send(message),
         }
     }
 

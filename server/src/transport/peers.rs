@@ -2,31 +2,36 @@
 //!
 //! Connections are made lazily and re-made after failures with exponential
 //! backoff; while a peer is down its messages are dropped (Raft re-sends what
-//! matters), so a down or slow peer never blocks messages to the others. Each
-//! request message is one RPC; its answer is fed back to the driver.
+//! matters), so a down or slow peer never blocks messages to the others.
+//! Messages travel in batches over one long-lived `Stream` call per peer
+//! (requests and answers alike; the peer's answers come back on its own
+//! stream to us); snapshots over their own `InstallSnapshot` call, whose
+//! answer is fed back to the driver.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1 as pb;
 use kvstore_proto::raft::v1::raft_client::RaftClient;
-use kvstore_raft::{Message, NodeId, SnapshotMetadata};
+use kvstore_raft::{Message, MessageBody, NodeId, SnapshotMetadata};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
-use super::convert::{self, OutboundRequest};
+use super::convert;
 use crate::snapshot::SnapshotDirectory;
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 4_096;
-/// RPCs in flight per peer (AppendEntries pipelining happens within this).
-pub const PEER_RPCS_IN_FLIGHT_MAX: usize = 64;
+/// Messages (requests and answers) in one item of a peer's stream at most.
+pub const STREAM_BATCH_MESSAGES_MAX: usize = 256;
+/// Batches waiting for a peer's stream before new ones are dropped (the
+/// peer is slow, stopped or unreachable; Raft re-sends what matters).
+pub const STREAM_QUEUE_BATCHES: usize = 64;
 /// Time to establish a connection to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Deadline of one peer RPC (a streamed snapshot has its own).
-pub const PEER_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one streamed snapshot.
 pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
 /// First wait after a failed RPC before a peer is tried again.
@@ -145,7 +150,7 @@ impl PeerSet {
                 answers: answers.clone(),
                 snapshots: snapshots.clone(),
                 backoff: Arc::new(Mutex::new(Backoff::new())),
-                in_flight: Arc::new(Semaphore::new(PEER_RPCS_IN_FLIGHT_MAX)),
+                snapshot_sending: Arc::new(Semaphore::new(1)),
                 counters: counters.clone(),
             };
             tokio::spawn(link.run(receiver));
@@ -201,123 +206,164 @@ struct PeerLink {
     answers: AnswerSink,
     snapshots: SnapshotDirectory,
     backoff: Arc<Mutex<Backoff>>,
-    in_flight: Arc<Semaphore>,
+    /// One snapshot is sent at a time.
+    snapshot_sending: Arc<Semaphore>,
     counters: Arc<LinkCounters>,
 }
 
-/// Why one RPC produced no answer.
-enum RpcFailure {
-    /// The peer could not be reached or failed: back off.
-    Unreachable(String),
-    /// The peer answered that the message needed no answer.
-    Ignored,
+/// The open `Stream` call to a peer.
+struct OpenStream {
+    batches: mpsc::Sender<pb::MessageBatch>,
+    /// Set when the call ended (the peer refused it, or the connection broke).
+    ended: Arc<AtomicBool>,
 }
 
 impl PeerLink {
+    /// Takes messages from the queue, as many as are waiting (up to a
+    /// batch), and sends them as one item of the peer's stream.
     async fn run(self, mut receiver: mpsc::Receiver<Message>) {
         let link = Arc::new(self);
-        while let Some(message) = receiver.recv().await {
-            if link.backoff.lock().expect("backoff lock").backing_off() {
-                link.counters
-                    .dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
+        let mut stream: Option<OpenStream> = None;
+        let mut batch = Vec::new();
+        while let Some(first) = receiver.recv().await {
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                link.add_to_batch(message, &mut batch);
+                if batch.len() >= STREAM_BATCH_MESSAGES_MAX {
+                    break;
+                }
+                next = receiver.try_recv().ok();
             }
-            let Some(request) = convert::outbound_request(&link.cluster_id, &message) else {
-                tracing::error!(
-                    kind = message.body.kind_name(),
-                    "a response message reached the peer queue; dropped"
-                );
-                continue;
-            };
-            let Ok(permit) = link.in_flight.clone().acquire_owned().await else {
-                return;
-            };
-            let link = link.clone();
-            tokio::spawn(async move {
-                let result = link.call(request).await;
-                drop(permit);
-                link.finish(result).await;
-            });
+            if !batch.is_empty() {
+                link.send_batch(&mut stream, std::mem::take(&mut batch));
+            }
         }
     }
 
-    async fn finish(&self, result: Result<Message, RpcFailure>) {
-        match result {
-            Ok(answer) => {
-                if self.backoff.lock().expect("backoff lock").record_success() {
-                    tracing::info!(peer = self.peer_id, address = %self.address, "peer reachable again");
+    fn count_dropped(&self, count: usize) {
+        self.counters
+            .dropped
+            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Adds `message` to the batch, or starts its snapshot transfer.
+    fn add_to_batch(self: &Arc<Self>, message: Message, batch: &mut Vec<pb::RaftMessage>) {
+        if self.backoff.lock().expect("backoff lock").backing_off() {
+            self.count_dropped(1);
+            return;
+        }
+        if let MessageBody::InstallSnapshot { snapshot } = message.body {
+            let Ok(permit) = self.snapshot_sending.clone().try_acquire_owned() else {
+                // One is on its way; the leader asks again if it fails.
+                self.count_dropped(1);
+                return;
+            };
+            let header = convert::header(&self.cluster_id, &message).expect("always set");
+            let link = self.clone();
+            tokio::spawn(async move {
+                let result = link.send_snapshot(header, snapshot).await;
+                drop(permit);
+                link.finish_snapshot(result).await;
+            });
+            return;
+        }
+        match convert::stream_message(&self.cluster_id, &message) {
+            Some(wire) => batch.push(wire),
+            None => tracing::error!(
+                kind = message.body.kind_name(),
+                "a message that cannot travel on a stream was dropped"
+            ),
+        }
+    }
+
+    /// Sends one batch on the open stream, opening one first if needed. A
+    /// full stream queue (the peer is slow or stopped) drops the batch.
+    fn send_batch(
+        self: &Arc<Self>,
+        stream: &mut Option<OpenStream>,
+        messages: Vec<pb::RaftMessage>,
+    ) {
+        let count = messages.len();
+        if stream
+            .as_ref()
+            .is_none_or(|open| open.ended.load(Ordering::Acquire) || open.batches.is_closed())
+        {
+            *stream = Some(self.open_stream());
+        }
+        let open = stream.as_ref().expect("opened above");
+        if let Err(error) = open.batches.try_send(pb::MessageBatch { messages }) {
+            self.count_dropped(count);
+            if matches!(error, mpsc::error::TrySendError::Closed(_)) {
+                *stream = None;
+            }
+        }
+    }
+
+    /// Starts the `Stream` call; a task watches it and backs off when it ends.
+    fn open_stream(self: &Arc<Self>) -> OpenStream {
+        let (batches, receiver) = mpsc::channel(STREAM_QUEUE_BATCHES);
+        let ended = Arc::new(AtomicBool::new(false));
+        let link = self.clone();
+        let watcher_ended = ended.clone();
+        tokio::spawn(async move {
+            let mut client = link.client.clone();
+            let request = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            let reason = match client.stream(request).await {
+                Ok(response) => {
+                    if link.backoff.lock().expect("backoff lock").record_success() {
+                        tracing::info!(peer = link.peer_id, address = %link.address, "peer reachable again");
+                    }
+                    // The receiver sends nothing until it ends the call.
+                    match response.into_inner().message().await {
+                        Ok(_) => "the peer closed the stream".to_string(),
+                        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+                    }
                 }
+                Err(status) => format!("{:?}: {}", status.code(), status.message()),
+            };
+            watcher_ended.store(true, Ordering::Release);
+            link.record_failure(&reason);
+        });
+        OpenStream { batches, ended }
+    }
+
+    fn record_failure(&self, reason: &str) {
+        self.counters
+            .send_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.backoff.lock().expect("backoff lock").record_failure() {
+            tracing::warn!(peer = self.peer_id, address = %self.address, %reason, "peer unreachable; backing off");
+        }
+    }
+
+    async fn finish_snapshot(&self, result: Result<pb::InstallSnapshotResponse, String>) {
+        let answer = result.and_then(|response| {
+            convert::snapshot_response_from_proto(response).map_err(|error| error.to_string())
+        });
+        match answer {
+            Ok(answer) => {
                 // The driver may be shutting down; then the answer does not matter.
                 let _ = self.answers.send(answer).await;
             }
-            Err(RpcFailure::Ignored) => {}
-            Err(RpcFailure::Unreachable(reason)) => {
-                self.counters
-                    .send_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if self.backoff.lock().expect("backoff lock").record_failure() {
-                    tracing::warn!(peer = self.peer_id, address = %self.address, %reason, "peer unreachable; backing off");
-                }
-            }
-        }
-    }
-
-    async fn call(&self, request: OutboundRequest) -> Result<Message, RpcFailure> {
-        let mut client = self.client.clone();
-        let failure = |status: tonic::Status| {
-            if status.code() == tonic::Code::Aborted {
-                RpcFailure::Ignored
-            } else {
-                RpcFailure::Unreachable(format!("{:?}: {}", status.code(), status.message()))
-            }
-        };
-        let malformed =
-            |error: convert::MalformedMessage| RpcFailure::Unreachable(error.to_string());
-        match request {
-            OutboundRequest::RequestVote(request) => {
-                let response = client
-                    .request_vote(with_timeout(request))
-                    .await
-                    .map_err(failure)?;
-                convert::vote_response_from_proto(response.into_inner()).map_err(malformed)
-            }
-            OutboundRequest::AppendEntries(request) => {
-                let response = client
-                    .append_entries(with_timeout(request))
-                    .await
-                    .map_err(failure)?;
-                convert::append_response_from_proto(response.into_inner()).map_err(malformed)
-            }
-            OutboundRequest::TimeoutNow(request) => {
-                client
-                    .timeout_now(with_timeout(request))
-                    .await
-                    .map_err(failure)?;
-                Err(RpcFailure::Ignored)
-            }
-            OutboundRequest::InstallSnapshot(header, snapshot) => {
-                let response = self.send_snapshot(client, header, snapshot).await?;
-                convert::snapshot_response_from_proto(response).map_err(malformed)
-            }
+            Err(reason) => self.record_failure(&reason),
         }
     }
 
     /// Streams the snapshot file of `snapshot` in chunks.
     async fn send_snapshot(
         &self,
-        mut client: RaftClient<Channel>,
         header: pb::MessageHeader,
         snapshot: SnapshotMetadata,
-    ) -> Result<pb::InstallSnapshotResponse, RpcFailure> {
+    ) -> Result<pb::InstallSnapshotResponse, String> {
+        let mut client = self.client.clone();
         let path = self.snapshots.path_of(snapshot);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|error| {
-            RpcFailure::Unreachable(format!("snapshot {} unavailable: {error}", path.display()))
-        })?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|error| format!("snapshot {} unavailable: {error}", path.display()))?;
         let total_bytes = file
             .metadata()
             .await
-            .map_err(|error| RpcFailure::Unreachable(error.to_string()))?
+            .map_err(|error| error.to_string())?
             .len();
         tracing::info!(
             peer = self.peer_id,
@@ -366,19 +412,13 @@ impl PeerLink {
                 tracing::info!(peer = self.peer_id, index = snapshot.index, "snapshot sent");
                 Ok(response.into_inner())
             }
-            Err(status) => Err(RpcFailure::Unreachable(format!(
+            Err(status) => Err(format!(
                 "snapshot stream failed: {:?}: {}",
                 status.code(),
                 status.message()
-            ))),
+            )),
         }
     }
-}
-
-fn with_timeout<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(PEER_RPC_TIMEOUT);
-    request
 }
 
 #[cfg(test)]

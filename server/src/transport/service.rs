@@ -8,7 +8,7 @@ use kvstore_proto::raft::v1 as pb;
 use kvstore_proto::raft::v1::raft_server::Raft;
 use kvstore_raft::{Message, SnapshotMetadata};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, ResponseProto};
@@ -28,15 +28,20 @@ pub struct RaftService {
     snapshots: SnapshotDirectory,
     /// One snapshot is received at a time.
     receiving_snapshot: Mutex<()>,
+    /// Turns true when the node stops: inbound streams end then, so that
+    /// graceful shutdown does not wait for peers to close them.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    /// The service for `node`, receiving snapshots into `snapshots`.
-    pub fn new(node: Node, snapshots: SnapshotDirectory) -> Self {
+    /// The service for `node`, receiving snapshots into `snapshots`; its
+    /// inbound streams end when `stopping` turns true.
+    pub fn new(node: Node, snapshots: SnapshotDirectory, stopping: watch::Receiver<bool>) -> Self {
         Self {
             node,
             snapshots,
             receiving_snapshot: Mutex::new(()),
+            stopping,
         }
     }
 
@@ -69,8 +74,91 @@ fn malformed(error: convert::MalformedMessage) -> Status {
 
 type ForwardResult = Result<Response<pb::ForwardResponse>, Status>;
 
+/// What the receiver of a `Stream` sends back: nothing but the final status.
+type StreamAcks = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamAck, Status>>;
+
+/// Steps every message of an inbound `Stream` into the driver, in order,
+/// until the sender closes it; ends it with an error status at the first
+/// message that is refused.
+async fn receive_stream(
+    node: Node,
+    mut inbound: Streaming<pb::MessageBatch>,
+    outcome: tokio::sync::mpsc::Sender<Result<pb::StreamAck, Status>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let identity = node.identity().clone();
+    let mut peer = None;
+    let refusal = loop {
+        let received = tokio::select! {
+            received = inbound.message() => received,
+            () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+                let _ = outcome.send(Err(Status::unavailable("the node is shutting down"))).await;
+                return;
+            }
+        };
+        let batch = match received {
+            Ok(Some(batch)) => batch,
+            // Closed by the sender, or the connection broke: nothing to tell.
+            Ok(None) | Err(_) => return,
+        };
+        let mut refusal = None;
+        for wire in batch.messages {
+            let header = convert::stream_message_header(&wire);
+            if let Err(reason) =
+                convert::check_header(header, &identity.cluster_id, identity.id, &identity.members)
+            {
+                refusal = Some(Status::failed_precondition(reason));
+                break;
+            }
+            let from = header.map(|header| header.from);
+            if peer.is_some_and(|peer| Some(peer) != from) {
+                refusal = Some(Status::failed_precondition(
+                    "one stream carries the messages of one sender",
+                ));
+                break;
+            }
+            peer = from;
+            let message = match convert::stream_message_from_proto(wire) {
+                Ok(message) => message,
+                Err(error) => {
+                    refusal = Some(malformed(error));
+                    break;
+                }
+            };
+            if let Err(error) = node.deliver(message, false).await {
+                refusal = Some(Status::from(error));
+                break;
+            }
+        }
+        if let Some(refusal) = refusal {
+            break refusal;
+        }
+    };
+    tracing::warn!(peer, code = ?refusal.code(), reason = refusal.message(), "peer stream refused");
+    let _ = outcome.send(Err(refusal)).await;
+}
+
 #[tonic::async_trait]
 impl Raft for RaftService {
+    type StreamStream = StreamAcks;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::MessageBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        // Capacity 1: the only item ever sent is the refusal that ends it.
+        let (outcome, acks) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(receive_stream(
+            self.node.clone(),
+            request.into_inner(),
+            outcome,
+            self.stopping.clone(),
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            acks,
+        )))
+    }
+
     async fn request_vote(
         &self,
         request: Request<pb::RequestVoteRequest>,
