@@ -407,7 +407,7 @@ impl Node {
         self.shared
             .metrics
             .observe_forward(forwarded_operation(&request));
-        let mut client = self.shared.peers.client(leader_id).ok_or_else(|| {
+        let forwarder = self.shared.peers.forwarder(leader_id).ok_or_else(|| {
             KvError::Unavailable(format!("leader {leader_id} is not a configured peer"))
         })?;
         let message = pb::ForwardRequest {
@@ -420,8 +420,8 @@ impl Node {
             request_id: request_id.to_string(),
             request: Some(request),
         };
-        match client.forward(message).await {
-            Ok(response) => Ok(response.into_inner()),
+        match forwarder.call(message).await {
+            Ok(response) => Ok(response),
             Err(status) => Err(KvError::from_leader_status(leader_id, status, is_write)),
         }
     }

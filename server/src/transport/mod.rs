@@ -2,5 +2,6 @@
 //! per-peer senders, and the inbound gRPC service.
 
 pub mod convert;
+pub mod forwarder;
 pub mod peers;
 pub mod service;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
+use super::forwarder::Forwarder;
 use crate::snapshot::SnapshotDirectory;
 
 /// Messages queued per peer before new ones are dropped.
@@ -96,7 +97,7 @@ impl Backoff {
 /// One peer: its address, queue and client.
 struct Peer {
     queue: mpsc::Sender<Message>,
-    client: RaftClient<Channel>,
+    forwarder: Forwarder,
     counters: Arc<LinkCounters>,
 }
 
@@ -158,7 +159,7 @@ impl PeerSet {
                 *peer_id,
                 Peer {
                     queue,
-                    client,
+                    forwarder: Forwarder::start(client),
                     counters,
                 },
             );
@@ -183,9 +184,9 @@ impl PeerSet {
         }
     }
 
-    /// A client for the peer's raft port (for forwarding client requests).
-    pub fn client(&self, peer_id: NodeId) -> Option<RaftClient<Channel>> {
-        self.peers.get(&peer_id).map(|peer| peer.client.clone())
+    /// Where client requests for the peer go (when it leads).
+    pub fn forwarder(&self, peer_id: NodeId) -> Option<&Forwarder> {
+        self.peers.get(&peer_id).map(|peer| &peer.forwarder)
     }
 
     /// The counters of every peer link.

@@ -138,6 +138,140 @@ async fn receive_stream(
     let _ = outcome.send(Err(refusal)).await;
 }
 
+/// Result batches a forward stream may queue for sending; past it, serving
+/// waits (the follower is not reading its answers).
+pub const FORWARD_RESULT_BATCHES_QUEUED: usize = 64;
+/// Results in one batch at most.
+pub const FORWARD_RESULTS_PER_BATCH_MAX: usize = 256;
+
+/// What the leader sends back on a `ForwardStream`.
+type ForwardResults =
+    tokio_stream::wrappers::ReceiverStream<Result<pb::ForwardResultBatch, Status>>;
+
+/// Serves one forwarded request as the leader (after its header was checked).
+async fn serve_forwarded(
+    node: &Node,
+    request: pb::ForwardRequest,
+) -> Result<pb::ForwardResponse, Status> {
+    let from = request
+        .header
+        .as_ref()
+        .map(|header| header.from)
+        .unwrap_or_default();
+    let (served_by, found, value): (ServedBy, bool, Vec<u8>) = match request.request {
+        Some(pb::forward_request::Request::Write(command)) => {
+            let (served_by, found) = node
+                .write_as_leader(command, &request.request_id, from)
+                .await
+                .map_err(Status::from)?;
+            (served_by, found, Vec::new())
+        }
+        Some(pb::forward_request::Request::ReadKey(key)) => {
+            let (served_by, value) = node
+                .read_as_leader(key, &request.request_id, from)
+                .await
+                .map_err(Status::from)?;
+            (served_by, value.is_some(), value.unwrap_or_default())
+        }
+        None => return Err(Status::invalid_argument("forwarded request is empty")),
+    };
+    Ok(pb::ForwardResponse {
+        header: Some(pb::MessageHeader {
+            cluster_id: node.identity().cluster_id.clone(),
+            from: served_by.node_id,
+            to: from,
+            term: served_by.term,
+        }),
+        index: served_by.index,
+        found,
+        value,
+    })
+}
+
+/// Serves every call of an inbound `ForwardStream` concurrently and sends
+/// the results back in batches, until the follower closes the stream or the
+/// node stops. Calls in flight when it ends are still served (a write may
+/// already be proposed); only their answers are lost, as with a broken call.
+async fn serve_forward_stream(
+    node: Node,
+    mut inbound: Streaming<pb::ForwardBatch>,
+    results: tokio::sync::mpsc::Sender<Result<pb::ForwardResultBatch, Status>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let (served, mut served_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let identity = node.identity().clone();
+    let mut inbound_open = true;
+    let mut in_flight = 0usize;
+    loop {
+        tokio::select! {
+            received = inbound.message(), if inbound_open => {
+                let batch = match received {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) | Err(_) => {
+                        inbound_open = false;
+                        continue;
+                    }
+                };
+                for call in batch.calls {
+                    in_flight += 1;
+                    let node = node.clone();
+                    let served = served.clone();
+                    let checked = call.request.as_ref().map_or(
+                        Err("forwarded call without a request".to_string()),
+                        |request| convert::check_header(
+                            request.header.as_ref(),
+                            &identity.cluster_id,
+                            identity.id,
+                            &identity.members,
+                        ),
+                    );
+                    tokio::spawn(async move {
+                        let outcome = match (checked, call.request) {
+                            (Ok(()), Some(request)) => serve_forwarded(&node, request).await,
+                            (Err(reason), _) => Err(Status::failed_precondition(reason)),
+                            (Ok(()), None) => unreachable!("checked above"),
+                        };
+                        let _ = served.send(forward_result(call.id, outcome));
+                    });
+                }
+            }
+            Some(first) = served_receiver.recv() => {
+                let mut batch = vec![first];
+                while batch.len() < FORWARD_RESULTS_PER_BATCH_MAX {
+                    match served_receiver.try_recv() {
+                        Ok(result) => batch.push(result),
+                        Err(_) => break,
+                    }
+                }
+                in_flight -= batch.len();
+                if results.send(Ok(pb::ForwardResultBatch { results: batch })).await.is_err() {
+                    return;
+                }
+            }
+            () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+                let _ = results.send(Err(Status::unavailable("the node is shutting down"))).await;
+                return;
+            }
+        }
+        if !inbound_open && in_flight == 0 {
+            return;
+        }
+    }
+}
+
+fn forward_result(id: u64, outcome: Result<pb::ForwardResponse, Status>) -> pb::ForwardResult {
+    pb::ForwardResult {
+        id,
+        outcome: Some(match outcome {
+            Ok(response) => pb::forward_result::Outcome::Response(response),
+            Err(status) => pb::forward_result::Outcome::Error(pb::ForwardError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }),
+        }),
+    }
+}
+
 #[tonic::async_trait]
 impl Raft for RaftService {
     type StreamStream = StreamAcks;
@@ -297,40 +431,26 @@ impl Raft for RaftService {
     async fn forward(&self, request: Request<pb::ForwardRequest>) -> ForwardResult {
         let request = request.into_inner();
         self.check(request.header.as_ref())?;
-        let from = request
-            .header
-            .as_ref()
-            .map(|header| header.from)
-            .unwrap_or_default();
-        let (served_by, found, value): (ServedBy, bool, Vec<u8>) = match request.request {
-            Some(pb::forward_request::Request::Write(command)) => {
-                let (served_by, found) = self
-                    .node
-                    .write_as_leader(command, &request.request_id, from)
-                    .await
-                    .map_err(Status::from)?;
-                (served_by, found, Vec::new())
-            }
-            Some(pb::forward_request::Request::ReadKey(key)) => {
-                let (served_by, value) = self
-                    .node
-                    .read_as_leader(key, &request.request_id, from)
-                    .await
-                    .map_err(Status::from)?;
-                (served_by, value.is_some(), value.unwrap_or_default())
-            }
-            None => return Err(Status::invalid_argument("forwarded request is empty")),
-        };
-        Ok(Response::new(pb::ForwardResponse {
-            header: Some(pb::MessageHeader {
-                cluster_id: self.node.identity().cluster_id.clone(),
-                from: served_by.node_id,
-                to: from,
-                term: served_by.term,
-            }),
-            index: served_by.index,
-            found,
-            value,
-        }))
+        serve_forwarded(&self.node, request)
+            .await
+            .map(Response::new)
+    }
+
+    type ForwardStreamStream = ForwardResults;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        let (results, receiver) = tokio::sync::mpsc::channel(FORWARD_RESULT_BATCHES_QUEUED);
+        tokio::spawn(serve_forward_stream(
+            self.node.clone(),
+            request.into_inner(),
+            results,
+            self.stopping.clone(),
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 }
