@@ -181,16 +181,33 @@ async fn a_write_through_one_follower_is_read_through_the_other() {
     );
     assert!(header.forwarded_by != 0 && header.forwarded_by != leader);
     assert!(header.index > 0 && header.term > 0);
-    assert_eq!(
-        get(
-            followers[1].client_addr,
-            "greeting",
-            Consistency::Linearizable
-        )
+    let written_at = header.index;
+    // A linearizable read on the other follower: the leader confirms a read
+    // index, the follower serves the value itself once it applied it.
+    let reader_id = 1 + cluster
+        .nodes
+        .iter()
+        .position(|node| node.client_addr == followers[1].client_addr)
+        .unwrap() as u64;
+    let mut reader = client_for(followers[1].client_addr, CLIENT_DEADLINE)
         .await
-        .unwrap(),
-        Some(b"hello".to_vec())
+        .unwrap();
+    let read = reader
+        .get(GetRequest {
+            key: b"greeting".to_vec(),
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.value, b"hello");
+    let header = read.header.unwrap();
+    assert_eq!(
+        (header.node_id, header.leader_id, header.forwarded_by),
+        (reader_id, leader, 0),
+        "served by the follower, with the index the leader confirmed"
     );
+    assert!(header.index >= written_at, "{header:?}");
     // A serializable read is local: it sees the write once applied there.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -60,10 +60,34 @@ pub enum DriverEvent {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
     },
-    /// A linearizable read.
+    /// A linearizable read on the leader: confirm leadership, then read.
     Read {
         /// The key.
         key: Vec<u8>,
+        /// The client request's id, for the logs.
+        request_id: String,
+        /// Where the value goes.
+        reply: oneshot::Sender<ReadResult>,
+    },
+    /// Only the read index, on the leader, for a follower that serves the
+    /// read itself once it has applied that index.
+    ReadIndex {
+        /// The client request's id, for the logs.
+        request_id: String,
+        /// Where the confirmed read index goes.
+        reply: oneshot::Sender<Result<ServedBy, KvError>>,
+    },
+    /// Reads `key` once this node has applied `index` (a read index the
+    /// leader confirmed): the follower side of a linearizable read.
+    ReadAt {
+        /// The key.
+        key: Vec<u8>,
+        /// The confirmed read index.
+        index: Index,
+        /// Who confirmed it: the leader and its term.
+        leader_id: NodeId,
+        /// The leader's term.
+        term: Term,
         /// The client request's id, for the logs.
         request_id: String,
         /// Where the value goes.
@@ -95,10 +119,38 @@ struct PendingProposal {
     reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
 }
 
+/// A read whose index is known, waiting to be served from the store.
 struct PendingRead {
     key: Vec<u8>,
     request_id: String,
     reply: oneshot::Sender<ReadResult>,
+    /// The leader that confirmed the index and its term; `None` when it was
+    /// this node (as leader).
+    confirmed_by: Option<(NodeId, Term)>,
+}
+
+/// A read waiting for the leader's confirmation (a read round).
+enum UnconfirmedRead {
+    /// Then read the key here.
+    Value(PendingRead),
+    /// Then hand the index to a follower.
+    IndexOnly {
+        request_id: String,
+        reply: oneshot::Sender<Result<ServedBy, KvError>>,
+    },
+}
+
+impl UnconfirmedRead {
+    fn fail(self, error: KvError) {
+        match self {
+            UnconfirmedRead::Value(read) => {
+                let _ = read.reply.send(Err(error));
+            }
+            UnconfirmedRead::IndexOnly { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 struct AnswerWaiter {
@@ -133,7 +185,7 @@ pub struct Driver {
     applied_index: Arc<AtomicU64>,
     settings: DriverSettings,
     proposals: BTreeMap<Index, PendingProposal>,
-    reads: HashMap<u64, PendingRead>,
+    reads: HashMap<u64, UnconfirmedRead>,
     next_read_context: u64,
     /// Reads taken in this turn of the loop, not yet handed to the core.
     reads_to_start: Vec<u64>,
@@ -325,18 +377,50 @@ impl Driver {
                 request_id,
                 reply,
             } => {
-                let context = self.next_read_context;
-                self.next_read_context += 1;
-                self.reads.insert(
-                    context,
-                    PendingRead {
-                        key,
-                        request_id,
-                        reply,
-                    },
-                );
-                self.reads_to_start.push(context);
+                self.request_read(UnconfirmedRead::Value(PendingRead {
+                    key,
+                    request_id,
+                    reply,
+                    confirmed_by: None,
+                }));
             }
+            DriverEvent::ReadIndex { request_id, reply } => {
+                self.request_read(UnconfirmedRead::IndexOnly { request_id, reply });
+            }
+            DriverEvent::ReadAt {
+                key,
+                index,
+                leader_id,
+                term,
+                request_id,
+                reply,
+            } => {
+                let read = PendingRead {
+                    key,
+                    request_id,
+                    reply,
+                    confirmed_by: Some((leader_id, term)),
+                };
+                self.read_when_applied(read, index);
+            }
+        }
+    }
+
+    /// Queues a read for the next read round (see `start_reads`).
+    fn request_read(&mut self, read: UnconfirmedRead) {
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        self.reads.insert(context, read);
+        self.reads_to_start.push(context);
+    }
+
+    /// Serves `read` once the store has been handed every entry up to
+    /// `index` (the store thread runs its work in order).
+    fn read_when_applied(&mut self, read: PendingRead, index: Index) {
+        if index <= self.applied_submitted.index {
+            self.submit_read(read, index);
+        } else {
+            self.reads_awaiting_apply.push((index, read));
         }
     }
 
@@ -353,14 +437,14 @@ impl Driver {
         };
         for context in contexts {
             if let Some(read) = self.reads.remove(&context) {
-                let _ = read.reply.send(Err(match error {
+                read.fail(match error {
                     ReadIndexError::NotLeader { leader_hint } => {
                         KvError::NotLeader(format!("leader hint {leader_hint:?}"))
                     }
                     ReadIndexError::TooManyPending => {
                         KvError::Unavailable("too many pending reads; retry".into())
                     }
-                }));
+                });
             }
         }
     }
@@ -476,12 +560,25 @@ impl Driver {
         }
         // 4. Reads.
         for read_state in ready.read_states {
-            if let Some(read) = self.reads.remove(&read_state.context) {
-                if read_state.index <= self.applied_submitted.index {
-                    self.submit_read(read, read_state.index);
-                } else {
-                    self.reads_awaiting_apply.push((read_state.index, read));
+            match self.reads.remove(&read_state.context) {
+                Some(UnconfirmedRead::Value(read)) => {
+                    self.read_when_applied(read, read_state.index)
                 }
+                Some(UnconfirmedRead::IndexOnly { request_id, reply }) => {
+                    tracing::debug!(
+                        request_id,
+                        read_index = read_state.index,
+                        "read index confirmed for a follower"
+                    );
+                    let _ = reply.send(Ok(ServedBy {
+                        node_id: self.core.id(),
+                        leader_id: self.core.id(),
+                        term: self.core.term(),
+                        index: read_state.index,
+                        forwarded_by: 0,
+                    }));
+                }
+                None => {}
             }
         }
         self.maybe_snapshot();
@@ -664,10 +761,13 @@ impl Driver {
     }
 
     fn submit_read(&self, read: PendingRead, read_index: Index) {
+        let (leader_id, term) = read
+            .confirmed_by
+            .unwrap_or((self.core.id(), self.core.term()));
         let served_by = ServedBy {
             node_id: self.core.id(),
-            leader_id: self.core.id(),
-            term: self.core.term(),
+            leader_id,
+            term,
             index: read_index,
             forwarded_by: 0,
         };
@@ -732,15 +832,12 @@ impl Driver {
                 "{reason} while the write was in flight; it may or may not be applied"
             ))));
         }
-        let reads = std::mem::take(&mut self.reads).into_values().chain(
-            std::mem::take(&mut self.reads_awaiting_apply)
-                .into_iter()
-                .map(|(_, read)| read),
-        );
-        for read in reads {
-            let _ = read.reply.send(Err(KvError::NotLeader(format!(
+        // Reads whose index was confirmed stay: that index is committed, so
+        // this node applies it whatever its role, and they are served then.
+        for read in std::mem::take(&mut self.reads).into_values() {
+            read.fail(KvError::NotLeader(format!(
                 "{reason} before the read was confirmed"
-            ))));
+            )));
         }
     }
 

@@ -247,15 +247,22 @@ impl Node {
                     result => return result,
                 }
             }
-            tracing::debug!(request_id, leader_id, "read forwarded to the leader");
-            let request = pb::forward_request::Request::ReadKey(key.clone());
+            // Raft thesis §6.4: the leader confirms a read index, and this
+            // node serves the read itself once it has applied that index.
+            tracing::debug!(request_id, leader_id, "read index asked of the leader");
+            let request = pb::forward_request::Request::ReadIndex(true);
             match self.forward(leader_id, request, request_id).await {
                 Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
                 Err(error) => return Err(error),
                 Ok(response) => {
-                    let served_by = self.forwarded_served_by(leader_id, &response);
-                    let value = response.found.then_some(response.value);
-                    return Ok((served_by, value));
+                    let term = response
+                        .header
+                        .as_ref()
+                        .map(|header| header.term)
+                        .unwrap_or_default();
+                    return self
+                        .read_at(key, response.index, leader_id, term, request_id)
+                        .await;
                 }
             }
         }
@@ -371,6 +378,52 @@ impl Node {
         ))
     }
 
+    /// The read index for a follower, confirmed by this node, which must lead.
+    pub async fn read_index_as_leader(
+        &self,
+        request_id: &str,
+        forwarded_by: NodeId,
+    ) -> Result<ServedBy, KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(DriverEvent::ReadIndex {
+            request_id: request_id.to_string(),
+            reply,
+        })
+        .await?;
+        let served_by = answer.await.map_err(|_| {
+            KvError::Unavailable("the node stopped before the read index was confirmed".into())
+        })??;
+        Ok(ServedBy {
+            forwarded_by,
+            ..served_by
+        })
+    }
+
+    /// Reads `key` here once this node has applied `index`, a read index
+    /// `leader_id` confirmed in `term`.
+    async fn read_at(
+        &self,
+        key: Vec<u8>,
+        index: u64,
+        leader_id: NodeId,
+        term: u64,
+        request_id: &str,
+    ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(DriverEvent::ReadAt {
+            key,
+            index,
+            leader_id,
+            term,
+            request_id: request_id.to_string(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| {
+            KvError::Unavailable("the node stopped before the read was served".into())
+        })?
+    }
+
     /// Reads `key` linearizably on this node, which must lead (ReadIndex).
     pub async fn read_as_leader(
         &self,
@@ -430,7 +483,9 @@ impl Node {
 /// The `op` label of a forwarded request.
 fn forwarded_operation(request: &pb::forward_request::Request) -> Operation {
     match request {
-        pb::forward_request::Request::ReadKey(_) => Operation::Get,
+        pb::forward_request::Request::ReadKey(_) | pb::forward_request::Request::ReadIndex(_) => {
+            Operation::Get
+        }
         pb::forward_request::Request::Write(command) => match &command.operation {
             Some(pb::command::Operation::Delete(_)) => Operation::Delete,
             _ => Operation::Put,

@@ -173,6 +173,13 @@ async fn serve_forwarded(
                 .map_err(Status::from)?;
             (served_by, value.is_some(), value.unwrap_or_default())
         }
+        Some(pb::forward_request::Request::ReadIndex(_)) => {
+            let served_by = node
+                .read_index_as_leader(&request.request_id, from)
+                .await
+                .map_err(Status::from)?;
+            (served_by, false, Vec::new())
+        }
         None => return Err(Status::invalid_argument("forwarded request is empty")),
     };
     Ok(pb::ForwardResponse {
