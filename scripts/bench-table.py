@@ -1,20 +1,45 @@
 #!/usr/bin/env python3
 """Prints the results of scripts/bench-cluster.sh as a Markdown table.
 
-usage: bench-table.py NAME=DIR [NAME=DIR]
+usage: bench-table.py NAME=DIR[,DIR...] [NAME=DIR[,DIR...]]
 
 Each DIR holds result-N.name (the workload's name and how it was sent) and
 result-N.json (`kvstore-cli -w json bench` output) for N = 1, 2, ... With one
-DIR: one row per workload. With two (say kvstore=... etcd=...): the workloads
-side by side, with the first's throughput divided by the second's and p99
-latencies of both.
+NAME: one row per workload. With two (say kvstore=... etcd=...): the
+workloads side by side, with the first's throughput divided by the second's
+and the latencies of both. Several DIRs for a NAME are rounds of the same
+workloads: each figure is then the median over the rounds (a failed round
+counts as missing), and the throughput column shows the range too.
 """
 import json
+import statistics
 import sys
 from pathlib import Path
 
+FIGURES = ("throughput_ops_per_s", "latency_us_p50", "latency_us_p99", "latency_us_p99_9")
 
-def load(directory):
+
+def load(directories):
+    """[(workload, via, result or None)]; medians over the DIRs' rounds."""
+    rounds = [load_round(directory) for directory in directories.split(",")]
+    if any([row[:2] for row in other] != [row[:2] for row in rounds[0]] for other in rounds):
+        sys.exit("bench-table: the rounds ran different workloads")
+    merged = []
+    for rows in zip(*rounds):
+        name, via = rows[0][:2]
+        results = [result for _, _, result in rows if result]
+        if not results:
+            merged.append((name, via, None))
+            continue
+        result = {figure: statistics.median(r[figure] for r in results) for figure in FIGURES}
+        result["errors"] = sum(r["errors"] for r in results)
+        throughputs = [r["throughput_ops_per_s"] for r in results]
+        result["range"] = (min(throughputs), max(throughputs), len(results))
+        merged.append((name, via, result))
+    return merged
+
+
+def load_round(directory):
     """[(workload, via, result or None)] in the order the workloads ran."""
     results = []
     index = 1
@@ -34,7 +59,12 @@ def milliseconds(result, field):
 
 
 def throughput(result):
-    return f"{result['throughput_ops_per_s']:.0f}" if result else "failed"
+    if not result:
+        return "failed"
+    low, high, count = result["range"]
+    if count == 1:
+        return f"{result['throughput_ops_per_s']:.0f}"
+    return f"{result['throughput_ops_per_s']:.0f} ({low:.0f}-{high:.0f})"
 
 
 def print_table(rows, left_columns):

@@ -22,7 +22,6 @@ quick_pairs=(
 )
 full_pairs=(
     "stale-reads linearizable-reads-under-partition"
-    "stale-reads follower-forwarding"
     "stale-reads leader-pause"
     "stale-reads concurrent-clients-linearizable"
     "early-ack minority-partition"
