@@ -378,3 +378,50 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
         assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
     }
 }
+
+/// Many concurrent writes of the largest value through a follower: 96 MiB
+/// in flight over the forward stream and the peer streams (whose batches
+/// are bounded in bytes), every write acknowledged and readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_largest_values_through_a_follower() {
+    const WRITES: usize = 96;
+    const VALUE_BYTES: usize = 1024 * 1024;
+    let _serial = support::serial();
+    let cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .find(|(position, _)| *position as u64 + 1 != leader)
+        .map(|(_, node)| node.client_addr)
+        .unwrap();
+    let client = client_for(follower, Duration::from_secs(60)).await.unwrap();
+    let writes = (0..WRITES).map(|index| {
+        let mut client = client.clone();
+        async move {
+            client
+                .put(PutRequest {
+                    key: format!("large-{index}").into_bytes(),
+                    value: vec![index as u8; VALUE_BYTES],
+                })
+                .await
+        }
+    });
+    for (index, result) in futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(result.is_ok(), "write {index}: {:?}", result.err());
+    }
+    let value = get(
+        follower,
+        &format!("large-{}", WRITES - 1),
+        Consistency::Linearizable,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(value, vec![(WRITES - 1) as u8; VALUE_BYTES]);
+}

@@ -22,6 +22,10 @@ use tonic::Status;
 pub const FORWARD_QUEUE_CAPACITY: usize = 4_096;
 /// Requests in one batch at most.
 pub const FORWARD_CALLS_PER_BATCH_MAX: usize = 256;
+/// Encoded request bytes in one batch: it is closed once it reaches this,
+/// well below the peer message limit (one request carries at most one value
+/// of up to 1 MiB by default).
+pub const FORWARD_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Batches queued for the stream's HTTP/2 body at most.
 pub const FORWARD_BATCHES_QUEUED: usize = 64;
 
@@ -77,13 +81,7 @@ async fn run(client: RaftClient<Channel>, mut queue: mpsc::Receiver<Pending>) {
     let mut stream: Option<OpenStream> = None;
     let mut next_id: u64 = 0;
     while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_CALLS_PER_BATCH_MAX {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
+        let batch = collect_batch(first, &mut queue);
         let open = match &stream {
             Some(open) if !open.in_flight.lock().expect("in-flight lock").ended => open,
             _ => stream.insert(open_stream(client.clone())),
@@ -123,6 +121,23 @@ async fn run(client: RaftClient<Channel>, mut queue: mpsc::Receiver<Pending>) {
             }
         }
     }
+}
+
+/// `first` and whatever else is already waiting, up to a batch's count and
+/// bytes (it may pass the byte bound by its last request).
+fn collect_batch(first: Pending, queue: &mut mpsc::Receiver<Pending>) -> Vec<Pending> {
+    let mut batch_bytes = prost::Message::encoded_len(&first.request);
+    let mut batch = vec![first];
+    while batch.len() < FORWARD_CALLS_PER_BATCH_MAX && batch_bytes < FORWARD_BATCH_BYTES_MAX {
+        match queue.try_recv() {
+            Ok(pending) => {
+                batch_bytes += prost::Message::encoded_len(&pending.request);
+                batch.push(pending);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Starts a `ForwardStream` call; a task reads its answers and, when it
@@ -218,6 +233,39 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    /// Waiting requests are batched up to the count and byte bounds, so a
+    /// batch stays far below the 64 MiB peer message limit.
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let pending = |value_bytes: usize| Pending {
+            request: pb::ForwardRequest {
+                header: None,
+                request_id: String::new(),
+                request: Some(pb::forward_request::Request::Write(pb::Command {
+                    operation: Some(pb::command::Operation::Put(pb::PutOperation {
+                        key: b"k".to_vec(),
+                        value: vec![0; value_bytes],
+                    })),
+                    request_id: String::new(),
+                })),
+            },
+            reply: oneshot::channel().0,
+        };
+        let (sender, mut queue) = mpsc::channel(FORWARD_QUEUE_CAPACITY);
+        for _ in 0..100 {
+            assert!(sender.try_send(pending(1024 * 1024)).is_ok());
+        }
+        let batch = collect_batch(pending(1024 * 1024), &mut queue);
+        assert_eq!(batch.len(), 16, "16 MiB of 1 MiB values");
+        let (sender, mut queue) = mpsc::channel(FORWARD_QUEUE_CAPACITY);
+        for _ in 0..1_000 {
+            assert!(sender.try_send(pending(10)).is_ok());
+        }
+        let batch = collect_batch(pending(10), &mut queue);
+        assert_eq!(batch.len(), FORWARD_CALLS_PER_BATCH_MAX);
+        assert_eq!(queue.len(), 1_000 + 1 - FORWARD_CALLS_PER_BATCH_MAX);
     }
 
     /// An answer that arrives is handed to its caller by id; an error result

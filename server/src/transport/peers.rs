@@ -28,6 +28,10 @@ use crate::snapshot::SnapshotDirectory;
 pub const PEER_QUEUE_CAPACITY: usize = 4_096;
 /// Messages (requests and answers) in one item of a peer's stream at most.
 pub const STREAM_BATCH_MESSAGES_MAX: usize = 256;
+/// Encoded bytes in one item of a peer's stream: a batch is closed once it
+/// reaches this, well below the peer message limit (one AppendEntries is at
+/// most about 1 MiB plus one entry).
+pub const STREAM_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Batches waiting for a peer's stream before new ones are dropped (the
 /// peer is slow, stopped or unreachable; Raft re-sends what matters).
 pub const STREAM_QUEUE_BATCHES: usize = 64;
@@ -228,9 +232,11 @@ impl PeerLink {
         let mut batch = Vec::new();
         while let Some(first) = receiver.recv().await {
             let mut next = Some(first);
+            let mut batch_bytes = 0;
             while let Some(message) = next.take() {
-                link.add_to_batch(message, &mut batch);
-                if batch.len() >= STREAM_BATCH_MESSAGES_MAX {
+                batch_bytes += link.add_to_batch(message, &mut batch);
+                if batch.len() >= STREAM_BATCH_MESSAGES_MAX || batch_bytes >= STREAM_BATCH_BYTES_MAX
+                {
                     break;
                 }
                 next = receiver.try_recv().ok();
@@ -247,17 +253,18 @@ impl PeerLink {
             .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Adds `message` to the batch, or starts its snapshot transfer.
-    fn add_to_batch(self: &Arc<Self>, message: Message, batch: &mut Vec<pb::RaftMessage>) {
+    /// Adds `message` to the batch (returning its encoded size), or starts
+    /// its snapshot transfer.
+    fn add_to_batch(self: &Arc<Self>, message: Message, batch: &mut Vec<pb::RaftMessage>) -> usize {
         if self.backoff.lock().expect("backoff lock").backing_off() {
             self.count_dropped(1);
-            return;
+            return 0;
         }
         if let MessageBody::InstallSnapshot { snapshot } = message.body {
             let Ok(permit) = self.snapshot_sending.clone().try_acquire_owned() else {
                 // One is on its way; the leader asks again if it fails.
                 self.count_dropped(1);
-                return;
+                return 0;
             };
             let header = convert::header(&self.cluster_id, &message).expect("always set");
             let link = self.clone();
@@ -266,14 +273,21 @@ impl PeerLink {
                 drop(permit);
                 link.finish_snapshot(result).await;
             });
-            return;
+            return 0;
         }
         match convert::stream_message(&self.cluster_id, &message) {
-            Some(wire) => batch.push(wire),
-            None => tracing::error!(
-                kind = message.body.kind_name(),
-                "a message that cannot travel on a stream was dropped"
-            ),
+            Some(wire) => {
+                let bytes = prost::Message::encoded_len(&wire);
+                batch.push(wire);
+                bytes
+            }
+            None => {
+                tracing::error!(
+                    kind = message.body.kind_name(),
+                    "a message that cannot travel on a stream was dropped"
+                );
+                0
+            }
         }
     }
 

@@ -143,6 +143,9 @@ async fn receive_stream(
 pub const FORWARD_RESULT_BATCHES_QUEUED: usize = 64;
 /// Results in one batch at most.
 pub const FORWARD_RESULTS_PER_BATCH_MAX: usize = 256;
+/// Encoded result bytes in one batch: it is closed once it reaches this
+/// (a forwarded read's result carries a value of up to 1 MiB by default).
+pub const FORWARD_RESULTS_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// What the leader sends back on a `ForwardStream`.
 type ForwardResults =
@@ -243,10 +246,16 @@ async fn serve_forward_stream(
                 }
             }
             Some(first) = served_receiver.recv() => {
+                let mut batch_bytes = prost::Message::encoded_len(&first);
                 let mut batch = vec![first];
-                while batch.len() < FORWARD_RESULTS_PER_BATCH_MAX {
+                while batch.len() < FORWARD_RESULTS_PER_BATCH_MAX
+                    && batch_bytes < FORWARD_RESULTS_BATCH_BYTES_MAX
+                {
                     match served_receiver.try_recv() {
-                        Ok(result) => batch.push(result),
+                        Ok(result) => {
+                            batch_bytes += prost::Message::encoded_len(&result);
+                            batch.push(result);
+                        }
                         Err(_) => break,
                     }
                 }
