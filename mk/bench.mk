@@ -44,7 +44,8 @@ bench-compare: etcd-install ## kvstore and etcd, same workloads, alternating rou
 etcd-install:
 	@if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null; }; }; \
 	else \
 		echo "bench: install etcd 3.4 (etcd and etcdctl on PATH; Debian: apt-get install etcd-server etcd-client)" >&2; exit 1; \
 	fi
@@ -60,7 +61,8 @@ INFERNO_DIR  := $(TARGET_DIR)/tools/bin
 profile: ## Flamegraph of the leader under a bench workload (PROFILE_ARGS='get --clients 64 --conns 3 --duration 10s')
 	$(CARGO) build --release --workspace --bins
 	@command -v perf >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; } || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }; }; } || \
 		{ echo "profile: install perf (Debian: linux-perf)" >&2; exit 1; }
 	@test -x $(INFERNO_DIR)/inferno-flamegraph || $(CARGO) install --quiet --locked --root $(TARGET_DIR)/tools inferno
 	INFERNO_DIR=$(INFERNO_DIR) KVSTORE_CLI=$(TARGET_DIR)/release/kvstore-cli scripts/bench-cluster.sh $(TARGET_DIR)/release \
