@@ -379,12 +379,12 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
     }
 }
 
-/// Many concurrent writes of the largest value through a follower: 96 MiB
+/// Many concurrent writes of the largest value through a follower: 64 MiB
 /// in flight over the forward stream and the peer streams (whose batches
 /// are bounded in bytes), every write acknowledged and readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_largest_values_through_a_follower() {
-    const WRITES: usize = 96;
+    const WRITES: usize = 64;
     const VALUE_BYTES: usize = 1024 * 1024;
     let _serial = support::serial();
     let cluster = Cluster::start(3, &[]);

@@ -3,9 +3,10 @@
 //! Connections are made lazily and re-made after failures with exponential
 //! backoff; while a peer is down its messages are dropped (Raft re-sends what
 //! matters), so a down or slow peer never blocks messages to the others.
-//! Messages travel in batches over one long-lived `Stream` call per peer
+//! Messages travel in batches over two long-lived `Stream` calls per peer,
+//! one for AppendEntries carrying entries and one for everything else
 //! (requests and answers alike; the peer's answers come back on its own
-//! stream to us); snapshots over their own `InstallSnapshot` call, whose
+//! streams to us); snapshots over their own `InstallSnapshot` call, whose
 //! answer is fed back to the driver.
 
 use std::collections::HashMap;
@@ -216,6 +217,16 @@ struct PeerLink {
     counters: Arc<LinkCounters>,
 }
 
+/// Lanes: each is its own `Stream` call to the peer (HTTP/2 interleaves
+/// their frames on the one connection), so that heartbeats, votes and
+/// answers never wait behind megabytes of entries (as etcd's separate
+/// message and append streams). Raft does not need the two in order.
+const LANES: usize = 2;
+/// Heartbeats, votes, answers, TimeoutNow, empty AppendEntries (probes).
+const CONTROL_LANE: usize = 0;
+/// AppendEntries carrying entries.
+const ENTRIES_LANE: usize = 1;
+
 /// The open `Stream` call to a peer.
 struct OpenStream {
     batches: mpsc::Sender<pb::MessageBatch>,
@@ -225,24 +236,30 @@ struct OpenStream {
 
 impl PeerLink {
     /// Takes messages from the queue, as many as are waiting (up to a
-    /// batch), and sends them as one item of the peer's stream.
+    /// batch), and sends them as one item of their lane's stream.
     async fn run(self, mut receiver: mpsc::Receiver<Message>) {
         let link = Arc::new(self);
-        let mut stream: Option<OpenStream> = None;
-        let mut batch = Vec::new();
+        let mut streams: [Option<OpenStream>; LANES] = [None, None];
+        let mut batches: [Vec<pb::RaftMessage>; LANES] = [Vec::new(), Vec::new()];
         while let Some(first) = receiver.recv().await {
             let mut next = Some(first);
-            let mut batch_bytes = 0;
+            let mut batch_bytes = [0; LANES];
             while let Some(message) = next.take() {
-                batch_bytes += link.add_to_batch(message, &mut batch);
-                if batch.len() >= STREAM_BATCH_MESSAGES_MAX || batch_bytes >= STREAM_BATCH_BYTES_MAX
-                {
-                    break;
+                if let Some((lane, wire, bytes)) = link.prepare(message) {
+                    batches[lane].push(wire);
+                    batch_bytes[lane] += bytes;
+                    if batches[lane].len() >= STREAM_BATCH_MESSAGES_MAX
+                        || batch_bytes[lane] >= STREAM_BATCH_BYTES_MAX
+                    {
+                        break;
+                    }
                 }
                 next = receiver.try_recv().ok();
             }
-            if !batch.is_empty() {
-                link.send_batch(&mut stream, std::mem::take(&mut batch));
+            for lane in [CONTROL_LANE, ENTRIES_LANE] {
+                if !batches[lane].is_empty() {
+                    link.send_batch(&mut streams[lane], std::mem::take(&mut batches[lane]));
+                }
             }
         }
     }
@@ -253,18 +270,18 @@ impl PeerLink {
             .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Adds `message` to the batch (returning its encoded size), or starts
-    /// its snapshot transfer.
-    fn add_to_batch(self: &Arc<Self>, message: Message, batch: &mut Vec<pb::RaftMessage>) -> usize {
+    /// The lane, wire form and encoded size of `message`; `None` when it is
+    /// dropped or travels otherwise (a snapshot transfer is started here).
+    fn prepare(self: &Arc<Self>, message: Message) -> Option<(usize, pb::RaftMessage, usize)> {
         if self.backoff.lock().expect("backoff lock").backing_off() {
             self.count_dropped(1);
-            return 0;
+            return None;
         }
         if let MessageBody::InstallSnapshot { snapshot } = message.body {
             let Ok(permit) = self.snapshot_sending.clone().try_acquire_owned() else {
                 // One is on its way; the leader asks again if it fails.
                 self.count_dropped(1);
-                return 0;
+                return None;
             };
             let header = convert::header(&self.cluster_id, &message).expect("always set");
             let link = self.clone();
@@ -273,20 +290,23 @@ impl PeerLink {
                 drop(permit);
                 link.finish_snapshot(result).await;
             });
-            return 0;
+            return None;
         }
+        let lane = match &message.body {
+            MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => ENTRIES_LANE,
+            _ => CONTROL_LANE,
+        };
         match convert::stream_message(&self.cluster_id, &message) {
             Some(wire) => {
                 let bytes = prost::Message::encoded_len(&wire);
-                batch.push(wire);
-                bytes
+                Some((lane, wire, bytes))
             }
             None => {
                 tracing::error!(
                     kind = message.body.kind_name(),
                     "a message that cannot travel on a stream was dropped"
                 );
-                0
+                None
             }
         }
     }
