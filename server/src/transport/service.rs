@@ -226,20 +226,20 @@ async fn serve_forward_stream(
                     in_flight += 1;
                     let node = node.clone();
                     let served = served.clone();
-                    let checked = call.request.as_ref().map_or(
-                        Err("forwarded call without a request".to_string()),
-                        |request| convert::check_header(
+                    let checked = match call.request {
+                        Some(request) => convert::check_header(
                             request.header.as_ref(),
                             &identity.cluster_id,
                             identity.id,
                             &identity.members,
-                        ),
-                    );
+                        )
+                        .map(|()| request),
+                        None => Err("forwarded call without a request".to_string()),
+                    };
                     tokio::spawn(async move {
-                        let outcome = match (checked, call.request) {
-                            (Ok(()), Some(request)) => serve_forwarded(&node, request).await,
-                            (Err(reason), _) => Err(Status::failed_precondition(reason)),
-                            (Ok(()), None) => unreachable!("checked above"),
+                        let outcome = match checked {
+                            Ok(request) => serve_forwarded(&node, request).await,
+                            Err(reason) => Err(Status::failed_precondition(reason)),
                         };
                         let _ = served.send(forward_result(call.id, outcome));
                     });
