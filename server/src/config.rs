@@ -77,6 +77,12 @@ pub struct ServerConfig {
     #[arg(long, env = "KVSTORE_SNAPSHOT_ENTRIES", default_value_t = limits::SNAPSHOT_ENTRIES_DEFAULT)]
     pub snapshot_entries: u64,
 
+    /// The WAL's last segment is zero-filled this far ahead, so that each
+    /// fdatasync writes the data alone (the file size does not change);
+    /// 0 appends to the end of the file instead.
+    #[arg(long, env = "KVSTORE_WAL_PREALLOCATE_BYTES", default_value_t = kvstore_wal::PREALLOCATE_BYTES_DEFAULT)]
+    pub wal_preallocate_bytes: u64,
+
     /// Deliberate bugs, for proving that the conformance suite catches them.
     /// NEVER use in production. `stale-reads`: linearizable reads are served
     /// from local state without ReadIndex. `early-ack`: writes are

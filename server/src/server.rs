@@ -240,8 +240,11 @@ pub async fn run(
 
     // Durable Raft state first: the WAL and the snapshot it names.
     let wal_directory = data_dir.wal_directory();
-    let (wal, recovered) =
-        blocking(move || Wal::open(&wal_directory, WalOptions::default())).await?;
+    let wal_options = WalOptions {
+        preallocate_bytes: config.wal_preallocate_bytes,
+        ..WalOptions::default()
+    };
+    let (wal, recovered) = blocking(move || Wal::open(&wal_directory, wal_options)).await?;
     if recovered.truncated_tail_bytes > 0 {
         tracing::warn!(
             bytes = recovered.truncated_tail_bytes,

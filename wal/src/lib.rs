@@ -7,8 +7,10 @@
 //! rebuild the node: the hard state, the last snapshot marker and the entries
 //! after it ([`Recovered`]).
 //!
-//! The log is a directory of append-only segment files named
-//! `{sequence:016x}-{first_index:016x}.wal`. Every record is framed by a
+//! The log is a directory of segment files named
+//! `{sequence:016x}-{first_index:016x}.wal`, written in order; the last one
+//! is zero-filled ahead ([`WalOptions::preallocate_bytes`]) so that each
+//! `fdatasync` writes data, not the inode. Every record is framed by a
 //! 16-byte header carrying its length, its kind, a CRC-32C of the payload and
 //! a CRC-32C of the header itself (salted with the segment sequence and the
 //! record's file offset). Each `append` becomes one record (or several, only
@@ -21,7 +23,8 @@
 //! unacknowledged write; it is cut off (and reported in
 //! [`Recovered::truncated_tail_bytes`]). A bad record followed by any valid
 //! record, or a bad record in any segment but the last, is corruption of
-//! acknowledged data: [`Wal::open`] fails with [`WalError::Corrupt`].
+//! acknowledged data: [`Wal::open`] fails with [`WalError::Corrupt`]. Zeros
+//! after the last whole record are preallocated space, not a torn tail.
 
 #![deny(missing_docs)]
 
@@ -36,6 +39,7 @@ pub use error::WalError;
 pub use record::{RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
 pub use segment::{SEGMENT_FILE_EXTENSION, SEGMENT_FILE_NAME_BYTES};
 pub use types::{
-    Entry, HardState, Recovered, SnapshotMarker, WalOptions, SEGMENT_BYTES_MAX_DEFAULT,
+    Entry, HardState, Recovered, SnapshotMarker, WalOptions, PREALLOCATE_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX_DEFAULT,
 };
 pub use wal::{Wal, LOCK_FILE_NAME};

@@ -6,6 +6,11 @@ use crate::error::WalError;
 /// Default for [`WalOptions::segment_bytes_max`]: 64 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// Default for [`WalOptions::preallocate_bytes`]: 1 MiB. Zero-filling it
+/// and its fdatasync take about a millisecond on a virtual disk, once per
+/// few thousand small entries.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
+
 /// Raft state that must survive a crash: written before any message that
 /// depends on it is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,6 +57,14 @@ pub struct WalOptions {
     /// process crash (it is in the page cache) but not a kernel crash or a
     /// power cut. Only for tests and benchmarks.
     pub sync: bool,
+    /// When an append would pass the end of the last segment file, the file
+    /// is first extended by at least this many zero bytes, written out.
+    /// Later appends then overwrite blocks that already exist in a file
+    /// whose size does not change, so their `fdatasync` writes the data
+    /// alone, not the inode too (on ext4 that is about 40% quicker). Replay
+    /// tells the zero padding from a torn tail. `0` appends to the end of
+    /// the file instead.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalOptions {
@@ -59,6 +72,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             sync: true,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }
@@ -95,6 +109,8 @@ pub struct Recovered {
     /// The log after the snapshot.
     pub entries: Vec<Entry>,
     /// How many bytes of torn tail were cut from the last segment (0 after a
-    /// clean shutdown).
+    /// clean shutdown). Zero padding left by preallocation
+    /// ([`WalOptions::preallocate_bytes`]) is not counted: only the bytes up
+    /// to the last non-zero one.
     pub truncated_tail_bytes: u64,
 }

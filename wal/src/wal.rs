@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
@@ -46,10 +47,13 @@ pub struct Wal {
     _lock_file: File,
     /// Oldest first; the last one is being appended to.
     segments: Vec<Segment>,
-    /// The last segment, positioned at its end.
+    /// The last segment; records are written at `segment_bytes`.
     file: File,
-    /// Size of the last segment.
+    /// Bytes of records in the last segment: where the next one goes.
     segment_bytes: u64,
+    /// Size of the last segment file: `segment_bytes` plus zero padding
+    /// written ahead by preallocation.
+    file_bytes: u64,
     state: LogState,
     encode_buffer: Vec<u8>,
     poisoned: bool,
@@ -62,6 +66,10 @@ struct Replayed {
     state: LogState,
     /// Offset just past the last whole record of the last segment.
     valid_bytes: u64,
+    /// Offset just past the last non-zero byte of the last segment (at least
+    /// `valid_bytes`): beyond `valid_bytes`, a torn tail up to here and zero
+    /// padding after it.
+    nonzero_bytes: u64,
     /// Size of the last segment file.
     file_bytes: u64,
 }
@@ -114,6 +122,7 @@ impl Wal {
                     vec![segment],
                     file,
                     segment_bytes,
+                    segment_bytes,
                     state,
                 );
                 (wal, Recovered::default())
@@ -121,22 +130,28 @@ impl Wal {
             Some(Replayed {
                 mut state,
                 valid_bytes,
+                nonzero_bytes,
                 file_bytes,
             }) => {
                 let last = listing.segments.last().expect("segments listed");
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&last.path)
                     .map_err(|error| WalError::io("open", &last.path, error))?;
-                let truncated_tail_bytes = file_bytes - valid_bytes;
-                if truncated_tail_bytes > 0 {
+                // Zero padding from preallocation is kept and written over;
+                // a torn tail goes, with whatever padding follows it.
+                let truncated_tail_bytes = nonzero_bytes - valid_bytes;
+                let file_bytes = if truncated_tail_bytes > 0 {
                     file.set_len(valid_bytes)
                         .map_err(|error| WalError::io("truncate", &last.path, error))?;
                     if options.sync {
                         file.sync_all()
                             .map_err(|error| WalError::io("fsync", &last.path, error))?;
                     }
-                }
+                    valid_bytes
+                } else {
+                    file_bytes
+                };
                 let payloads = state.payloads.take().expect("replay keeps payloads");
                 let entries = state
                     .terms
@@ -162,6 +177,7 @@ impl Wal {
                     listing.segments,
                     file,
                     valid_bytes,
+                    file_bytes,
                     state,
                 );
                 (wal, recovered)
@@ -183,9 +199,11 @@ impl Wal {
         segments: Vec<Segment>,
         file: File,
         segment_bytes: u64,
+        file_bytes: u64,
         state: LogState,
     ) -> Self {
         assert!(!segments.is_empty());
+        assert!(segment_bytes <= file_bytes);
         assert!(state.payloads.is_none());
         assert!(state.is_complete());
         Wal {
@@ -195,6 +213,7 @@ impl Wal {
             segments,
             file,
             segment_bytes,
+            file_bytes,
             state,
             encode_buffer: Vec::new(),
             poisoned: false,
@@ -413,7 +432,8 @@ impl Wal {
         })
     }
 
-    /// Writes one record at the end of the last segment and, with
+    /// Writes one record after the last one of the last segment (into
+    /// preallocated zeros, extending them first if needed) and, with
     /// [`WalOptions::sync`], fdatasyncs it.
     fn write_record(
         &mut self,
@@ -436,7 +456,7 @@ impl Wal {
                 Fault::Sync => &self.encode_buffer[..],
             };
             self.file
-                .write_all(written)
+                .write_all_at(written, self.segment_bytes)
                 .expect("injected partial write");
             return Err(WalError::io(
                 if fault == Fault::Write {
@@ -448,10 +468,22 @@ impl Wal {
                 std::io::Error::other("injected failure"),
             ));
         }
+        let record_end = self.segment_bytes + record_bytes;
+        if record_end > self.file_bytes && self.options.preallocate_bytes > 0 {
+            // Zero-fill ahead; the fdatasync below makes padding and record
+            // durable together (one inode write per extension).
+            let padded_end = record_end.next_multiple_of(self.options.preallocate_bytes);
+            let zeros = vec![0u8; (padded_end - record_end) as usize];
+            self.file
+                .write_all_at(&zeros, record_end)
+                .map_err(|error| WalError::io("preallocate", &segment.path, error))?;
+            self.file_bytes = padded_end;
+        }
         self.file
-            .write_all(&self.encode_buffer)
+            .write_all_at(&self.encode_buffer, self.segment_bytes)
             .map_err(|error| WalError::io("write", &segment.path, error))?;
-        self.segment_bytes += record_bytes;
+        self.segment_bytes = record_end;
+        self.file_bytes = self.file_bytes.max(record_end);
         if self.options.sync {
             self.file
                 .sync_data()
@@ -464,13 +496,27 @@ impl Wal {
     }
 
     /// Starts a new segment when the last one is full (and holds more than
-    /// its header). The previous segment needs no fsync here: every record
-    /// in it was fdatasynced when written.
+    /// its header). The previous segment loses its zero padding first (and
+    /// that is fsynced): only the last segment may end in anything but a
+    /// whole record. Its records need no fsync here: each was fdatasynced
+    /// when written.
     fn rotate_if_full(&mut self) -> Result<(), WalError> {
         if self.segment_bytes < self.options.segment_bytes_max
             || self.segment_bytes <= SEGMENT_HEADER_RECORD_BYTES
         {
             return Ok(());
+        }
+        if self.file_bytes > self.segment_bytes {
+            let path = &self.segments.last().expect("a segment is open").path;
+            self.file
+                .set_len(self.segment_bytes)
+                .map_err(|error| WalError::io("truncate", path, error))?;
+            if self.options.sync {
+                self.file
+                    .sync_all()
+                    .map_err(|error| WalError::io("fsync", path, error))?;
+            }
+            self.file_bytes = self.segment_bytes;
         }
         let sequence = self.segments.last().expect("a segment is open").sequence + 1;
         let (segment, file, segment_bytes) =
@@ -478,6 +524,7 @@ impl Wal {
         self.segments.push(segment);
         self.file = file;
         self.segment_bytes = segment_bytes;
+        self.file_bytes = segment_bytes;
         Ok(())
     }
 
@@ -604,7 +651,7 @@ fn check_sequences(segments: &[Segment]) -> Result<(), WalError> {
 
 fn replay_segments(segments: &[Segment]) -> Result<Replayed, WalError> {
     let mut state: Option<LogState> = None;
-    let mut tail = (0, 0);
+    let mut tail = (0, 0, 0);
     for (position, segment) in segments.iter().enumerate() {
         let is_last = position + 1 == segments.len();
         let bytes =
@@ -612,7 +659,15 @@ fn replay_segments(segments: &[Segment]) -> Result<Replayed, WalError> {
         let scan = scan_segment(&bytes, segment, is_last)?;
         replay_records(&bytes, segment, &scan.records, &mut state)?;
         if is_last {
-            tail = (scan.valid_bytes as u64, bytes.len() as u64);
+            let nonzero_bytes = bytes[scan.valid_bytes..]
+                .iter()
+                .rposition(|&byte| byte != 0)
+                .map_or(scan.valid_bytes, |position| scan.valid_bytes + position + 1);
+            tail = (
+                scan.valid_bytes as u64,
+                nonzero_bytes as u64,
+                bytes.len() as u64,
+            );
         }
     }
     let state = state.expect("every segment starts with a header");
@@ -630,7 +685,8 @@ fn replay_segments(segments: &[Segment]) -> Result<Replayed, WalError> {
     Ok(Replayed {
         state,
         valid_bytes: tail.0,
-        file_bytes: tail.1,
+        nonzero_bytes: tail.1,
+        file_bytes: tail.2,
     })
 }
 
@@ -753,6 +809,7 @@ mod tests {
         WalOptions {
             segment_bytes_max: 1024,
             sync: false,
+            preallocate_bytes: 256,
         }
     }
 

@@ -4,12 +4,23 @@ use std::path::{Path, PathBuf};
 
 use kvstore_wal::{Entry, HardState, Recovered, Wal, WalError, WalOptions};
 
-/// Options for tests: no fsync (a process crash keeps the page cache), and
-/// one segment unless a test asks for rotation.
+/// Options for tests: no fsync (a process crash keeps the page cache), one
+/// segment unless a test asks for rotation, and no preallocation, so that a
+/// segment file holds exactly its records (tests cut and damage them by
+/// offset).
 pub fn options() -> WalOptions {
     WalOptions {
         segment_bytes_max: 64 * 1024 * 1024,
         sync: false,
+        preallocate_bytes: 0,
+    }
+}
+
+/// [`options`] with segment files zero-filled ahead by `preallocate_bytes`.
+pub fn preallocated(preallocate_bytes: u64) -> WalOptions {
+    WalOptions {
+        preallocate_bytes,
+        ..options()
     }
 }
 
@@ -18,6 +29,7 @@ pub fn small_segments(segment_bytes_max: u64) -> WalOptions {
     WalOptions {
         segment_bytes_max,
         sync: false,
+        preallocate_bytes: 0,
     }
 }
 

@@ -133,6 +133,7 @@ fn run(operations: Vec<Operation>, segment_bytes_max: u64) {
     let options = WalOptions {
         segment_bytes_max,
         sync: false,
+        preallocate_bytes: 512,
     };
     let (wal, recovered) = open(directory.path(), options);
     assert_eq!(recovered, Recovered::default());

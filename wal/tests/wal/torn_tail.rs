@@ -55,20 +55,25 @@ fn write_history(directory: &Path, options: WalOptions) -> History {
 }
 
 /// Opens a directory whose last record was damaged, checks exactly the
-/// previous state comes back and the tail was cut, then appends the lost
-/// batch again and checks it survives another reopen.
+/// previous state comes back and the tail was cut (reported up to its last
+/// non-zero byte: zeros after it may be preallocated space), then appends
+/// the lost batch again and checks it survives another reopen.
 fn check_recovers_previous_state(
     directory: &Path,
     options: WalOptions,
     history: &History,
-    damaged_bytes: usize,
     context: &str,
 ) {
+    let damaged = std::fs::read(&history.segment).unwrap();
+    let torn_bytes = damaged[history.last_record_offset..]
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |position| position + 1);
     let (mut wal, recovered) = open(directory, options);
     assert_eq!(
         recovered,
         Recovered {
-            truncated_tail_bytes: (damaged_bytes - history.last_record_offset) as u64,
+            truncated_tail_bytes: torn_bytes as u64,
             ..history.before.clone()
         },
         "{context}"
@@ -102,7 +107,6 @@ fn truncation_at_every_byte_of_the_last_record_is_a_torn_tail() {
             directory.path(),
             options(),
             &history,
-            cut,
             &format!("cut at {cut}"),
         );
     }
@@ -121,7 +125,6 @@ fn a_flipped_bit_anywhere_in_the_last_record_is_a_torn_tail() {
                 directory.path(),
                 options(),
                 &history,
-                damaged.len(),
                 &format!("bit {bit} of byte {offset} flipped"),
             );
         }
@@ -129,23 +132,126 @@ fn a_flipped_bit_anywhere_in_the_last_record_is_a_torn_tail() {
 }
 
 #[test]
-fn trailing_zeros_are_a_torn_tail() {
+fn trailing_zeros_are_padding_not_a_torn_tail() {
     let directory = tempfile::tempdir().unwrap();
     let history = write_history(directory.path(), options());
-    // Zeros where the last record was (a file extended but whose data
-    // never reached the disk), and more zeros after it.
+    // Zeros where the last record was (preallocated space, or a file
+    // extended whose data never reached the disk), and more zeros after
+    // it: the state before the last record, nothing reported as torn, and
+    // appends go on over the zeros.
     for zeros in [1, 15, 16, 17, 4096] {
-        let mut damaged = history.bytes[..history.last_record_offset].to_vec();
-        damaged.resize(history.last_record_offset + zeros, 0);
+        let mut padded = history.bytes[..history.last_record_offset].to_vec();
+        padded.resize(history.last_record_offset + zeros, 0);
+        std::fs::write(&history.segment, &padded).unwrap();
+        let context = format!("{zeros} zeros");
+        let (mut wal, recovered) = open(directory.path(), options());
+        assert_eq!(recovered, history.before, "{context}");
+        assert_eq!(wal.last_index(), 8, "{context}");
+        wal.append(Some(&history.last_hard_state), &history.last_entries)
+            .unwrap();
+        drop(wal);
+        let (_, recovered) = open(directory.path(), options());
+        let mut expected = history.before.entries[..6].to_vec();
+        expected.extend(history.last_entries.iter().cloned());
+        assert_eq!(recovered.entries, expected, "{context}");
+        assert_eq!(recovered.hard_state, history.last_hard_state, "{context}");
+        assert_eq!(recovered.truncated_tail_bytes, 0, "{context}");
+    }
+}
+
+#[test]
+fn a_torn_record_followed_by_padding_is_cut_and_counted_up_to_its_last_byte() {
+    let directory = tempfile::tempdir().unwrap();
+    let history = write_history(directory.path(), options());
+    let record_bytes = history.bytes.len() - history.last_record_offset;
+    for kept in [1, record_bytes / 2, record_bytes - 1] {
+        let mut damaged = history.bytes[..history.last_record_offset + kept].to_vec();
+        // The record's last kept byte must be non-zero for the count below.
+        *damaged.last_mut().unwrap() |= 1;
+        damaged.resize(damaged.len() + 1000, 0);
         std::fs::write(&history.segment, &damaged).unwrap();
         check_recovers_previous_state(
             directory.path(),
             options(),
             &history,
-            damaged.len(),
-            &format!("{zeros} zeros"),
+            &format!("{kept} bytes of the record, then padding"),
         );
     }
+}
+
+#[test]
+fn preallocated_segments_grow_in_steps_replay_and_lose_their_padding_on_rotation() {
+    let directory = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes_max: 600,
+        ..preallocated(512)
+    };
+    let (mut wal, _) = open(directory.path(), options);
+    for index in 1..=60 {
+        wal.append(
+            Some(&hard_state(1, 1, index - 1)),
+            &entries(index, index, 1),
+        )
+        .unwrap();
+        let last = segment_paths(directory.path()).pop().unwrap();
+        assert_eq!(
+            file_bytes(&last) % 512,
+            0,
+            "the last segment grows by whole steps"
+        );
+        // Replay refuses anything but whole records in a segment that is
+        // not the last: reopening checks that rotation cut the padding.
+        if index % 20 == 0 {
+            drop(wal);
+            let (reopened, recovered) = open(directory.path(), options);
+            assert_eq!(recovered.entries, entries(1, index, 1));
+            assert_eq!(recovered.hard_state, hard_state(1, 1, index - 1));
+            assert_eq!(recovered.truncated_tail_bytes, 0);
+            wal = reopened;
+        }
+    }
+    assert!(wal.segment_count() > 3);
+    // Reopened without preallocation, the same log replays and appends
+    // continue after the last record, before the old padding.
+    drop(wal);
+    let (mut wal, recovered) = open(directory.path(), self::options());
+    assert_eq!(recovered.entries, entries(1, 60, 1));
+    wal.append(None, &entries(61, 61, 1)).unwrap();
+    drop(wal);
+    let (_, recovered) = open(directory.path(), options);
+    assert_eq!(recovered.entries, entries(1, 61, 1));
+}
+
+#[test]
+fn garbage_after_the_padding_is_a_torn_tail() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(directory.path(), preallocated(4096));
+    wal.append(Some(&hard_state(1, 1, 0)), &entries(1, 3, 1))
+        .unwrap();
+    drop(wal);
+    let segment = segment_paths(directory.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(bytes.len(), 4096);
+    let valid_bytes = bytes.iter().rposition(|&byte| byte != 0).unwrap() + 1;
+    let garbage_at = bytes.len() - 10;
+    bytes[garbage_at] = 0xab;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (mut wal, recovered) = open(directory.path(), preallocated(4096));
+    assert_eq!(recovered.entries, entries(1, 3, 1));
+    assert_eq!(
+        recovered.truncated_tail_bytes,
+        (garbage_at + 1 - valid_bytes) as u64
+    );
+    assert_eq!(
+        file_bytes(&segment),
+        valid_bytes as u64,
+        "cut with its padding"
+    );
+    wal.append(None, &entries(4, 4, 1)).unwrap();
+    drop(wal);
+    let (_, recovered) = open(directory.path(), preallocated(4096));
+    assert_eq!(recovered.entries, entries(1, 4, 1));
+    assert_eq!(recovered.truncated_tail_bytes, 0);
 }
 
 #[test]
