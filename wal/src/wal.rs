@@ -61,6 +61,14 @@ pub struct Wal {
     fault: Option<Fault>,
 }
 
+/// The open last segment: its handle, where its records end, and its size
+/// (larger when zero padding follows the records).
+struct LastSegmentFile {
+    file: File,
+    record_bytes: u64,
+    file_bytes: u64,
+}
+
 /// What replaying the segments produced.
 struct Replayed {
     state: LogState,
@@ -120,9 +128,11 @@ impl Wal {
                     options,
                     lock_file,
                     vec![segment],
-                    file,
-                    segment_bytes,
-                    segment_bytes,
+                    LastSegmentFile {
+                        file,
+                        record_bytes: segment_bytes,
+                        file_bytes: segment_bytes,
+                    },
                     state,
                 );
                 (wal, Recovered::default())
@@ -175,9 +185,11 @@ impl Wal {
                     options,
                     lock_file,
                     listing.segments,
-                    file,
-                    valid_bytes,
-                    file_bytes,
+                    LastSegmentFile {
+                        file,
+                        record_bytes: valid_bytes,
+                        file_bytes,
+                    },
                     state,
                 );
                 (wal, recovered)
@@ -197,11 +209,14 @@ impl Wal {
         options: WalOptions,
         lock_file: File,
         segments: Vec<Segment>,
-        file: File,
-        segment_bytes: u64,
-        file_bytes: u64,
+        last: LastSegmentFile,
         state: LogState,
     ) -> Self {
+        let LastSegmentFile {
+            file,
+            record_bytes: segment_bytes,
+            file_bytes,
+        } = last;
         assert!(!segments.is_empty());
         assert!(segment_bytes <= file_bytes);
         assert!(state.payloads.is_none());
