@@ -7,6 +7,11 @@
 //!   a shared VM the figure moves from tens of microseconds to milliseconds
 //!   with other I/O (a parallel build's writeback), so compare runs made on
 //!   a quiet machine.
+//! - `wal_append_fsync_unallocated/N`: the same with
+//!   `WalOptions::preallocate_bytes = 0`: each record is appended at the
+//!   end of the file, so each fdatasync also writes the grown size (the
+//!   inode). The difference to `wal_append_fsync` is what preallocation
+//!   saves.
 //! - `wal_append_no_sync/N`: the same append with `WalOptions::sync = false`:
 //!   validation, record encoding, CRC-32C and the `write` into the page
 //!   cache, without the fsync. The encoder itself is private; this is the
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use kvstore_wal::{Entry, HardState, SnapshotMarker, Wal, WalOptions};
+use kvstore_wal::{Entry, HardState, SnapshotMarker, Wal, WalOptions, PREALLOCATE_BYTES_DEFAULT};
 
 /// Payload bytes of every entry (the `make bench` default value size).
 const ENTRY_PAYLOAD_BYTES: usize = 256;
@@ -58,10 +63,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(sync: bool, entry_count: usize) -> Self {
+    fn new(sync: bool, preallocate_bytes: u64, entry_count: usize) -> Self {
         let directory = tempfile::tempdir().expect("temporary directory");
         let options = WalOptions {
             sync,
+            preallocate_bytes,
             ..WalOptions::default()
         };
         let (wal, _) = Wal::open(&directory.path().join("wal"), options).expect("open");
@@ -117,7 +123,7 @@ fn throughput(entry_count: usize) -> Throughput {
     }
 }
 
-fn bench_append(criterion: &mut Criterion, group_name: &str, sync: bool) {
+fn bench_append(criterion: &mut Criterion, group_name: &str, sync: bool, preallocate_bytes: u64) {
     let mut group = criterion.benchmark_group(group_name);
     if sync {
         // Milliseconds per iteration: one iteration more per sample rather
@@ -127,7 +133,7 @@ fn bench_append(criterion: &mut Criterion, group_name: &str, sync: bool) {
     for entry_count in BATCH_ENTRY_COUNTS {
         group.throughput(throughput(entry_count));
         // One WAL for all samples (criterion calls the closure per sample).
-        let mut fixture = Fixture::new(sync, entry_count);
+        let mut fixture = Fixture::new(sync, preallocate_bytes, entry_count);
         group.bench_function(BenchmarkId::from_parameter(entry_count), |bencher| {
             bencher.iter_custom(|iterations| (0..iterations).map(|_| fixture.append_next()).sum());
         });
@@ -136,11 +142,25 @@ fn bench_append(criterion: &mut Criterion, group_name: &str, sync: bool) {
 }
 
 fn append_fsync(criterion: &mut Criterion) {
-    bench_append(criterion, "wal_append_fsync", true);
+    bench_append(
+        criterion,
+        "wal_append_fsync",
+        true,
+        PREALLOCATE_BYTES_DEFAULT,
+    );
+}
+
+fn append_fsync_unallocated(criterion: &mut Criterion) {
+    bench_append(criterion, "wal_append_fsync_unallocated", true, 0);
 }
 
 fn append_no_sync(criterion: &mut Criterion) {
-    bench_append(criterion, "wal_append_no_sync", false);
+    bench_append(
+        criterion,
+        "wal_append_no_sync",
+        false,
+        PREALLOCATE_BYTES_DEFAULT,
+    );
 }
 
 fn checksum(criterion: &mut Criterion) {
@@ -178,7 +198,7 @@ fn cpu_config() -> Criterion {
 criterion_group! {
     name = fsync_benches;
     config = fsync_config();
-    targets = append_fsync
+    targets = append_fsync, append_fsync_unallocated
 }
 criterion_group! {
     name = cpu_benches;
