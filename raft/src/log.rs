@@ -173,9 +173,10 @@ impl RaftLog {
         Some(selected)
     }
 
-    /// Entries not yet persisted.
+    /// Entries not yet handed to the driver for persisting (with writes done
+    /// one `Ready` at a time, the entries not yet persisted).
     pub(crate) fn unstable_entries(&self) -> &[Entry] {
-        let start = (self.persisted - self.snapshot.index) as usize;
+        let start = (self.persisting - self.snapshot.index) as usize;
         &self.entries[start..]
     }
 
@@ -300,6 +301,25 @@ impl RaftLog {
         self.persisted = self.persisting;
     }
 
+    /// The driver finished persisting entries up to `index`, the last one
+    /// having `term`, from a write it ran in the background. Returns whether
+    /// `persisted` moved: a report about entries truncated meanwhile (or
+    /// replaced by entries of another term) or already covered changes
+    /// nothing.
+    pub(crate) fn persisted_to(&mut self, index: Index, term: Term) -> bool {
+        if index <= self.persisted || index > self.persisting || self.term(index) != Some(term) {
+            return false;
+        }
+        self.persisted = index;
+        self.assert_invariants();
+        true
+    }
+
+    /// Whether a write handed to the driver is still outstanding.
+    pub(crate) fn persisting_outstanding(&self) -> bool {
+        self.persisting > self.persisted
+    }
+
     /// Drops entries up to `index` (already applied), remembering its term.
     pub(crate) fn compact(&mut self, index: Index) {
         assert!(index > self.snapshot.index, "compacting backwards");
@@ -339,11 +359,25 @@ impl RaftLog {
         self.applied.max(self.snapshot.index) + 1
     }
 
+    /// Highest index that may be handed out for applying: the commit index,
+    /// but while a background write is outstanding, no further than what is
+    /// durable here (an entry applied before its own write is durable could
+    /// be in the state machine and missing from the log after a crash).
+    /// Without background writes the driver persists each `Ready` before
+    /// applying it, so entries of the same `Ready` may be applied.
+    fn apply_limit(&self) -> Index {
+        if self.persisting_outstanding() {
+            self.committed.min(self.persisted)
+        } else {
+            self.committed
+        }
+    }
+
     /// Committed entries not yet applied, at most `max_count` of them.
     pub(crate) fn next_committed_entries(&self, max_count: usize) -> Vec<Entry> {
         let low = self.apply_from();
         let high = self
-            .committed
+            .apply_limit()
             .min((low - 1).saturating_add(max_count as Index));
         (low..=high)
             .map(|index| self.entry(index).expect("committed entry present").clone())
@@ -351,7 +385,7 @@ impl RaftLog {
     }
 
     pub(crate) fn has_next_committed_entries(&self) -> bool {
-        self.committed >= self.apply_from()
+        self.apply_limit() >= self.apply_from()
     }
 }
 
@@ -472,6 +506,12 @@ mod tests {
         StartPersist,
         /// The "driver" is done.
         FinishPersist,
+        /// The "driver" reports a background write durable up to `index`
+        /// (with the term it wrote there, or a stale one).
+        ReportPersisted {
+            index: u64,
+            stale_term: bool,
+        },
         Compact {
             index: u64,
         },
@@ -488,6 +528,9 @@ mod tests {
             (0..30u64).prop_map(|index| Operation::Apply { index }),
             Just(Operation::StartPersist),
             Just(Operation::FinishPersist),
+            (0..30u64, proptest::bool::weighted(0.2)).prop_map(|(index, stale_term)| {
+                Operation::ReportPersisted { index, stale_term }
+            }),
             (0..30u64).prop_map(|index| Operation::Compact { index }),
         ]
     }
@@ -550,6 +593,16 @@ mod tests {
                         log.persisting_done();
                         model_persisted = model_persisting;
                     }
+                    Operation::ReportPersisted { index, stale_term } => {
+                        let Some(term) = log.term(index) else { continue };
+                        let term = if stale_term { term + 1 } else { term };
+                        let moved = log.persisted_to(index, term);
+                        let expected = !stale_term && index > model_persisted && index <= model_persisting;
+                        prop_assert_eq!(moved, expected);
+                        if expected {
+                            model_persisted = index;
+                        }
+                    }
                     Operation::Compact { index } => {
                         let index = index.min(model_applied).min(model_persisted);
                         if index > model_snapshot {
@@ -575,10 +628,17 @@ mod tests {
                     prop_assert_eq!(log.term(index), expected);
                 }
                 prop_assert_eq!(log.entries(), &model[model_snapshot as usize..]);
-                prop_assert_eq!(log.unstable_entries(), &model[model_persisted as usize..]);
+                prop_assert_eq!(log.unstable_entries(), &model[model_persisting as usize..]);
+                // While a write is outstanding, nothing beyond the durable
+                // prefix is handed out for applying.
+                let apply_limit = if model_persisting > model_persisted {
+                    model_committed.min(model_persisted)
+                } else {
+                    model_committed
+                };
                 prop_assert_eq!(
                     log.next_committed_entries(usize::MAX),
-                    model[model_applied as usize..model_committed as usize].to_vec()
+                    model[model_applied as usize..apply_limit.max(model_applied) as usize].to_vec()
                 );
             }
         }

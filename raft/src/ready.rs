@@ -15,6 +15,19 @@
 //! 4. Answer reads in `read_states` once applied index >= their index.
 //! 5. Call [`RaftNode::advance`]. Only then may `ready()` be called again;
 //!    `tick`, `step`, `propose` etc. are allowed in between.
+//!
+//! Background writes (etcd-raft's asynchronous storage writes, for a
+//! leader): a leader whose `Ready` changes neither term nor vote and
+//! carries no snapshot may send `messages` and apply `committed_entries`
+//! BEFORE step 1 completes, and acknowledge with
+//! [`RaftNode::advance_unpersisted`] instead of `advance`. Writes must
+//! complete in the order the `Ready`s were handed out; as each one becomes
+//! durable the driver reports its last entry with
+//! [`RaftNode::on_persisted`]. Only then does the leader count its own copy
+//! toward commit, and while writes are outstanding `committed_entries`
+//! holds nothing beyond the durable prefix. A later `Ready` handled the
+//! synchronous way (persist, then send) must wait for the earlier writes
+//! too; its `advance` then marks everything durable.
 
 use crate::node::RaftNode;
 use crate::types::{Entry, HardState, Index, Message, NodeId, Role, SnapshotMetadata, Term};
@@ -141,6 +154,12 @@ impl RaftNode {
         );
         let hard_state = self.hard_state();
         let previous_hard_state = self.ready_tracker.hard_state;
+        // Before this Ready's entries count as handed out: with no background
+        // write outstanding, committed entries may include them (they are
+        // persisted before they are applied).
+        let committed_entries = self
+            .log
+            .next_committed_entries(self.config.max_committed_entries_per_ready);
         let entries = self.log.unstable_entries().to_vec();
         if let Some(last) = entries.last() {
             self.log.persisting_to(last.index);
@@ -153,9 +172,6 @@ impl RaftNode {
         let soft_state_key = self.soft_state_key();
         let soft_state =
             (soft_state_key != self.ready_tracker.soft_state).then(|| self.soft_state());
-        let committed_entries = self
-            .log
-            .next_committed_entries(self.config.max_committed_entries_per_ready);
         let ready = Ready {
             soft_state,
             hard_state: (hard_state != previous_hard_state).then_some(hard_state),
@@ -198,6 +214,46 @@ impl RaftNode {
             }
         }
         if self.role == Role::Leader && self.maybe_commit() {
+            self.on_commit_advanced();
+        }
+        self.assert_invariants();
+    }
+
+    /// Acknowledges the last `Ready` like [`RaftNode::advance`], except that
+    /// its entries and hard state are still being written in the
+    /// background (see the module documentation): they count as durable
+    /// only once [`RaftNode::on_persisted`] reports them.
+    ///
+    /// Panics if the `Ready` handed out entries to apply that were not
+    /// durable yet (it must then be persisted before anything is applied).
+    pub fn advance_unpersisted(&mut self) {
+        let outstanding = self
+            .ready_tracker
+            .outstanding
+            .take()
+            .expect("advance_unpersisted() called without an outstanding Ready");
+        assert!(
+            outstanding.snapshot_index.is_none(),
+            "a Ready with a snapshot must be persisted before it is acknowledged"
+        );
+        if let Some(index) = outstanding.last_committed_index {
+            assert!(
+                index <= self.log.persisted(),
+                "entries up to {index} were handed out for applying but only {} are durable",
+                self.log.persisted()
+            );
+            if index > self.log.applied() {
+                self.log.applied_to(index);
+            }
+        }
+        self.assert_invariants();
+    }
+
+    /// A background write became durable: every entry up to `index`, the
+    /// last one having `term`. A leader now counts them toward commit.
+    /// Reports of entries truncated meanwhile are ignored.
+    pub fn on_persisted(&mut self, index: Index, term: Term) {
+        if self.log.persisted_to(index, term) && self.role == Role::Leader && self.maybe_commit() {
             self.on_commit_advanced();
         }
         self.assert_invariants();

@@ -87,6 +87,50 @@ fn single_node_commits_only_after_persisting() {
 }
 
 #[test]
+fn a_background_write_counts_toward_commit_only_once_reported_durable() {
+    let mut node = RaftNode::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
+    node.campaign();
+    let ready = node.ready();
+    node.advance(); // The election's term and vote are written first.
+    assert_eq!(ready.entries.len(), 1);
+    node.ready();
+    node.advance();
+    assert_eq!(node.applied_index(), 1);
+
+    // Two Readys handed out while the first write still runs.
+    assert_eq!(node.propose(b"a".to_vec()), Ok((2, 1)));
+    let first = node.ready();
+    assert_eq!(first.entries.len(), 1);
+    node.advance_unpersisted();
+    assert_eq!(node.commit_index(), 1, "our copy is not durable yet");
+    assert_eq!(node.propose(b"b".to_vec()), Ok((3, 1)));
+    let second = node.ready();
+    assert_eq!(
+        second.entries[0].index, 3,
+        "entry 2 is not handed out again"
+    );
+    node.advance_unpersisted();
+    assert!(!node.has_ready());
+
+    // A report for another term (entries replaced meanwhile) is ignored.
+    node.on_persisted(2, 7);
+    assert_eq!(node.commit_index(), 1);
+    // The first write completes: entry 2 commits and is handed out alone.
+    node.on_persisted(2, 1);
+    assert_eq!(node.commit_index(), 2);
+    let ready = node.ready();
+    assert_eq!(ready.committed_entries.len(), 1);
+    assert_eq!(ready.committed_entries[0].data, b"a".to_vec());
+    node.advance_unpersisted();
+    node.on_persisted(3, 1);
+    let ready = node.ready();
+    assert_eq!(ready.committed_entries[0].data, b"b".to_vec());
+    node.advance();
+    assert_eq!(node.applied_index(), 3);
+    assert_eq!(node.persisted_index(), 3);
+}
+
+#[test]
 #[should_panic(expected = "ready() called before advance()")]
 fn ready_twice_without_advance_panics() {
     let mut node = RaftNode::new(config(1, 1), HardState::default(), None, vec![]).unwrap();

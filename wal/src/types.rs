@@ -62,7 +62,8 @@ pub struct WalOptions {
     /// Later appends then overwrite blocks that already exist in a file
     /// whose size does not change, so their `fdatasync` writes the data
     /// alone, not the inode too (on ext4 that is about 40% quicker). Replay
-    /// tells the zero padding from a torn tail. `0` appends to the end of
+    /// tells the zero padding from a torn tail. A record of this size or
+    /// more is written without padding after it. `0` appends to the end of
     /// the file instead.
     pub preallocate_bytes: u64,
 }

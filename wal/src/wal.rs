@@ -484,7 +484,12 @@ impl Wal {
             ));
         }
         let record_end = self.segment_bytes + record_bytes;
-        if record_end > self.file_bytes && self.options.preallocate_bytes > 0 {
+        // A record as large as a step is mostly data: its fdatasync gains
+        // little from a fixed size, and zero-filling after it would nearly
+        // double what is written for a run of large records.
+        let preallocate =
+            self.options.preallocate_bytes > 0 && record_bytes < self.options.preallocate_bytes;
+        if record_end > self.file_bytes && preallocate {
             // Zero-fill ahead; the fdatasync below makes padding and record
             // durable together (one inode write per extension).
             let padded_end = record_end.next_multiple_of(self.options.preallocate_bytes);

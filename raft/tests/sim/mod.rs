@@ -4,7 +4,9 @@
 //! duplicate, reorder, partitions of any shape including one-way links,
 //! healing) and simulated disks (a `Ready` is written asynchronously; a crash
 //! loses whatever was not yet durable, and a restart rebuilds the core from
-//! the durable hard state, entries and snapshot). Proposals, reads,
+//! the durable hard state, entries and snapshot). In some seeds leaders write
+//! in the background: they send, apply and advance before their write is
+//! durable (`advance_unpersisted`, then `on_persisted`), as the server does. Proposals, reads,
 //! compactions, leadership transfers and campaigns are injected at random.
 //! Everything derives from one `u64` seed, so a seed replays exactly.
 //!
@@ -15,7 +17,7 @@
 
 pub mod checker;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kvstore_raft::{
@@ -41,6 +43,9 @@ pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 /// Messages on the wire beyond which a run stops (amplification guard: a
 /// lying disk can make a leader re-send on every duplicated rejection).
 pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
+/// Background writes take up to this many ticks more than the seed's disk
+/// delay.
+const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
 /// Iterations of the ready loop per node and tick (a bound, not a target).
 const MAX_READY_ROUNDS_PER_TICK: usize = 8;
 
@@ -106,12 +111,21 @@ struct Environment {
     read_probability: f64,
     transfer_probability: f64,
     campaign_probability: f64,
+    /// Leaders hand eligible `Ready`s to the disk in the background.
+    background_writes: bool,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Durable {
     hard_state: HardState,
     snapshot: Option<SnapshotMetadata>,
+    entries: Vec<Entry>,
+}
+
+/// What a background write makes durable.
+#[derive(Clone, Debug)]
+struct BackgroundWrite {
+    hard_state: Option<HardState>,
     entries: Vec<Entry>,
 }
 
@@ -128,6 +142,11 @@ struct SimNode {
     durable: Durable,
     /// A `Ready` being written, completing at the given tick.
     writing: Option<(Ready, u64)>,
+    /// Writes of `Ready`s already sent, applied and advanced (a leader's
+    /// background writes), completing in order at the given ticks.
+    background: VecDeque<(BackgroundWrite, u64)>,
+    /// Term and vote of the last hard state handed to the disk.
+    handed_term_vote: (Term, Option<NodeId>),
     state: StateMachine,
     restart_at: u64,
     /// Reads requested in this life: context -> commit floor.
@@ -196,6 +215,7 @@ impl World {
             read_probability: 0.05,
             transfer_probability: *[0.0, 0.005].choose(&mut rng).expect("choice"),
             campaign_probability: 0.002,
+            background_writes: rng.random_bool(0.5),
         };
         let environment = if options.fault == InjectedFault::AmnesiaOnRestart {
             Environment {
@@ -229,6 +249,8 @@ impl World {
                 core: Some(core),
                 durable: Durable::default(),
                 writing: None,
+                background: VecDeque::new(),
+                handed_term_vote: (0, None),
                 state: StateMachine {
                     applied_index: 0,
                     hash: INITIAL_STATE_HASH,
@@ -486,6 +508,7 @@ impl World {
         let node = &mut self.nodes[position];
         node.core = None;
         node.writing = None;
+        node.background.clear();
         node.pending_reads.clear();
         node.restart_at = self.now + downtime;
         self.stats.crashes += 1;
@@ -519,6 +542,7 @@ impl World {
             },
         };
         node.leader_checked_term = None;
+        node.handed_term_vote = (durable.hard_state.term, durable.hard_state.vote);
         let id = node.id;
         let (term, commit) = (core.term(), core.commit_index());
         node.core = Some(core);
@@ -729,6 +753,7 @@ impl World {
     /// Takes `Ready`s and completes disk writes whose time has come.
     fn drive_ready(&mut self, position: usize) -> Result<(), Violation> {
         for _ in 0..MAX_READY_ROUNDS_PER_TICK {
+            self.complete_background_writes(position)?;
             let node = &mut self.nodes[position];
             let Some(core) = node.core.as_mut() else {
                 return Ok(());
@@ -745,10 +770,34 @@ impl World {
                         let previous_term = core.term_at(entry.index - 1);
                         self.checker.observe_entry(id, entry, previous_term)?;
                     }
-                    let delay = self
-                        .rng
-                        .random_range(0..=self.environment.max_disk_delay_ticks);
-                    self.nodes[position].writing = Some((ready, self.now + delay));
+                    let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
+                        (hard_state.term, hard_state.vote) != node.handed_term_vote
+                    });
+                    if let Some(hard_state) = ready.hard_state {
+                        node.handed_term_vote = (hard_state.term, hard_state.vote);
+                    }
+                    let in_background = self.environment.background_writes
+                        && core.role() == Role::Leader
+                        && ready.snapshot.is_none()
+                        && !term_or_vote_changes;
+                    // Writes complete in order: never before an earlier one.
+                    let earliest = node.background.back().map_or(0, |(_, at)| *at);
+                    // A background write may take longer than a round trip
+                    // to a follower: the leader then hears a majority before
+                    // its own copy is durable, the case it must not count.
+                    let max_delay = if in_background {
+                        self.environment.max_disk_delay_ticks
+                            + BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX
+                    } else {
+                        self.environment.max_disk_delay_ticks
+                    };
+                    let delay = self.rng.random_range(0..=max_delay);
+                    let complete_at = (self.now + delay).max(earliest);
+                    if in_background {
+                        self.start_background_write(position, ready, complete_at)?;
+                    } else {
+                        self.nodes[position].writing = Some((ready, complete_at));
+                    }
                 }
                 None => return Ok(()),
             }
@@ -756,47 +805,99 @@ impl World {
         Ok(())
     }
 
-    /// The disk write finished: the Ready is durable; send, apply, advance.
-    fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
-        let (ready, _) = self.nodes[position].writing.take().expect("a write");
+    /// A leader's `Ready` whose write runs in the background: queue the
+    /// write, then send, apply and advance at once.
+    fn start_background_write(
+        &mut self,
+        position: usize,
+        mut ready: Ready,
+        complete_at: u64,
+    ) -> Result<(), Violation> {
+        let write = BackgroundWrite {
+            hard_state: ready.hard_state,
+            entries: std::mem::take(&mut ready.entries),
+        };
         let id = self.nodes[position].id;
-        if let Some(soft_state) = &ready.soft_state {
-            self.trace(|| {
-                format!(
-                    "n{id} is {} in term {} (leader {:?}): {}",
-                    soft_state.role, soft_state.term, soft_state.leader_id, soft_state.reason
-                )
-            });
-        }
-        // 1. Persist.
-        {
-            let durable = &mut self.nodes[position].durable;
-            if let Some(snapshot) = ready.snapshot {
-                durable.snapshot = Some(snapshot);
-                durable.entries.clear();
+        self.trace(|| {
+            format!(
+                "n{id} writes {} entries in the background until t={complete_at}",
+                write.entries.len()
+            )
+        });
+        self.nodes[position]
+            .background
+            .push_back((write, complete_at));
+        self.send_apply_and_read(position, ready)?;
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("live");
+        core.advance_unpersisted();
+        assert_eq!(core.applied_index(), node.state.applied_index);
+        Ok(())
+    }
+
+    /// Background writes whose time has come become durable, in order, and
+    /// are reported to the core.
+    fn complete_background_writes(&mut self, position: usize) -> Result<(), Violation> {
+        loop {
+            let node = &mut self.nodes[position];
+            if node.core.is_none() {
+                return Ok(());
             }
-            if let Some(first) = ready.entries.first() {
-                let snapshot_index = durable.snapshot.map_or(0, |snapshot| snapshot.index);
-                let durable_last = durable
-                    .entries
-                    .last()
-                    .map_or(snapshot_index, |entry| entry.index);
-                assert!(
-                    first.index > snapshot_index && first.index <= durable_last + 1,
-                    "Ready entries at {} do not fit the WAL (snapshot {snapshot_index}, last {durable_last})",
-                    first.index
-                );
-                durable.entries.retain(|entry| entry.index < first.index);
-                durable.entries.extend(ready.entries.iter().cloned());
+            match node.background.front() {
+                Some((_, complete_at)) if *complete_at <= self.now => {}
+                _ => return Ok(()),
             }
-            if let Some(hard_state) = ready.hard_state {
-                durable.hard_state = hard_state;
+            let (write, _) = node.background.pop_front().expect("checked");
+            let id = node.id;
+            Self::persist(&mut node.durable, None, write.hard_state, &write.entries);
+            if let Some(hard_state) = write.hard_state {
+                self.checker
+                    .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+            }
+            if let Some(last) = write.entries.last() {
+                let node = &mut self.nodes[position];
+                node.core
+                    .as_mut()
+                    .expect("live")
+                    .on_persisted(last.index, last.term);
             }
         }
-        if let Some(hard_state) = ready.hard_state {
-            self.checker
-                .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+    }
+
+    /// Writes a `Ready`'s durable parts to the simulated disk.
+    fn persist(
+        durable: &mut Durable,
+        snapshot: Option<SnapshotMetadata>,
+        hard_state: Option<HardState>,
+        entries: &[Entry],
+    ) {
+        if let Some(snapshot) = snapshot {
+            durable.snapshot = Some(snapshot);
+            durable.entries.clear();
         }
+        if let Some(first) = entries.first() {
+            let snapshot_index = durable.snapshot.map_or(0, |snapshot| snapshot.index);
+            let durable_last = durable
+                .entries
+                .last()
+                .map_or(snapshot_index, |entry| entry.index);
+            assert!(
+                first.index > snapshot_index && first.index <= durable_last + 1,
+                "Ready entries at {} do not fit the WAL (snapshot {snapshot_index}, last {durable_last})",
+                first.index
+            );
+            durable.entries.retain(|entry| entry.index < first.index);
+            durable.entries.extend(entries.iter().cloned());
+        }
+        if let Some(hard_state) = hard_state {
+            durable.hard_state = hard_state;
+        }
+    }
+
+    /// Steps 2 to 4 of a `Ready`: send its messages, restore its snapshot and
+    /// apply its committed entries, answer its reads.
+    fn send_apply_and_read(&mut self, position: usize, ready: Ready) -> Result<(), Violation> {
+        let id = self.nodes[position].id;
         // 2. Send.
         for message in ready.messages {
             self.send(message);
@@ -838,6 +939,39 @@ impl World {
                 .check_read(id, read_state.context, floor, read_state.index)?;
             self.stats.reads_confirmed += 1;
         }
+        Ok(())
+    }
+
+    /// The disk write finished: the Ready is durable; send, apply, advance.
+    fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
+        let (ready, _) = self.nodes[position].writing.take().expect("a write");
+        let id = self.nodes[position].id;
+        if let Some(soft_state) = &ready.soft_state {
+            self.trace(|| {
+                format!(
+                    "n{id} is {} in term {} (leader {:?}): {}",
+                    soft_state.role, soft_state.term, soft_state.leader_id, soft_state.reason
+                )
+            });
+        }
+        // 1. Persist (after every earlier background write: in order).
+        self.nodes[position]
+            .background
+            .iter_mut()
+            .for_each(|(_, at)| *at = 0);
+        self.complete_background_writes(position)?;
+        Self::persist(
+            &mut self.nodes[position].durable,
+            ready.snapshot,
+            ready.hard_state,
+            &ready.entries,
+        );
+        if let Some(hard_state) = ready.hard_state {
+            self.checker
+                .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+        }
+        // 2.-4. Send, restore and apply, reads.
+        self.send_apply_and_read(position, ready)?;
         // 5. Advance.
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");

@@ -3,9 +3,13 @@
 //! It ticks the core, steps peers' messages and answers into it, proposes
 //! client writes and asks for read indexes; then, for each `Ready`, it
 //! persists (one WAL append and one fsync for the whole batch), sends,
-//! applies and advances — in the order the core's contract demands. While a
-//! batch is being fsynced new requests queue up, and the next `Ready` carries
-//! all of them: that is the group commit.
+//! applies and advances — in the order the core's contract demands. The WAL
+//! runs on its own thread ([`super::wal_writer`]). A leader does not wait
+//! for its own writes: it sends, applies what is durable and goes on while
+//! they run, and counts its own copy toward commit as each one completes
+//! (the core's background writes). Followers and candidates persist before
+//! they send. Requests that arrive while a batch is being fsynced share the
+//! next one: that is the group commit.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +18,15 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{
-    CompactError, Entry, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError,
-    Ready, Role, SnapshotMetadata, Term,
+    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError, Ready,
+    Role, SnapshotMetadata, Term,
 };
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::persist;
 use super::status::{FollowerStatus, NodeRole, NodeStatus};
+pub use super::wal_writer::EXIT_CODE_STORAGE_FAILURE;
+use super::wal_writer::{storage_failure, Persisted, WalWriter};
 use super::{ServedBy, WriteOutcome};
 use crate::config::InjectedFault;
 use crate::errors::KvError;
@@ -38,9 +43,6 @@ use crate::transport::peers::PeerSet;
 pub const EVENTS_PER_READY_MAX: usize = 1_024;
 /// Capacity of the driver's input queue.
 pub const EVENT_QUEUE_CAPACITY: usize = 8_192;
-/// Exit code when the node stops because its storage failed: the process
-/// exits and recovers from the WAL on restart rather than diverge.
-pub const EXIT_CODE_STORAGE_FAILURE: i32 = 70;
 
 /// An input of the driver.
 pub enum DriverEvent {
@@ -97,13 +99,6 @@ pub enum DriverEvent {
 
 /// What a linearizable read returns.
 pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
-
-/// A WAL append running on a blocking thread.
-struct PendingAppend {
-    task: tokio::task::JoinHandle<(Wal, Result<(), kvstore_wal::WalError>)>,
-    started: Instant,
-    entry_count: usize,
-}
 
 /// Events the driver sends itself from other threads.
 enum InternalEvent {
@@ -173,7 +168,9 @@ pub struct DriverSettings {
 pub struct Driver {
     core: RaftNode,
     cluster_id: String,
-    wal: Option<Wal>,
+    wal: WalWriter,
+    /// Completions of the leader's background WAL writes.
+    persisted: mpsc::UnboundedReceiver<Persisted>,
     store: StoreHandle,
     snapshots: SnapshotDirectory,
     peers: Arc<PeerSet>,
@@ -230,15 +227,11 @@ pub struct DriverParts {
     pub metrics: Arc<Metrics>,
 }
 
-fn storage_failure(context: &str, error: impl std::fmt::Display) -> ! {
-    tracing::error!(%error, "{context}; stopping so the node recovers from its log on restart");
-    std::process::exit(EXIT_CODE_STORAGE_FAILURE);
-}
-
 impl Driver {
     /// Assembles the driver.
     pub fn new(parts: DriverParts) -> Self {
         let (internal_sender, internal) = mpsc::unbounded_channel();
+        let (persisted_sender, persisted) = mpsc::unbounded_channel();
         let hard_state = parts.core.hard_state();
         let snapshot_index = parts
             .core
@@ -248,7 +241,8 @@ impl Driver {
         Self {
             core: parts.core,
             cluster_id: parts.cluster_id,
-            wal: Some(parts.wal),
+            wal: WalWriter::start(parts.wal, persisted_sender),
+            persisted,
             store: parts.store,
             snapshots: parts.snapshots,
             peers: parts.peers,
@@ -290,6 +284,7 @@ impl Driver {
                 }
                 _ = ticker.tick() => self.core.tick(),
                 Some(answer) = self.answers.recv() => self.core.step(answer),
+                Some(done) = self.persisted.recv() => self.on_persisted(done),
                 Some(event) = self.events.recv() => self.handle_event(event),
                 Some(event) = self.internal.recv() => self.handle_internal(event).await,
             }
@@ -299,12 +294,34 @@ impl Driver {
             self.publish_status();
         }
         self.fail_pending("the node is shutting down");
+        self.wal.shut_down().await;
         tracing::info!("raft driver stopped");
+    }
+
+    /// A background write is durable: the core may count it toward commit.
+    fn on_persisted(&mut self, done: Persisted) {
+        self.observe_wal_write(&done);
+        if let Some((index, term)) = done.last_entry {
+            self.core.on_persisted(index, term);
+        }
+    }
+
+    fn observe_wal_write(&self, done: &Persisted) {
+        self.metrics.observe_wal_sync(done.elapsed);
+        tracing::trace!(
+            entry_count = done.entry_count,
+            write_entry_count = done.write_entry_count,
+            elapsed_us = done.elapsed.as_micros() as u64,
+            "WAL batch synced"
+        );
     }
 
     /// Takes whatever else is already queued, up to a bound, so that one
     /// `Ready` (one fsync, one send round) serves all of it.
     fn drain_inputs(&mut self) {
+        while let Ok(done) = self.persisted.try_recv() {
+            self.on_persisted(done);
+        }
         for _ in 0..EVENTS_PER_READY_MAX {
             if let Ok(answer) = self.answers.try_recv() {
                 self.core.step(answer);
@@ -487,12 +504,18 @@ impl Driver {
     async fn process_readies(&mut self) {
         while self.core.has_ready() {
             let ready = self.core.ready();
-            self.process_ready(ready).await;
-            self.core.advance();
+            if self.process_ready(ready).await {
+                self.core.advance();
+            } else {
+                self.core.advance_unpersisted();
+            }
         }
     }
 
-    async fn process_ready(&mut self, ready: Ready) {
+    /// Handles one `Ready`; returns whether everything handed out so far is
+    /// durable (else a background write is still running, or was running
+    /// when this `Ready` was taken).
+    async fn process_ready(&mut self, ready: Ready) -> bool {
         let waiters_before_ready = self.next_waiter_sequence;
         if let Some(soft_state) = &ready.soft_state {
             self.metrics.observe_soft_state(
@@ -512,38 +535,42 @@ impl Driver {
             }
         }
         // 1. Persist, and 2. send: answers to waiting RPCs, requests to peers.
+        let mut all_durable = false;
         if let Some(snapshot) = ready.snapshot {
+            // After every earlier write (the WAL thread keeps the order).
             self.install_received_snapshot(snapshot).await;
+            all_durable = true;
         }
         let needs_append =
             !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some());
-        // A leader sends its appends while its own fsync runs (etcd-raft
-        // allows it): it counts itself toward commit only at `advance`, after
-        // the fsync. Anyone else persists first, since its messages (votes,
-        // acknowledgements) vouch for what it stores; so does a leader whose
-        // term or vote is changing in this batch.
+        // A leader writes in the background (etcd-raft allows it): it sends
+        // its appends at once and counts itself toward commit only once its
+        // write is durable. Anyone else persists first, since its messages
+        // (votes, acknowledgements) vouch for what it stores; so does a
+        // leader whose term or vote is changing in this batch.
         let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
             (hard_state.term, hard_state.vote) != self.persisted_term_vote
         });
-        let send_while_persisting = self.core.role() == Role::Leader && !term_or_vote_changes;
-        let pending_append =
-            needs_append.then(|| self.start_wal_append(ready.hard_state, ready.entries));
-        let pending_append = if send_while_persisting {
-            pending_append
-        } else {
-            if let Some(pending) = pending_append {
-                self.finish_wal_append(pending).await;
+        if let Some(hard_state) = ready.hard_state {
+            self.persisted_term_vote = (hard_state.term, hard_state.vote);
+        }
+        let in_background =
+            self.core.role() == Role::Leader && !term_or_vote_changes && ready.snapshot.is_none();
+        if needs_append {
+            if in_background {
+                self.wal
+                    .append_in_background(ready.hard_state, ready.entries);
+            } else {
+                let done = self.wal.append(ready.hard_state, ready.entries).await;
+                self.observe_wal_write(&done);
+                all_durable = true;
             }
-            None
-        };
+        }
         for message in ready.messages {
             match reply_kind_of_response(&message.body) {
                 Some(kind) => self.answer(kind, message),
                 None => self.peers.send(message),
             }
-        }
-        if let Some(pending) = pending_append {
-            self.finish_wal_append(pending).await;
         }
         // Requests stepped before this Ready that got no answer were ignored.
         for waiters in self.answer_waiters.values_mut() {
@@ -582,6 +609,7 @@ impl Driver {
             }
         }
         self.maybe_snapshot();
+        all_durable
     }
 
     fn answer(&mut self, kind: ReplyKind, message: Message) {
@@ -598,61 +626,8 @@ impl Driver {
         }
     }
 
-    /// Starts appending (and fsyncing) one batch on a blocking thread.
-    fn start_wal_append(
-        &mut self,
-        hard_state: Option<HardState>,
-        entries: Vec<Entry>,
-    ) -> PendingAppend {
-        let mut wal = self.wal.take().expect("the WAL is owned by the driver");
-        if let Some(hard_state) = hard_state {
-            self.persisted_term_vote = (hard_state.term, hard_state.vote);
-        }
-        let entry_count = entries.len();
-        let task = tokio::task::spawn_blocking(move || {
-            let hard_state = hard_state.as_ref().map(persist::hard_state_to_wal);
-            let entries: Vec<kvstore_wal::Entry> =
-                entries.iter().map(persist::entry_to_wal).collect();
-            let result = wal.append(hard_state.as_ref(), &entries);
-            (wal, result)
-        });
-        PendingAppend {
-            task,
-            started: Instant::now(),
-            entry_count,
-        }
-    }
-
-    /// Waits until the batch is durable.
-    async fn finish_wal_append(&mut self, pending: PendingAppend) {
-        let (wal, result) = pending
-            .task
-            .await
-            .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
-        self.wal = Some(wal);
-        if let Err(error) = result {
-            storage_failure("appending to the WAL failed", error);
-        }
-        self.metrics.observe_wal_sync(pending.started.elapsed());
-        tracing::trace!(
-            entry_count = pending.entry_count,
-            elapsed_us = pending.started.elapsed().as_micros() as u64,
-            "WAL batch synced"
-        );
-    }
-
     async fn wal_compact(&mut self, snapshot: SnapshotMetadata) {
-        let mut wal = self.wal.take().expect("the WAL is owned by the driver");
-        let (wal, result) = tokio::task::spawn_blocking(move || {
-            let result = wal.compact(persist::marker_to_wal(snapshot));
-            (wal, result)
-        })
-        .await
-        .unwrap_or_else(|error| storage_failure("the WAL writer panicked", error));
-        self.wal = Some(wal);
-        if let Err(error) = result {
-            storage_failure("compacting the WAL failed", error);
-        }
+        self.wal.compact(snapshot).await;
     }
 
     /// A snapshot from the leader: its file is already durable; record it in

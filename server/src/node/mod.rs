@@ -8,6 +8,7 @@
 pub mod driver;
 pub mod persist;
 mod status;
+pub mod wal_writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

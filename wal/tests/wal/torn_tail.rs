@@ -300,3 +300,33 @@ fn a_torn_compaction_record_is_cut_and_the_compaction_is_lost() {
         assert_eq!(recovered.entries, entries(1, 8, 1), "cut at {cut}");
     }
 }
+
+#[test]
+fn a_record_as_large_as_a_step_gets_no_padding_after_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(directory.path(), preallocated(4096));
+    let large = Entry {
+        index: 1,
+        term: 1,
+        payload: vec![7; 8192],
+    };
+    wal.append(Some(&hard_state(1, 1, 0)), std::slice::from_ref(&large))
+        .unwrap();
+    let segment = segment_paths(directory.path()).pop().unwrap();
+    let after_large = file_bytes(&segment);
+    let bytes = std::fs::read(&segment).unwrap();
+    assert_ne!(
+        bytes.last(),
+        Some(&0),
+        "the file ends with the large record"
+    );
+    // A small record after it starts padding again, in whole steps.
+    wal.append(None, &entries(2, 2, 1)).unwrap();
+    assert_eq!(file_bytes(&segment), after_large.next_multiple_of(4096));
+    drop(wal);
+    let (_, recovered) = open(directory.path(), preallocated(4096));
+    let mut expected = vec![large];
+    expected.extend(entries(2, 2, 1));
+    assert_eq!(recovered.entries, expected);
+    assert_eq!(recovered.truncated_tail_bytes, 0);
+}
