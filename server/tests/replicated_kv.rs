@@ -381,14 +381,25 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
 
 /// Many concurrent writes of the largest value through a follower: 64 MiB
 /// in flight over the forward stream and the peer streams (whose batches
-/// are bounded in bytes), every write acknowledged and readable.
+/// are bounded in bytes), every write acknowledged and readable. With the
+/// default timings (1 s election timeout, 100 ms heartbeats): three debug
+/// builds moving 64 MiB each on 2 cores can miss the fast test timings'
+/// 300 ms, and a new election is not what this test is about.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_largest_values_through_a_follower() {
     const WRITES: usize = 64;
     const VALUE_BYTES: usize = 1024 * 1024;
     let _serial = support::serial();
-    let cluster = Cluster::start(3, &[]);
-    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--election-timeout-ms",
+            "1000",
+            "--heartbeat-interval-ms",
+            "100",
+        ],
+    );
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = cluster
         .nodes
         .iter()

@@ -241,7 +241,7 @@ impl Driver {
         Self {
             core: parts.core,
             cluster_id: parts.cluster_id,
-            wal: WalWriter::start(parts.wal, persisted_sender),
+            wal: WalWriter::start(parts.wal, persisted_sender, Some(parts.metrics.clone())),
             persisted,
             store: parts.store,
             snapshots: parts.snapshots,
@@ -307,7 +307,6 @@ impl Driver {
     }
 
     fn observe_wal_write(&self, done: &Persisted) {
-        self.metrics.observe_wal_sync(done.elapsed);
         tracing::trace!(
             entry_count = done.entry_count,
             write_entry_count = done.write_entry_count,

@@ -17,6 +17,7 @@
 //! vouch for.
 
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot};
 
 use super::persist;
+use crate::metrics::Metrics;
 
 /// Exit code when the node stops because its storage failed: the process
 /// exits and recovers from the WAL on restart rather than diverge.
@@ -83,12 +85,17 @@ pub struct WalWriter {
 
 impl WalWriter {
     /// Moves `wal` to a new thread. Background completions are sent to
-    /// `persisted`.
-    pub fn start(wal: Wal, persisted: mpsc::UnboundedSender<Persisted>) -> Self {
+    /// `persisted`; each write's append + fdatasync time is recorded in
+    /// `metrics`.
+    pub fn start(
+        wal: Wal,
+        persisted: mpsc::UnboundedSender<Persisted>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let (commands, receiver) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kvstore-wal".into())
-            .spawn(move || run(wal, receiver, persisted))
+            .spawn(move || run(wal, receiver, persisted, metrics))
             .unwrap_or_else(|error| storage_failure("cannot start the WAL thread", error));
         Self {
             commands: Some(commands),
@@ -155,6 +162,7 @@ fn run(
     mut wal: Wal,
     commands: std_mpsc::Receiver<Command>,
     persisted: mpsc::UnboundedSender<Persisted>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut next = None;
     loop {
@@ -186,7 +194,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                write_group(&mut wal, group, &persisted);
+                write_group(&mut wal, group, &persisted, metrics.as_deref());
             }
         }
     }
@@ -205,7 +213,12 @@ fn continues(group: &[Append], append: &Append) -> bool {
     }
 }
 
-fn write_group(wal: &mut Wal, group: Vec<Append>, persisted: &mpsc::UnboundedSender<Persisted>) {
+fn write_group(
+    wal: &mut Wal,
+    group: Vec<Append>,
+    persisted: &mpsc::UnboundedSender<Persisted>,
+    metrics: Option<&Metrics>,
+) {
     // The newest hard state covers the older ones (term and vote never go
     // back, commit only grows).
     let hard_state = group
@@ -217,8 +230,12 @@ fn write_group(wal: &mut Wal, group: Vec<Append>, persisted: &mpsc::UnboundedSen
         .iter()
         .flat_map(|append| append.entries.iter().map(persist::entry_to_wal))
         .collect();
+    let started = Instant::now();
     if let Err(error) = wal.append(hard_state.as_ref(), &entries) {
         storage_failure("appending to the WAL failed", error);
+    }
+    if let Some(metrics) = metrics {
+        metrics.observe_wal_sync(started.elapsed());
     }
     let write_entry_count = entries.len();
     for append in group {
@@ -267,7 +284,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
         let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
-        let writer = WalWriter::start(wal, persisted_sender);
+        let writer = WalWriter::start(wal, persisted_sender, None);
         writer.append_in_background(Some(hard_state(0)), vec![entry(1), entry(2)]);
         writer.append_in_background(None, vec![entry(3)]);
         let waited = writer.append(Some(hard_state(3)), vec![entry(4)]).await;

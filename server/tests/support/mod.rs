@@ -294,16 +294,14 @@ impl Cluster {
                     .map(|(other, addr)| format!("{}={addr}", other + 1))
                     .collect();
                 let peers = peers.join(",");
-                let mut args: Vec<&str> = vec![
-                    "--id",
-                    &id,
-                    "--peers",
-                    &peers,
-                    "--election-timeout-ms",
-                    &election,
-                    "--heartbeat-interval-ms",
-                    &heartbeat,
-                ];
+                let mut args: Vec<&str> = vec!["--id", &id, "--peers", &peers];
+                // The fast test timings, unless the test sets its own.
+                if !extra_args.contains(&"--election-timeout-ms") {
+                    args.extend_from_slice(&["--election-timeout-ms", &election]);
+                }
+                if !extra_args.contains(&"--heartbeat-interval-ms") {
+                    args.extend_from_slice(&["--heartbeat-interval-ms", &heartbeat]);
+                }
                 args.extend_from_slice(extra_args);
                 ServerProcess::prepare(
                     &directory.path().join(format!("node-{id}")),
