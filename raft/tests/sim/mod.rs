@@ -954,12 +954,13 @@ impl World {
                 )
             });
         }
-        // 1. Persist (after every earlier background write: in order).
-        self.nodes[position]
-            .background
-            .iter_mut()
-            .for_each(|(_, at)| *at = 0);
+        // 1. Persist, after every earlier background write (their ticks are
+        // never later than this write's).
         self.complete_background_writes(position)?;
+        assert!(
+            self.nodes[position].background.is_empty(),
+            "background writes complete before a later write"
+        );
         Self::persist(
             &mut self.nodes[position].durable,
             ready.snapshot,

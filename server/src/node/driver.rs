@@ -25,7 +25,6 @@ use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::{FollowerStatus, NodeRole, NodeStatus};
-pub use super::wal_writer::EXIT_CODE_STORAGE_FAILURE;
 use super::wal_writer::{storage_failure, Persisted, WalWriter};
 use super::{ServedBy, WriteOutcome};
 use crate::config::InjectedFault;
@@ -478,7 +477,7 @@ impl Driver {
                         );
                     }
                     Ok(pairs) => {
-                        self.wal_compact(snapshot).await;
+                        self.wal.compact(snapshot).await;
                         match self.core.compact(snapshot.index) {
                             Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
                             Err(error) => tracing::error!(%error, "compacting the raft log failed"),
@@ -625,15 +624,11 @@ impl Driver {
         }
     }
 
-    async fn wal_compact(&mut self, snapshot: SnapshotMetadata) {
-        self.wal.compact(snapshot).await;
-    }
-
     /// A snapshot from the leader: its file is already durable; record it in
     /// the WAL (dropping the entries it replaces) and restore the state
     /// machine from it before anything after it is applied.
     async fn install_received_snapshot(&mut self, snapshot: SnapshotMetadata) {
-        self.wal_compact(snapshot).await;
+        self.wal.compact(snapshot).await;
         let path = self.snapshots.path_of(snapshot);
         let started = Instant::now();
         let result = self
