@@ -9,6 +9,7 @@ use prost::Message;
 const PROTO_FILES: &[&str] = &["kvstore/v1/kv.proto", "kvstore/raft/v1/raft.proto"];
 const INCLUDE_DIRS: &[&str] = &["."];
 const DESCRIPTOR_FILE: &str = "kvstore_descriptor.bin";
+const RAFT_ENTRY_DATA: &str = ".kvstore.raft.v1.Entry.data";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTO_FILES {
@@ -23,6 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptor_set.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Log entry payloads as `bytes::Bytes`: the Raft core holds them as
+        // `Bytes`, so sending one to a peer clones a pointer, and a received
+        // one is a slice of the message buffer rather than a copy.
+        .bytes(RAFT_ENTRY_DATA)
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptor_set)?;

@@ -238,7 +238,7 @@ impl Follower {
                 index: prev_log_index + 1 + offset as u64,
                 term,
                 kind: EntryKind::Normal,
-                data,
+                data: data.into(),
             })
             .collect();
         let message = Message {

@@ -400,7 +400,7 @@ mod tests {
             index,
             term,
             kind: EntryKind::Normal,
-            data: vec![index as u8, term as u8],
+            data: vec![index as u8, term as u8].into(),
         }
     }
 
@@ -459,6 +459,13 @@ mod tests {
         // A single oversize entry is still sent.
         assert_eq!(log.entries_from(1, 10, 1).unwrap().len(), 1);
         assert_eq!(log.entries_from(6, 10, 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn entries_handed_out_share_their_payload() {
+        let log = log_with_terms(&[1, 1]);
+        let sent = log.entries_from(1, 10, usize::MAX).unwrap();
+        assert_eq!(sent[1].data.as_ptr(), log.entry(2).unwrap().data.as_ptr());
     }
 
     #[test]
@@ -555,7 +562,7 @@ mod tests {
                         let new_term = base_term + term;
                         let new_entries: Vec<Entry> = (1..=count).map(|offset| {
                             next_payload = next_payload.wrapping_add(1);
-                            Entry { index: prev + offset, term: new_term, kind: EntryKind::Normal, data: vec![next_payload] }
+                            Entry { index: prev + offset, term: new_term, kind: EntryKind::Normal, data: vec![next_payload].into() }
                         }).collect();
                         let prev_term = log.term(prev).unwrap();
                         let result = log.maybe_append(prev, prev_term, 0, &new_entries);

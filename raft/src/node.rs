@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -282,7 +283,7 @@ impl RaftNode {
     /// Proposes a command. On success returns the `(index, term)` it was
     /// appended at; it is committed when a `Ready` hands out an entry with
     /// that index *and* term (a different term there means it was lost).
-    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), ProposeError> {
+    pub fn propose(&mut self, data: impl Into<Bytes>) -> Result<(Index, Term), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader_hint: self.leader_id,
@@ -300,7 +301,7 @@ impl RaftNode {
             index,
             term: self.term,
             kind: EntryKind::Normal,
-            data,
+            data: data.into(),
         };
         self.leader_append(entry);
         self.assert_invariants();
@@ -679,7 +680,7 @@ impl RaftNode {
             index: next_index,
             term: self.term,
             kind: EntryKind::Empty,
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         self.leader_append(entry);
     }

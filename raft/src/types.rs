@@ -4,6 +4,8 @@
 //! beyond tiny helpers, so the server can convert it to and from protobuf at
 //! one boundary module.
 
+use bytes::Bytes;
+
 /// Identifier of a cluster member. `0` is never a valid id (protobuf uses it
 /// for "none"), [`crate::Config::validate`] rejects it.
 pub type NodeId = u64;
@@ -34,8 +36,11 @@ pub struct Entry {
     pub term: Term,
     /// Command or no-op.
     pub kind: EntryKind,
-    /// Opaque command bytes (empty for [`EntryKind::Empty`]).
-    pub data: Vec<u8>,
+    /// Opaque command bytes (empty for [`EntryKind::Empty`]). Reference
+    /// counted: handing an entry to the WAL, to each peer's AppendEntries and
+    /// to the state machine clones a pointer, not the payload (a 1 MiB value
+    /// was copied once per peer per send).
+    pub data: Bytes,
 }
 
 impl Entry {

@@ -75,7 +75,7 @@ fn single_node_commits_only_after_persisting() {
             index: 2,
             term: 1,
             kind: EntryKind::Normal,
-            data: b"x".to_vec()
+            data: b"x".to_vec().into()
         }]
     );
     assert!(ready.committed_entries.is_empty());

@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Entry, EntryKind};
@@ -46,7 +47,7 @@ const TERM: u64 = 1;
 const NOISE_THRESHOLD: f64 = 0.05;
 
 /// Encoded Put commands, one per key of the keyspace.
-fn commands() -> Vec<Vec<u8>> {
+fn commands() -> Vec<Bytes> {
     (0..KEYSPACE)
         .map(|key| {
             encode_command(&pb::Command {
@@ -56,6 +57,7 @@ fn commands() -> Vec<Vec<u8>> {
                 })),
                 request_id: String::new(),
             })
+            .into()
         })
         .collect()
 }
@@ -63,7 +65,7 @@ fn commands() -> Vec<Vec<u8>> {
 /// A store and the next entries to apply to it.
 struct Fixture<S: Store> {
     store: S,
-    commands: Vec<Vec<u8>>,
+    commands: Vec<Bytes>,
     batch: Vec<Entry>,
     next_index: u64,
 }
@@ -75,7 +77,7 @@ impl<S: Store> Fixture<S> {
                 index: 0,
                 term: TERM,
                 kind: EntryKind::Normal,
-                data: Vec::new(),
+                data: Bytes::new(),
             })
             .collect();
         Fixture {
@@ -98,8 +100,7 @@ impl<S: Store> Fixture<S> {
         for entry in &mut self.batch {
             entry.index = self.next_index;
             let command = &self.commands[self.next_index as usize % KEYSPACE];
-            entry.data.clear();
-            entry.data.extend_from_slice(command);
+            entry.data = command.clone();
             self.next_index += 1;
         }
         let started = Instant::now();

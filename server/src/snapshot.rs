@@ -493,6 +493,7 @@ pub fn peek_metadata(path: &Path) -> Result<SnapshotMetadata, SnapshotError> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use kvstore_proto::raft::v1 as pb;
     use kvstore_raft::{Entry, EntryKind};
 
@@ -524,7 +525,8 @@ mod tests {
             data: state_machine::encode_command(&pb::Command {
                 operation: Some(operation),
                 request_id: String::new(),
-            }),
+            })
+            .into(),
         }
     }
 
@@ -574,7 +576,7 @@ mod tests {
                         index,
                         term: 1,
                         kind: EntryKind::Empty,
-                        data: Vec::new(),
+                        data: Bytes::new(),
                     });
                 }
             }

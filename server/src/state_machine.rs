@@ -122,7 +122,7 @@ pub fn decode_operation(entry: &Entry) -> Option<Operation> {
     if entry.kind != EntryKind::Normal {
         return None;
     }
-    match pb::Command::decode(entry.data.as_slice()).map(|command| command.operation) {
+    match pb::Command::decode(entry.data.as_ref()).map(|command| command.operation) {
         Ok(Some(pb::command::Operation::Put(put))) => Some(Operation::Put {
             key: put.key,
             value: put.value,
@@ -243,6 +243,7 @@ pub fn finish_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Resu
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
+    use bytes::Bytes;
 
     fn put(index: Index, key: &str, value: &str) -> Entry {
         Entry {
@@ -255,7 +256,8 @@ mod tests {
                     value: value.into(),
                 })),
                 request_id: String::new(),
-            }),
+            })
+            .into(),
         }
     }
 
@@ -269,7 +271,8 @@ mod tests {
                     key: key.into(),
                 })),
                 request_id: String::new(),
-            }),
+            })
+            .into(),
         }
     }
 
@@ -280,7 +283,7 @@ mod tests {
             index: 1,
             term: 1,
             kind: EntryKind::Empty,
-            data: Vec::new(),
+            data: Bytes::new(),
         };
         let outcomes = apply(
             &mut store,

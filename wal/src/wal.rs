@@ -20,9 +20,11 @@ use crate::types::{Entry, HardState, Recovered, SnapshotMarker, WalOptions};
 /// on, so that two processes never append to the same log.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
-/// The encode buffer is shrunk back to this after a larger append, so one
-/// huge batch does not pin memory for the life of the process.
-const ENCODE_BUFFER_BYTES_KEPT_MAX: usize = 1024 * 1024;
+/// The encode buffer is dropped after an append larger than this, so one
+/// huge batch does not pin memory for the life of the process. It is well
+/// above a batch of a few 1 MiB values: a buffer dropped after every such
+/// batch was allocated and page-faulted afresh for the next one.
+const ENCODE_BUFFER_BYTES_KEPT_MAX: usize = 16 * 1024 * 1024;
 
 /// Failure injected by unit tests into the next record write.
 #[cfg(test)]

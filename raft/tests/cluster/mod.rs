@@ -46,7 +46,7 @@ pub fn entry(index: u64, term: u64) -> Entry {
         index,
         term,
         kind: EntryKind::Normal,
-        data: format!("{index}@{term}").into_bytes(),
+        data: format!("{index}@{term}").into_bytes().into(),
     }
 }
 
@@ -151,7 +151,7 @@ impl Cluster {
             let applied = self.applied.get_mut(&id).unwrap();
             for entry in ready.committed_entries {
                 if entry.kind == EntryKind::Normal {
-                    applied.push((entry.index, entry.data));
+                    applied.push((entry.index, entry.data.to_vec()));
                 }
             }
             self.read_states

@@ -1,5 +1,6 @@
 //! Conversions between the Raft core's durable state and the WAL's records.
 
+use bytes::Bytes;
 use kvstore_raft::{Entry, EntryKind, HardState, SnapshotMetadata};
 
 const KIND_NORMAL: u8 = 1;
@@ -22,11 +23,11 @@ pub fn entry_to_wal(entry: &Entry) -> kvstore_wal::Entry {
 
 /// A WAL entry as a core entry.
 pub fn entry_from_wal(entry: kvstore_wal::Entry) -> Result<Entry, String> {
-    let (kind, data) = entry
-        .payload
-        .split_first()
+    let payload = Bytes::from(entry.payload);
+    let kind = *payload
+        .first()
         .ok_or_else(|| format!("WAL entry {} has an empty payload", entry.index))?;
-    let kind = match *kind {
+    let kind = match kind {
         KIND_NORMAL => EntryKind::Normal,
         KIND_EMPTY => EntryKind::Empty,
         other => {
@@ -40,7 +41,7 @@ pub fn entry_from_wal(entry: kvstore_wal::Entry) -> Result<Entry, String> {
         index: entry.index,
         term: entry.term,
         kind,
-        data: data.to_vec(),
+        data: payload.slice(1..),
     })
 }
 
@@ -89,13 +90,13 @@ mod tests {
                 index: 3,
                 term: 2,
                 kind: EntryKind::Normal,
-                data: vec![0, 1, 2],
+                data: vec![0, 1, 2].into(),
             },
             Entry {
                 index: 4,
                 term: 2,
                 kind: EntryKind::Empty,
-                data: Vec::new(),
+                data: Bytes::new(),
             },
         ] {
             assert_eq!(entry_from_wal(entry_to_wal(&entry)).unwrap(), entry);

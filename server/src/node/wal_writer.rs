@@ -267,7 +267,7 @@ mod tests {
             index,
             term: 1,
             kind: EntryKind::Normal,
-            data: vec![index as u8],
+            data: vec![index as u8].into(),
         }
     }
 

@@ -427,6 +427,8 @@ pub fn check_header(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     /// Through a `Stream` too, with its header visible before decoding.
@@ -474,15 +476,29 @@ mod tests {
     }
 
     #[test]
+    fn entry_payloads_are_shared_not_copied() {
+        let entry = Entry {
+            index: 3,
+            term: 2,
+            kind: EntryKind::Normal,
+            data: Bytes::from(vec![7u8; 1024]),
+        };
+        let wire = entry_to_proto(&entry);
+        assert_eq!(wire.data.as_ptr(), entry.data.as_ptr());
+        let back = entry_from_proto(wire).unwrap();
+        assert_eq!(back.data.as_ptr(), entry.data.as_ptr());
+    }
+
+    #[test]
     fn every_message_survives_the_protobuf_round_trip() {
         let entry = |index, kind| Entry {
             index,
             term: 6,
             kind,
             data: if kind == EntryKind::Normal {
-                vec![0, 1, 255]
+                Bytes::from_static(&[0, 1, 255])
             } else {
-                Vec::new()
+                Bytes::new()
             },
         };
         round_trip(message(MessageBody::RequestVote {
@@ -543,7 +559,7 @@ mod tests {
                 index: 5,
                 term: 1,
                 kind: pb::EntryKind::Normal as i32,
-                data: Vec::new(),
+                data: Bytes::new(),
             }],
             ..Default::default()
         };
@@ -558,7 +574,7 @@ mod tests {
                 index: 4,
                 term: 1,
                 kind: 0,
-                data: Vec::new(),
+                data: Bytes::new(),
             }],
             ..Default::default()
         };
