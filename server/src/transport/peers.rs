@@ -220,12 +220,27 @@ struct PeerLink {
 /// Lanes: each is its own `Stream` call to the peer (HTTP/2 interleaves
 /// their frames on the one connection), so that heartbeats, votes and
 /// answers never wait behind megabytes of entries (as etcd's separate
-/// message and append streams). Raft does not need the two in order.
+/// message and append streams). Raft's safety does not need the two in
+/// order, but every AppendEntries, empty or not, takes the entries lane:
+/// an empty one (a commit update or a probe) that overtook entries still in
+/// flight would name a `prev_log_index` the follower has not received yet,
+/// be rejected, and send the leader back to probing from the follower's
+/// last index, which resends everything in flight. Measured with 64
+/// concurrent 1 MiB puts, that made the leader send each entry about ten
+/// times.
 const LANES: usize = 2;
-/// Heartbeats, votes, answers, TimeoutNow, empty AppendEntries (probes).
+/// Heartbeats, votes, answers, TimeoutNow.
 const CONTROL_LANE: usize = 0;
-/// AppendEntries carrying entries.
+/// Every AppendEntries.
 const ENTRIES_LANE: usize = 1;
+
+/// The lane a message travels in.
+fn lane_of(body: &MessageBody) -> usize {
+    match body {
+        MessageBody::AppendEntries { .. } => ENTRIES_LANE,
+        _ => CONTROL_LANE,
+    }
+}
 
 /// The open `Stream` call to a peer.
 struct OpenStream {
@@ -292,10 +307,7 @@ impl PeerLink {
             });
             return None;
         }
-        let lane = match &message.body {
-            MessageBody::AppendEntries { entries, .. } if !entries.is_empty() => ENTRIES_LANE,
-            _ => CONTROL_LANE,
-        };
+        let lane = lane_of(&message.body);
         match convert::stream_message(&self.cluster_id, &message) {
             Some(wire) => {
                 let bytes = prost::Message::encoded_len(&wire);
@@ -458,7 +470,37 @@ impl PeerLink {
 
 #[cfg(test)]
 mod tests {
+    use kvstore_raft::{Entry, EntryKind};
+
     use super::*;
+
+    #[test]
+    fn every_append_keeps_its_order_in_the_entries_lane() {
+        let append = |entries: Vec<Entry>| MessageBody::AppendEntries {
+            prev_log_index: 4,
+            prev_log_term: 1,
+            entries,
+            leader_commit: 4,
+        };
+        let entry = Entry {
+            index: 5,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: vec![1].into(),
+        };
+        assert_eq!(lane_of(&append(vec![entry])), ENTRIES_LANE);
+        assert_eq!(
+            lane_of(&append(Vec::new())),
+            ENTRIES_LANE,
+            "an empty append must not overtake entries in flight"
+        );
+        let heartbeat = MessageBody::Heartbeat {
+            leader_commit: 4,
+            read_round: 1,
+        };
+        assert_eq!(lane_of(&heartbeat), CONTROL_LANE);
+        assert_eq!(lane_of(&MessageBody::TimeoutNow), CONTROL_LANE);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
