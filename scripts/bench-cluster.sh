@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks a local 3-node cluster of native processes, all on 127.0.0.1:
-# starts three kvstore-server (ids 1..3, client ports 51151-51153, raft ports
-# 61151-61153) or, with BENCH_STORE=etcd, three etcd members (client ports
-# 52151-52153, peer ports 62151-62153), data in a temporary directory; waits
+# starts three kvstore-server (ids 1..3) or, with BENCH_STORE=etcd, three etcd
+# members, on ports the kernel picks free (fixed ports collided with
+# connections left in TIME_WAIT), data in a temporary directory; waits
 # for a leader, runs the standard workloads with `kvstore-cli bench` (with
 # --protocol etcd against etcd: the same clients, keys and histograms) and
 # prints one summary table. Every node is stopped at the end, also on a
@@ -43,11 +43,7 @@ etcd=${ETCD:-etcd}
 etcdctl=${ETCDCTL:-etcdctl}
 node_count=3
 leader_wait_seconds=30
-case $store in
-  kvstore) client_port_base=51150 raft_port_base=61150 ;;
-  etcd) client_port_base=52150 raft_port_base=62150 ;;
-  *) echo "bench: BENCH_STORE must be kvstore or etcd, not $store" >&2; exit 1 ;;
-esac
+[[ $store == kvstore || $store == etcd ]] || { echo "bench: BENCH_STORE must be kvstore or etcd, not $store" >&2; exit 1; }
 
 for binary in "$server" "$cli"; do
   [[ -x $binary ]] || { echo "bench: $binary is missing; build it first (make release)" >&2; exit 1; }
@@ -78,21 +74,26 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for id in $(seq "$node_count"); do
-  for port in $((client_port_base + id)) $((raft_port_base + id)); do
-    if port_taken "$port"; then echo "bench: 127.0.0.1:$port is in use; stop whatever listens there" >&2; exit 1; fi
-  done
-done
-
-endpoint() { echo "127.0.0.1:$((client_port_base + $1))"; }
+# Ports the kernel picks free on 127.0.0.1 (bound together, then released):
+# client ports first, then raft/peer ports, one of each per node.
+mapfile -t free_ports < <(python3 -c '
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in sockets))
+' $((2 * node_count)))
+((${#free_ports[@]} == 2 * node_count)) || { echo "bench: could not pick free ports on 127.0.0.1" >&2; exit 1; }
+client_port() { echo "${free_ports[$(($1 - 1))]}"; }
+raft_port() { echo "${free_ports[$((node_count + $1 - 1))]}"; }
+endpoint() { echo "127.0.0.1:$(client_port "$1")"; }
 all_endpoints=$(for id in $(seq "$node_count"); do endpoint "$id"; done | paste -sd, -)
 start_kvstore_node() {
   local id=$1 peers
   peers=$(for peer in $(seq "$node_count"); do
-    [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$((raft_port_base + peer))"
+    [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$(raft_port "$peer")"
   done | paste -sd, -)
-  "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$((raft_port_base + id))" \
+  "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$(raft_port "$id")" \
     --peers "$peers" --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
 }
 # etcd with its defaults (fsync on every WAL write, 100 ms heartbeat, 1 s
@@ -100,12 +101,12 @@ start_kvstore_node() {
 start_etcd_member() {
   local id=$1 initial_cluster
   initial_cluster=$(for peer in $(seq "$node_count"); do
-    echo "node-$peer=http://127.0.0.1:$((raft_port_base + peer))"
+    echo "node-$peer=http://127.0.0.1:$(raft_port "$peer")"
   done | paste -sd, -)
   "$etcd" --name "node-$id" --data-dir "$work/node-$id" \
     --listen-client-urls "http://$(endpoint "$id")" --advertise-client-urls "http://$(endpoint "$id")" \
-    --listen-peer-urls "http://127.0.0.1:$((raft_port_base + id))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((raft_port_base + id))" \
+    --listen-peer-urls "http://127.0.0.1:$(raft_port "$id")" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$(raft_port "$id")" \
     --initial-cluster "$initial_cluster" --initial-cluster-state new --initial-cluster-token kvstore-bench \
     --logger zap --log-level warn 2>"$work/node-$id.log" &
 }
