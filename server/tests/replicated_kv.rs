@@ -252,6 +252,69 @@ async fn a_write_through_one_follower_is_read_through_the_other() {
     );
 }
 
+/// Concurrent linearizable reads at a follower share ReadIndex requests to
+/// the leader; none may return a value older than the last write
+/// acknowledged before it started. One writer counts up a key through the
+/// leader while readers at a follower check it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_follower_reads_see_every_write_acknowledged_before_them() {
+    const WRITES: u64 = 150;
+    const READERS: usize = 16;
+    let _serial = support::serial();
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(10 * TEST_ELECTION_TIMEOUT).await;
+    let follower = cluster.node(if leader == 1 { 2 } else { 1 }).client_addr;
+    let leader_addr = cluster.node(leader).client_addr;
+    let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let acknowledged = acknowledged.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut client = client_for(follower, CLIENT_DEADLINE).await.unwrap();
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
+                    let response = client
+                        .get(GetRequest {
+                            key: b"counter".to_vec(),
+                            consistency: Consistency::Linearizable as i32,
+                        })
+                        .await
+                        .expect("a linearizable read at the follower")
+                        .into_inner();
+                    let seen: u64 = if response.found {
+                        String::from_utf8(response.value).unwrap().parse().unwrap()
+                    } else {
+                        0
+                    };
+                    assert!(seen >= floor, "read {seen} after {floor} was acknowledged");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut writer = client_for(leader_addr, CLIENT_DEADLINE).await.unwrap();
+    for value in 1..=WRITES {
+        writer
+            .put(PutRequest {
+                key: b"counter".to_vec(),
+                value: value.to_string().into_bytes(),
+            })
+            .await
+            .unwrap();
+        acknowledged.store(value, std::sync::atomic::Ordering::Release);
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(reads >= READERS as u64, "every reader read at least once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_killing_the_leader_under_load() {
     let _serial = support::serial();

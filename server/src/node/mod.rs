@@ -7,6 +7,7 @@
 
 pub mod driver;
 pub mod persist;
+mod read_batch;
 mod status;
 pub mod wal_writer;
 
@@ -27,6 +28,7 @@ use crate::state_machine;
 use crate::storage::actor::StoreHandle;
 use crate::transport::peers::PeerSet;
 use driver::DriverEvent;
+use read_batch::{BatchResult, ConfirmedIndex, ReadBatches};
 
 /// Who served a request, and where in the log (the client API's header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +99,9 @@ pub struct NodeParts {
 #[derive(Clone)]
 pub struct Node {
     shared: Arc<NodeParts>,
+    /// Linearizable reads at this follower waiting to share a ReadIndex
+    /// request to the leader.
+    read_batches: Arc<ReadBatches>,
 }
 
 impl std::fmt::Debug for Node {
@@ -125,6 +130,7 @@ impl Node {
     pub(crate) fn new(parts: NodeParts) -> Self {
         Self {
             shared: Arc::new(parts),
+            read_batches: Arc::default(),
         }
     }
 
@@ -250,19 +256,18 @@ impl Node {
             }
             // Raft thesis §6.4: the leader confirms a read index, and this
             // node serves the read itself once it has applied that index.
-            tracing::debug!(request_id, leader_id, "read index asked of the leader");
-            let request = pb::forward_request::Request::ReadIndex(true);
-            match self.forward(leader_id, request, request_id).await {
+            match self.confirmed_read_index(leader_id, request_id).await {
                 Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
                 Err(error) => return Err(error),
-                Ok(response) => {
-                    let term = response
-                        .header
-                        .as_ref()
-                        .map(|header| header.term)
-                        .unwrap_or_default();
+                Ok(confirmed) => {
                     return self
-                        .read_at(key, response.index, leader_id, term, request_id)
+                        .read_at(
+                            key,
+                            confirmed.index,
+                            confirmed.leader_id,
+                            confirmed.term,
+                            request_id,
+                        )
                         .await;
                 }
             }
@@ -270,6 +275,58 @@ impl Node {
         Err(KvError::NoLeader(
             "leadership kept changing while the read was retried".into(),
         ))
+    }
+
+    /// A read index confirmed by `leader_id` in a request sent after this
+    /// call: concurrent reads share one request ([`read_batch`]).
+    async fn confirmed_read_index(&self, leader_id: NodeId, request_id: &str) -> BatchResult {
+        // Counted per read, as a forwarded request: it is served at an index
+        // the leader confirmed, whichever request carried it.
+        self.shared.metrics.observe_forward(Operation::Get);
+        let (answer, start) = self.read_batches.join(leader_id, request_id);
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.send_read_index_requests(leader_id).await });
+        }
+        answer.await.map_err(|_| {
+            KvError::Unavailable("the node stopped before the read index was confirmed".into())
+        })?
+    }
+
+    /// Sends `leader_id` one ReadIndex request per batch of waiting reads,
+    /// until none wait. Each request is bounded by the longest deadline a
+    /// request may have, so a request lost with its leader holds up later
+    /// reads of that leader no longer than their own deadlines would.
+    async fn send_read_index_requests(&self, leader_id: NodeId) {
+        let timeout = Duration::from_millis(crate::limits::REQUEST_TIMEOUT_DEFAULT_MS);
+        while let Some(batch) = self.read_batches.next_batch(leader_id) {
+            let request_id = &batch[0].request_id;
+            tracing::debug!(
+                request_id,
+                leader_id,
+                reads = batch.len(),
+                "read index asked of the leader"
+            );
+            let request = pb::forward_request::Request::ReadIndex(true);
+            let forwarded =
+                tokio::time::timeout(timeout, self.forward(leader_id, request, request_id));
+            let result = match forwarded.await {
+                Err(_) => Err(KvError::DeadlineExceeded(format!(
+                    "leader {leader_id} confirmed no read index within {timeout:?}"
+                ))),
+                Ok(Err(error)) => Err(error),
+                Ok(Ok(response)) => Ok(ConfirmedIndex {
+                    leader_id,
+                    index: response.index,
+                    term: response
+                        .header
+                        .as_ref()
+                        .map(|header| header.term)
+                        .unwrap_or_default(),
+                }),
+            };
+            read_batch::answer_all(batch, &result);
+        }
     }
 
     async fn write(&self, command: pb::Command, request_id: &str) -> Result<WriteOutcome, KvError> {
@@ -284,6 +341,9 @@ impl Node {
             }
             tracing::debug!(request_id, leader_id, "write forwarded to the leader");
             let request = pb::forward_request::Request::Write(command.clone());
+            self.shared
+                .metrics
+                .observe_forward(forwarded_operation(&request));
             match self.forward(leader_id, request, request_id).await {
                 Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
                 Err(error) => return Err(error),
@@ -458,9 +518,6 @@ impl Node {
         request_id: &str,
     ) -> Result<pb::ForwardResponse, KvError> {
         let is_write = matches!(request, pb::forward_request::Request::Write(_));
-        self.shared
-            .metrics
-            .observe_forward(forwarded_operation(&request));
         let forwarder = self.shared.peers.forwarder(leader_id).ok_or_else(|| {
             KvError::Unavailable(format!("leader {leader_id} is not a configured peer"))
         })?;
