@@ -28,7 +28,7 @@ use crate::state_machine;
 use crate::storage::actor::StoreHandle;
 use crate::transport::peers::PeerSet;
 use driver::DriverEvent;
-use read_batch::{BatchResult, ConfirmedIndex, ReadBatches};
+use read_batch::{BatchResult, ConfirmedIndex, ReadBatches, RestartOnPanic};
 
 /// Who served a request, and where in the log (the client API's header).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -299,6 +299,7 @@ impl Node {
     /// reads of that leader no longer than their own deadlines would.
     async fn send_read_index_requests(&self, leader_id: NodeId) {
         let timeout = Duration::from_millis(crate::limits::REQUEST_TIMEOUT_DEFAULT_MS);
+        let _restart = RestartOnPanic::new(&self.read_batches, leader_id);
         while let Some(batch) = self.read_batches.next_batch(leader_id) {
             let request_id = &batch[0].request_id;
             tracing::debug!(

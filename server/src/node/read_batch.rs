@@ -87,6 +87,33 @@ impl ReadBatches {
     }
 }
 
+/// Forgets `leader_id`'s queue if the task sending its requests panics:
+/// its waiting reads fail at once (their answers are dropped) instead of
+/// waiting for a task that is gone, and the next read starts a new one.
+pub struct RestartOnPanic<'a> {
+    batches: &'a ReadBatches,
+    leader_id: NodeId,
+}
+
+impl<'a> RestartOnPanic<'a> {
+    /// Guards the task sending `leader_id`'s requests.
+    pub fn new(batches: &'a ReadBatches, leader_id: NodeId) -> Self {
+        Self { batches, leader_id }
+    }
+}
+
+impl Drop for RestartOnPanic<'_> {
+    fn drop(&mut self) {
+        // Only on a panic: after a normal end, a read may already have
+        // started the next task, whose queue this must not touch.
+        if std::thread::panicking() {
+            if let Ok(mut queues) = self.batches.queues.lock() {
+                queues.remove(&self.leader_id);
+            }
+        }
+    }
+}
+
 /// Answers every read of a batch with the request's result.
 pub fn answer_all(batch: Vec<Waiter>, result: &BatchResult) {
     for waiter in batch {
@@ -156,6 +183,26 @@ mod tests {
         assert!(batches.next_batch(LEADER).is_none(), "the task stops");
         let (_, start) = batches.join(LEADER, "d");
         assert!(start, "the next read starts a new task");
+    }
+
+    #[test]
+    fn a_panicking_sender_lets_the_next_read_start_a_new_one() {
+        let batches = ReadBatches::default();
+        let (mut lost, _) = batches.join(LEADER, "a");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = RestartOnPanic::new(&batches, LEADER);
+            let _batch = batches.next_batch(LEADER);
+            panic!("the sending task fails");
+        }));
+        assert!(panicked.is_err());
+        assert!(lost.try_recv().is_err(), "the read fails rather than waits");
+        let (_, start) = batches.join(LEADER, "b");
+        assert!(start, "the next read starts a new task");
+        {
+            let _guard = RestartOnPanic::new(&batches, LEADER);
+        }
+        let (_, start) = batches.join(LEADER, "c");
+        assert!(!start, "a normal end leaves the running task's queue alone");
     }
 
     #[test]
