@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, SnapshotKind};
 use crate::snapshot::{self, SnapshotDirectory};
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
-use crate::storage::StoreError;
+use crate::storage::{Store, StoreError};
 use crate::transport::convert::{expected_reply, reply_kind_of_response, ReplyKind};
 use crate::transport::peers::PeerSet;
 
@@ -740,7 +740,7 @@ impl Driver {
             index: read_index,
             forwarded_by: 0,
         };
-        let result = self.store.submit(move |store| {
+        let serve = move |store: &mut dyn Store| {
             let result = state_machine::get(store, &read.key)
                 .map(|value| (served_by, value))
                 .map_err(KvError::from);
@@ -750,7 +750,16 @@ impl Driver {
                 "read served at the read index"
             );
             let _ = read.reply.send(result);
-        });
+        };
+        // Applied already (not only handed to the store thread) and the
+        // store idle: read here rather than wake the store thread.
+        let mut serve = Some(serve);
+        if self.applied_index.load(Ordering::Acquire) >= read_index {
+            self.store
+                .try_read(|store| serve.take().map(|serve| serve(store)));
+        }
+        let Some(serve) = serve else { return };
+        let result = self.store.submit(serve);
         if let Err(error) = result {
             storage_failure("the store thread is gone", error);
         }

@@ -232,11 +232,15 @@ impl Node {
         let stale_reads = self.shared.timings.injected_fault == Some(InjectedFault::StaleReads);
         if consistency == ReadConsistency::Serializable || stale_reads {
             let status = self.status();
-            let value = self
-                .shared
-                .store
-                .with(move |store| state_machine::get(store, &key))
-                .await?;
+            let store = &self.shared.store;
+            let value = match store.try_read(|store| state_machine::get(store, &key)) {
+                Some(value) => value?,
+                None => {
+                    store
+                        .with(move |store| state_machine::get(store, &key))
+                        .await?
+                }
+            };
             let served_by = ServedBy {
                 node_id: self.id(),
                 leader_id: status.leader_id,
@@ -471,6 +475,29 @@ impl Node {
         term: u64,
         request_id: &str,
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+        // Applied already and the store idle: read here, skipping the
+        // driver and the store thread.
+        if self.shared.applied_index.load(Ordering::Acquire) >= index {
+            let read = self
+                .shared
+                .store
+                .try_read(|store| state_machine::get(store, &key));
+            if let Some(value) = read {
+                tracing::debug!(
+                    request_id,
+                    read_index = index,
+                    "read served at the read index"
+                );
+                let served_by = ServedBy {
+                    node_id: self.id(),
+                    leader_id,
+                    term,
+                    index,
+                    forwarded_by: 0,
+                };
+                return Ok((served_by, value?));
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.send_event(DriverEvent::ReadAt {
             key,
