@@ -77,6 +77,11 @@ pub struct ServerConfig {
     #[arg(long, env = "KVSTORE_SNAPSHOT_ENTRIES", default_value_t = limits::SNAPSHOT_ENTRIES_DEFAULT)]
     pub snapshot_entries: u64,
 
+    /// Bytes of applied entries between snapshots, whichever of this and
+    /// --snapshot-entries comes first: bounds the memory the log holds.
+    #[arg(long, env = "KVSTORE_SNAPSHOT_LOG_BYTES", default_value_t = limits::SNAPSHOT_LOG_BYTES_DEFAULT)]
+    pub snapshot_log_bytes: u64,
+
     /// The WAL's last segment is zero-filled this far ahead, so that each
     /// fdatasync writes the data alone (the file size does not change);
     /// 0 appends to the end of the file instead.
@@ -179,6 +184,9 @@ impl ServerConfig {
         }
         if self.snapshot_entries == 0 {
             return Err("--snapshot-entries must be at least 1".into());
+        }
+        if self.snapshot_log_bytes == 0 {
+            return Err("--snapshot-log-bytes must be at least 1".into());
         }
         if self.cluster_id.is_empty() {
             return Err("--cluster-id must not be empty".into());

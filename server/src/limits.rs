@@ -23,8 +23,15 @@ pub fn decoding_message_bytes_max(key_bytes_max: usize, value_bytes_max: usize) 
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 /// Default heartbeat interval (one Raft tick), in milliseconds.
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
-/// Default applied entries between snapshots (`--snapshot-entries`).
-pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
+/// Default applied entries between snapshots (`--snapshot-entries`): etcd's
+/// `--snapshot-count` default. Each snapshot rewrites the whole state, so
+/// taking one every 10,000 entries cost 8-20% of the CPU of a put under load.
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
+/// Default bytes of applied entry payloads between snapshots
+/// (`--snapshot-log-bytes`): bounds the memory the log holds between
+/// snapshots when values are large (100,000 entries of 1 MiB would be
+/// 100 GiB), whichever of the two limits comes first.
+pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 /// Largest message on the raft port (entries are batched well below it).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Longest a request waits for a leader to be known, in election timeouts.

@@ -393,6 +393,7 @@ pub async fn run(
         settings: DriverSettings {
             tick: Duration::from_millis(config.heartbeat_interval_ms),
             snapshot_entries: config.snapshot_entries,
+            snapshot_log_bytes: config.snapshot_log_bytes,
             injected_fault: config.inject_fault,
         },
         applied,

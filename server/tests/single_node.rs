@@ -293,28 +293,87 @@ fn acknowledged_writes_survive_kill_9_and_restart() {
     });
     server.kill();
     server.restart();
+    let values = runtime.block_on(values_of(&server, WRITES as usize));
+    for (index, value) in values.into_iter().enumerate() {
+        if index == 7 {
+            assert_eq!(value, None, "the acknowledged delete must survive");
+        } else {
+            let expected = (index as u32).to_be_bytes().repeat(64);
+            assert_eq!(value, Some(expected), "key-{index}");
+        }
+    }
+}
+
+/// The values of `key-0` to `key-{count - 1}` (linearizable reads).
+async fn values_of(server: &ServerProcess, count: usize) -> Vec<Option<Vec<u8>>> {
+    let mut client = server.client().await;
+    let mut values = Vec::with_capacity(count);
+    for index in 0..count {
+        let response = client
+            .get(GetRequest {
+                key: format!("key-{index}").into_bytes(),
+                consistency: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        values.push(response.found.then_some(response.value));
+    }
+    values
+}
+
+/// Large values snapshot by bytes long before the entry count is reached:
+/// the log held in memory between snapshots stays bounded. Nothing is lost
+/// across the snapshots and a kill -9.
+#[test]
+fn large_values_take_a_snapshot_by_bytes_before_the_entry_count() {
+    const WRITES: usize = 40;
+    const VALUE_BYTES: usize = 16 * 1024;
+    let directory = tempfile::tempdir().unwrap();
+    // 256 KiB: a snapshot about every 16 writes; the entry count (default
+    // 100,000) would take none.
+    let mut server = ServerProcess::start(
+        &directory.path().join("node"),
+        &["--snapshot-log-bytes", "262144"],
+    );
+    let value = |index: usize| vec![index as u8; VALUE_BYTES];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = server.client().await;
         for index in 0..WRITES {
-            let response = client
-                .get(GetRequest {
+            client
+                .put(PutRequest {
                     key: format!("key-{index}").into_bytes(),
-                    consistency: 0,
+                    value: value(index),
                 })
                 .await
-                .unwrap()
-                .into_inner();
-            if index == 7 {
-                assert!(!response.found, "the acknowledged delete must survive");
-            } else {
-                assert_eq!(
-                    response.value,
-                    index.to_be_bytes().repeat(64),
-                    "key-{index}"
-                );
+                .unwrap();
+        }
+        // Snapshots are written in the background: wait for the second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = support::status_of(server.client_addr).await.unwrap();
+            if status.snapshot_index >= 32 {
+                break;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no second snapshot after {WRITES} writes of {VALUE_BYTES} bytes: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    assert!(
+        server.log().contains("bytes_since_snapshot"),
+        "{}",
+        server.log()
+    );
+    server.kill();
+    server.restart();
+    let values = runtime.block_on(values_of(&server, WRITES));
+    for (index, stored) in values.into_iter().enumerate() {
+        assert_eq!(stored, Some(value(index)), "key-{index}");
+    }
 }
 
 #[test]

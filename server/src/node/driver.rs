@@ -103,6 +103,8 @@ pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
 enum InternalEvent {
     SnapshotWritten {
         snapshot: SnapshotMetadata,
+        /// The driver's `applied_bytes` when the snapshot was started.
+        applied_bytes: u64,
         result: Result<u64, String>,
     },
 }
@@ -159,6 +161,9 @@ pub struct DriverSettings {
     pub tick: Duration,
     /// Applied entries after which a snapshot is taken and the log compacted.
     pub snapshot_entries: u64,
+    /// Bytes of applied entry payloads after which a snapshot is taken, if
+    /// that comes before `snapshot_entries`.
+    pub snapshot_log_bytes: u64,
     /// A deliberate bug to switch on (conformance suite self-test only).
     pub injected_fault: Option<InjectedFault>,
 }
@@ -191,6 +196,11 @@ pub struct Driver {
     applied_submitted: SnapshotMetadata,
     snapshot_index: Index,
     snapshot_in_progress: bool,
+    /// Payload bytes of every entry handed to the store since start.
+    applied_bytes: u64,
+    /// `applied_bytes` when the last snapshot (taken or installed) was
+    /// started: the log holds about the difference.
+    applied_bytes_at_snapshot: u64,
     metrics: Arc<Metrics>,
     /// Term and vote last handed to the WAL.
     persisted_term_vote: (Term, Option<NodeId>),
@@ -262,6 +272,8 @@ impl Driver {
             applied_submitted: parts.applied,
             snapshot_index,
             snapshot_in_progress: false,
+            applied_bytes: 0,
+            applied_bytes_at_snapshot: 0,
             metrics: parts.metrics,
             persisted_term_vote: (hard_state.term, hard_state.vote),
         }
@@ -466,7 +478,11 @@ impl Driver {
 
     async fn handle_internal(&mut self, event: InternalEvent) {
         match event {
-            InternalEvent::SnapshotWritten { snapshot, result } => {
+            InternalEvent::SnapshotWritten {
+                snapshot,
+                applied_bytes,
+                result,
+            } => {
                 self.snapshot_in_progress = false;
                 match result {
                     Ok(_) if snapshot.index <= self.snapshot_index => {
@@ -483,6 +499,7 @@ impl Driver {
                             Err(error) => tracing::error!(%error, "compacting the raft log failed"),
                         }
                         self.snapshot_index = self.snapshot_index.max(snapshot.index);
+                        self.applied_bytes_at_snapshot = applied_bytes;
                         self.metrics.snapshot(SnapshotKind::Taken);
                         tracing::info!(
                             index = snapshot.index,
@@ -652,6 +669,7 @@ impl Driver {
         self.applied_index.store(snapshot.index, Ordering::Release);
         self.applied_submitted = snapshot;
         self.snapshot_index = snapshot.index;
+        self.applied_bytes_at_snapshot = self.applied_bytes;
         self.flush_reads_awaiting_apply();
     }
 
@@ -663,6 +681,7 @@ impl Driver {
         };
         let mut resolved = Vec::new();
         for entry in &entries {
+            self.applied_bytes += entry.data.len() as u64;
             if let Some(proposal) = self.proposals.remove(&entry.index) {
                 tracing::debug!(
                     request_id = proposal.request_id,
@@ -770,10 +789,15 @@ impl Driver {
             .applied_submitted
             .index
             .saturating_sub(self.snapshot_index);
-        if self.snapshot_in_progress || since_snapshot < self.settings.snapshot_entries {
+        let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
+        if self.snapshot_in_progress
+            || (since_snapshot < self.settings.snapshot_entries
+                && bytes_since_snapshot < self.settings.snapshot_log_bytes)
+        {
             return;
         }
         self.snapshot_in_progress = true;
+        let applied_bytes = self.applied_bytes;
         // The new snapshot is the previous one plus the committed entries
         // since: merged from files on a blocking thread, never touching the
         // store, so applies and reads go on meanwhile.
@@ -788,7 +812,12 @@ impl Driver {
             .collect();
         let directory = self.snapshots.clone();
         let events = self.internal_sender.clone();
-        tracing::info!(index = target.index, since_snapshot, "taking a snapshot");
+        tracing::info!(
+            index = target.index,
+            since_snapshot,
+            bytes_since_snapshot,
+            "taking a snapshot"
+        );
         tokio::task::spawn_blocking(move || {
             let result =
                 snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
@@ -798,6 +827,7 @@ impl Driver {
                 });
             let _ = events.send(InternalEvent::SnapshotWritten {
                 snapshot: target,
+                applied_bytes,
                 result: result.map_err(|error| error.to_string()),
             });
         });
