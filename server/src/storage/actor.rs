@@ -57,8 +57,10 @@ impl<S: Store> TryBorrow for Mutex<S> {
 /// Async access to a store owned by a dedicated thread.
 #[derive(Clone)]
 pub struct StoreHandle {
-    requests: mpsc::SyncSender<StoreRequest>,
+    // Declared (so dropped) before `requests`: once the thread sees the last
+    // sender gone, it holds the only reference and can close the store.
     shared: Arc<dyn TryBorrow>,
+    requests: mpsc::SyncSender<StoreRequest>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -111,7 +113,8 @@ where
                     StoreRequest::With(function) => function(store),
                 }
             }
-            // Every handle is gone, and with them every other reference.
+            // Every handle is gone, and with them (dropped before their
+            // senders) every other reference.
             match Arc::try_unwrap(owned) {
                 Ok(store) => on_close(store.into_inner().unwrap_or_else(PoisonError::into_inner)),
                 Err(_) => tracing::error!("the store is still referenced; it is not closed"),
@@ -120,8 +123,8 @@ where
         .expect("spawning the store thread");
     (
         StoreHandle {
-            requests: sender,
             shared,
+            requests: sender,
         },
         StoreThread { thread },
     )
