@@ -96,21 +96,25 @@ where
     let thread = thread::Builder::new()
         .name("kvstore-store".into())
         .spawn(move || {
+            // Poisoned only by a panic on this thread, which ended it.
+            let lock = || owned.lock().unwrap_or_else(PoisonError::into_inner);
             while let Ok(request) = receiver.recv() {
-                // Poisoned only by a panic on this thread, which ended it.
-                let mut store = owned.lock().unwrap_or_else(PoisonError::into_inner);
-                let store = &mut *store;
+                // Answers leave after the mutex is released, so that the
+                // caller's next inline read finds it free.
                 match request {
                     StoreRequest::Get(key, reply) => {
-                        let _ = reply.send(store.get(&key));
+                        let value = lock().get(&key);
+                        let _ = reply.send(value);
                     }
                     StoreRequest::Write(batch, reply) => {
-                        let _ = reply.send(store.write(batch));
+                        let written = lock().write(batch);
+                        let _ = reply.send(written);
                     }
                     StoreRequest::Scan(range, limit, reply) => {
-                        let _ = reply.send(store.scan(&range, limit));
+                        let pairs = lock().scan(&range, limit);
+                        let _ = reply.send(pairs);
                     }
-                    StoreRequest::With(function) => function(store),
+                    StoreRequest::With(function) => function(&mut *lock()),
                 }
             }
             // Every handle is gone, and with them (dropped before their
