@@ -45,8 +45,9 @@ impl<S: Store> TryBorrow for Mutex<S> {
         let mut store = match self.try_lock() {
             Ok(store) => store,
             Err(TryLockError::WouldBlock) => return false,
-            // A task panicked on the store thread; that thread is gone and
-            // every queued request fails: so do inline reads.
+            // Someone panicked holding it: inline reads stop, and reads go
+            // through the store thread's queue (which fails if the panic
+            // was on that thread, since it ended it).
             Err(TryLockError::Poisoned(_)) => return false,
         };
         function(&mut *store);
@@ -96,7 +97,9 @@ where
     let thread = thread::Builder::new()
         .name("kvstore-store".into())
         .spawn(move || {
-            // Poisoned only by a panic on this thread, which ended it.
+            // A panic on this thread ends it; one in an inline read on
+            // another thread poisons the mutex but changed nothing (reads
+            // never write), so the store is whole and this thread goes on.
             let lock = || owned.lock().unwrap_or_else(PoisonError::into_inner);
             while let Ok(request) = receiver.recv() {
                 // Answers leave after the mutex is released, so that the
