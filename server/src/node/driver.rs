@@ -772,12 +772,14 @@ impl Driver {
         };
         // Applied already (not only handed to the store thread) and the
         // store idle: read here rather than wake the store thread.
-        let mut serve = Some(serve);
-        if self.applied_index.load(Ordering::Acquire) >= read_index {
-            self.store
-                .try_read(|store| serve.take().map(|serve| serve(store)));
-        }
-        let Some(serve) = serve else { return };
+        let serve = if self.applied_index.load(Ordering::Acquire) >= read_index {
+            match self.store.try_read(serve) {
+                Ok(()) => return,
+                Err(serve) => serve,
+            }
+        } else {
+            serve
+        };
         let result = self.store.submit(serve);
         if let Err(error) = result {
             storage_failure("the store thread is gone", error);

@@ -234,8 +234,8 @@ impl Node {
             let status = self.status();
             let store = &self.shared.store;
             let value = match store.try_read(|store| state_machine::get(store, &key)) {
-                Some(value) => value?,
-                None => {
+                Ok(value) => value?,
+                Err(_) => {
                     store
                         .with(move |store| state_machine::get(store, &key))
                         .await?
@@ -482,7 +482,7 @@ impl Node {
                 .shared
                 .store
                 .try_read(|store| state_machine::get(store, &key));
-            if let Some(value) = read {
+            if let Ok(value) = read {
                 tracing::debug!(
                     request_id,
                     read_index = index,

@@ -192,20 +192,25 @@ impl StoreHandle {
     }
 
     /// Runs `read` on the calling thread with exclusive access to the store,
-    /// if the store thread is idle; `None` when it is busy, and the caller
-    /// queues the read instead. For short reads only: the store thread waits
+    /// if the store thread is idle; when it is busy, `read` comes back
+    /// unrun and the caller queues it instead. For short reads only: the store thread waits
     /// for `read` to finish before it serves its next request. Sees every
     /// request the store thread has finished, and nothing of one it is
     /// serving.
-    pub fn try_read<T>(&self, read: impl FnOnce(&mut dyn Store) -> T) -> Option<T> {
+    pub fn try_read<T, F>(&self, read: F) -> Result<T, F>
+    where
+        F: FnOnce(&mut dyn Store) -> T,
+    {
         let mut read = Some(read);
         let mut result = None;
         self.shared.try_borrow(&mut |store| {
-            if let Some(read) = read.take() {
-                result = Some(read(store));
-            }
+            result = read.take().map(|read| read(store));
         });
-        result
+        match (result, read) {
+            (Some(result), _) => Ok(result),
+            (None, Some(read)) => Err(read),
+            (None, None) => unreachable!("a read that ran has a result"),
+        }
     }
 
     /// Runs `function` on the store thread with exclusive access to the store
@@ -246,7 +251,7 @@ mod tests {
         let mut batch = WriteBatch::new();
         batch.put(b"k".to_vec(), b"1".to_vec());
         handle.write(batch).await.unwrap();
-        let read = handle.try_read(|store| store.get(b"k").unwrap());
+        let read = handle.try_read(|store| store.get(b"k").unwrap()).ok();
         assert_eq!(read, Some(Some(b"1".to_vec())));
         drop(handle);
         thread.join();
@@ -270,7 +275,7 @@ mod tests {
             })
             .unwrap();
         started_work.recv().unwrap();
-        assert_eq!(handle.try_read(|store| store.get(b"k").unwrap()), None);
+        assert_eq!(handle.try_read(|store| store.get(b"k").unwrap()).ok(), None);
         finish.send(()).unwrap();
         // Queued behind the write, so it sees it.
         assert_eq!(
@@ -278,7 +283,7 @@ mod tests {
             Some(b"2".to_vec())
         );
         assert_eq!(
-            handle.try_read(|store| store.get(b"k").unwrap()),
+            handle.try_read(|store| store.get(b"k").unwrap()).ok(),
             Some(Some(b"2".to_vec()))
         );
         drop(handle);
