@@ -16,7 +16,7 @@ BENCH_ROUNDS     ?= 3
 BENCH_ENV = BENCH_DURATION=$(BENCH_DURATION) BENCH_TOTAL=$(BENCH_TOTAL) BENCH_KEYSPACE=$(BENCH_KEYSPACE) \
 	BENCH_VALUE_SIZE=$(BENCH_VALUE_SIZE) BENCH_CLIENTS=$(BENCH_CLIENTS) BENCH_VIA=$(BENCH_VIA)
 
-.PHONY: bench bench-etcd bench-compare etcd-install
+.PHONY: bench bench-etcd bench-compare bench-floor etcd-install
 
 bench: ## Benchmark a local 3-node cluster on 127.0.0.1 (release build; ~1-2 min)
 	$(CARGO) build --release --workspace --bins
@@ -41,6 +41,14 @@ bench-compare: etcd-install ## kvstore and etcd, same workloads, alternating rou
 
 # etcd from Debian (etcd-server 3.4, etcd-client for etcdctl); elsewhere put
 # `etcd` and `etcdctl` on PATH.
+# The single-client put latency target is 1.5x the floor of two fsyncs and
+# two loopback round trips: this measures the floor's parts, a gRPC round
+# trip, a single-node put and the three-node put (etcd's too when
+# installed), minutes apart on this machine, and prints them against it.
+bench-floor: ## Single-client put latency against its floor (2 fsyncs + 2 loopback round trips; ~30 s)
+	$(CARGO) build --release --workspace --bins
+	scripts/bench-floor.sh $(TARGET_DIR)/release
+
 etcd-install:
 	@if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

@@ -23,6 +23,8 @@
 #   BENCH_VIA        all: concurrent workloads spread over the 3 nodes;
 #                    leader: everything through the leader [all]
 #   BENCH_STORE      kvstore or etcd (etcd 3.4's `etcd` on PATH, or ETCD) [kvstore]
+#   BENCH_NODES      nodes in the cluster, 1 or 3 (1: what replication adds
+#                    shows against it; scripts/bench-floor.sh uses it) [3]
 #   BENCH_RESULTS    a directory to copy the JSON results into, for
 #                    scripts/bench-table.py (side-by-side tables) [none]
 #   BENCH_KEEP       1 keeps the data directory, logs and JSON results
@@ -41,7 +43,7 @@ via=${BENCH_VIA:-all}
 store=${BENCH_STORE:-kvstore}
 etcd=${ETCD:-etcd}
 etcdctl=${ETCDCTL:-etcdctl}
-node_count=3
+node_count=${BENCH_NODES:-3}
 leader_wait_seconds=30
 [[ $store == kvstore || $store == etcd ]] || { echo "bench: BENCH_STORE must be kvstore or etcd, not $store" >&2; exit 1; }
 
@@ -54,6 +56,7 @@ if [[ $store == etcd ]]; then
       { echo "bench: $binary is not installed (Debian: apt-get install etcd-server etcd-client; make bench-etcd does it)" >&2; exit 1; }
   done
 fi
+[[ $node_count == 1 || $node_count == 3 ]] || { echo "bench: BENCH_NODES must be 1 or 3, not $node_count" >&2; exit 1; }
 [[ $via == all || $via == leader ]] || { echo "bench: BENCH_VIA must be all or leader, not $via" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -94,7 +97,7 @@ start_kvstore_node() {
     [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$(raft_port "$peer")"
   done | paste -sd, -)
   "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$(raft_port "$id")" \
-    --peers "$peers" --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
+    ${peers:+--peers "$peers"} --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
 }
 # etcd with its defaults (fsync on every WAL write, 100 ms heartbeat, 1 s
 # election timeout, snapshot every 100,000 entries): what a user runs.
@@ -130,9 +133,9 @@ etcd_leader_endpoint() {
 import json, sys
 statuses = json.load(sys.stdin)
 leaders = {status["Status"]["leader"] for status in statuses}
-if len(statuses) == 3 and len(leaders) == 1 and 0 not in leaders:
+if len(statuses) == int(sys.argv[1]) and len(leaders) == 1 and 0 not in leaders:
     print(next(status["Endpoint"] for status in statuses if status["Status"]["header"]["member_id"] in leaders))
-'
+' "$node_count"
 }
 leader_endpoint() {
   if [[ $store == etcd ]]; then
@@ -152,8 +155,8 @@ while [[ -z $leader ]]; do
   leader=$(leader_endpoint 2>/dev/null || true)
 done
 # The leader first: a single connection goes to it.
-other_endpoints=$(tr , '\n' <<<"$all_endpoints" | grep -vx "$leader" | paste -sd, -)
-spread_endpoints="$leader,$other_endpoints"
+other_endpoints=$(tr , '\n' <<<"$all_endpoints" | { grep -vx "$leader" || true; } | paste -sd, -)
+spread_endpoints="$leader${other_endpoints:+,$other_endpoints}"
 concurrent_endpoints=$([[ $via == all ]] && echo "$spread_endpoints" || echo "$leader")
 concurrent_via=$([[ $via == all ]] && echo "$node_count nodes" || echo "leader")
 
