@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod forwarder;
+pub mod outbound;
 pub mod peers;
 pub mod service;

@@ -1,4 +1,4 @@
-//! Outbound messages to peers: one queue and one task per peer.
+//! Outbound messages to peers.
 //!
 //! Connections are made lazily and re-made after failures with exponential
 //! backoff; while a peer is down its messages are dropped (Raft re-sends what
@@ -7,7 +7,9 @@
 //! one for AppendEntries carrying entries and one for everything else
 //! (requests and answers alike; the peer's answers come back on its own
 //! streams to us); snapshots over their own `InstallSnapshot` call, whose
-//! answer is fed back to the driver.
+//! answer is fed back to the driver. The driver converts each message and
+//! queues it on its stream itself ([`outbound`]): no task sits between the
+//! driver and the call's HTTP/2 body.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,19 +25,23 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
 use super::forwarder::Forwarder;
+use super::outbound::{self, OutboundLimits, OutboundSender, PushError};
 use crate::snapshot::SnapshotDirectory;
 
-/// Messages queued per peer before new ones are dropped.
-pub const PEER_QUEUE_CAPACITY: usize = 4_096;
+/// Messages waiting for one of a peer's streams before new ones are dropped
+/// (the peer is slow, stopped or unreachable; Raft re-sends what matters).
+pub const STREAM_PENDING_MESSAGES_MAX: usize = 4_096;
 /// Messages (requests and answers) in one item of a peer's stream at most.
 pub const STREAM_BATCH_MESSAGES_MAX: usize = 256;
 /// Encoded bytes in one item of a peer's stream: a batch is closed once it
 /// reaches this, well below the peer message limit (one AppendEntries is at
 /// most about 1 MiB plus one entry).
 pub const STREAM_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Batches waiting for a peer's stream before new ones are dropped (the
-/// peer is slow, stopped or unreachable; Raft re-sends what matters).
-pub const STREAM_QUEUE_BATCHES: usize = 64;
+const STREAM_LIMITS: OutboundLimits = OutboundLimits {
+    pending_messages_max: STREAM_PENDING_MESSAGES_MAX,
+    batch_messages_max: STREAM_BATCH_MESSAGES_MAX,
+    batch_bytes_max: STREAM_BATCH_BYTES_MAX,
+};
 /// Time to establish a connection to a peer.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Deadline of one streamed snapshot.
@@ -99,11 +105,13 @@ impl Backoff {
     }
 }
 
-/// One peer: its address, queue and client.
+/// One peer: its link, open streams and forwarder.
 struct Peer {
-    queue: mpsc::Sender<Message>,
+    link: Arc<PeerLink>,
+    /// The open stream of each lane. Only the driver sends, so the lock is
+    /// never contended; it makes `send` callable through `&self`.
+    streams: Mutex<[Option<OpenStream>; LANES]>,
     forwarder: Forwarder,
-    counters: Arc<LinkCounters>,
 }
 
 /// Every peer of this node.
@@ -135,8 +143,8 @@ pub fn lazy_client(address: &str) -> Result<RaftClient<Channel>, String> {
 }
 
 impl PeerSet {
-    /// Starts one sender task per peer. Nothing connects until the first
-    /// message, so every node can listen before any node dials.
+    /// Sets up every peer's link. Nothing connects until the first message,
+    /// so every node can listen before any node dials.
     pub fn start(
         cluster_id: &str,
         peers: &[(NodeId, String)],
@@ -146,8 +154,6 @@ impl PeerSet {
         let mut set = HashMap::new();
         for (peer_id, address) in peers {
             let client = lazy_client(address)?;
-            let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            let counters = Arc::new(LinkCounters::default());
             let link = PeerLink {
                 peer_id: *peer_id,
                 address: address.clone(),
@@ -157,22 +163,22 @@ impl PeerSet {
                 snapshots: snapshots.clone(),
                 backoff: Arc::new(Mutex::new(Backoff::new())),
                 snapshot_sending: Arc::new(Semaphore::new(1)),
-                counters: counters.clone(),
+                counters: Arc::new(LinkCounters::default()),
             };
-            tokio::spawn(link.run(receiver));
             set.insert(
                 *peer_id,
                 Peer {
-                    queue,
+                    link: Arc::new(link),
+                    streams: Mutex::new([None, None]),
                     forwarder: Forwarder::start(client),
-                    counters,
                 },
             );
         }
         Ok(Self { peers: set })
     }
 
-    /// Queues `message` for its recipient; drops it when the queue is full.
+    /// Queues `message` on its recipient's stream; drops it when the peer is
+    /// backing off or its stream's queue is full.
     pub fn send(&self, message: Message) {
         let Some(peer) = self.peers.get(&message.to) else {
             tracing::error!(
@@ -182,11 +188,11 @@ impl PeerSet {
             );
             return;
         };
-        if peer.queue.try_send(message).is_err() {
-            peer.counters
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let Some((lane, wire, bytes)) = peer.link.prepare(message) else {
+            return;
+        };
+        let mut streams = peer.streams.lock().expect("stream lock");
+        peer.link.send_on(&mut streams[lane], wire, bytes);
     }
 
     /// Where client requests for the peer go (when it leads).
@@ -198,7 +204,7 @@ impl PeerSet {
     pub fn counters(&self) -> Vec<(NodeId, Arc<LinkCounters>)> {
         self.peers
             .iter()
-            .map(|(id, peer)| (*id, peer.counters.clone()))
+            .map(|(id, peer)| (*id, peer.link.counters.clone()))
             .collect()
     }
 }
@@ -244,41 +250,12 @@ fn lane_of(body: &MessageBody) -> usize {
 
 /// The open `Stream` call to a peer.
 struct OpenStream {
-    batches: mpsc::Sender<pb::MessageBatch>,
+    messages: OutboundSender,
     /// Set when the call ended (the peer refused it, or the connection broke).
     ended: Arc<AtomicBool>,
 }
 
 impl PeerLink {
-    /// Takes messages from the queue, as many as are waiting (up to a
-    /// batch), and sends them as one item of their lane's stream.
-    async fn run(self, mut receiver: mpsc::Receiver<Message>) {
-        let link = Arc::new(self);
-        let mut streams: [Option<OpenStream>; LANES] = [None, None];
-        let mut batches: [Vec<pb::RaftMessage>; LANES] = [Vec::new(), Vec::new()];
-        while let Some(first) = receiver.recv().await {
-            let mut next = Some(first);
-            let mut batch_bytes = [0; LANES];
-            while let Some(message) = next.take() {
-                if let Some((lane, wire, bytes)) = link.prepare(message) {
-                    batches[lane].push(wire);
-                    batch_bytes[lane] += bytes;
-                    if batches[lane].len() >= STREAM_BATCH_MESSAGES_MAX
-                        || batch_bytes[lane] >= STREAM_BATCH_BYTES_MAX
-                    {
-                        break;
-                    }
-                }
-                next = receiver.try_recv().ok();
-            }
-            for lane in [CONTROL_LANE, ENTRIES_LANE] {
-                if !batches[lane].is_empty() {
-                    link.send_batch(&mut streams[lane], std::mem::take(&mut batches[lane]));
-                }
-            }
-        }
-    }
-
     fn count_dropped(&self, count: usize) {
         self.counters
             .dropped
@@ -323,24 +300,24 @@ impl PeerLink {
         }
     }
 
-    /// Sends one batch on the open stream, opening one first if needed. A
-    /// full stream queue (the peer is slow or stopped) drops the batch.
-    fn send_batch(
+    /// Queues one message on the lane's open stream, opening one first if
+    /// needed. A full queue (the peer is slow or stopped) drops the message.
+    fn send_on(
         self: &Arc<Self>,
         stream: &mut Option<OpenStream>,
-        messages: Vec<pb::RaftMessage>,
+        message: pb::RaftMessage,
+        bytes: usize,
     ) {
-        let count = messages.len();
         if stream
             .as_ref()
-            .is_none_or(|open| open.ended.load(Ordering::Acquire) || open.batches.is_closed())
+            .is_none_or(|open| open.ended.load(Ordering::Acquire) || open.messages.is_closed())
         {
             *stream = Some(self.open_stream());
         }
         let open = stream.as_ref().expect("opened above");
-        if let Err(error) = open.batches.try_send(pb::MessageBatch { messages }) {
-            self.count_dropped(count);
-            if matches!(error, mpsc::error::TrySendError::Closed(_)) {
+        if let Err(error) = open.messages.push(message, bytes) {
+            self.count_dropped(1);
+            if error == PushError::Closed {
                 *stream = None;
             }
         }
@@ -348,13 +325,12 @@ impl PeerLink {
 
     /// Starts the `Stream` call; a task watches it and backs off when it ends.
     fn open_stream(self: &Arc<Self>) -> OpenStream {
-        let (batches, receiver) = mpsc::channel(STREAM_QUEUE_BATCHES);
+        let (messages, request) = outbound::channel(STREAM_LIMITS);
         let ended = Arc::new(AtomicBool::new(false));
         let link = self.clone();
         let watcher_ended = ended.clone();
         tokio::spawn(async move {
             let mut client = link.client.clone();
-            let request = tokio_stream::wrappers::ReceiverStream::new(receiver);
             let reason = match client.stream(request).await {
                 Ok(response) => {
                     if link.backoff.lock().expect("backoff lock").record_success() {
@@ -371,7 +347,7 @@ impl PeerLink {
             watcher_ended.store(true, Ordering::Release);
             link.record_failure(&reason);
         });
-        OpenStream { batches, ended }
+        OpenStream { messages, ended }
     }
 
     fn record_failure(&self, reason: &str) {
