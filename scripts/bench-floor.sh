@@ -7,7 +7,7 @@
 #   - what this stack adds before any replication: a loopback gRPC round trip
 #     (a serializable get, one client, one node) and a single-node put;
 #   - the three-node put with one client, through the leader, and the same
-#     against etcd 3.4 when `etcd` is installed.
+#     against etcd 3.4 when `etcd` and `etcdctl` are installed.
 # A three-node put does all a single-node put does, with replication on top,
 # so the single-node put bounds it from below.
 #
@@ -40,7 +40,8 @@ single_put=$(p50_of kvstore 1 put)
 echo "bench-floor: three kvstore nodes: put" >&2
 cluster_put=$(p50_of kvstore 3 put)
 etcd_put=""
-if [[ ${BENCH_FLOOR_ETCD:-1} != 0 ]] && command -v "${ETCD:-etcd}" >/dev/null; then
+if [[ ${BENCH_FLOOR_ETCD:-1} != 0 ]] && command -v "${ETCD:-etcd}" >/dev/null &&
+  command -v "${ETCDCTL:-etcdctl}" >/dev/null; then
   echo "bench-floor: three etcd members: put" >&2
   etcd_put=$(p50_of etcd 3 put)
 fi
