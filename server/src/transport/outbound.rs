@@ -1,6 +1,6 @@
 //! The queue between the driver and one outbound peer stream.
 //!
-//! The driver pushes encoded-ready messages; the stream, polled by the HTTP/2
+//! The driver pushes messages ready to encode; the stream, polled by the HTTP/2
 //! body task of the `Stream` call, takes everything pending as one batch
 //! each time it is polled. Messages that arrive while a batch is on the wire
 //! therefore travel together in the next one, and no task sits between the
