@@ -11,7 +11,7 @@
 //! When the thread is busy (a batch being applied), the read is queued as
 //! before, so no async task ever waits for that mutex.
 
-use std::sync::{mpsc, Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 
 use tokio::sync::oneshot;
@@ -34,33 +34,12 @@ enum StoreRequest {
     With(StoreTask),
 }
 
-/// A store that can be borrowed without waiting, or not at all.
-trait TryBorrow: Send + Sync {
-    /// Runs `function` on the store if nobody holds it; false otherwise.
-    fn try_borrow(&self, function: &mut dyn FnMut(&mut dyn Store)) -> bool;
-}
-
-impl<S: Store> TryBorrow for Mutex<S> {
-    fn try_borrow(&self, function: &mut dyn FnMut(&mut dyn Store)) -> bool {
-        let mut store = match self.try_lock() {
-            Ok(store) => store,
-            Err(TryLockError::WouldBlock) => return false,
-            // Someone panicked holding it: inline reads stop, and reads go
-            // through the store thread's queue (which fails if the panic
-            // was on that thread, since it ended it).
-            Err(TryLockError::Poisoned(_)) => return false,
-        };
-        function(&mut *store);
-        true
-    }
-}
-
 /// Async access to a store owned by a dedicated thread.
 #[derive(Clone)]
 pub struct StoreHandle {
     // Declared (so dropped) before `requests`: once the thread sees the last
     // sender gone, it holds the only reference and can close the store.
-    shared: Arc<dyn TryBorrow>,
+    shared: Arc<Mutex<dyn Store>>,
     requests: mpsc::SyncSender<StoreRequest>,
 }
 
@@ -92,8 +71,8 @@ where
     F: FnOnce(S) + Send + 'static,
 {
     let (sender, receiver) = mpsc::sync_channel(STORE_QUEUE_CAPACITY);
-    let shared = Arc::new(Mutex::new(store));
-    let owned = shared.clone();
+    let owned = Arc::new(Mutex::new(store));
+    let shared: Arc<Mutex<dyn Store>> = owned.clone();
     let thread = thread::Builder::new()
         .name("kvstore-store".into())
         .spawn(move || {
@@ -192,24 +171,21 @@ impl StoreHandle {
     }
 
     /// Runs `read` on the calling thread with exclusive access to the store,
-    /// if the store thread is idle; when it is busy, `read` comes back
-    /// unrun and the caller queues it instead. For short reads only: the store thread waits
-    /// for `read` to finish before it serves its next request. Sees every
-    /// request the store thread has finished, and nothing of one it is
-    /// serving.
+    /// if the store thread is idle; when it is busy, `read` comes back unrun
+    /// and the caller queues it instead. For short reads only: the store
+    /// thread waits for `read` to finish before it serves its next request.
+    /// Sees every request the store thread has finished, and nothing of one
+    /// it is serving.
     pub fn try_read<T, F>(&self, read: F) -> Result<T, F>
     where
         F: FnOnce(&mut dyn Store) -> T,
     {
-        let mut read = Some(read);
-        let mut result = None;
-        self.shared.try_borrow(&mut |store| {
-            result = read.take().map(|read| read(store));
-        });
-        match (result, read) {
-            (Some(result), _) => Ok(result),
-            (None, Some(read)) => Err(read),
-            (None, None) => unreachable!("a read that ran has a result"),
+        match self.shared.try_lock() {
+            Ok(mut store) => Ok(read(&mut *store)),
+            // Busy, or poisoned by a panic while held: the read goes through
+            // the store thread's queue (which fails if the panic was on that
+            // thread, since it ended it).
+            Err(_) => Err(read),
         }
     }
 
