@@ -82,6 +82,18 @@ pub struct ServerConfig {
     #[arg(long, env = "KVSTORE_SNAPSHOT_LOG_BYTES", default_value_t = limits::SNAPSHOT_LOG_BYTES_DEFAULT)]
     pub snapshot_log_bytes: u64,
 
+    /// Longest time, in milliseconds, that applied writes stay in memory
+    /// before they are written behind into LevelDB (like etcd's
+    /// --backend-batch-interval). Writes are answered once applied in
+    /// memory; the WAL holds them until LevelDB does.
+    #[arg(long, env = "KVSTORE_BACKEND_BATCH_INTERVAL_MS", default_value_t = limits::BACKEND_BATCH_INTERVAL_MS_DEFAULT)]
+    pub backend_batch_interval_ms: u64,
+    /// Distinct keys held in memory before they are written behind into
+    /// LevelDB, whichever of this and --backend-batch-interval-ms comes
+    /// first (like etcd's --backend-batch-limit). Writers wait when twice
+    /// this many are waiting.
+    #[arg(long, env = "KVSTORE_BACKEND_BATCH_LIMIT", default_value_t = limits::BACKEND_BATCH_LIMIT_DEFAULT)]
+    pub backend_batch_limit: usize,
     /// The WAL's last segment is zero-filled this far ahead, so that each
     /// fdatasync writes the data alone (the file size does not change);
     /// 0 appends to the end of the file instead.
@@ -187,6 +199,12 @@ impl ServerConfig {
         }
         if self.snapshot_log_bytes == 0 {
             return Err("--snapshot-log-bytes must be at least 1".into());
+        }
+        if self.backend_batch_interval_ms == 0 {
+            return Err("--backend-batch-interval-ms must be at least 1".into());
+        }
+        if self.backend_batch_limit == 0 {
+            return Err("--backend-batch-limit must be at least 1".into());
         }
         if self.cluster_id.is_empty() {
             return Err("--cluster-id must not be empty".into());

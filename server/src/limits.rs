@@ -19,6 +19,13 @@ pub fn decoding_message_bytes_max(key_bytes_max: usize, value_bytes_max: usize) 
     (key_bytes_max + 2 * value_bytes_max + REQUEST_FRAMING_BYTES).max(4 * 1024 * 1024)
 }
 
+/// Longest time applied writes stay in memory before they are written
+/// behind into LevelDB (`--backend-batch-interval-ms`; etcd commits its
+/// backend batch every 100 ms).
+pub const BACKEND_BATCH_INTERVAL_MS_DEFAULT: u64 = 200;
+/// Distinct keys held in memory before they are written behind into LevelDB
+/// (`--backend-batch-limit`): about 2.5 MB with 256-byte values.
+pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 8_192;
 /// Default election timeout base, in milliseconds (`--election-timeout-ms`).
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 /// Default heartbeat interval (one Raft tick), in milliseconds.

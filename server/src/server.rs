@@ -29,6 +29,7 @@ use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle};
 use crate::storage::leveldb::{Durability, LevelDbStore};
+use crate::storage::overlay::{OverlayLimits, OverlayStore};
 use crate::storage::StoreError;
 use crate::transport::peers::PeerSet;
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
@@ -274,8 +275,16 @@ pub async fn run(
     // The applied state, brought in line with the snapshot.
     let kv_directory = data_dir.kv_directory();
     let store = blocking(move || open_state_store(&kv_directory)).await?;
-    let (store_handle, store_thread) = actor::spawn(store, |store: LevelDbStore| {
-        if let Err(error) = store.close() {
+    // Committed entries are applied into memory and written behind into
+    // LevelDB, so that no answer waits for LevelDB's inserts and compactions.
+    let overlay_limits = OverlayLimits {
+        freeze_ops: config.backend_batch_limit,
+        freeze_age: Duration::from_millis(config.backend_batch_interval_ms),
+        ..OverlayLimits::default()
+    };
+    let store = OverlayStore::new(store, overlay_limits);
+    let (store_handle, store_thread) = actor::spawn(store, |store: OverlayStore<LevelDbStore>| {
+        if let Err(error) = store.into_engine().and_then(LevelDbStore::close) {
             tracing::error!(%error, "closing the store failed");
         }
     });

@@ -14,7 +14,10 @@ use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
 
 /// Prefix of every user key in the store.
 const DATA_PREFIX: &[u8] = b"d/";
-/// Metadata key: index and term of the last applied entry.
+/// Metadata key: index and term of the last applied entry. Metadata keys
+/// sort after every data key: a write-behind store
+/// ([`crate::storage::overlay`]) writes in key order, so the applied index
+/// never reaches the engine before the data it covers.
 const APPLIED_KEY: &[u8] = b"m/applied";
 /// Metadata key: set while a snapshot is being restored (the data is then
 /// incomplete and the restore must be redone on restart).
@@ -38,6 +41,15 @@ pub fn user_key(stored: &[u8]) -> Option<&[u8]> {
 /// Reads a user key.
 pub fn get(store: &mut dyn Store, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
     store.get(&data_key(key))
+}
+
+/// Reads a user key unless that means waiting for the storage engine
+/// (see [`Store::get_if_ready`]).
+pub fn get_if_ready(
+    store: &mut dyn Store,
+    key: &[u8],
+) -> Option<Result<Option<Vec<u8>>, StoreError>> {
+    store.get_if_ready(&data_key(key))
 }
 
 /// Up to `limit` user pairs with keys at or after `start`, in key order.
@@ -310,6 +322,13 @@ mod tests {
             "index 3 must not be re-applied"
         );
         assert_eq!(get(&mut store, b"b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn metadata_keys_sort_after_every_data_key() {
+        let last_data_key = data_key(&[u8::MAX; 64]);
+        assert!(APPLIED_KEY > last_data_key.as_slice());
+        assert!(RESTORING_KEY > last_data_key.as_slice());
     }
 
     #[test]

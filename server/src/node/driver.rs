@@ -759,26 +759,33 @@ impl Driver {
             index: read_index,
             forwarded_by: 0,
         };
-        let serve = move |store: &mut dyn Store| {
-            let result = state_machine::get(store, &read.key)
-                .map(|value| (served_by, value))
-                .map_err(KvError::from);
+        let answer = move |read: PendingRead, result: Result<Option<Vec<u8>>, StoreError>| {
             tracing::debug!(
                 request_id = read.request_id,
                 read_index,
                 "read served at the read index"
             );
-            let _ = read.reply.send(result);
+            let _ = read.reply.send(
+                result
+                    .map(|value| (served_by, value))
+                    .map_err(KvError::from),
+            );
         };
-        // Applied already (not only handed to the store thread) and the
-        // store idle: read here rather than wake the store thread.
-        let serve = if self.applied_index.load(Ordering::Acquire) >= read_index {
-            match self.store.try_read(serve) {
-                Ok(()) => return,
-                Err(serve) => serve,
+        // Applied already (not only handed to the store thread), the store
+        // idle and the value at hand: read here rather than wake the store
+        // thread.
+        if self.applied_index.load(Ordering::Acquire) >= read_index {
+            let inline = self
+                .store
+                .try_read(|store| state_machine::get_if_ready(store, &read.key));
+            if let Some(result) = inline.flatten() {
+                answer(read, result);
+                return;
             }
-        } else {
-            serve
+        }
+        let serve = move |store: &mut dyn Store| {
+            let result = state_machine::get(store, &read.key);
+            answer(read, result);
         };
         let result = self.store.submit(serve);
         if let Err(error) = result {

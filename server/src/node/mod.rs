@@ -233,9 +233,10 @@ impl Node {
         if consistency == ReadConsistency::Serializable || stale_reads {
             let status = self.status();
             let store = &self.shared.store;
-            let value = match store.try_read(|store| state_machine::get(store, &key)) {
-                Ok(value) => value?,
-                Err(_) => {
+            let inline = store.try_read(|store| state_machine::get_if_ready(store, &key));
+            let value = match inline.flatten() {
+                Some(value) => value?,
+                None => {
                     store
                         .with(move |store| state_machine::get(store, &key))
                         .await?
@@ -481,8 +482,8 @@ impl Node {
             let read = self
                 .shared
                 .store
-                .try_read(|store| state_machine::get(store, &key));
-            if let Ok(value) = read {
+                .try_read(|store| state_machine::get_if_ready(store, &key));
+            if let Some(value) = read.flatten() {
                 tracing::debug!(
                     request_id,
                     read_index = index,

@@ -171,22 +171,17 @@ impl StoreHandle {
     }
 
     /// Runs `read` on the calling thread with exclusive access to the store,
-    /// if the store thread is idle; when it is busy, `read` comes back unrun
-    /// and the caller queues it instead. For short reads only: the store
-    /// thread waits for `read` to finish before it serves its next request.
-    /// Sees every request the store thread has finished, and nothing of one
-    /// it is serving.
-    pub fn try_read<T, F>(&self, read: F) -> Result<T, F>
-    where
-        F: FnOnce(&mut dyn Store) -> T,
-    {
-        match self.shared.try_lock() {
-            Ok(mut store) => Ok(read(&mut *store)),
-            // Busy, or poisoned by a panic while held: the read goes through
-            // the store thread's queue (which fails if the panic was on that
-            // thread, since it ended it).
-            Err(_) => Err(read),
-        }
+    /// if the store thread is idle; when it is busy, this returns `None`
+    /// and the caller queues its read instead. For short reads only: the
+    /// store thread waits for `read` to finish before it serves its next
+    /// request. Sees every request the store thread has finished, and
+    /// nothing of one it is serving.
+    pub fn try_read<T>(&self, read: impl FnOnce(&mut dyn Store) -> T) -> Option<T> {
+        // Busy, or poisoned by a panic while held: the read goes through
+        // the store thread's queue (which fails if the panic was on that
+        // thread, since it ended it).
+        let mut store = self.shared.try_lock().ok()?;
+        Some(read(&mut *store))
     }
 
     /// Runs `function` on the store thread with exclusive access to the store
@@ -227,7 +222,7 @@ mod tests {
         let mut batch = WriteBatch::new();
         batch.put(b"k".to_vec(), b"1".to_vec());
         handle.write(batch).await.unwrap();
-        let read = handle.try_read(|store| store.get(b"k").unwrap()).ok();
+        let read = handle.try_read(|store| store.get(b"k").unwrap());
         assert_eq!(read, Some(Some(b"1".to_vec())));
         drop(handle);
         thread.join();
@@ -251,7 +246,7 @@ mod tests {
             })
             .unwrap();
         started_work.recv().unwrap();
-        assert_eq!(handle.try_read(|store| store.get(b"k").unwrap()).ok(), None);
+        assert_eq!(handle.try_read(|store| store.get(b"k").unwrap()), None);
         finish.send(()).unwrap();
         // Queued behind the write, so it sees it.
         assert_eq!(
@@ -259,7 +254,7 @@ mod tests {
             Some(b"2".to_vec())
         );
         assert_eq!(
-            handle.try_read(|store| store.get(b"k").unwrap()).ok(),
+            handle.try_read(|store| store.get(b"k").unwrap()),
             Some(Some(b"2".to_vec()))
         );
         drop(handle);

@@ -2,6 +2,8 @@
 //!
 //! - [`memory::MemoryStore`]: a `BTreeMap`, for tests and as the reference model.
 //! - [`leveldb::LevelDbStore`]: `rusty-leveldb` on disk.
+//! - [`overlay::OverlayStore`]: write-behind in front of another store; the
+//!   server runs the LevelDB store behind one.
 //!
 //! Both pass the same test suite (`suite.rs`). A store is owned by one thread
 //! (`rusty-leveldb`'s `DB` is not `Sync`); async code reaches it through
@@ -10,6 +12,7 @@
 pub mod actor;
 pub mod leveldb;
 pub mod memory;
+pub mod overlay;
 #[cfg(test)]
 mod suite;
 
@@ -85,6 +88,11 @@ impl WriteBatch {
         &self.operations
     }
 
+    /// The operations, in order, taken out of the batch.
+    pub fn into_operations(self) -> Vec<WriteOp> {
+        self.operations
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.operations.len()
@@ -153,6 +161,13 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 pub trait Store: Send {
     /// The value stored under `key`, if any.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The value stored under `key`, unless getting it means waiting for
+    /// work in progress (the engine busy behind a write-behind overlay):
+    /// then `None`, and the caller reads through the store thread instead.
+    fn get_if_ready(&mut self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, StoreError>> {
+        Some(self.get(key))
+    }
 
     /// Applies `batch` atomically.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError>;

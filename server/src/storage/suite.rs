@@ -81,7 +81,7 @@ fn scans_are_ordered_bounded_and_limited(store: &mut dyn Store) {
 }
 
 /// Runs every suite case against fresh stores from `make_store`.
-fn run_suite(mut make_store: impl FnMut() -> Box<dyn Store>) {
+pub(crate) fn run_suite(mut make_store: impl FnMut() -> Box<dyn Store>) {
     put_get_overwrite_delete(make_store().as_mut());
     binary_keys_and_values_round_trip(make_store().as_mut());
     batch_is_applied_in_order(make_store().as_mut());
@@ -139,7 +139,7 @@ fn leveldb_store_refuses_a_second_opener() {
 }
 
 #[derive(Debug, Clone)]
-enum Operation {
+pub(crate) enum Operation {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
@@ -155,7 +155,7 @@ fn small_key() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
-fn operation() -> impl Strategy<Value = Operation> {
+pub(crate) fn operation() -> impl Strategy<Value = Operation> {
     let value = proptest::collection::vec(any::<u8>(), 0..16);
     prop_oneof![
         (small_key(), value.clone()).prop_map(|(key, value)| Operation::Put(key, value)),
@@ -168,7 +168,7 @@ fn operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
-fn check_against_model(store: &mut dyn Store, operations: &[Operation]) {
+pub(crate) fn check_against_model(store: &mut dyn Store, operations: &[Operation]) {
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for operation in operations {
         match operation.clone() {

@@ -1,0 +1,668 @@
+//! Write-behind in front of a storage engine: writes land in memory and
+//! return at once; a flusher thread moves them into the engine.
+//!
+//! Why: rusty-leveldb inserts a key into its memtable in several µs, and
+//! when the memtable is full it writes it out and compacts on the thread
+//! that writes, for tens of milliseconds. Applying committed entries
+//! straight into it put all of that in front of every answer. Here writes go
+//! into an ordered map, the *active generation*. When it is big or old
+//! enough it is *frozen*, and the flusher writes it into the engine in key
+//! order, a chunk at a time, while the next generation fills. A key written
+//! again before its generation is frozen reaches the engine once.
+//!
+//! Reads look in the active generation, then the frozen one, then the
+//! engine. A frozen generation stays readable until the engine holds all of
+//! it, so a read never sees a key go back in time.
+//!
+//! Crash consistency: each chunk is one atomic engine batch; a generation as
+//! a whole is not. After a crash the engine holds every earlier generation
+//! plus a key-order prefix of the one being written. The state machine keeps
+//! its applied index under a key that sorts after all data keys, so the
+//! index in the engine never covers data the engine lacks, and replaying the
+//! log from it rewrites what the prefix holds (puts and deletes are blind
+//! writes, so replaying them twice changes nothing).
+//!
+//! Bounded: a generation is frozen at [`OverlayLimits::freeze_ops`] keys,
+//! [`OverlayLimits::freeze_bytes`] or [`OverlayLimits::freeze_age`]. While
+//! one is still being written, a write waits once the active generation holds
+//! twice those (back-pressure onto whoever writes). Batches of more than
+//! [`OverlayLimits::direct_batch_ops`] operations (snapshot restores) go to
+//! the engine directly, after everything written before them.
+//!
+//! The overlay is owned by one thread (the store thread); the flusher shares
+//! only the generations and the engine, each behind its own mutex, and holds
+//! the engine's for one chunk at a time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
+use crate::limits;
+
+/// When the active generation is frozen, and how the flusher writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayLimits {
+    /// Freeze at this many distinct keys.
+    pub freeze_ops: usize,
+    /// Freeze at this many bytes of keys and values.
+    pub freeze_bytes: usize,
+    /// Freeze a generation this old even when it is small.
+    pub freeze_age: Duration,
+    /// Operations per engine batch when the flusher writes a generation (the
+    /// longest a read that misses the overlay waits for the engine, unless
+    /// the engine compacts).
+    pub chunk_ops: usize,
+    /// Batches with more operations than this go straight to the engine.
+    pub direct_batch_ops: usize,
+}
+
+/// Freeze at 16 MiB (large values).
+pub const FREEZE_BYTES: usize = 16 * 1024 * 1024;
+/// 256 operations per engine batch: about 1 ms of rusty-leveldb inserts.
+pub const CHUNK_OPS: usize = 256;
+/// Batches above 512 operations bypass the overlay: snapshot restores (1,000
+/// keys a batch) and the rare huge apply batch of a node catching up.
+pub const DIRECT_BATCH_OPS: usize = 512;
+
+impl Default for OverlayLimits {
+    fn default() -> Self {
+        Self {
+            freeze_ops: limits::BACKEND_BATCH_LIMIT_DEFAULT,
+            freeze_bytes: FREEZE_BYTES,
+            freeze_age: Duration::from_millis(limits::BACKEND_BATCH_INTERVAL_MS_DEFAULT),
+            chunk_ops: CHUNK_OPS,
+            direct_batch_ops: DIRECT_BATCH_OPS,
+        }
+    }
+}
+
+/// Keys and their latest write: `None` is a delete.
+type Generation = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+#[derive(Default)]
+struct Generations {
+    active: Generation,
+    active_bytes: usize,
+    /// When the first write of the active generation landed.
+    active_since: Option<Instant>,
+    /// The generation the flusher is writing; readable until it is written.
+    frozen: Option<Arc<Generation>>,
+    /// The flusher failed (the engine refused a write, or it panicked);
+    /// every later call fails with this.
+    failure: Option<String>,
+    /// The owner is closing: the flusher ends once nothing is frozen.
+    closing: bool,
+}
+
+impl Generations {
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.failure {
+            Some(failure) => Err(StoreError::Engine(format!(
+                "writing behind into the engine failed: {failure}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn is_due(&self, limits: &OverlayLimits, now: Instant) -> bool {
+        self.active.len() >= limits.freeze_ops
+            || self.active_bytes >= limits.freeze_bytes
+            || self
+                .active_since
+                .is_some_and(|since| now.duration_since(since) >= limits.freeze_age)
+    }
+
+    fn is_full(&self, limits: &OverlayLimits) -> bool {
+        self.active.len() >= 2 * limits.freeze_ops || self.active_bytes >= 2 * limits.freeze_bytes
+    }
+
+    fn freeze(&mut self) {
+        assert!(self.frozen.is_none(), "one generation is written at a time");
+        self.frozen = Some(Arc::new(std::mem::take(&mut self.active)));
+        self.active_bytes = 0;
+        self.active_since = None;
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let added = key.len() + value.as_ref().map_or(0, Vec::len);
+        let key_bytes = key.len();
+        if let Some(replaced) = self.active.insert(key, value) {
+            self.active_bytes -= key_bytes + replaced.map_or(0, |value| value.len());
+        }
+        self.active_bytes += added;
+    }
+
+    /// The latest write of `key` held in memory, if any.
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.active
+            .get(key)
+            .or_else(|| self.frozen.as_ref().and_then(|frozen| frozen.get(key)))
+            .cloned()
+    }
+}
+
+struct Shared<S> {
+    generations: Mutex<Generations>,
+    /// Signalled when a generation is frozen, when the flusher finishes or
+    /// fails one, and on close.
+    changed: Condvar,
+    engine: Mutex<S>,
+    limits: OverlayLimits,
+}
+
+impl<S> Shared<S> {
+    fn generations(&self) -> MutexGuard<'_, Generations> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn engine(&self) -> MutexGuard<'_, S> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, generations: MutexGuard<'a, Generations>) -> MutexGuard<'a, Generations> {
+        self.changed
+            .wait(generations)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A [`Store`] that writes behind into `S` (see the module documentation).
+pub struct OverlayStore<S: Store + 'static> {
+    shared: Arc<Shared<S>>,
+    flusher: Option<thread::JoinHandle<()>>,
+}
+
+impl<S: Store + 'static> std::fmt::Debug for OverlayStore<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("OverlayStore")
+    }
+}
+
+impl<S: Store + 'static> OverlayStore<S> {
+    /// Puts a write-behind overlay in front of `engine` and starts its
+    /// flusher thread.
+    pub fn new(engine: S, limits: OverlayLimits) -> Self {
+        assert!(
+            limits.freeze_ops > 0 && limits.chunk_ops > 0,
+            "overlay limits must be positive"
+        );
+        let shared = Arc::new(Shared {
+            generations: Mutex::new(Generations::default()),
+            changed: Condvar::new(),
+            engine: Mutex::new(engine),
+            limits,
+        });
+        let flusher = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("kvstore-flush".into())
+                .spawn(move || run_flusher(&shared))
+                .expect("spawning the flusher thread")
+        };
+        Self {
+            shared,
+            flusher: Some(flusher),
+        }
+    }
+
+    /// Keys waiting in memory for the engine (active and frozen).
+    pub fn unflushed_keys(&self) -> usize {
+        let generations = self.shared.generations();
+        generations.active.len() + generations.frozen.as_ref().map_or(0, |frozen| frozen.len())
+    }
+
+    /// Returns once the engine holds every write made so far.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let mut generations = self.shared.generations();
+        loop {
+            generations.check()?;
+            if generations.frozen.is_some() {
+                generations = self.shared.wait(generations);
+            } else if generations.active.is_empty() {
+                return Ok(());
+            } else {
+                generations.freeze();
+                self.shared.changed.notify_all();
+            }
+        }
+    }
+
+    /// Writes everything behind, stops the flusher and hands the engine back.
+    pub fn into_engine(mut self) -> Result<S, StoreError> {
+        let flushed = self.flush();
+        self.stop_flusher();
+        let shared = self.shared.clone();
+        drop(self);
+        let shared = Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| unreachable!("the flusher has ended and the owner is gone"));
+        flushed.map(|()| {
+            shared
+                .engine
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+        })
+    }
+
+    fn stop_flusher(&mut self) {
+        self.shared.generations().closing = true;
+        self.shared.changed.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            if flusher.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl<S: Store + 'static> Drop for OverlayStore<S> {
+    fn drop(&mut self) {
+        // Dropped without `into_engine`: write behind what can be (the log
+        // holds it anyway), then stop the flusher.
+        if self.flusher.is_some() {
+            if let Err(error) = self.flush() {
+                tracing::error!(%error, "writing behind on drop failed");
+            }
+            self.stop_flusher();
+        }
+    }
+}
+
+impl<S: Store + 'static> Store for OverlayStore<S> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        {
+            let generations = self.shared.generations();
+            generations.check()?;
+            if let Some(value) = generations.lookup(key) {
+                return Ok(value);
+            }
+        }
+        // Not in memory, so the engine has its latest write: a frozen
+        // generation leaves memory only once it is written, and no write can
+        // land in between (the owner is here).
+        self.shared.engine().get(key)
+    }
+
+    fn get_if_ready(&mut self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, StoreError>> {
+        {
+            let generations = self.shared.generations();
+            if let Err(error) = generations.check() {
+                return Some(Err(error));
+            }
+            if let Some(value) = generations.lookup(key) {
+                return Some(Ok(value));
+            }
+        }
+        match self.shared.engine.try_lock() {
+            Ok(mut engine) => Some(engine.get(key)),
+            Err(_) => None,
+        }
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        let limits = self.shared.limits;
+        if batch.len() > limits.direct_batch_ops {
+            self.flush()?;
+            return self.shared.engine().write(batch);
+        }
+        let mut generations = self.shared.generations();
+        generations.check()?;
+        while generations.frozen.is_some() && generations.is_full(&limits) {
+            generations = self.shared.wait(generations);
+            generations.check()?;
+        }
+        for operation in batch.into_operations() {
+            match operation {
+                WriteOp::Put { key, value } => generations.insert(key, Some(value)),
+                WriteOp::Delete { key } => generations.insert(key, None),
+            }
+        }
+        let now = Instant::now();
+        if generations.active_since.is_none() {
+            // The flusher times the generation's age from now.
+            generations.active_since = Some(now);
+            self.shared.changed.notify_all();
+        }
+        if generations.frozen.is_none() && generations.is_due(&limits, now) {
+            generations.freeze();
+            self.shared.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Scans the engine once everything is written behind: scans are rare
+    /// (snapshots, restores), so they pay for the flush rather than every
+    /// read paying for a merge.
+    fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.flush()?;
+        self.shared.engine().scan(range, limit)
+    }
+}
+
+/// Marks the overlay failed if the flusher unwinds, so that writers waiting
+/// for it fail instead of waiting forever.
+struct FailOnPanic<'a, S>(&'a Shared<S>);
+
+impl<S> Drop for FailOnPanic<'_, S> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.generations().failure = Some("the flusher thread panicked".into());
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+fn run_flusher<S: Store>(shared: &Shared<S>) {
+    let _fail_on_panic = FailOnPanic(shared);
+    let limits = shared.limits;
+    let mut generations = shared.generations();
+    loop {
+        if generations.frozen.is_none()
+            && !generations.active.is_empty()
+            && generations.is_due(&limits, Instant::now())
+        {
+            generations.freeze();
+        }
+        if let Some(frozen) = generations.frozen.clone() {
+            drop(generations);
+            let written = write_generation(shared, &frozen, limits.chunk_ops);
+            generations = shared.generations();
+            match written {
+                Ok(()) => generations.frozen = None,
+                Err(error) => {
+                    tracing::error!(%error, "writing behind into the engine failed");
+                    generations.failure = Some(error.to_string());
+                    shared.changed.notify_all();
+                    return;
+                }
+            }
+            shared.changed.notify_all();
+            continue;
+        }
+        if generations.closing {
+            return;
+        }
+        generations = match generations.active_since {
+            // Wake when the active generation comes of age.
+            Some(since) => {
+                let due_in = limits.freeze_age.saturating_sub(since.elapsed());
+                shared
+                    .changed
+                    .wait_timeout(generations, due_in.max(Duration::from_millis(1)))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => shared.wait(generations),
+        };
+    }
+}
+
+/// Writes `generation` into the engine in key order, `chunk_ops` operations
+/// per batch, holding the engine for one batch at a time.
+fn write_generation<S: Store>(
+    shared: &Shared<S>,
+    generation: &Generation,
+    chunk_ops: usize,
+) -> Result<(), StoreError> {
+    let mut pairs = generation.iter().peekable();
+    while pairs.peek().is_some() {
+        let mut batch = WriteBatch::new();
+        for (key, value) in pairs.by_ref().take(chunk_ops) {
+            match value {
+                Some(value) => batch.put(key.clone(), value.clone()),
+                None => batch.delete(key.clone()),
+            };
+        }
+        shared.engine().write(batch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    /// An engine that records its batches and can be held busy or made to
+    /// fail.
+    #[derive(Clone, Default)]
+    struct Recording {
+        store: Arc<Mutex<MemoryStore>>,
+        batches: Arc<Mutex<Vec<Vec<WriteOp>>>>,
+        /// Held by a test to keep the engine busy: writes wait for it.
+        gate: Arc<Mutex<()>>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Recording {
+        fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.store.lock().unwrap().get(key)
+        }
+
+        fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+            let _busy = self.gate.lock().unwrap();
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            self.batches
+                .lock()
+                .unwrap()
+                .push(batch.operations().to_vec());
+            self.store.lock().unwrap().write(batch)
+        }
+
+        fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+            self.store.lock().unwrap().scan(range, limit)
+        }
+    }
+
+    fn limits(freeze_ops: usize) -> OverlayLimits {
+        OverlayLimits {
+            freeze_ops,
+            freeze_bytes: usize::MAX / 4,
+            freeze_age: Duration::from_secs(3600),
+            chunk_ops: 2,
+            direct_batch_ops: 8,
+        }
+    }
+
+    fn put(store: &mut dyn Store, key: &str, value: &str) {
+        store.put(key.as_bytes(), value.as_bytes()).unwrap();
+    }
+
+    fn batch_keys(recording: &Recording) -> Vec<Vec<String>> {
+        recording
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|operation| match operation {
+                        WriteOp::Put { key, .. } | WriteOp::Delete { key } => {
+                            String::from_utf8(key.clone()).unwrap()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_read_back_at_once_and_reach_the_engine_in_key_order_chunks() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(100));
+        for (key, value) in [("c", "1"), ("a", "1"), ("b", "1"), ("a", "2"), ("e", "1")] {
+            put(&mut store, key, value);
+        }
+        store.delete(b"e").unwrap();
+        assert_eq!(store.get(b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(store.get(b"e").unwrap(), None);
+        assert!(engine.batches.lock().unwrap().is_empty(), "not yet due");
+        assert_eq!(store.unflushed_keys(), 4);
+        store.flush().unwrap();
+        // Each key once, with its latest write; chunks of two, in key order.
+        assert_eq!(batch_keys(&engine), [vec!["a", "b"], vec!["c", "e"]]);
+        assert_eq!(
+            engine.store.lock().unwrap().get(b"a").unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(engine.store.lock().unwrap().get(b"e").unwrap(), None);
+        assert_eq!(store.unflushed_keys(), 0);
+        assert_eq!(store.get(b"a").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_frozen_generation_stays_readable_while_the_engine_is_busy() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(2));
+        put(&mut store, "old", "0");
+        store.flush().unwrap();
+        let busy = engine.gate.lock().unwrap();
+        put(&mut store, "a", "1");
+        put(&mut store, "b", "1"); // freezes {a, b}; the flusher waits on the gate
+        put(&mut store, "c", "1");
+        assert_eq!(store.get(b"a").unwrap(), Some(b"1".to_vec()), "frozen");
+        assert_eq!(store.get(b"c").unwrap(), Some(b"1".to_vec()), "active");
+        assert_eq!(
+            store.get_if_ready(b"b").unwrap().unwrap(),
+            Some(b"1".to_vec())
+        );
+        // The flusher is inside a write: a read that needs the engine is not
+        // ready (an inline reader must not wait), a plain get would wait.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.shared.engine.try_lock().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the flusher never took the engine"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(store.get_if_ready(b"old").is_none());
+        drop(busy);
+        assert_eq!(store.get(b"old").unwrap(), Some(b"0".to_vec()));
+        store.flush().unwrap();
+        let mut engine_store = engine.store.lock().unwrap().clone();
+        assert_eq!(engine_store.scan(&KeyRange::all(), 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn writes_wait_while_the_flusher_is_two_generations_behind() {
+        let engine = Recording::default();
+        let store = OverlayStore::new(engine.clone(), limits(2));
+        let busy = engine.gate.lock().unwrap();
+        let (done, writes_done) = mpsc::channel();
+        let writer = thread::spawn(move || {
+            let mut store = store;
+            for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+                put(&mut store, key, "1");
+                done.send(key).unwrap();
+            }
+            store
+        });
+        // {a, b} frozen and stuck; c to f fill the active generation to
+        // twice the freeze size; "g" must wait.
+        for expected in ["a", "b", "c", "d", "e", "f"] {
+            assert_eq!(
+                writes_done.recv_timeout(Duration::from_secs(10)),
+                Ok(expected)
+            );
+        }
+        assert!(
+            writes_done
+                .recv_timeout(Duration::from_millis(200))
+                .is_err(),
+            "a write went through while the overlay was full"
+        );
+        drop(busy);
+        for expected in ["g", "h"] {
+            assert_eq!(
+                writes_done.recv_timeout(Duration::from_secs(10)),
+                Ok(expected)
+            );
+        }
+        let engine_after = writer.join().unwrap().into_engine().unwrap();
+        let written = engine_after
+            .store
+            .lock()
+            .unwrap()
+            .scan(&KeyRange::all(), 10);
+        assert_eq!(written.unwrap().len(), 8);
+    }
+
+    #[test]
+    fn an_idle_generation_is_written_when_it_comes_of_age() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(
+            engine.clone(),
+            OverlayLimits {
+                freeze_age: Duration::from_millis(20),
+                ..limits(100)
+            },
+        );
+        put(&mut store, "a", "1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.store.lock().unwrap().get(b"a").unwrap().is_none() {
+            assert!(Instant::now() < deadline, "never written behind");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(store.unflushed_keys(), 0);
+    }
+
+    #[test]
+    fn a_large_batch_goes_to_the_engine_after_what_came_before() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(100));
+        put(&mut store, "k", "small");
+        let mut large = WriteBatch::new();
+        for index in 0..9 {
+            large.put(format!("bulk{index}"), "x");
+        }
+        large.delete(b"k".to_vec());
+        store.write(large).unwrap();
+        let batches = batch_keys(&engine);
+        assert_eq!(batches[0], ["k"], "the earlier write first");
+        assert_eq!(batches.last().unwrap().len(), 10, "then the batch, whole");
+        assert_eq!(store.get(b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn an_engine_failure_fails_every_later_call() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(2));
+        engine.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        put(&mut store, "a", "1");
+        put(&mut store, "b", "1");
+        let error = store.flush().unwrap_err();
+        assert!(error.to_string().contains("disk full"), "{error}");
+        assert!(store.put(b"c", b"1").is_err());
+        assert!(store.get(b"a").is_err());
+        assert!(store.into_engine().is_err());
+    }
+
+    #[test]
+    fn passes_the_store_suite_with_tiny_generations() {
+        super::super::suite::run_suite(|| {
+            Box::new(OverlayStore::new(MemoryStore::new(), limits(2)))
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn matches_a_btreemap(operations in proptest::collection::vec(super::super::suite::operation(), 1..60)) {
+            let mut store = OverlayStore::new(MemoryStore::new(), limits(3));
+            super::super::suite::check_against_model(&mut store, &operations);
+            let everything = store.scan(&KeyRange::all(), usize::MAX).unwrap();
+            let mut engine = store.into_engine().unwrap();
+            proptest::prop_assert_eq!(engine.scan(&KeyRange::all(), usize::MAX).unwrap(), everything);
+        }
+    }
+}
