@@ -12,7 +12,7 @@
 //! `server/tests/observability.rs` checks that the two agree.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -21,6 +21,7 @@ use prometheus::{
 };
 
 use crate::node::{NodeRole, NodeStatus};
+use crate::storage::overlay::Backlog;
 use crate::transport::peers::LinkCounters;
 
 /// Upper bounds (seconds) of the client request latency buckets: from half a
@@ -151,6 +152,9 @@ pub struct Metrics {
     raft_proposals_committed_total: IntCounter,
     raft_proposals_failed_total: IntCounter,
     raft_proposals_pending: IntGauge,
+    backend_unflushed_keys: IntGauge,
+    /// Where `backend_unflushed_keys` is read from when metrics are encoded.
+    backend_backlog: OnceLock<Backlog>,
     requests_total: IntCounterVec,
     request_duration_seconds: HistogramVec,
     forwarded_requests_total: IntCounterVec,
@@ -299,6 +303,12 @@ impl Metrics {
                 "kvstore_raft_proposals_pending",
                 "Client writes proposed by this node and not yet committed.",
             ),
+            backend_unflushed_keys: gauge(
+                &registry,
+                "kvstore_backend_unflushed_keys",
+                "Applied keys held in memory that LevelDB does not hold yet; they are written behind within --backend-batch-interval-ms.",
+            ),
+            backend_backlog: OnceLock::new(),
             requests_total: counter_vec(
                 &registry,
                 "kvstore_requests_total",
@@ -458,6 +468,11 @@ impl Metrics {
         self.raft_proposals_failed_total.inc_by(count as u64);
     }
 
+    /// Reports the write-behind backlog of the state store from now on.
+    pub fn watch_backend_backlog(&self, backlog: Backlog) {
+        let _ = self.backend_backlog.set(backlog);
+    }
+
     /// Sets the number of proposals awaiting commit.
     pub fn set_proposals_pending(&self, count: usize) {
         self.raft_proposals_pending.set(count as i64);
@@ -527,6 +542,9 @@ impl Metrics {
 
     /// Every metric in the Prometheus text exposition format (0.0.4).
     pub fn encode(&self) -> String {
+        if let Some(backlog) = self.backend_backlog.get() {
+            self.backend_unflushed_keys.set(backlog.keys() as i64);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

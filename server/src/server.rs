@@ -283,6 +283,7 @@ pub async fn run(
         ..OverlayLimits::default()
     };
     let store = OverlayStore::new(store, overlay_limits);
+    let backend_backlog = store.backlog();
     let (store_handle, store_thread) = actor::spawn(store, |store: OverlayStore<LevelDbStore>| {
         if let Err(error) = store.into_engine().and_then(LevelDbStore::close) {
             tracing::error!(%error, "closing the store failed");
@@ -356,6 +357,7 @@ pub async fn run(
         &config.cluster_id,
         &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
     ));
+    metrics.watch_backend_backlog(backend_backlog);
     let node = Node::new(NodeParts {
         identity,
         events: events_sender,

@@ -34,6 +34,7 @@
 //! the engine's for one chunk at a time.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -75,6 +76,24 @@ impl Default for OverlayLimits {
             chunk_ops: CHUNK_OPS,
             direct_batch_ops: DIRECT_BATCH_OPS,
         }
+    }
+}
+
+/// How many keys are held in memory and not yet in the engine (both
+/// generations), readable from any thread: for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog(Arc<AtomicUsize>);
+
+impl Backlog {
+    /// Keys held in memory now.
+    pub fn keys(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, generations: &Generations) {
+        let keys =
+            generations.active.len() + generations.frozen.as_ref().map_or(0, |frozen| frozen.len());
+        self.0.store(keys, Ordering::Relaxed);
     }
 }
 
@@ -150,6 +169,7 @@ struct Shared<S> {
     changed: Condvar,
     engine: Mutex<S>,
     limits: OverlayLimits,
+    backlog: Backlog,
 }
 
 impl<S> Shared<S> {
@@ -195,6 +215,7 @@ impl<S: Store + 'static> OverlayStore<S> {
             changed: Condvar::new(),
             engine: Mutex::new(engine),
             limits,
+            backlog: Backlog::default(),
         });
         let flusher = {
             let shared = shared.clone();
@@ -209,10 +230,9 @@ impl<S: Store + 'static> OverlayStore<S> {
         }
     }
 
-    /// Keys waiting in memory for the engine (active and frozen).
-    pub fn unflushed_keys(&self) -> usize {
-        let generations = self.shared.generations();
-        generations.active.len() + generations.frozen.as_ref().map_or(0, |frozen| frozen.len())
+    /// The count of keys waiting in memory for the engine, kept up to date.
+    pub fn backlog(&self) -> Backlog {
+        self.shared.backlog.clone()
     }
 
     /// Returns once the engine holds every write made so far.
@@ -320,6 +340,7 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
                 WriteOp::Delete { key } => generations.insert(key, None),
             }
         }
+        self.shared.backlog.publish(&generations);
         let now = Instant::now();
         if generations.active_since.is_none() {
             // The flusher times the generation's age from now.
@@ -371,7 +392,10 @@ fn run_flusher<S: Store>(shared: &Shared<S>) {
             let written = write_generation(shared, &frozen, limits.chunk_ops);
             generations = shared.generations();
             match written {
-                Ok(()) => generations.frozen = None,
+                Ok(()) => {
+                    generations.frozen = None;
+                    shared.backlog.publish(&generations);
+                }
                 Err(error) => {
                     tracing::error!(%error, "writing behind into the engine failed");
                     generations.failure = Some(error.to_string());
@@ -505,7 +529,7 @@ mod tests {
         assert_eq!(store.get(b"a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(store.get(b"e").unwrap(), None);
         assert!(engine.batches.lock().unwrap().is_empty(), "not yet due");
-        assert_eq!(store.unflushed_keys(), 4);
+        assert_eq!(store.backlog().keys(), 4);
         store.flush().unwrap();
         // Each key once, with its latest write; chunks of two, in key order.
         assert_eq!(batch_keys(&engine), [vec!["a", "b"], vec!["c", "e"]]);
@@ -514,7 +538,7 @@ mod tests {
             Some(b"2".to_vec())
         );
         assert_eq!(engine.store.lock().unwrap().get(b"e").unwrap(), None);
-        assert_eq!(store.unflushed_keys(), 0);
+        assert_eq!(store.backlog().keys(), 0);
         assert_eq!(store.get(b"a").unwrap(), Some(b"2".to_vec()));
     }
 
@@ -612,7 +636,7 @@ mod tests {
             assert!(Instant::now() < deadline, "never written behind");
             thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(store.unflushed_keys(), 0);
+        assert_eq!(store.backlog().keys(), 0);
     }
 
     #[test]
