@@ -85,13 +85,14 @@ pub struct ServerConfig {
     /// Longest time, in milliseconds, that applied writes stay in memory
     /// before they are written behind into LevelDB (like etcd's
     /// --backend-batch-interval). Writes are answered once applied in
-    /// memory; the WAL holds them until LevelDB does.
+    /// memory; the WAL (or the snapshot it was compacted into) holds them
+    /// until LevelDB does.
     #[arg(long, env = "KVSTORE_BACKEND_BATCH_INTERVAL_MS", default_value_t = limits::BACKEND_BATCH_INTERVAL_MS_DEFAULT)]
     pub backend_batch_interval_ms: u64,
     /// Distinct keys held in memory before they are written behind into
     /// LevelDB, whichever of this and --backend-batch-interval-ms comes
-    /// first (like etcd's --backend-batch-limit). Writers wait when twice
-    /// this many are waiting.
+    /// first (like etcd's --backend-batch-limit). Writers wait while one
+    /// batch is being written and twice this many keys wait behind it.
     #[arg(long, env = "KVSTORE_BACKEND_BATCH_LIMIT", default_value_t = limits::BACKEND_BATCH_LIMIT_DEFAULT)]
     pub backend_batch_limit: usize,
     /// The WAL's last segment is zero-filled this far ahead, so that each

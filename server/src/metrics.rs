@@ -306,7 +306,7 @@ impl Metrics {
             backend_unflushed_keys: gauge(
                 &registry,
                 "kvstore_backend_unflushed_keys",
-                "Applied keys held in memory that LevelDB does not hold yet; they are written behind within --backend-batch-interval-ms.",
+                "Applied keys held in memory that LevelDB does not hold yet (written behind in batches of --backend-batch-limit keys or every --backend-batch-interval-ms).",
             ),
             backend_backlog: OnceLock::new(),
             requests_total: counter_vec(

@@ -290,6 +290,14 @@ pub async fn run(
         }
     });
     let applied = recover_state_machine(&store_handle, &snapshots, snapshot).await?;
+    let consistent_at = store_handle.with(state_machine::consistent_at).await?;
+    if consistent_at > applied.index {
+        tracing::warn!(
+            applied_index = applied.index,
+            consistent_at,
+            "LevelDB holds part of a write-behind from before a crash; serializable reads wait until the log is applied up to consistent_at again"
+        );
+    }
 
     let mut core_config = kvstore_raft::Config::new(config.id, config.members());
     core_config.election_tick = config.election_ticks();
@@ -367,6 +375,7 @@ pub async fn run(
         peers: peers.clone(),
         timings,
         metrics: metrics.clone(),
+        consistent_at,
     });
     let request_limits = RequestLimits {
         key_bytes_max: config.max_key_bytes,

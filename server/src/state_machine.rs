@@ -2,9 +2,17 @@
 //!
 //! User keys live under a data prefix so that metadata — the last applied
 //! log index and a "restore in progress" mark — shares the same database and
-//! the same atomic write batches: an entry's effect and the applied index
-//! that records it are written together, so a restart neither skips nor
-//! re-applies an entry.
+//! the same write batches: an entry's effect and the applied index that
+//! records it are written together, so a restart never skips an entry.
+//!
+//! The server's store writes behind ([`crate::storage::overlay`]): after a
+//! crash, LevelDB may hold part of a batch with the applied index before
+//! it. Replaying the log from that index rewrites the same values (puts and
+//! deletes are blind writes), so the state ends the same; meanwhile the
+//! data mixes two indexes. The applied index is therefore written twice, under
+//! a key sorting before all data and one sorting after: the first reaches
+//! LevelDB first, so when they differ, [`consistent_at`] names the index the
+//! node must apply again before its local state is a state of the log.
 
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Entry, EntryKind, Index, SnapshotMetadata};
@@ -14,11 +22,15 @@ use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
 
 /// Prefix of every user key in the store.
 const DATA_PREFIX: &[u8] = b"d/";
-/// Metadata key: index and term of the last applied entry. Metadata keys
-/// sort after every data key: a write-behind store
-/// ([`crate::storage::overlay`]) writes in key order, so the applied index
-/// never reaches the engine before the data it covers.
+/// Metadata key: index and term of the last applied entry. It sorts after
+/// every data key: a write-behind store ([`crate::storage::overlay`]) writes
+/// in key order, so the applied index never reaches the engine before the
+/// data it covers.
 const APPLIED_KEY: &[u8] = b"m/applied";
+/// Metadata key: the applied index again, sorting before every data key, so
+/// that it reaches the engine before the data it covers (see the module
+/// documentation).
+const APPLIED_AHEAD_KEY: &[u8] = b"0/applied";
 /// Metadata key: set while a snapshot is being restored (the data is then
 /// incomplete and the restore must be redone on restart).
 const RESTORING_KEY: &[u8] = b"m/restoring";
@@ -97,6 +109,19 @@ pub fn applied(store: &mut dyn Store) -> Result<SnapshotMetadata, StoreError> {
     }
 }
 
+/// The applied index at which the stored data is a state of the log again:
+/// the applied index, or, after a crash while a write-behind was partly
+/// written, the index that write came from. Reads that do not wait for the
+/// log (serializable ones) must wait until the node has applied it.
+pub fn consistent_at(store: &mut dyn Store) -> Result<Index, StoreError> {
+    let applied = applied(store)?.index;
+    let ahead = match store.get(APPLIED_AHEAD_KEY)? {
+        Some(bytes) => decode_metadata(&bytes)?.index,
+        None => 0,
+    };
+    Ok(applied.max(ahead))
+}
+
 /// The snapshot whose restore was interrupted, if any.
 pub fn interrupted_restore(store: &mut dyn Store) -> Result<Option<SnapshotMetadata>, StoreError> {
     store
@@ -161,8 +186,8 @@ pub struct Applied {
     pub found: bool,
 }
 
-/// Applies committed entries in order, in one atomic batch together with the
-/// new applied index. Entries at or below the applied index are skipped (they
+/// Applies committed entries in order, in one batch together with the new
+/// applied index. Entries at or below the applied index are skipped (they
 /// were applied before a restart).
 pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, StoreError> {
     let mut last = applied(store)?;
@@ -205,6 +230,7 @@ pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, S
         });
     }
     if !outcomes.is_empty() {
+        batch.put(APPLIED_AHEAD_KEY.to_vec(), encode_metadata(last));
         batch.put(APPLIED_KEY.to_vec(), encode_metadata(last));
         store.write(batch)?;
     }
@@ -246,6 +272,7 @@ pub fn restore_pairs(store: &mut dyn Store, pairs: Vec<KeyValue>) -> Result<(), 
 /// Completes a restore: the state now reflects `snapshot`.
 pub fn finish_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
     let mut batch = WriteBatch::new();
+    batch.put(APPLIED_AHEAD_KEY.to_vec(), encode_metadata(snapshot));
     batch.put(APPLIED_KEY.to_vec(), encode_metadata(snapshot));
     batch.delete(RESTORING_KEY.to_vec());
     store.write(batch)
@@ -325,10 +352,38 @@ mod tests {
     }
 
     #[test]
-    fn metadata_keys_sort_after_every_data_key() {
+    fn the_applied_index_sorts_around_every_data_key() {
         let last_data_key = data_key(&[u8::MAX; 64]);
         assert!(APPLIED_KEY > last_data_key.as_slice());
         assert!(RESTORING_KEY > last_data_key.as_slice());
+        assert!(APPLIED_AHEAD_KEY < data_key(b"").as_slice());
+    }
+
+    #[test]
+    fn a_partly_written_batch_names_the_index_to_apply_again() {
+        let mut store = MemoryStore::new();
+        apply(&mut store, &[put(1, "a", "1"), put(2, "b", "1")]).unwrap();
+        assert_eq!(consistent_at(&mut store).unwrap(), 2);
+        // What a crash in the middle of writing the next batch behind, in
+        // key order, leaves: the first key and some data, not the last key.
+        let mut next = MemoryStore::new();
+        apply(
+            &mut next,
+            &[put(1, "a", "1"), put(2, "b", "1"), put(3, "a", "2")],
+        )
+        .unwrap();
+        let mut written = next.scan(&KeyRange::all(), usize::MAX).unwrap();
+        written.retain(|(key, _)| key.as_slice() < &b"d/b"[..]);
+        for (key, value) in written {
+            store.put(&key, &value).unwrap();
+        }
+        assert_eq!(get(&mut store, b"a").unwrap(), Some(b"2".to_vec()), "ahead");
+        assert_eq!(applied(&mut store).unwrap().index, 2);
+        assert_eq!(consistent_at(&mut store).unwrap(), 3);
+        // Replaying from the applied index brings both back together.
+        apply(&mut store, &[put(3, "a", "2")]).unwrap();
+        assert_eq!(consistent_at(&mut store).unwrap(), 3);
+        assert_eq!(applied(&mut store).unwrap().index, 3);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1 as pb;
-use kvstore_raft::{Message, NodeId};
+use kvstore_raft::{Index, Message, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use status::{FollowerStatus, NodeRole, NodeStatus};
@@ -93,6 +93,11 @@ pub struct NodeParts {
     pub timings: Timings,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The applied index from which the local state is a state of the log
+    /// (after a crash in the middle of a write-behind, the stored data mixes
+    /// two indexes until the replay passes this one): serializable reads wait
+    /// for it.
+    pub consistent_at: Index,
 }
 
 /// A handle on the running node.
@@ -231,6 +236,13 @@ impl Node {
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
         let stale_reads = self.shared.timings.injected_fault == Some(InjectedFault::StaleReads);
         if consistency == ReadConsistency::Serializable || stale_reads {
+            let applied = self.shared.applied_index.load(Ordering::Acquire);
+            if applied < self.shared.consistent_at {
+                return Err(KvError::Unavailable(format!(
+                    "this node is replaying its log after a crash; its local state is whole again at index {} (applied: {applied}); retry, or read linearizably",
+                    self.shared.consistent_at
+                )));
+            }
             let status = self.status();
             let store = &self.shared.store;
             let inline = store.try_read(|store| state_machine::get_if_ready(store, &key));

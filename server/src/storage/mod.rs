@@ -5,7 +5,7 @@
 //! - [`overlay::OverlayStore`]: write-behind in front of another store; the
 //!   server runs the LevelDB store behind one.
 //!
-//! Both pass the same test suite (`suite.rs`). A store is owned by one thread
+//! All pass the same test suite (`suite.rs`). A store is owned by one thread
 //! (`rusty-leveldb`'s `DB` is not `Sync`); async code reaches it through
 //! [`actor::StoreHandle`].
 
@@ -169,7 +169,10 @@ pub trait Store: Send {
         Some(self.get(key))
     }
 
-    /// Applies `batch` atomically.
+    /// Applies `batch`: readers see all of it or none. After a crash, a
+    /// store that writes through keeps all of it or none; a write-behind
+    /// store ([`overlay::OverlayStore`]) may keep only a key-order prefix
+    /// of what it had not finished writing.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
 
     /// Up to `limit` pairs of `range`, in ascending key order.
