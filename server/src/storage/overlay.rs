@@ -396,8 +396,6 @@ fn run_flusher<S: Store>(shared: &Shared<S>) {
         if let Some(frozen) = generations.frozen.clone() {
             drop(generations);
             let written = write_generation(shared, &frozen, limits.chunk_ops);
-            // Freed here, not under the lock once the last reference goes.
-            drop(frozen);
             generations = shared.generations();
             match written {
                 Ok(()) => {
@@ -412,6 +410,12 @@ fn run_flusher<S: Store>(shared: &Shared<S>) {
                 }
             }
             shared.changed.notify_all();
+            // The written generation is freed here, by its last reference,
+            // with the lock released: readers and writers need not wait for
+            // thousands of frees.
+            drop(generations);
+            drop(frozen);
+            generations = shared.generations();
             continue;
         }
         if generations.closing {
