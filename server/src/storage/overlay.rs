@@ -294,14 +294,20 @@ impl<S: Store + 'static> Drop for OverlayStore<S> {
     }
 }
 
+impl<S: Store + 'static> OverlayStore<S> {
+    /// The latest write of `key` held in memory, if any (failing once the
+    /// flusher has failed).
+    fn in_memory(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let generations = self.shared.generations();
+        generations.check()?;
+        Ok(generations.lookup(key))
+    }
+}
+
 impl<S: Store + 'static> Store for OverlayStore<S> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        {
-            let generations = self.shared.generations();
-            generations.check()?;
-            if let Some(value) = generations.lookup(key) {
-                return Ok(value);
-            }
+        if let Some(value) = self.in_memory(key)? {
+            return Ok(value);
         }
         // Not in memory, so the engine has its latest write: a frozen
         // generation leaves memory only once it is written, and no write can
@@ -310,18 +316,15 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
     }
 
     fn get_if_ready(&mut self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, StoreError>> {
-        {
-            let generations = self.shared.generations();
-            if let Err(error) = generations.check() {
-                return Some(Err(error));
-            }
-            if let Some(value) = generations.lookup(key) {
-                return Some(Ok(value));
-            }
-        }
-        match self.shared.engine.try_lock() {
-            Ok(mut engine) => Some(engine.get(key)),
-            Err(_) => None,
+        match self.in_memory(key) {
+            Err(error) => Some(Err(error)),
+            Ok(Some(value)) => Some(Ok(value)),
+            Ok(None) => self
+                .shared
+                .engine
+                .try_lock()
+                .ok()
+                .map(|mut engine| engine.get(key)),
         }
     }
 
