@@ -190,7 +190,54 @@ pub struct Applied {
 /// applied index. Entries at or below the applied index are skipped (they
 /// were applied before a restart).
 pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, StoreError> {
-    let mut last = applied(store)?;
+    apply_in(store, entries, Waiting::Allowed)
+        .map(|outcomes| outcomes.expect("an apply that may wait always runs"))
+}
+
+/// [`apply`], unless it would wait for the storage engine (a read that
+/// misses memory while the engine is busy, or a write that must wait for
+/// the write-behind to catch up): then `None`, with nothing written, and
+/// the caller applies through the store thread instead.
+pub fn apply_if_ready(
+    store: &mut dyn Store,
+    entries: &[Entry],
+) -> Option<Result<Vec<Applied>, StoreError>> {
+    apply_in(store, entries, Waiting::Refused).transpose()
+}
+
+/// Whether an apply may wait for the storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Allowed,
+    Refused,
+}
+
+/// Reads `key`; `Ok(None)` when that would wait and waiting is refused.
+fn read_in(
+    store: &mut dyn Store,
+    key: &[u8],
+    waiting: Waiting,
+) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+    match waiting {
+        Waiting::Allowed => store.get(key).map(Some),
+        Waiting::Refused => store.get_if_ready(key).transpose(),
+    }
+}
+
+/// Applies `entries`; `Ok(None)`, with nothing written, when that would
+/// wait and waiting is refused.
+fn apply_in(
+    store: &mut dyn Store,
+    entries: &[Entry],
+    waiting: Waiting,
+) -> Result<Option<Vec<Applied>>, StoreError> {
+    let Some(applied_record) = read_in(store, APPLIED_KEY, waiting)? else {
+        return Ok(None);
+    };
+    let mut last = match applied_record {
+        Some(bytes) => decode_metadata(&bytes)?,
+        None => SnapshotMetadata::default(),
+    };
     let mut batch = WriteBatch::new();
     let mut outcomes = Vec::with_capacity(entries.len());
     // Keys written earlier in this batch, to answer "did it exist" correctly.
@@ -213,7 +260,10 @@ pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, S
             Some(Operation::Delete { key }) => {
                 found = match overlay.get(&key) {
                     Some(exists) => *exists,
-                    None => get(store, &key)?.is_some(),
+                    None => match read_in(store, &data_key(&key), waiting)? {
+                        Some(value) => value.is_some(),
+                        None => return Ok(None),
+                    },
                 };
                 batch.delete(data_key(&key));
                 overlay.insert(key, false);
@@ -232,9 +282,12 @@ pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, S
     if !outcomes.is_empty() {
         batch.put(APPLIED_AHEAD_KEY.to_vec(), encode_metadata(last));
         batch.put(APPLIED_KEY.to_vec(), encode_metadata(last));
+        if waiting == Waiting::Refused && !store.writes_without_waiting(batch.len()) {
+            return Ok(None);
+        }
         store.write(batch)?;
     }
-    Ok(outcomes)
+    Ok(Some(outcomes))
 }
 
 /// Starts replacing the whole state with a snapshot's: marks the restore as
@@ -349,6 +402,63 @@ mod tests {
             "index 3 must not be re-applied"
         );
         assert_eq!(get(&mut store, b"b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    /// A memory store that can be told that reads or writes would wait.
+    #[derive(Default)]
+    struct Slow {
+        store: MemoryStore,
+        /// Reads of keys with this prefix would wait.
+        reads_wait_under: Option<&'static [u8]>,
+        writes_wait: bool,
+    }
+
+    impl Store for Slow {
+        fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.store.get(key)
+        }
+
+        fn get_if_ready(&mut self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, StoreError>> {
+            let waits = self
+                .reads_wait_under
+                .is_some_and(|prefix| key.starts_with(prefix));
+            (!waits).then(|| self.store.get(key))
+        }
+
+        fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.store.write(batch)
+        }
+
+        fn writes_without_waiting(&self, _operations: usize) -> bool {
+            !self.writes_wait
+        }
+
+        fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+            self.store.scan(range, limit)
+        }
+    }
+
+    #[test]
+    fn an_apply_that_would_wait_writes_nothing() {
+        let mut store = Slow::default();
+        let outcomes = apply_if_ready(&mut store, &[put(1, "a", "1"), delete(2, "b")]);
+        assert_eq!(outcomes.unwrap().unwrap().len(), 2);
+        for (reads_wait_under, writes_wait) in [(Some(APPLIED_KEY), false), (None, true)] {
+            store.reads_wait_under = reads_wait_under;
+            store.writes_wait = writes_wait;
+            assert!(apply_if_ready(&mut store, &[put(3, "c", "1")]).is_none());
+            assert_eq!(applied(&mut store).unwrap().index, 2);
+            assert_eq!(get(&mut store, b"c").unwrap(), None);
+        }
+        // A delete must read whether its key existed.
+        store.reads_wait_under = Some(DATA_PREFIX);
+        store.writes_wait = false;
+        assert!(apply_if_ready(&mut store, &[put(3, "x", "1"), delete(4, "x")]).is_some());
+        assert!(apply_if_ready(&mut store, &[delete(5, "x")]).is_none());
+        assert_eq!(applied(&mut store).unwrap().index, 4);
+        // The waiting apply goes through.
+        assert!(!apply(&mut store, &[delete(5, "x")]).unwrap()[0].found);
+        assert_eq!(applied(&mut store).unwrap().index, 5);
     }
 
     #[test]

@@ -698,40 +698,32 @@ impl Driver {
         }
         let applied_index = self.applied_index.clone();
         let node_id = self.core.id();
-        let result = self.store.submit(move |store| {
-            let outcomes = match state_machine::apply(store, &entries) {
-                Ok(outcomes) => outcomes,
-                Err(error) => storage_failure("applying committed entries failed", error),
-            };
+        let finish = move |outcomes: Vec<state_machine::Applied>| {
             applied_index.fetch_max(last.index, Ordering::AcqRel);
-            for (index, entry_term, proposal) in resolved {
-                let outcome = if entry_term != proposal.term {
-                    Err(KvError::Unavailable(
-                        "a new leader replaced the write before it committed; it was not applied"
-                            .into(),
-                    ))
-                } else {
-                    tracing::debug!(request_id = proposal.request_id, index, "applied");
-                    let found = outcomes
-                        .iter()
-                        .find(|outcome| outcome.index == index)
-                        .is_none_or(|outcome| outcome.found);
-                    Ok(WriteOutcome {
-                        served_by: ServedBy {
-                            node_id,
-                            leader_id: node_id,
-                            term: entry_term,
-                            index,
-                            forwarded_by: 0,
-                        },
-                        found,
-                    })
-                };
-                let _ = proposal.reply.send(outcome);
+            answer_proposals(node_id, resolved, &outcomes);
+        };
+        // Into the write-behind's memory right here when the store thread
+        // has nothing queued and nothing has to wait: that spares a wake-up
+        // of the store thread and one back per batch.
+        let inline = self
+            .store
+            .try_run_next(|store| state_machine::apply_if_ready(store, &entries));
+        match inline {
+            Some(Ok(outcomes)) => finish(outcomes),
+            Some(Err(error)) => storage_failure("applying committed entries failed", error),
+            None => {
+                let result =
+                    self.store
+                        .submit(move |store| match state_machine::apply(store, &entries) {
+                            Ok(outcomes) => finish(outcomes),
+                            Err(error) => {
+                                storage_failure("applying committed entries failed", error)
+                            }
+                        });
+                if let Err(error) = result {
+                    storage_failure("the store thread is gone", error);
+                }
             }
-        });
-        if let Err(error) = result {
-            storage_failure("the store thread is gone", error);
         }
         self.applied_submitted = last;
         self.flush_reads_awaiting_apply();
@@ -893,6 +885,39 @@ impl Driver {
                 true
             }
         });
+    }
+}
+
+/// Answers the proposals resolved by one applied batch: the write's
+/// outcome, or that a new leader replaced it.
+fn answer_proposals(
+    node_id: NodeId,
+    resolved: Vec<(Index, Term, PendingProposal)>,
+    outcomes: &[state_machine::Applied],
+) {
+    for (index, entry_term, proposal) in resolved {
+        let outcome = if entry_term != proposal.term {
+            Err(KvError::Unavailable(
+                "a new leader replaced the write before it committed; it was not applied".into(),
+            ))
+        } else {
+            tracing::debug!(request_id = proposal.request_id, index, "applied");
+            let found = outcomes
+                .iter()
+                .find(|outcome| outcome.index == index)
+                .is_none_or(|outcome| outcome.found);
+            Ok(WriteOutcome {
+                served_by: ServedBy {
+                    node_id,
+                    leader_id: node_id,
+                    term: entry_term,
+                    index,
+                    forwarded_by: 0,
+                },
+                found,
+            })
+        };
+        let _ = proposal.reply.send(outcome);
     }
 }
 

@@ -9,8 +9,11 @@
 //! ([`StoreHandle::try_read`]): it skips two thread hand-offs (a wake-up of
 //! the store thread and one back), which cost more than the read itself.
 //! When the thread is busy (a batch being applied), the read is queued as
-//! before, so no async task ever waits for that mutex.
+//! before, so no async task ever waits for that mutex. Work whose order
+//! matters (applying committed entries) may run inline too, but only when
+//! nothing is queued or running on the thread ([`StoreHandle::try_run_next`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 
@@ -41,6 +44,9 @@ pub struct StoreHandle {
     // sender gone, it holds the only reference and can close the store.
     shared: Arc<Mutex<dyn Store>>,
     requests: mpsc::SyncSender<StoreRequest>,
+    /// Requests sent and not yet finished by the store thread: queued, or
+    /// being served.
+    unfinished: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -73,6 +79,8 @@ where
     let (sender, receiver) = mpsc::sync_channel(STORE_QUEUE_CAPACITY);
     let owned = Arc::new(Mutex::new(store));
     let shared: Arc<Mutex<dyn Store>> = owned.clone();
+    let unfinished = Arc::new(AtomicUsize::new(0));
+    let unfinished_by_thread = unfinished.clone();
     let thread = thread::Builder::new()
         .name("kvstore-store".into())
         .spawn(move || {
@@ -82,21 +90,32 @@ where
             let lock = || owned.lock().unwrap_or_else(PoisonError::into_inner);
             while let Ok(request) = receiver.recv() {
                 // Answers leave after the mutex is released, so that the
-                // caller's next inline read finds it free.
+                // caller's next inline read finds it free. The count of
+                // unfinished requests drops after the mutex is released and
+                // before the answer leaves: whoever takes the mutex and then
+                // finds the count at zero comes after every request sent.
+                let finished = || unfinished_by_thread.fetch_sub(1, Ordering::AcqRel);
                 match request {
                     StoreRequest::Get(key, reply) => {
                         let value = lock().get(&key);
+                        finished();
                         let _ = reply.send(value);
                     }
                     StoreRequest::Write(batch, reply) => {
                         let written = lock().write(batch);
+                        finished();
                         let _ = reply.send(written);
                     }
                     StoreRequest::Scan(range, limit, reply) => {
                         let pairs = lock().scan(&range, limit);
+                        finished();
                         let _ = reply.send(pairs);
                     }
-                    StoreRequest::With(function) => function(&mut *lock()),
+                    // The task answers for itself (under the mutex).
+                    StoreRequest::With(function) => {
+                        function(&mut *lock());
+                        finished();
+                    }
                 }
             }
             // Every handle is gone, and with them (dropped before their
@@ -111,6 +130,7 @@ where
         StoreHandle {
             shared,
             requests: sender,
+            unfinished,
         },
         StoreThread { thread },
     )
@@ -121,16 +141,21 @@ impl StoreHandle {
         let (reply, answer) = oneshot::channel();
         let request = make(reply);
         let sender = self.requests.clone();
+        let unfinished = self.unfinished.clone();
+        unfinished.fetch_add(1, Ordering::AcqRel);
         // `send` blocks only when the queue is full: keep that off the runtime.
-        match sender.try_send(request) {
-            Ok(()) => {}
+        let sent = match sender.try_send(request) {
+            Ok(()) => Ok(()),
             Err(mpsc::TrySendError::Full(request)) => {
-                tokio::task::spawn_blocking(move || sender.send(request))
+                tokio::task::spawn_blocking(move || sender.send(request).map_err(drop))
                     .await
-                    .map_err(|_| StoreError::Closed)?
-                    .map_err(|_| StoreError::Closed)?;
+                    .unwrap_or(Err(()))
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
+            unfinished.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Closed);
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -160,14 +185,36 @@ impl StoreHandle {
         &self,
         task: impl FnOnce(&mut dyn Store) + Send + 'static,
     ) -> Result<(), StoreError> {
-        match self.requests.try_send(StoreRequest::With(Box::new(task))) {
+        self.unfinished.fetch_add(1, Ordering::AcqRel);
+        let sent = match self.requests.try_send(StoreRequest::With(Box::new(task))) {
             Ok(()) => Ok(()),
             Err(mpsc::TrySendError::Full(request)) => {
-                tokio::task::block_in_place(|| self.requests.send(request))
-                    .map_err(|_| StoreError::Closed)
+                tokio::task::block_in_place(|| self.requests.send(request)).map_err(drop)
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        sent.map_err(|()| {
+            self.unfinished.fetch_sub(1, Ordering::AcqRel);
+            StoreError::Closed
+        })
+    }
+
+    /// Runs `work` on the calling thread with exclusive access to the store,
+    /// if nothing sent to the store thread is still queued or running:
+    /// then `work` comes after everything sent before, as a [`submit`]ted
+    /// task would. Otherwise, or when `work` itself declines by returning
+    /// `None`, this returns `None` and the caller submits instead. For
+    /// short work that never waits for I/O: the caller is an async worker.
+    ///
+    /// [`submit`]: StoreHandle::submit
+    pub fn try_run_next<T>(&self, work: impl FnOnce(&mut dyn Store) -> Option<T>) -> Option<T> {
+        let mut store = self.shared.try_lock().ok()?;
+        // Read with the mutex held: a request the thread takes from now on
+        // waits for it, so it was sent after this call began.
+        if self.unfinished.load(Ordering::Acquire) != 0 {
+            return None;
         }
+        work(&mut *store)
     }
 
     /// Runs `read` on the calling thread with exclusive access to the store,
@@ -216,6 +263,25 @@ mod tests {
         (handle, thread, on_close)
     }
 
+    /// Keeps the store thread busy with a task that writes `value` under
+    /// "k" once the returned sender is sent to.
+    fn store_thread_busy_writing(
+        handle: &StoreHandle,
+        value: &'static [u8],
+    ) -> std_mpsc::Sender<()> {
+        let (working, started_work) = std_mpsc::channel();
+        let (finish, finish_work) = std_mpsc::channel::<()>();
+        handle
+            .submit(move |store| {
+                working.send(()).unwrap();
+                finish_work.recv().unwrap();
+                store.put(b"k", value).unwrap();
+            })
+            .unwrap();
+        started_work.recv().unwrap();
+        finish
+    }
+
     #[tokio::test]
     async fn an_inline_read_sees_every_finished_write() {
         let (handle, thread, closed) = started();
@@ -233,19 +299,35 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inline_work_runs_only_after_everything_sent_before_it() {
+        let (handle, thread, _closed) = started();
+        let finish = store_thread_busy_writing(&handle, b"1");
+        // Queued behind the running task, so not runnable inline either.
+        handle
+            .submit(|store| store.put(b"k", b"2").unwrap())
+            .unwrap();
+        assert_eq!(handle.try_run_next(|_| Some(())), None, "busy");
+        finish.send(()).unwrap();
+        // Both finish; then the thread is idle and inline work sees them.
+        assert_eq!(
+            handle.get(b"k".to_vec()).await.unwrap(),
+            Some(b"2".to_vec())
+        );
+        let inline = handle.try_run_next(|store| {
+            store.put(b"k", b"3").unwrap();
+            Some(store.get(b"k").unwrap())
+        });
+        assert_eq!(inline, Some(Some(b"3".to_vec())));
+        assert_eq!(handle.try_run_next(|_| None::<()>), None, "declined");
+        drop(handle);
+        thread.join();
+    }
+
     #[tokio::test]
     async fn an_inline_read_gives_way_while_the_store_thread_works() {
         let (handle, thread, _closed) = started();
-        let (working, started_work) = std_mpsc::channel();
-        let (finish, finish_work) = std_mpsc::channel::<()>();
-        handle
-            .submit(move |store| {
-                working.send(()).unwrap();
-                finish_work.recv().unwrap();
-                store.put(b"k", b"2").unwrap();
-            })
-            .unwrap();
-        started_work.recv().unwrap();
+        let finish = store_thread_busy_writing(&handle, b"2");
         assert_eq!(handle.try_read(|store| store.get(b"k").unwrap()), None);
         finish.send(()).unwrap();
         // Queued behind the write, so it sees it.

@@ -37,6 +37,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn writes_without_waiting(&self, _operations: usize) -> bool {
+        true
+    }
+
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         let end = match &range.end {
             Some(end) => Bound::Excluded(end.clone()),

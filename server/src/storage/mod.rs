@@ -175,6 +175,15 @@ pub trait Store: Send {
     /// of what it had not finished writing.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
 
+    /// Whether a [`Store::write`] of `operations` operations would return
+    /// at once, without waiting for I/O or for work in progress: only then
+    /// may a caller on an async worker write inline. A store that cannot
+    /// tell says no.
+    fn writes_without_waiting(&self, operations: usize) -> bool {
+        let _ = operations;
+        false
+    }
+
     /// Up to `limit` pairs of `range`, in ascending key order.
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
 

@@ -363,6 +363,19 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
         Ok(())
     }
 
+    /// Into memory, unless the batch goes straight to the engine or must
+    /// wait for the flusher to catch up (or the overlay failed: the write
+    /// then fails at once).
+    fn writes_without_waiting(&self, operations: usize) -> bool {
+        let limits = self.shared.limits;
+        if operations > limits.direct_batch_ops {
+            return false;
+        }
+        let generations = self.shared.generations();
+        generations.failure.is_some()
+            || !(generations.frozen.is_some() && generations.is_full(&limits))
+    }
+
     /// Scans the engine once everything is written behind: scans are rare
     /// (snapshot restores), so they pay for the flush rather than every read
     /// paying for a merge.
@@ -633,6 +646,25 @@ mod tests {
             .unwrap()
             .scan(&KeyRange::all(), 10);
         assert_eq!(written.unwrap().len(), 8);
+    }
+
+    #[test]
+    fn says_when_a_write_would_wait() {
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(2));
+        assert!(store.writes_without_waiting(8));
+        assert!(!store.writes_without_waiting(9), "goes to the engine");
+        let busy = engine.gate.lock().unwrap();
+        // {a, b} frozen and stuck behind the gate; c to f fill the active
+        // generation to twice the freeze size.
+        for key in ["a", "b", "c", "d", "e", "f"] {
+            assert!(store.writes_without_waiting(1), "{key} goes to memory");
+            put(&mut store, key, "1");
+        }
+        assert!(!store.writes_without_waiting(1), "full: a write would wait");
+        drop(busy);
+        store.flush().unwrap();
+        assert!(store.writes_without_waiting(1));
     }
 
     #[test]
