@@ -84,16 +84,19 @@ where
     let thread = thread::Builder::new()
         .name("kvstore-store".into())
         .spawn(move || {
-            // A panic on this thread ends it; one in an inline read on
+            // A panic on this thread ends it. One in an inline read on
             // another thread poisons the mutex but changed nothing (reads
-            // never write), so the store is whole and this thread goes on.
+            // never write), so the store is whole and this thread goes on;
+            // one in inline work that writes (the driver's applies) stops
+            // the process (see `Driver::submit_apply`).
             let lock = || owned.lock().unwrap_or_else(PoisonError::into_inner);
             while let Ok(request) = receiver.recv() {
                 // Answers leave after the mutex is released, so that the
                 // caller's next inline read finds it free. The count of
-                // unfinished requests drops after the mutex is released and
-                // before the answer leaves: whoever takes the mutex and then
-                // finds the count at zero comes after every request sent.
+                // unfinished requests drops after the mutex is released (and
+                // before the answer leaves, except for a `With` task, which
+                // answers for itself): whoever takes the mutex and then finds
+                // the count at zero comes after every request sent before.
                 let finished = || unfinished_by_thread.fetch_sub(1, Ordering::AcqRel);
                 match request {
                     StoreRequest::Get(key, reply) => {
@@ -204,13 +207,16 @@ impl StoreHandle {
     /// then `work` comes after everything sent before, as a [`submit`]ted
     /// task would. Otherwise, or when `work` itself declines by returning
     /// `None`, this returns `None` and the caller submits instead. For
-    /// short work that never waits for I/O: the caller is an async worker.
+    /// short work that does not wait for other work in progress (a read of
+    /// the engine's page cache at most): the caller is an async worker.
     ///
     /// [`submit`]: StoreHandle::submit
     pub fn try_run_next<T>(&self, work: impl FnOnce(&mut dyn Store) -> Option<T>) -> Option<T> {
         let mut store = self.shared.try_lock().ok()?;
-        // Read with the mutex held: a request the thread takes from now on
-        // waits for it, so it was sent after this call began.
+        // Read with the mutex held: every request counted here is one the
+        // thread has not finished; one the thread takes from now on waits
+        // for the mutex, and was not sent before this call (nothing orders
+        // it against a concurrent sender's, as with two submits).
         if self.unfinished.load(Ordering::Acquire) != 0 {
             return None;
         }
@@ -320,6 +326,12 @@ mod tests {
         });
         assert_eq!(inline, Some(Some(b"3".to_vec())));
         assert_eq!(handle.try_run_next(|_| None::<()>), None, "declined");
+        // A request sent and not yet taken by the thread, the mutex free:
+        // inline work must still wait its turn.
+        handle.unfinished.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(handle.try_run_next(|_| Some(())), None, "queued");
+        handle.unfinished.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(handle.try_run_next(|_| Some(())), Some(()));
         drop(handle);
         thread.join();
     }

@@ -30,7 +30,8 @@
 //! the engine directly, after everything written before them.
 //!
 //! The overlay is used by one thread at a time (the store thread, or a
-//! reader holding the store's mutex); the flusher shares only the
+//! reader or the driver applying inline, holding the store's mutex); the
+//! flusher shares only the
 //! generations and the engine, each behind its own mutex, and holds the
 //! engine's for one chunk at a time.
 
