@@ -419,7 +419,21 @@ pub async fn run(
         applied,
         metrics,
     });
-    let driver_task = tokio::spawn(driver.run(driver_stopped));
+    // A panic in the driver is a broken invariant: stop the process (as
+    // etcd does) rather than serve on without Raft progress.
+    let driver_task = tokio::spawn(async move {
+        use futures::FutureExt;
+        if std::panic::AssertUnwindSafe(driver.run(driver_stopped))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            crate::node::wal_writer::storage_failure(
+                "the raft driver panicked",
+                "see the panic above",
+            );
+        }
+    });
     drop(store_handle);
 
     let (server_stop, server_stopped) = watch::channel(false);

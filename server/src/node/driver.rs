@@ -705,13 +705,11 @@ impl Driver {
         // Into the write-behind's memory right here when the store thread
         // has nothing queued and nothing has to wait: that spares a wake-up
         // of the store thread and one back per batch.
-        // A panic while applying (a broken invariant) stops the process, as
-        // it would on the store thread: the node recovers from its log.
-        let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.store
-                .try_run_next(|store| state_machine::apply_if_ready(store, &entries))
-        }))
-        .unwrap_or_else(|_| storage_failure("applying committed entries panicked", "see above"));
+        // A panic here (a broken invariant) stops the process, as one on
+        // the store thread does: see the driver's task in server.rs.
+        let inline = self
+            .store
+            .try_run_next(|store| state_machine::apply_if_ready(store, &entries));
         match inline {
             Some(Ok(outcomes)) => finish(outcomes),
             Some(Err(error)) => storage_failure("applying committed entries failed", error),
