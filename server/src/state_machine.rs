@@ -103,10 +103,15 @@ fn decode_metadata(bytes: &[u8]) -> Result<SnapshotMetadata, StoreError> {
 
 /// Index and term of the last applied entry ((0, 0) for a fresh store).
 pub fn applied(store: &mut dyn Store) -> Result<SnapshotMetadata, StoreError> {
-    match store.get(APPLIED_KEY)? {
-        Some(bytes) => decode_metadata(&bytes),
-        None => Ok(SnapshotMetadata::default()),
-    }
+    applied_from(store.get(APPLIED_KEY)?)
+}
+
+/// The applied index and term in the record under [`APPLIED_KEY`] ((0, 0)
+/// when there is none).
+fn applied_from(record: Option<Vec<u8>>) -> Result<SnapshotMetadata, StoreError> {
+    record.map_or(Ok(SnapshotMetadata::default()), |bytes| {
+        decode_metadata(&bytes)
+    })
 }
 
 /// The applied index at which the stored data is a state of the log again:
@@ -234,10 +239,7 @@ fn apply_in(
     let Some(applied_record) = read_in(store, APPLIED_KEY, waiting)? else {
         return Ok(None);
     };
-    let mut last = match applied_record {
-        Some(bytes) => decode_metadata(&bytes)?,
-        None => SnapshotMetadata::default(),
-    };
+    let mut last = applied_from(applied_record)?;
     let mut batch = WriteBatch::new();
     let mut outcomes = Vec::with_capacity(entries.len());
     // Keys written earlier in this batch, to answer "did it exist" correctly.

@@ -31,9 +31,8 @@
 //!
 //! The overlay is used by one thread at a time (the store thread, or a
 //! reader or the driver applying inline, holding the store's mutex); the
-//! flusher shares only the
-//! generations and the engine, each behind its own mutex, and holds the
-//! engine's for one chunk at a time.
+//! flusher shares only the generations and the engine, each behind its own
+//! mutex, and holds the engine's for one chunk at a time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,6 +138,12 @@ impl Generations {
     fn is_full(&self, limits: &OverlayLimits) -> bool {
         self.active.len() >= limits.freeze_ops.saturating_mul(2)
             || self.active_bytes >= limits.freeze_bytes.saturating_mul(2)
+    }
+
+    /// A write must wait: one generation is being written and the next is
+    /// full.
+    fn writers_wait(&self, limits: &OverlayLimits) -> bool {
+        self.frozen.is_some() && self.is_full(limits)
     }
 
     fn freeze(&mut self) {
@@ -340,7 +345,7 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
         }
         let mut generations = self.shared.generations();
         generations.check()?;
-        while generations.frozen.is_some() && generations.is_full(&limits) {
+        while generations.writers_wait(&limits) {
             generations = self.shared.wait(generations);
             generations.check()?;
         }
@@ -373,8 +378,7 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
             return false;
         }
         let generations = self.shared.generations();
-        generations.failure.is_some()
-            || !(generations.frozen.is_some() && generations.is_full(&limits))
+        generations.failure.is_some() || !generations.writers_wait(&limits)
     }
 
     /// Scans the engine once everything is written behind: scans are rare
