@@ -108,6 +108,10 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// Highest read round this follower acknowledged in the current term.
     pub(crate) acknowledged_read_round: u64,
+    /// Highest commit index this follower was told it may apply (the
+    /// commit index of an append, capped at the append's last entry, or a
+    /// heartbeat's).
+    pub(crate) commit_sent: Index,
 }
 
 impl Progress {
@@ -123,6 +127,7 @@ impl Progress {
             inflights: Inflights::new(max_inflight_appends),
             recent_active: false,
             acknowledged_read_round: 0,
+            commit_sent: 0,
         }
     }
 
@@ -169,6 +174,11 @@ impl Progress {
     pub(crate) fn become_replicate(&mut self) {
         self.reset_state(ProgressState::Replicate);
         self.next_index = self.match_index + 1;
+    }
+
+    /// The follower was sent `commit` as the index it may apply up to.
+    pub(crate) fn commit_sent_up_to(&mut self, commit: Index) {
+        self.commit_sent = self.commit_sent.max(commit);
     }
 
     pub(crate) fn become_snapshot(&mut self, snapshot_index: Index) {

@@ -1,11 +1,20 @@
 //! The leader's side of log replication: sending appends, snapshots and
 //! heartbeats under flow control, handling the answers, and advancing the
 //! commit index by counting replicas of entries of the current term.
+//!
+//! A new commit index travels with the next append or heartbeat instead of
+//! in an empty append of its own (hashicorp/raft does the same; etcd-raft
+//! broadcasts one at once). Under a steady stream of writes the next append
+//! is at most one write away, and the broadcast, with its answer from each
+//! follower, cost about a sixth of the servers' CPU per single-client put. The
+//! driver bounds how long a follower may go without hearing of entries it
+//! holds being committed: [`RaftNode::has_unsent_commit`] says that one has
+//! not heard, [`RaftNode::send_commit`] tells it.
 
 use crate::node::RaftNode;
-use crate::progress::ProgressState;
+use crate::progress::{Progress, ProgressState};
 use crate::quorum;
-use crate::types::{Entry, Index, MessageBody, NodeId, Term};
+use crate::types::{Entry, Index, MessageBody, NodeId, Role, Term};
 
 impl RaftNode {
     /// Appends one entry of our term to our log and sends it to every peer
@@ -58,11 +67,10 @@ impl RaftNode {
         }
         let count = entries.len();
         let last_index = prev_log_index + count as Index;
-        self.progress
-            .get_mut(&peer)
-            .expect("peer progress")
-            .sent_entries(count, last_index);
+        let progress = self.progress.get_mut(&peer).expect("peer progress");
+        progress.sent_entries(count, last_index);
         let leader_commit = self.log.committed();
+        progress.commit_sent_up_to(leader_commit.min(last_index));
         self.send(
             peer,
             MessageBody::AppendEntries {
@@ -95,8 +103,12 @@ impl RaftNode {
         let read_round = self.reads.round();
         let targets: Vec<(NodeId, Index)> = self
             .progress
-            .iter()
-            .map(|(peer, progress)| (*peer, progress.match_index.min(commit)))
+            .iter_mut()
+            .map(|(peer, progress)| {
+                let leader_commit = progress.match_index.min(commit);
+                progress.commit_sent_up_to(leader_commit);
+                (*peer, leader_commit)
+            })
             .collect();
         for (peer, leader_commit) in targets {
             self.send(
@@ -241,10 +253,50 @@ impl RaftNode {
         false
     }
 
-    /// Tells followers about the new commit index and serves reads that were
-    /// waiting for the first commit of our term.
+    /// Sends followers the entries that waited for room in their in-flight
+    /// window (with the new commit index) and serves reads that were waiting
+    /// for the first commit of our term. A follower with nothing left to
+    /// send hears of the commit later (see the module documentation).
     pub(crate) fn on_commit_advanced(&mut self) {
-        self.broadcast_append();
+        for peer in self.peers() {
+            self.send_append(peer, false);
+        }
         self.start_reads_awaiting_commit();
+    }
+
+    /// Whether this node leads and a follower holds committed entries that
+    /// it has not been told are committed (it applies them once told).
+    pub fn has_unsent_commit(&self) -> bool {
+        let commit = self.log.committed();
+        self.role == Role::Leader
+            && self
+                .progress
+                .values()
+                .any(|progress| Self::commit_unsent_to(progress, commit))
+    }
+
+    /// Tells every follower of [`RaftNode::has_unsent_commit`] the commit
+    /// index, in an empty append.
+    pub fn send_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let commit = self.log.committed();
+        let owed: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, progress)| Self::commit_unsent_to(progress, commit))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in owed {
+            self.send_append(peer, true);
+        }
+    }
+
+    /// Only a follower in sync is owed: a lagging one hears the commit
+    /// index with the entries it is missing.
+    fn commit_unsent_to(progress: &Progress, commit: Index) -> bool {
+        progress.state == ProgressState::Replicate
+            && progress.match_index.min(commit) > progress.commit_sent
     }
 }

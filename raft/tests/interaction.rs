@@ -638,6 +638,80 @@ fn proposals_are_refused_beyond_the_pending_limit() {
     assert!(cluster.node_mut(1).propose(b"x".to_vec()).is_ok());
 }
 
+#[test]
+fn a_commit_travels_with_the_next_append_or_heartbeat_or_when_the_driver_asks() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.tick_all(1);
+    assert!(!cluster.node(1).has_unsent_commit());
+    let followers_commit = |cluster: &Cluster| -> Vec<u64> {
+        [2, 3]
+            .iter()
+            .map(|id| cluster.node(*id).commit_index())
+            .collect()
+    };
+
+    // Committed on the leader; no empty append followed with the news.
+    let (first, _) = cluster.propose(1, b"a");
+    let appends_before = cluster.delivered_count("AppendEntries");
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit_index(), first);
+    assert_eq!(
+        cluster.delivered_count("AppendEntries"),
+        appends_before + 2,
+        "one append per follower, with the entry"
+    );
+    assert_eq!(followers_commit(&cluster), vec![first - 1; 2]);
+    assert!(cluster.node(1).has_unsent_commit());
+
+    // The next write's append carries it.
+    let (second, _) = cluster.propose(1, b"b");
+    cluster.stabilize();
+    assert_eq!(followers_commit(&cluster), vec![first; 2]);
+    assert!(
+        cluster.node(1).has_unsent_commit(),
+        "now {second} is unsent"
+    );
+
+    // The driver asks: one empty append per follower.
+    let appends_before = cluster.delivered_count("AppendEntries");
+    cluster.node_mut(1).send_commit();
+    cluster.stabilize();
+    assert_eq!(cluster.delivered_count("AppendEntries"), appends_before + 2);
+    assert_eq!(followers_commit(&cluster), vec![second; 2]);
+    assert!(!cluster.node(1).has_unsent_commit());
+    assert_eq!(cluster.applied[&2].last().unwrap().0, second);
+    // Asked again with nothing unsent, it sends nothing.
+    cluster.node_mut(1).send_commit();
+    cluster.stabilize();
+    assert_eq!(cluster.delivered_count("AppendEntries"), appends_before + 2);
+
+    // A heartbeat carries it too.
+    let (third, _) = cluster.propose(1, b"c");
+    cluster.stabilize();
+    assert!(cluster.node(1).has_unsent_commit());
+    cluster.tick_node(1, 1);
+    assert_eq!(followers_commit(&cluster), vec![third; 2]);
+    assert!(!cluster.node(1).has_unsent_commit());
+
+    // A follower that lags is not owed: it hears with its missing entries.
+    cluster.isolate(3);
+    let (fourth, _) = cluster.propose(1, b"d");
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit_index(), fourth);
+    assert!(cluster.node(1).has_unsent_commit(), "node 2 is owed");
+    cluster.node_mut(1).send_commit();
+    cluster.stabilize();
+    assert!(
+        !cluster.node(1).has_unsent_commit(),
+        "node 3 holds nothing committed it was not told of"
+    );
+    assert_eq!(cluster.node(2).commit_index(), fourth);
+    assert_eq!(cluster.node(3).commit_index(), third);
+    // Followers never hear of a commit before it happens.
+    assert!(!cluster.node(2).has_unsent_commit());
+}
+
 // ----- Leadership transfer ------------------------------------------------------
 
 #[test]

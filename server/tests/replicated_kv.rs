@@ -442,6 +442,54 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
     }
 }
 
+/// A follower hears that a write committed within the leader's commit
+/// notice delay (10 ms), not at its next heartbeat. Heartbeats here are
+/// 1.5 s apart: each of three writes must be readable on both followers
+/// from their own state (serializable) within 250 ms. Were the commit index
+/// carried by heartbeats alone, a write would pass only when a heartbeat
+/// fell in its window, one chance in six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_apply_a_write_without_waiting_for_a_heartbeat() {
+    const APPLIED_WITHIN: Duration = Duration::from_millis(250);
+    let _serial = support::serial();
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--election-timeout-ms",
+            "3000",
+            "--heartbeat-interval-ms",
+            "1500",
+        ],
+    );
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let leader_addr = cluster.nodes[(leader - 1) as usize].client_addr;
+    let followers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.client_addr)
+        .filter(|address| *address != leader_addr)
+        .collect();
+    for round in 0..3 {
+        let key = format!("noticed-{round}");
+        try_put(leader_addr, &key, "committed").await.unwrap();
+        let written = Instant::now();
+        for follower in &followers {
+            while get(*follower, &key, Consistency::Serializable)
+                .await
+                .unwrap()
+                .is_none()
+            {
+                assert!(
+                    written.elapsed() < APPLIED_WITHIN,
+                    "{follower} had not applied write {round} after {:?}",
+                    written.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
 /// Many concurrent writes of the largest value through a follower: 64 MiB
 /// in flight over the forward stream and the peer streams (whose batches
 /// are bounded in bytes), every write acknowledged and readable. With the

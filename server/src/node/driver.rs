@@ -42,6 +42,13 @@ use crate::transport::peers::PeerSet;
 pub const EVENTS_PER_READY_MAX: usize = 1_024;
 /// Capacity of the driver's input queue.
 pub const EVENT_QUEUE_CAPACITY: usize = 8_192;
+/// Longest a follower goes without hearing that entries it holds are
+/// committed (it applies them only then). The leader tells it with the next
+/// append, which under a stream of writes comes sooner; when no write
+/// follows, an empty append after this delay (hashicorp/raft's
+/// `CommitTimeout`, 50 ms by default). Until then a serializable read on
+/// that follower does not see the write.
+pub const COMMIT_NOTICE_DELAY: Duration = Duration::from_millis(10);
 
 /// An input of the driver.
 pub enum DriverEvent {
@@ -286,6 +293,10 @@ impl Driver {
         }
         let mut ticker = tokio::time::interval(self.settings.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Armed while a follower has not been told of a commit.
+        let commit_notice = tokio::time::sleep(COMMIT_NOTICE_DELAY);
+        tokio::pin!(commit_notice);
+        let mut commit_notice_armed = false;
         loop {
             tokio::select! {
                 changed = shutdown.changed() => {
@@ -294,6 +305,10 @@ impl Driver {
                     }
                 }
                 _ = ticker.tick() => self.core.tick(),
+                () = &mut commit_notice, if commit_notice_armed => {
+                    commit_notice_armed = false;
+                    self.core.send_commit();
+                }
                 Some(answer) = self.answers.recv() => self.core.step(answer),
                 Some(done) = self.persisted.recv() => self.on_persisted(done),
                 Some(event) = self.events.recv() => self.handle_event(event),
@@ -302,6 +317,12 @@ impl Driver {
             self.drain_inputs();
             self.start_reads();
             self.process_readies().await;
+            if !commit_notice_armed && self.core.has_unsent_commit() {
+                commit_notice
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + COMMIT_NOTICE_DELAY);
+                commit_notice_armed = true;
+            }
             self.publish_status();
         }
         self.fail_pending("the node is shutting down");
