@@ -137,6 +137,7 @@ impl RaftNode {
             return false;
         }
         self.soft_state_key() != self.ready_tracker.soft_state
+            || self.appends_pending
             || self.hard_state() != self.ready_tracker.hard_state
             || !self.log.unstable_entries().is_empty()
             || self.pending_snapshot.is_some()
@@ -152,6 +153,7 @@ impl RaftNode {
             self.ready_tracker.outstanding.is_none(),
             "ready() called before advance() acknowledged the previous Ready"
         );
+        self.send_pending_appends();
         let hard_state = self.hard_state();
         let previous_hard_state = self.ready_tracker.hard_state;
         // Before this Ready's entries count as handed out: with no background

@@ -17,8 +17,9 @@ use crate::quorum;
 use crate::types::{Entry, Index, MessageBody, NodeId, Role, Term};
 
 impl RaftNode {
-    /// Appends one entry of our term to our log and sends it to every peer
-    /// whose flow control allows.
+    /// Appends one entry of our term to our log; the next `ready()` sends it
+    /// to every peer whose flow control allows, with every other entry
+    /// appended meanwhile (see [`RaftNode::send_pending_appends`]).
     pub(crate) fn leader_append(&mut self, entry: Entry) {
         assert_eq!(
             entry.term, self.term,
@@ -31,14 +32,20 @@ impl RaftNode {
         );
         self.log.append(std::slice::from_ref(&entry));
         // Our own copy counts toward commit once persisted (see `advance`).
-        self.broadcast_append();
+        self.appends_pending = true;
     }
 
-    /// Sends every peer what it is missing (or an empty append carrying the
-    /// commit index).
-    pub(crate) fn broadcast_append(&mut self) {
+    /// Sends every peer the entries appended since the last `ready()`, as
+    /// few appends as flow control allows. Sending them as each proposal
+    /// is appended made one append per proposal per peer: at 64 clients the
+    /// leader's `Ready` held about 11 proposals, so 22 one-entry appends
+    /// where two do, and each follower stepped and acknowledged every one.
+    pub(crate) fn send_pending_appends(&mut self) {
+        if !std::mem::take(&mut self.appends_pending) || self.role != Role::Leader {
+            return;
+        }
         for peer in self.peers() {
-            self.send_append(peer, true);
+            while self.send_append(peer, false) {}
         }
     }
 

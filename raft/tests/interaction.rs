@@ -538,18 +538,20 @@ fn flow_control_caps_entries_bytes_and_inflight_messages() {
         cluster.node(1).progress_of(2).unwrap().state,
         ProgressState::Replicate
     );
-    // Nothing is delivered: pipelining stops at three messages per follower.
-    for _ in 0..6 {
+    // Nothing is delivered: pipelining stops at three messages per
+    // follower, each of two 4-byte entries (a third would exceed 10 bytes
+    // and 2 entries); two entries wait.
+    for _ in 0..8 {
         cluster.propose(1, b"abcd");
     }
     cluster.process_ready(1);
     assert_eq!(
         Cluster::append_entry_counts(&cluster.on_wire(1, 2)),
-        vec![1, 1, 1]
+        vec![2, 2, 2]
     );
     assert_eq!(cluster.node(1).progress_of(2).unwrap().inflight_appends, 3);
-    // One acknowledgement frees one slot; the next message carries two
-    // 4-byte entries (a third would exceed 10 bytes and 2 entries).
+    // One acknowledgement frees one slot; the next message carries the two
+    // that waited.
     let first = cluster
         .wire
         .iter()
@@ -581,6 +583,31 @@ fn flow_control_caps_entries_bytes_and_inflight_messages() {
     assert_eq!(sizes, vec![1, 1]);
     cluster.stabilize();
     assert_eq!(cluster.node(3).last_index(), cluster.node(1).last_index());
+}
+
+#[test]
+fn proposals_between_two_readies_travel_in_one_append_per_follower() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.tick_all(1);
+    for index in 0..5 {
+        cluster.propose(1, format!("write-{index}").as_bytes());
+    }
+    cluster.process_ready(1);
+    for follower in [2, 3] {
+        assert_eq!(
+            Cluster::append_entry_counts(&cluster.on_wire(1, follower)),
+            vec![5]
+        );
+    }
+    let acknowledgements_before = cluster.delivered_count("AppendEntriesResponse");
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit_index(), cluster.node(1).last_index());
+    assert_eq!(
+        cluster.delivered_count("AppendEntriesResponse") - acknowledgements_before,
+        2,
+        "one acknowledgement from each follower for the five"
+    );
 }
 
 #[test]
