@@ -51,7 +51,8 @@ pub struct RaftNode {
     pub(crate) transfer_target: Option<NodeId>,
     pub(crate) reads: ReadTracker,
     /// Leader only: entries were appended since the last `ready()` and go
-    /// out to the peers then, all of them in one append per peer.
+    /// out to the peers then, in as few appends per peer as flow control
+    /// allows.
     pub(crate) appends_pending: bool,
     /// Output, moved out by `ready()`.
     pub(crate) messages: Vec<Message>,

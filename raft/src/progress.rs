@@ -108,9 +108,10 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// Highest read round this follower acknowledged in the current term.
     pub(crate) acknowledged_read_round: u64,
-    /// Highest commit index this follower was told it may apply (the
-    /// commit index of an append, capped at the append's last entry, or a
-    /// heartbeat's).
+    /// Highest commit index sent to this follower (the commit index of an
+    /// append, capped at the append's last entry, a heartbeat's, or a
+    /// snapshot's index). A message lost on the way is made up for by the
+    /// next heartbeat, which always carries the commit index.
     pub(crate) commit_sent: Index,
 }
 

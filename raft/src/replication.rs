@@ -7,9 +7,13 @@
 //! broadcasts one at once). Under a steady stream of writes the next append
 //! is at most one write away, and the broadcast, with its answer from each
 //! follower, cost about a sixth of the servers' CPU per single-client put. The
-//! driver bounds how long a follower may go without hearing of entries it
-//! holds being committed: [`RaftNode::has_unsent_commit`] says that one has
-//! not heard, [`RaftNode::send_commit`] tells it.
+//! driver bounds how long a follower in sync may go without hearing of
+//! entries it holds being committed: [`RaftNode::has_unsent_commit`] says
+//! that one has not heard, [`RaftNode::send_commit`] tells it (a follower
+//! whose in-flight window is full hears with its next append or heartbeat).
+//! A follower owed the commit index also gets it as soon as it answers a
+//! heartbeat, so that a read waiting there for its read index is not held
+//! up.
 
 use crate::node::RaftNode;
 use crate::progress::{Progress, ProgressState};
@@ -96,10 +100,10 @@ impl RaftNode {
             snapshot.index > 0,
             "entries are missing but nothing was compacted"
         );
-        self.progress
-            .get_mut(&peer)
-            .expect("peer progress")
-            .become_snapshot(snapshot.index);
+        let progress = self.progress.get_mut(&peer).expect("peer progress");
+        progress.become_snapshot(snapshot.index);
+        // A snapshot holds only committed entries: installing it commits them.
+        progress.commit_sent_up_to(snapshot.index);
         self.send(peer, MessageBody::InstallSnapshot { snapshot });
     }
 
@@ -207,7 +211,11 @@ impl RaftNode {
         } else if was_paused {
             self.send_append(from, true);
         }
-        while self.send_append(from, false) {}
+        // Entries proposed since the last `Ready` go out with it, to every
+        // peer in one append; sending them now would split that batch.
+        if !self.appends_pending {
+            while self.send_append(from, false) {}
+        }
         if self.transfer_target == Some(from) && self.progress[&from].match_index == last_index {
             self.send(from, MessageBody::TimeoutNow);
         }
@@ -229,7 +237,11 @@ impl RaftNode {
             }
             ProgressState::Replicate | ProgressState::Snapshot => {}
         }
-        if progress.match_index < last_index {
+        let commit = self.log.committed();
+        if progress.match_index < last_index || Self::commit_unsent_to(progress, commit) {
+            // Behind, or owed the commit index: a read on that follower
+            // waits for it, and the heartbeat, sent before the follower
+            // acknowledged the entries, could not carry it.
             self.send_append(from, true);
         }
         self.release_confirmed_reads();
@@ -260,14 +272,10 @@ impl RaftNode {
         false
     }
 
-    /// Sends followers the entries that waited for room in their in-flight
-    /// window (with the new commit index) and serves reads that were waiting
-    /// for the first commit of our term. A follower with nothing left to
-    /// send hears of the commit later (see the module documentation).
+    /// Serves reads that were waiting for the first commit of our term. The
+    /// followers hear of the new commit index with the next append or
+    /// heartbeat (see the module documentation).
     pub(crate) fn on_commit_advanced(&mut self) {
-        for peer in self.peers() {
-            self.send_append(peer, false);
-        }
         self.start_reads_awaiting_commit();
     }
 
@@ -283,7 +291,8 @@ impl RaftNode {
     }
 
     /// Tells every follower of [`RaftNode::has_unsent_commit`] the commit
-    /// index, in an empty append.
+    /// index, in an append (empty unless entries wait for it; one whose
+    /// in-flight window is full is skipped).
     pub fn send_commit(&mut self) {
         if self.role != Role::Leader {
             return;

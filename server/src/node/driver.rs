@@ -42,12 +42,13 @@ use crate::transport::peers::PeerSet;
 pub const EVENTS_PER_READY_MAX: usize = 1_024;
 /// Capacity of the driver's input queue.
 pub const EVENT_QUEUE_CAPACITY: usize = 8_192;
-/// Longest a follower goes without hearing that entries it holds are
-/// committed (it applies them only then). The leader tells it with the next
-/// append, which under a stream of writes comes sooner; when no write
+/// Longest a follower in sync goes without hearing that entries it holds
+/// are committed (it applies them only then). The leader tells it with the
+/// next append, which under a stream of writes comes sooner; when no write
 /// follows, an empty append after this delay (hashicorp/raft's
 /// `CommitTimeout`, 50 ms by default). Until then a serializable read on
-/// that follower does not see the write.
+/// that follower does not see the write; a linearizable one gets the
+/// commit index with its read round.
 pub const COMMIT_NOTICE_DELAY: Duration = Duration::from_millis(10);
 
 /// An input of the driver.
