@@ -50,10 +50,6 @@ pub struct RaftNode {
     /// Leader only: the voter leadership is being handed to.
     pub(crate) transfer_target: Option<NodeId>,
     pub(crate) reads: ReadTracker,
-    /// Leader only: entries were appended since the last `ready()` and go
-    /// out to the peers then, in as few appends per peer as flow control
-    /// allows.
-    pub(crate) appends_pending: bool,
     /// Output, moved out by `ready()`.
     pub(crate) messages: Vec<Message>,
     pub(crate) read_states: Vec<ReadState>,
@@ -138,7 +134,6 @@ impl RaftNode {
             progress: BTreeMap::new(),
             transfer_target: None,
             reads: ReadTracker::new(max_pending_read_requests),
-            appends_pending: false,
             messages: Vec::new(),
             read_states: Vec::new(),
             pending_snapshot: None,

@@ -137,7 +137,6 @@ impl RaftNode {
             return false;
         }
         self.soft_state_key() != self.ready_tracker.soft_state
-            || self.appends_pending
             || self.hard_state() != self.ready_tracker.hard_state
             || !self.log.unstable_entries().is_empty()
             || self.pending_snapshot.is_some()

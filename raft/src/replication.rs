@@ -36,7 +36,12 @@ impl RaftNode {
         );
         self.log.append(std::slice::from_ref(&entry));
         // Our own copy counts toward commit once persisted (see `advance`).
-        self.appends_pending = true;
+    }
+
+    /// Whether this node leads and holds entries appended since the last
+    /// `ready()`: the log's entries not yet handed out for persisting.
+    fn appends_pending(&self) -> bool {
+        self.role == Role::Leader && !self.log.unstable_entries().is_empty()
     }
 
     /// Sends every peer the entries appended since the last `ready()`, as
@@ -45,7 +50,7 @@ impl RaftNode {
     /// leader's `Ready` held about 11 proposals, so 22 one-entry appends
     /// where two do, and each follower stepped and acknowledged every one.
     pub(crate) fn send_pending_appends(&mut self) {
-        if !std::mem::take(&mut self.appends_pending) || self.role != Role::Leader {
+        if !self.appends_pending() {
             return;
         }
         for peer in self.peers() {
@@ -213,7 +218,7 @@ impl RaftNode {
         }
         // Entries proposed since the last `Ready` go out with it, to every
         // peer in one append; sending them now would split that batch.
-        if !self.appends_pending {
+        if !self.appends_pending() {
             while self.send_append(from, false) {}
         }
         if self.transfer_target == Some(from) && self.progress[&from].match_index == last_index {
