@@ -101,6 +101,15 @@ pub struct ServerConfig {
     #[arg(long, env = "KVSTORE_WAL_PREALLOCATE_BYTES", default_value_t = kvstore_wal::PREALLOCATE_BYTES_DEFAULT)]
     pub wal_preallocate_bytes: u64,
 
+    /// Threads of the async runtime that serves both ports and runs the
+    /// Raft driver. Default: the cores available to the process, less one
+    /// left to the WAL and storage threads, at least one (so one on a
+    /// 2-core machine). When several nodes share a machine, give each its
+    /// share of the cores.
+    #[arg(long, env = "KVSTORE_WORKER_THREADS",
+          value_parser = clap::value_parser!(u64).range(1..=limits::WORKER_THREADS_MAX as u64))]
+    pub worker_threads: Option<u64>,
+
     /// Deliberate bugs, for proving that the conformance suite catches them.
     /// NEVER use in production. `stale-reads`: linearizable reads are served
     /// from local state without ReadIndex. `early-ack`: writes are
@@ -238,6 +247,17 @@ impl ServerConfig {
         members
     }
 
+    /// Worker threads of the async runtime: `--worker-threads`, else
+    /// [`limits::default_worker_threads`] of the cores this process may use.
+    pub fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(threads) => threads as usize,
+            None => limits::default_worker_threads(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            ),
+        }
+    }
+
     /// Raft ticks in one election timeout.
     pub fn election_ticks(&self) -> u32 {
         (self.election_timeout_ms / self.heartbeat_interval_ms).clamp(2, u32::MAX as u64) as u32
@@ -289,5 +309,24 @@ mod tests {
             "2=127.0.0.1:9102,3=127.0.0.1:9103",
         ]);
         assert!(config.validate().unwrap_err().contains("node 3"));
+    }
+
+    #[test]
+    fn worker_threads_leave_a_core_to_the_storage_threads_unless_set() {
+        assert_eq!(limits::default_worker_threads(0), 1);
+        assert_eq!(limits::default_worker_threads(1), 1);
+        assert_eq!(limits::default_worker_threads(2), 1);
+        assert_eq!(limits::default_worker_threads(8), 7);
+        let config = ServerConfig::parse_from(["kvstore-server", "--worker-threads", "3"]);
+        assert_eq!(config.worker_threads(), 3);
+        let config = ServerConfig::parse_from(["kvstore-server"]);
+        assert!(config.worker_threads() >= 1);
+        for refused in ["0", "1025", "many"] {
+            assert!(
+                ServerConfig::try_parse_from(["kvstore-server", "--worker-threads", refused])
+                    .is_err(),
+                "--worker-threads {refused} was accepted"
+            );
+        }
     }
 }

@@ -26,6 +26,21 @@ pub const BACKEND_BATCH_INTERVAL_MS_DEFAULT: u64 = 200;
 /// Distinct keys held in memory before they are written behind into LevelDB
 /// (`--backend-batch-limit`): about 2.5 MB with 256-byte values.
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 8_192;
+/// Cores the default worker count (`--worker-threads`) leaves to the
+/// node's own threads: the WAL writer, the store and its write-behind
+/// flusher. They block in fdatasync and LevelDB, woken once per batch; a
+/// worker on every core as well only adds threads taking turns on the same
+/// cores (see `default_worker_threads`).
+pub const CORES_LEFT_TO_STORAGE_THREADS: usize = 1;
+/// Most async runtime worker threads (`--worker-threads`).
+pub const WORKER_THREADS_MAX: usize = 1024;
+
+/// The default number of async runtime workers on a machine with `cores`
+/// cores: all but [`CORES_LEFT_TO_STORAGE_THREADS`], at least one.
+pub fn default_worker_threads(cores: usize) -> usize {
+    cores.saturating_sub(CORES_LEFT_TO_STORAGE_THREADS).max(1)
+}
+
 /// Default election timeout base, in milliseconds (`--election-timeout-ms`).
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 /// Default heartbeat interval (one Raft tick), in milliseconds.
