@@ -117,6 +117,7 @@ fn simulation_seeds() {
                 totals.snapshots_installed += stats.snapshots_installed;
                 totals.crashes += stats.crashes;
                 totals.messages_delivered += stats.messages_delivered;
+                totals.commit_notices += stats.commit_notices;
                 worst_liveness_ticks = worst_liveness_ticks.max(stats.liveness_ticks);
                 if stats.node_count == 5 {
                     five_node_seeds += 1;
@@ -129,7 +130,7 @@ fn simulation_seeds() {
         }
     }
     println!(
-        "simulated seeds {start}..{} ({five_node_seeds} with 5 nodes, the rest 3) in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages; slowest recovery {} ticks",
+        "simulated seeds {start}..{} ({five_node_seeds} with 5 nodes, the rest 3) in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages, {} commit notices; slowest recovery {} ticks",
         start + count,
         elapsed,
         totals.leader_terms,
@@ -138,6 +139,7 @@ fn simulation_seeds() {
         totals.snapshots_installed,
         totals.crashes,
         totals.messages_delivered,
+        totals.commit_notices,
         worst_liveness_ticks
     );
     assert!(
@@ -145,6 +147,12 @@ fn simulation_seeds() {
         "{} of {count} seeds failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+    // Two seeds in three fire the driver's commit notice (at 0.2 or 1 per
+    // tick): so many seeds without one means the simulation lost it.
+    assert!(
+        count < 20 || totals.commit_notices > 0,
+        "no seed fired the driver's commit notice"
     );
 }
 

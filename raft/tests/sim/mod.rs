@@ -45,6 +45,8 @@ pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
 /// Background writes take up to this many ticks more than the seed's disk
 /// delay.
+/// Mixed into the seed of the commit notice's own draws.
+const NOTICE_RNG_SALT: u64 = 0x636f_6d6d_6974;
 const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
 /// Iterations of the ready loop per node and tick (a bound, not a target).
 const MAX_READY_ROUNDS_PER_TICK: usize = 8;
@@ -87,6 +89,8 @@ pub struct SimStats {
     pub crashes: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
+    /// Commit notices the simulated driver sent.
+    pub commit_notices: u64,
     /// Ticks until liveness was reached after healing.
     pub liveness_ticks: u64,
 }
@@ -113,6 +117,10 @@ struct Environment {
     campaign_probability: f64,
     /// Leaders hand eligible `Ready`s to the disk in the background.
     background_writes: bool,
+    /// Per tick, per leader owing a follower a commit index: the driver's
+    /// commit notice fires (`RaftNode::send_commit`). 0: the commit only
+    /// travels with appends and heartbeats.
+    commit_notice_probability: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -163,6 +171,9 @@ struct InFlight {
 /// The whole simulated world.
 pub struct World {
     rng: SmallRng,
+    /// Draws for the commit notice alone, so that adding it left the rest
+    /// of each seed's draws as they were.
+    notice_rng: SmallRng,
     options: SimOptions,
     /// The environment during chaos (healing replaces `environment`).
     chaos_environment: Environment,
@@ -187,6 +198,7 @@ impl World {
     /// Builds a random cluster (3 or 5 voters, random limits and features).
     pub fn new(options: SimOptions) -> Self {
         let mut rng = SmallRng::seed_from_u64(options.seed);
+        let mut notice_rng = SmallRng::seed_from_u64(options.seed ^ NOTICE_RNG_SALT);
         let node_count = if rng.random_bool(0.5) { 3 } else { 5 };
         let voters: Vec<NodeId> = (1..=node_count as NodeId).collect();
         let election_tick = rng.random_range(6..=15u32);
@@ -216,6 +228,7 @@ impl World {
             transfer_probability: *[0.0, 0.005].choose(&mut rng).expect("choice"),
             campaign_probability: 0.002,
             background_writes: rng.random_bool(0.5),
+            commit_notice_probability: *[0.0, 0.2, 1.0].choose(&mut notice_rng).expect("choice"),
         };
         let environment = if options.fault == InjectedFault::AmnesiaOnRestart {
             Environment {
@@ -262,6 +275,7 @@ impl World {
         }
         let world = World {
             rng,
+            notice_rng,
             options,
             chaos_environment: environment,
             environment,
@@ -679,6 +693,15 @@ impl World {
             if let Some(core) = self.nodes[position].core.as_mut() {
                 if !skip {
                     core.tick();
+                }
+                // The driver's commit notice timer, at a random moment.
+                if core.has_unsent_commit()
+                    && self
+                        .notice_rng
+                        .random_bool(self.environment.commit_notice_probability)
+                {
+                    core.send_commit();
+                    self.stats.commit_notices += 1;
                 }
             }
         }
