@@ -28,9 +28,10 @@ pub const BACKEND_BATCH_INTERVAL_MS_DEFAULT: u64 = 200;
 pub const BACKEND_BATCH_LIMIT_DEFAULT: usize = 8_192;
 /// Cores the default worker count (`--worker-threads`) leaves to the
 /// node's own threads: the WAL writer, the store and its write-behind
-/// flusher. They block in fdatasync and LevelDB, woken once per batch; a
-/// worker on every core as well only adds threads taking turns on the same
-/// cores (see `default_worker_threads`).
+/// flusher. They block in fdatasync and LevelDB and are woken once per
+/// batch; with a worker on every core as well, an idle worker is woken for
+/// nearly every task another task wakes (tokio's work stealing), and they
+/// all wait for the same cores (see `default_worker_threads`).
 pub const CORES_LEFT_TO_STORAGE_THREADS: usize = 1;
 /// Most async runtime worker threads (`--worker-threads`).
 pub const WORKER_THREADS_MAX: usize = 1024;

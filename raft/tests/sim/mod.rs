@@ -43,10 +43,10 @@ pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 /// Messages on the wire beyond which a run stops (amplification guard: a
 /// lying disk can make a leader re-send on every duplicated rejection).
 pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
-/// Background writes take up to this many ticks more than the seed's disk
-/// delay.
 /// Mixed into the seed of the commit notice's own draws.
 const NOTICE_RNG_SALT: u64 = 0x636f_6d6d_6974;
+/// Background writes take up to this many ticks more than the seed's disk
+/// delay.
 const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
 /// Iterations of the ready loop per node and tick (a bound, not a target).
 const MAX_READY_ROUNDS_PER_TICK: usize = 8;
