@@ -43,8 +43,7 @@ fn main() -> std::process::ExitCode {
     // sleep, while the WAL and store threads waited for a core. On the
     // 2-core bench machine one put with one client took 16 context
     // switches on the leader's workers with two of them and 4 with one.
-    let worker_threads = config.worker_threads();
-    builder.worker_threads(worker_threads);
+    builder.worker_threads(config.worker_threads());
     builder.enable_all();
     // Without the LIFO slot, a task woken by the running task waits its turn
     // instead of running right after it. Each gRPC call is a task of its
@@ -64,7 +63,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(worker_threads, "async runtime started");
     match runtime.block_on(kvstore_server::server::run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

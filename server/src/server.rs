@@ -394,6 +394,7 @@ pub async fn run(
         cluster_id = config.cluster_id,
         peers = ?config.peers.iter().map(|peer| format!("{}={}", peer.id, peer.raft_addr)).collect::<Vec<_>>(),
         data_dir = %data_dir.root().display(),
+        worker_threads = config.worker_threads(),
         version = env!("CARGO_PKG_VERSION"),
         "kvstore-server started; client, raft and metrics ports listening"
     );
