@@ -321,3 +321,31 @@ impl RaftNode {
             && progress.match_index.min(commit) > progress.commit_sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_follower_in_sync_is_owed_the_commit_index_it_holds() {
+        let mut progress = Progress::new(1, 4);
+        progress.match_index = 5;
+        progress.commit_sent = 3;
+        // Probing (after a rejection, or under a new leader) or being sent a
+        // snapshot: it hears the commit index with what it is sent next, so
+        // the driver's notice timer is not armed for it.
+        assert!(!RaftNode::commit_unsent_to(&progress, 5));
+        progress.become_snapshot(9);
+        assert!(!RaftNode::commit_unsent_to(&progress, 5));
+        progress.become_probe();
+        progress.become_replicate();
+        assert!(RaftNode::commit_unsent_to(&progress, 5));
+        // Owed what it holds of the commit, no more.
+        progress.commit_sent_up_to(5);
+        assert!(!RaftNode::commit_unsent_to(&progress, 8));
+        progress.match_index = 8;
+        assert!(RaftNode::commit_unsent_to(&progress, 6));
+        progress.commit_sent_up_to(6);
+        assert!(!RaftNode::commit_unsent_to(&progress, 6));
+    }
+}
