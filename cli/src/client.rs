@@ -24,7 +24,7 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Chann
 
 /// Opens one HTTP/2 connection to `endpoint` (`HOST:PORT`, or a full
 /// `http://` URL) with `timeout` for connecting and for every request.
-pub async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
+async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use kvstore_proto::kv::v1::kv_client::KvClient;
 use kvstore_proto::kv::v1::{GetRequest, PutRequest};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::args::{Consistency, Protocol};
-use crate::client::{self, Failure};
+use crate::bench::transport::OneWriteChannel;
+use crate::client::Failure;
 
 /// The generated client of the etcd API subset in `cli/proto/etcdserverpb/`.
 #[allow(missing_docs, clippy::all)]
@@ -24,9 +24,9 @@ pub mod etcd {
 #[derive(Debug, Clone)]
 pub enum Connection {
     /// kvstore.v1.KV.
-    Kvstore(KvClient<Channel>),
+    Kvstore(KvClient<OneWriteChannel>),
     /// etcdserverpb.KV.
-    Etcd(etcd::kv_client::KvClient<Channel>),
+    Etcd(etcd::kv_client::KvClient<OneWriteChannel>),
 }
 
 impl Connection {
@@ -36,10 +36,30 @@ impl Connection {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<Connection, Failure> {
+        let origin: http::Uri = format!(
+            "http://{}",
+            endpoint.strip_prefix("http://").unwrap_or(endpoint)
+        )
+        .parse()
+        .ok()
+        .filter(|origin: &http::Uri| origin.path() == "/" && origin.authority().is_some())
+        .ok_or_else(|| {
+            Failure(format!(
+                "invalid endpoint {endpoint:?}: bench takes HOST:PORT or http://HOST:PORT"
+            ))
+        })?;
+        let authority = origin
+            .authority()
+            .map_or("", |authority| authority.as_str());
+        let channel = OneWriteChannel::connect(authority, timeout).await?;
         Ok(match protocol {
-            Protocol::Kvstore => Connection::Kvstore(client::connect(endpoint, timeout).await?),
+            Protocol::Kvstore => Connection::Kvstore(
+                KvClient::with_origin(channel, origin)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            ),
             Protocol::Etcd => Connection::Etcd(
-                etcd::kv_client::KvClient::new(client::connect_channel(endpoint, timeout).await?)
+                etcd::kv_client::KvClient::with_origin(channel, origin)
                     .max_decoding_message_size(usize::MAX),
             ),
         })

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod progress;
 pub mod runner;
 pub mod summary;
+pub mod transport;
 
 use std::sync::Arc;
 
