@@ -16,11 +16,14 @@
 //! Here the request body, which a unary call has ready at once, is collected
 //! first and handed to h2 together with the headers and END_STREAM, before
 //! the connection task runs: HEADERS and DATA go out in one write. The
-//! responses are read as they come. The same client drives etcd in
+//! responses are read as they come. A connection the server closed is
+//! replaced on the next call. Unary calls only: a streaming request body
+//! would be collected whole before sending. The same client drives etcd in
 //! comparison runs, so both stores see the same requests.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -42,58 +45,75 @@ const CONNECTION_WINDOW_BYTES: u32 = 5 * 1024 * 1024;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One HTTP/2 connection for tonic's generated clients; cloning shares it.
+/// When the server closes it (a restart, say), the next call opens a new
+/// one, as tonic's `Channel` does.
 #[derive(Clone, Debug)]
 pub struct OneWriteChannel {
-    sender: h2::client::SendRequest<Bytes>,
-    /// Deadline of each call, from sending it to its last response byte.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// `HOST:PORT` to connect to again.
+    authority: String,
+    /// Deadline of connecting, and of each call from sending it to its last
+    /// response byte.
     timeout: Duration,
+    current: std::sync::Mutex<Current>,
+    /// Held while a new connection is opened, so that calls finding the old
+    /// one gone open one between them, not one each.
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Current {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Connections opened before this one.
+    generation: u64,
 }
 
 impl OneWriteChannel {
     /// Connects to `authority` (`HOST:PORT`) within `timeout`, which then
     /// bounds every call too.
     pub async fn connect(authority: &str, timeout: Duration) -> Result<Self, Failure> {
-        let failure = |error: &dyn std::fmt::Display| {
-            Failure(format!("cannot connect to {authority}: {error}"))
-        };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        let sender = open(authority, timeout)
             .await
-            .map_err(|_| failure(&format!("no connection within {timeout:?}")))?
-            .map_err(|error| failure(&error))?;
-        stream.set_nodelay(true).map_err(|error| failure(&error))?;
-        Self::handshake(stream, timeout)
-            .await
-            .map_err(|error| failure(&error))
+            .map_err(|error| Failure(format!("cannot connect to {authority}: {error}")))?;
+        Ok(Self::with_sender(authority, timeout, sender))
     }
 
-    /// Speaks HTTP/2 over `io`, spawning the connection's task.
-    async fn handshake<T>(io: T, timeout: Duration) -> Result<Self, BoxError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let handshake = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .handshake::<_, Bytes>(io);
-        let (sender, connection) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| format!("no HTTP/2 handshake within {timeout:?}"))??;
-        // Ends when the server closes the connection or every sender is
-        // dropped; calls still in flight then fail with the connection's error.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(OneWriteChannel { sender, timeout })
+    fn with_sender(
+        authority: &str,
+        timeout: Duration,
+        sender: h2::client::SendRequest<Bytes>,
+    ) -> Self {
+        OneWriteChannel {
+            shared: Arc::new(Shared {
+                authority: authority.to_string(),
+                timeout,
+                current: std::sync::Mutex::new(Current {
+                    sender,
+                    generation: 0,
+                }),
+                reconnecting: tokio::sync::Mutex::new(()),
+            }),
+        }
     }
 
     async fn unary(
-        sender: h2::client::SendRequest<Bytes>,
+        shared: Arc<Shared>,
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<ResponseBody>, BoxError> {
         let (parts, body) = request.into_parts();
         // A unary call's body is one encoded message, ready without waiting.
         let body = body.collect().await?.to_bytes();
-        let mut sender = sender.ready().await?;
+        let (sender, generation) = shared.current();
+        let mut sender = match sender.ready().await {
+            Ok(sender) => sender,
+            // The connection is gone and nothing of this call was sent on
+            // it: send it on a new one.
+            Err(_) => shared.reconnect(generation).await?.ready().await?,
+        };
         let end_of_stream = body.is_empty();
         let (response, mut stream) =
             sender.send_request(http::Request::from_parts(parts, ()), end_of_stream)?;
@@ -110,6 +130,62 @@ impl OneWriteChannel {
     }
 }
 
+impl Shared {
+    fn current(&self) -> (h2::client::SendRequest<Bytes>, u64) {
+        let current = self.current.lock().expect("no panic while held");
+        (current.sender.clone(), current.generation)
+    }
+
+    /// A sender on a connection newer than `generation`, opening one unless
+    /// another call already has.
+    async fn reconnect(&self, generation: u64) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
+        let _reconnecting = self.reconnecting.lock().await;
+        let (sender, current_generation) = self.current();
+        if current_generation != generation {
+            return Ok(sender);
+        }
+        let sender = open(&self.authority, self.timeout).await.map_err(|error| {
+            tonic::Status::unavailable(format!("cannot connect to {}: {error}", self.authority))
+        })?;
+        let mut current = self.current.lock().expect("no panic while held");
+        current.sender = sender.clone();
+        current.generation += 1;
+        Ok(sender)
+    }
+}
+
+/// Opens a TCP connection to `authority` and speaks HTTP/2 over it.
+async fn open(
+    authority: &str,
+    timeout: Duration,
+) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("no connection within {timeout:?}"))??;
+    stream.set_nodelay(true)?;
+    handshake(stream, timeout).await
+}
+
+/// Speaks HTTP/2 over `io`, spawning the connection's task.
+async fn handshake<T>(io: T, timeout: Duration) -> Result<h2::client::SendRequest<Bytes>, BoxError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .handshake::<_, Bytes>(io);
+    let (sender, connection) = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| format!("no HTTP/2 handshake within {timeout:?}"))??;
+    // Ends when the server closes the connection or every sender is dropped;
+    // calls still in flight then fail with the connection's error.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 impl tower_service::Service<http::Request<tonic::body::Body>> for OneWriteChannel {
     type Response = http::Response<ResponseBody>;
     type Error = BoxError;
@@ -122,8 +198,8 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for OneWriteChanne
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let call = Self::unary(self.sender.clone(), request);
-        let timeout = self.timeout;
+        let call = Self::unary(Arc::clone(&self.shared), request);
+        let timeout = self.shared.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
@@ -259,7 +335,7 @@ mod tests {
     /// A gRPC server in miniature: answers every call with an empty message
     /// and status OK once the request's END_STREAM has arrived, as tonic
     /// does for a unary call.
-    async fn serve(io: DuplexStream) {
+    async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T) {
         let mut connection = h2::server::handshake(io).await.expect("server handshake");
         while let Some(accepted) = connection.accept().await {
             let (request, mut respond) = accepted.expect("request");
@@ -285,6 +361,16 @@ mod tests {
         }
     }
 
+    fn put_request() -> PutRequest {
+        PutRequest {
+            key: b"key".to_vec(),
+            // Large enough that h2 hands the DATA payload over as a slice of
+            // its own (over 256 bytes), after which it flushes before
+            // buffering another frame.
+            value: vec![7; 256],
+        }
+    }
+
     #[tokio::test]
     async fn a_unary_call_leaves_in_one_write() {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
@@ -294,27 +380,67 @@ mod tests {
             inner: client_io,
             writes: Arc::clone(&writes),
         };
-        let channel = OneWriteChannel::handshake(io, Duration::from_secs(10))
-            .await
-            .expect("client handshake");
+        let timeout = Duration::from_secs(10);
+        let sender = handshake(io, timeout).await.expect("client handshake");
+        let channel = OneWriteChannel::with_sender("in-memory", timeout, sender);
         let mut client = KvClient::with_origin(channel, "http://kvstore.test".parse().unwrap());
-        let request = || PutRequest {
-            key: b"key".to_vec(),
-            // Large enough that h2 hands the DATA payload over as a slice of
-            // its own (over 256 bytes), after which it flushes before
-            // buffering another frame.
-            value: vec![7; 256],
-        };
         // The first call also carries the connection's settings exchange.
-        client.put(request()).await.expect("first put");
+        client.put(put_request()).await.expect("first put");
         for call in 0..3 {
             let before = writes.load(Ordering::SeqCst);
-            client.put(request()).await.expect("put");
+            client.put(put_request()).await.expect("put");
             assert_eq!(
                 writes.load(Ordering::SeqCst) - before,
                 1,
                 "call {call}: HEADERS and DATA with END_STREAM in one write"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_after_the_server_closed_the_connection_opens_a_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let authority = listener.local_addr().expect("address").to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.expect("accept");
+                let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    if first {
+                        // Takes the first call, then closes the connection
+                        // without answering it.
+                        let mut connection =
+                            h2::server::handshake(stream).await.expect("handshake");
+                        let _call = connection.accept().await;
+                    } else {
+                        serve(stream).await;
+                    }
+                });
+            }
+        });
+        let channel = OneWriteChannel::connect(&authority, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let mut client =
+            KvClient::with_origin(channel, format!("http://{authority}").parse().unwrap());
+        client
+            .put(put_request())
+            .await
+            .expect_err("the connection closed under the call");
+        for call in 0..3 {
+            client
+                .put(put_request())
+                .await
+                .unwrap_or_else(|status| panic!("call {call} on a new connection: {status}"));
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "one new connection, shared by the later calls"
+        );
     }
 }
