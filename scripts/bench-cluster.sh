@@ -166,7 +166,7 @@ if (($# > 0)); then
   KVSTORE_ENDPOINTS=$leader BENCH_ALL_ENDPOINTS=$spread_endpoints BENCH_PROTOCOL=$store "$@"
   exit
 fi
-echo "bench: each workload --duration $duration --total $total, keyspace $keyspace, values $value_size bytes, data on $(stat -f -c %T "$work")" >&2
+echo "bench: each workload --duration $duration --total $total, keyspace $keyspace, values $value_size bytes, data on $(df --output=fstype "$work" 2>/dev/null | tail -n 1 || stat -f -c %T "$work")" >&2
 
 # name | via | endpoints | bench arguments
 workloads=(
