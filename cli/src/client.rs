@@ -25,12 +25,7 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Chann
 /// Opens one HTTP/2 connection to `endpoint` (`HOST:PORT`, or a full
 /// `http://` URL) with `timeout` for connecting and for every request.
 async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    Endpoint::from_shared(url)
+    Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|error| Failure(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(timeout)
         .timeout(timeout)
@@ -43,6 +38,16 @@ async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, F
                 root_cause(&error)
             ))
         })
+}
+
+/// `endpoint` as a URL: `HOST:PORT` becomes `http://HOST:PORT`; a URL is
+/// kept as it is.
+pub fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
 }
 
 /// The innermost error message of a chain ("Connection refused (os error 111)").

@@ -31,7 +31,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
-    let config = ServerConfig::parse();
+    let mut config = ServerConfig::parse();
     if let Err(message) = kvstore_server::logging::init(config.log_format, &config.log_level) {
         eprintln!("kvstore-server: {message}");
         return std::process::ExitCode::from(2);
@@ -43,7 +43,10 @@ fn main() -> std::process::ExitCode {
     // sleep, while the WAL and store threads waited for a core. On the
     // 2-core bench machine one put with one client took 16 context
     // switches on the leader's workers with two of them and 4 with one.
-    builder.worker_threads(config.worker_threads());
+    // Resolved once: the start line logs the count the runtime got.
+    let worker_threads = config.worker_threads();
+    config.worker_threads = Some(worker_threads as u64);
+    builder.worker_threads(worker_threads);
     builder.enable_all();
     // Without the LIFO slot, a task woken by the running task waits its turn
     // instead of running right after it. Each gRPC call is a task of its

@@ -11,7 +11,7 @@ use tonic::Status;
 
 use crate::args::{Consistency, Protocol};
 use crate::bench::transport::OneWriteChannel;
-use crate::client::Failure;
+use crate::client::{self, Failure};
 
 /// The generated client of the etcd API subset in `cli/proto/etcdserverpb/`.
 #[allow(missing_docs, clippy::all)]
@@ -36,18 +36,19 @@ impl Connection {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<Connection, Failure> {
-        let origin: http::Uri = format!(
-            "http://{}",
-            endpoint.strip_prefix("http://").unwrap_or(endpoint)
-        )
-        .parse()
-        .ok()
-        .filter(|origin: &http::Uri| origin.path() == "/" && origin.authority().is_some())
-        .ok_or_else(|| {
-            Failure(format!(
-                "invalid endpoint {endpoint:?}: bench takes HOST:PORT or http://HOST:PORT"
-            ))
-        })?;
+        let origin: http::Uri = client::endpoint_url(endpoint)
+            .parse()
+            .ok()
+            .filter(|origin: &http::Uri| {
+                origin.scheme_str() == Some("http")
+                    && origin.path() == "/"
+                    && origin.authority().is_some()
+            })
+            .ok_or_else(|| {
+                Failure(format!(
+                    "invalid endpoint {endpoint:?}: bench takes HOST:PORT or http://HOST:PORT"
+                ))
+            })?;
         let authority = origin
             .authority()
             .map_or("", |authority| authority.as_str());
