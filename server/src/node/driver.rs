@@ -343,6 +343,7 @@ impl Driver {
         tracing::trace!(
             entry_count = done.entry_count,
             write_entry_count = done.write_entry_count,
+            inline = done.inline,
             elapsed_us = done.elapsed.as_micros() as u64,
             "WAL batch synced"
         );
@@ -584,7 +585,8 @@ impl Driver {
         // its appends at once and counts itself toward commit only once its
         // write is durable. Anyone else persists first, since its messages
         // (votes, acknowledgements) vouch for what it stores; so does a
-        // leader whose term or vote is changing in this batch.
+        // leader whose term or vote is changing in this batch. Such a write
+        // runs right here when the WAL thread is idle (see wal_writer).
         let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
             (hard_state.term, hard_state.vote) != self.persisted_term_vote
         });

@@ -12,12 +12,21 @@
 //! `kvstore_raft::RaftNode::advance_unpersisted`): its completion then comes
 //! back as a [`Persisted`] on the channel the driver listens to.
 //!
+//! An append the driver waits for while the thread has nothing queued or
+//! running is written on the caller's thread instead: the driver could do
+//! nothing else until it is durable anyway, and handing it over would cost
+//! two thread wake-ups (to the WAL thread and back) on the path of every
+//! follower's acknowledgement. The caller's worker is blocked for that one
+//! write; other tasks on it (serializable reads, the HTTP endpoints) wait
+//! up to one fdatasync. Behind queued work the thread writes it, in order.
+//!
 //! A failed write stops the process (see [`storage_failure`]): the node
 //! recovers from its log on restart rather than go on with a log it cannot
 //! vouch for.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,6 +61,9 @@ pub struct Persisted {
     pub elapsed: Duration,
     /// Entries in the write (with one fdatasync) it was part of.
     pub write_entry_count: usize,
+    /// Written on the caller's thread (the WAL thread was idle), not on the
+    /// WAL thread.
+    pub inline: bool,
 }
 
 /// Where the completion of an append goes.
@@ -60,6 +72,8 @@ enum Completion {
     Waiter(oneshot::Sender<Persisted>),
     /// The driver hears of it on its `Persisted` channel.
     Background,
+    /// The caller wrote it itself and has the result.
+    Caller,
 }
 
 struct Append {
@@ -81,6 +95,13 @@ enum Command {
 pub struct WalWriter {
     commands: Option<std_mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// Locked by whoever writes: the thread, or the caller of an inline
+    /// append.
+    wal: Arc<Mutex<Wal>>,
+    /// Commands submitted and not finished yet. Only the driver submits, so
+    /// once it reads 0 nothing comes before an inline append.
+    outstanding: Arc<AtomicUsize>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl WalWriter {
@@ -93,17 +114,26 @@ impl WalWriter {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let (commands, receiver) = std_mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("kvstore-wal".into())
-            .spawn(move || run(wal, receiver, persisted, metrics))
-            .unwrap_or_else(|error| storage_failure("cannot start the WAL thread", error));
+        let wal = Arc::new(Mutex::new(wal));
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (wal, outstanding, metrics) = (wal.clone(), outstanding.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("kvstore-wal".into())
+                .spawn(move || run(&wal, &outstanding, receiver, persisted, metrics.as_deref()))
+                .unwrap_or_else(|error| storage_failure("cannot start the WAL thread", error))
+        };
         Self {
             commands: Some(commands),
             thread: Some(thread),
+            wal,
+            outstanding,
+            metrics,
         }
     }
 
     fn submit(&self, command: Command) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
         let sent = self
             .commands
             .as_ref()
@@ -125,8 +155,24 @@ impl WalWriter {
     }
 
     /// Appends and waits until the append, and so every earlier one, is
-    /// durable.
+    /// durable: on the calling thread when the WAL thread is idle (see the
+    /// module's notes), else on the WAL thread after what is queued.
     pub async fn append(&self, hard_state: Option<HardState>, entries: Vec<Entry>) -> Persisted {
+        if self.outstanding.load(Ordering::Acquire) == 0 {
+            let append = Append {
+                hard_state,
+                entries,
+                submitted: Instant::now(),
+                completion: Completion::Caller,
+            };
+            let mut group =
+                write_group(&mut lock(&self.wal), vec![append], self.metrics.as_deref());
+            let (_, done) = group.pop().expect("one append");
+            return Persisted {
+                inline: true,
+                ..done
+            };
+        }
         let (done, waiter) = oneshot::channel();
         self.submit(Command::Append(Append {
             hard_state,
@@ -158,11 +204,18 @@ impl WalWriter {
     }
 }
 
+/// The WAL, also when a writer panicked while holding it (it then stopped
+/// the process, see `storage_failure`; a panic is a broken invariant).
+fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn run(
-    mut wal: Wal,
+    wal: &Mutex<Wal>,
+    outstanding: &AtomicUsize,
     commands: std_mpsc::Receiver<Command>,
     persisted: mpsc::UnboundedSender<Persisted>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<&Metrics>,
 ) {
     let mut next = None;
     loop {
@@ -175,10 +228,11 @@ fn run(
         };
         match command {
             Command::Compact { snapshot, done } => {
-                if let Err(error) = wal.compact(persist::marker_to_wal(snapshot)) {
+                if let Err(error) = lock(wal).compact(persist::marker_to_wal(snapshot)) {
                     storage_failure("compacting the WAL failed", error);
                 }
                 let _ = done.send(());
+                outstanding.fetch_sub(1, Ordering::AcqRel);
             }
             Command::Append(first) => {
                 let mut group = vec![first];
@@ -194,7 +248,22 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                write_group(&mut wal, group, &persisted, metrics.as_deref());
+                let appends = group.len();
+                let written = write_group(&mut lock(wal), group, metrics);
+                for (completion, done) in written {
+                    match completion {
+                        Completion::Waiter(waiter) => {
+                            let _ = waiter.send(done);
+                        }
+                        Completion::Background => {
+                            let _ = persisted.send(done);
+                        }
+                        Completion::Caller => unreachable!("the caller writes its own"),
+                    }
+                }
+                // Once every completion is out: an inline append then comes
+                // after all of them, as the driver hears of them.
+                outstanding.fetch_sub(appends, Ordering::AcqRel);
             }
         }
     }
@@ -213,12 +282,13 @@ fn continues(group: &[Append], append: &Append) -> bool {
     }
 }
 
+/// Writes `group` with one fdatasync; returns each append's completion
+/// with what to tell it.
 fn write_group(
     wal: &mut Wal,
     group: Vec<Append>,
-    persisted: &mpsc::UnboundedSender<Persisted>,
     metrics: Option<&Metrics>,
-) {
+) -> Vec<(Completion, Persisted)> {
     // The newest hard state covers the older ones (term and vote never go
     // back, commit only grows).
     let hard_state = group
@@ -238,22 +308,19 @@ fn write_group(
         metrics.observe_wal_sync(started.elapsed());
     }
     let write_entry_count = entries.len();
-    for append in group {
-        let done = Persisted {
-            last_entry: append.entries.last().map(|entry| (entry.index, entry.term)),
-            entry_count: append.entries.len(),
-            elapsed: append.submitted.elapsed(),
-            write_entry_count,
-        };
-        match append.completion {
-            Completion::Waiter(waiter) => {
-                let _ = waiter.send(done);
-            }
-            Completion::Background => {
-                let _ = persisted.send(done);
-            }
-        }
-    }
+    group
+        .into_iter()
+        .map(|append| {
+            let done = Persisted {
+                last_entry: append.entries.last().map(|entry| (entry.index, entry.term)),
+                entry_count: append.entries.len(),
+                elapsed: append.submitted.elapsed(),
+                write_entry_count,
+                inline: false,
+            };
+            (append.completion, done)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -303,6 +370,62 @@ mod tests {
         assert_eq!(indexes, vec![3, 4]);
         assert_eq!(recovered.hard_state.commit, 3);
         assert_eq!(recovered.snapshot.map(|marker| marker.index), Some(2));
+    }
+
+    #[tokio::test]
+    async fn an_append_with_nothing_queued_is_written_on_the_calling_thread() {
+        let directory = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
+        let writer = WalWriter::start(wal, persisted_sender, None);
+        let done = writer.append(Some(hard_state(1)), vec![entry(1)]).await;
+        assert!(done.inline);
+        assert_eq!(done.last_entry, Some((1, 1)));
+        // Once a background append is finished, the thread is idle again.
+        writer.append_in_background(None, vec![entry(2)]);
+        assert!(!persisted.recv().await.unwrap().inline);
+        assert!(writer.append(None, vec![entry(3)]).await.inline);
+        writer.shut_down().await;
+
+        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3]);
+        assert_eq!(recovered.hard_state.commit, 1);
+    }
+
+    // The test holds the WAL across awaits on purpose: that is what keeps
+    // the thread busy.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_behind_queued_work_waits_for_the_thread() {
+        let directory = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
+        let writer = Arc::new(WalWriter::start(wal, persisted_sender, None));
+        // Holding the WAL keeps the thread from writing the background append.
+        let held = lock(&writer.wal);
+        writer.append_in_background(Some(hard_state(0)), vec![entry(1)]);
+        let waited = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.append(None, vec![entry(2)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waited.is_finished());
+        assert!(persisted.try_recv().is_err());
+        drop(held);
+        let waited = waited.await.unwrap();
+        assert!(
+            !waited.inline,
+            "written by the thread, after the queued one"
+        );
+        assert_eq!(waited.last_entry, Some((2, 1)));
+        let background = persisted.try_recv().unwrap();
+        assert_eq!(background.last_entry, Some((1, 1)));
+
+        Arc::into_inner(writer).unwrap().shut_down().await;
+        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        assert_eq!(indexes, vec![1, 2]);
     }
 
     #[test]
