@@ -231,8 +231,8 @@ fn run(
                 if let Err(error) = lock(wal).compact(persist::marker_to_wal(snapshot)) {
                     storage_failure("compacting the WAL failed", error);
                 }
-                let _ = done.send(());
                 outstanding.fetch_sub(1, Ordering::AcqRel);
+                let _ = done.send(());
             }
             Command::Append(first) => {
                 let mut group = vec![first];
@@ -250,6 +250,12 @@ fn run(
                 }
                 let appends = group.len();
                 let written = write_group(&mut lock(wal), group, metrics);
+                // Idle again before the completions go out, so that whoever
+                // hears of one finds it idle. An inline append may then come
+                // before the driver has taken a background completion off
+                // its channel: the WAL wrote everything in order, and the
+                // core ignores a report of entries already durable.
+                outstanding.fetch_sub(appends, Ordering::AcqRel);
                 for (completion, done) in written {
                     match completion {
                         Completion::Waiter(waiter) => {
@@ -261,9 +267,6 @@ fn run(
                         Completion::Caller => unreachable!("the caller writes its own"),
                     }
                 }
-                // Once every completion is out: an inline append then comes
-                // after all of them, as the driver hears of them.
-                outstanding.fetch_sub(appends, Ordering::AcqRel);
             }
         }
     }
