@@ -13,18 +13,23 @@
 //! back as a [`Persisted`] on the channel the driver listens to.
 //!
 //! An append the driver waits for while the thread has nothing queued or
-//! running is written on the caller's thread instead: the driver could do
-//! nothing else until it is durable anyway, and handing it over would cost
-//! two thread wake-ups (to the WAL thread and back) on the path of every
-//! follower's acknowledgement. The caller's worker is blocked for that one
-//! write; other tasks on it (serializable reads, the HTTP endpoints) wait
-//! up to one fdatasync. Behind queued work the thread writes it, in order.
+//! running is written on the driver's own thread instead: the driver could
+//! do nothing else until it is durable anyway, and handing it over would
+//! cost two thread wake-ups (to the WAL thread and back) on the path of
+//! every follower's acknowledgement. That blocks the async worker running
+//! the driver, which with one worker (the default on two cores) is every
+//! task of the process: peer streams, client requests, the HTTP endpoints.
+//! So it is done only while writes are quick: once one took longer than
+//! [`INLINE_WRITE_LATENCY_MAX`], appends go through the thread until the
+//! thread's writes are quick again. (`tokio::task::block_in_place` would
+//! hand the worker's other tasks to another thread, the very wake-up this
+//! saves.) Behind queued work the thread writes, in order.
 //!
 //! A failed write stops the process (see [`storage_failure`]): the node
 //! recovers from its log on restart rather than go on with a log it cannot
 //! vouch for.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -44,6 +49,12 @@ pub const EXIT_CODE_STORAGE_FAILURE: i32 = 70;
 /// Appends written together with one fdatasync, at most.
 pub const APPENDS_PER_WRITE_MAX: usize = 64;
 
+/// The longest append + fdatasync after which the driver still writes
+/// inline: a write on a healthy SSD or virtual disk takes 0.05-2 ms. After
+/// a slower one (a struggling or spinning disk) the thread writes, so the
+/// node goes on serving while its disk is slow.
+pub const INLINE_WRITE_LATENCY_MAX: Duration = Duration::from_millis(2);
+
 /// Stops the process after a storage failure.
 pub fn storage_failure(context: &str, error: impl std::fmt::Display) -> ! {
     tracing::error!(%error, "{context}; stopping so the node recovers from its log on restart");
@@ -61,47 +72,111 @@ pub struct Persisted {
     pub elapsed: Duration,
     /// Entries in the write (with one fdatasync) it was part of.
     pub write_entry_count: usize,
-    /// Written on the caller's thread (the WAL thread was idle), not on the
+    /// Written on the driver's thread (see the module's notes), not on the
     /// WAL thread.
     pub inline: bool,
 }
 
-/// Where the completion of an append goes.
+/// Where the completion of an append the thread writes goes.
 enum Completion {
     /// The driver waits for it.
     Waiter(oneshot::Sender<Persisted>),
     /// The driver hears of it on its `Persisted` channel.
     Background,
-    /// The caller wrote it itself and has the result.
-    Caller,
 }
 
 struct Append {
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
     submitted: Instant,
-    completion: Completion,
+}
+
+impl Append {
+    fn new(hard_state: Option<HardState>, entries: Vec<Entry>) -> Self {
+        Self {
+            hard_state,
+            entries,
+            submitted: Instant::now(),
+        }
+    }
 }
 
 enum Command {
-    Append(Append),
+    Append(Append, Completion),
     Compact {
         snapshot: SnapshotMetadata,
         done: oneshot::Sender<()>,
     },
 }
 
+/// What the driver and the WAL thread share.
+struct Shared {
+    /// Locked by whoever writes: the thread, or the driver inline.
+    wal: Mutex<Wal>,
+    /// Commands submitted and not finished yet. Only the driver submits, so
+    /// once it reads 0 nothing comes before an inline append.
+    outstanding: AtomicUsize,
+    /// How long the last write's append + fdatasync took, in µs.
+    last_write_us: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Wal> {
+        // A writer that panicked may have left the WAL half-written.
+        self.wal.lock().unwrap_or_else(|_| {
+            storage_failure("the WAL is in an unknown state", "a writer panicked")
+        })
+    }
+
+    /// Whether the driver may write an append itself (module notes).
+    fn inline_allowed(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) == 0
+            && self.last_write_us.load(Ordering::Relaxed)
+                <= INLINE_WRITE_LATENCY_MAX.as_micros() as u64
+    }
+
+    /// Writes `appends` with one fdatasync; returns what to tell each.
+    fn write(&self, appends: &[Append], inline: bool) -> Vec<Persisted> {
+        // The newest hard state covers the older ones (term and vote never
+        // go back, commit only grows).
+        let hard_state = appends
+            .iter()
+            .rev()
+            .find_map(|append| append.hard_state.as_ref())
+            .map(persist::hard_state_to_wal);
+        let entries: Vec<kvstore_wal::Entry> = appends
+            .iter()
+            .flat_map(|append| append.entries.iter().map(persist::entry_to_wal))
+            .collect();
+        let started = Instant::now();
+        if let Err(error) = self.lock().append(hard_state.as_ref(), &entries) {
+            storage_failure("appending to the WAL failed", error);
+        }
+        let took = started.elapsed();
+        self.last_write_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_wal_sync(took);
+        }
+        appends
+            .iter()
+            .map(|append| Persisted {
+                last_entry: append.entries.last().map(|entry| (entry.index, entry.term)),
+                entry_count: append.entries.len(),
+                elapsed: append.submitted.elapsed(),
+                write_entry_count: entries.len(),
+                inline,
+            })
+            .collect()
+    }
+}
+
 /// The driver's handle on the WAL thread.
 pub struct WalWriter {
     commands: Option<std_mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
-    /// Locked by whoever writes: the thread, or the caller of an inline
-    /// append.
-    wal: Arc<Mutex<Wal>>,
-    /// Commands submitted and not finished yet. Only the driver submits, so
-    /// once it reads 0 nothing comes before an inline append.
-    outstanding: Arc<AtomicUsize>,
-    metrics: Option<Arc<Metrics>>,
+    shared: Arc<Shared>,
 }
 
 impl WalWriter {
@@ -114,26 +189,28 @@ impl WalWriter {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let (commands, receiver) = std_mpsc::channel();
-        let wal = Arc::new(Mutex::new(wal));
-        let outstanding = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            wal: Mutex::new(wal),
+            outstanding: AtomicUsize::new(0),
+            last_write_us: AtomicU64::new(0),
+            metrics,
+        });
         let thread = {
-            let (wal, outstanding, metrics) = (wal.clone(), outstanding.clone(), metrics.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("kvstore-wal".into())
-                .spawn(move || run(&wal, &outstanding, receiver, persisted, metrics.as_deref()))
+                .spawn(move || run(&shared, receiver, persisted))
                 .unwrap_or_else(|error| storage_failure("cannot start the WAL thread", error))
         };
         Self {
             commands: Some(commands),
             thread: Some(thread),
-            wal,
-            outstanding,
-            metrics,
+            shared,
         }
     }
 
     fn submit(&self, command: Command) {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let sent = self
             .commands
             .as_ref()
@@ -146,40 +223,23 @@ impl WalWriter {
 
     /// Appends in the background; the completion arrives as a [`Persisted`].
     pub fn append_in_background(&self, hard_state: Option<HardState>, entries: Vec<Entry>) {
-        self.submit(Command::Append(Append {
-            hard_state,
-            entries,
-            submitted: Instant::now(),
-            completion: Completion::Background,
-        }));
+        self.submit(Command::Append(
+            Append::new(hard_state, entries),
+            Completion::Background,
+        ));
     }
 
     /// Appends and waits until the append, and so every earlier one, is
-    /// durable: on the calling thread when the WAL thread is idle (see the
-    /// module's notes), else on the WAL thread after what is queued.
+    /// durable: on the calling thread when the WAL thread is idle and
+    /// writes are quick (see the module's notes), else on the WAL thread
+    /// after what is queued.
     pub async fn append(&self, hard_state: Option<HardState>, entries: Vec<Entry>) -> Persisted {
-        if self.outstanding.load(Ordering::Acquire) == 0 {
-            let append = Append {
-                hard_state,
-                entries,
-                submitted: Instant::now(),
-                completion: Completion::Caller,
-            };
-            let mut group =
-                write_group(&mut lock(&self.wal), vec![append], self.metrics.as_deref());
-            let (_, done) = group.pop().expect("one append");
-            return Persisted {
-                inline: true,
-                ..done
-            };
+        let append = Append::new(hard_state, entries);
+        if self.shared.inline_allowed() {
+            return self.shared.write(&[append], true)[0];
         }
         let (done, waiter) = oneshot::channel();
-        self.submit(Command::Append(Append {
-            hard_state,
-            entries,
-            submitted: Instant::now(),
-            completion: Completion::Waiter(done),
-        }));
+        self.submit(Command::Append(append, Completion::Waiter(done)));
         waiter
             .await
             .unwrap_or_else(|error| storage_failure("the WAL thread is gone", error))
@@ -204,18 +264,10 @@ impl WalWriter {
     }
 }
 
-/// The WAL, also when a writer panicked while holding it (it then stopped
-/// the process, see `storage_failure`; a panic is a broken invariant).
-fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
-    wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn run(
-    wal: &Mutex<Wal>,
-    outstanding: &AtomicUsize,
+    shared: &Shared,
     commands: std_mpsc::Receiver<Command>,
     persisted: mpsc::UnboundedSender<Persisted>,
-    metrics: Option<&Metrics>,
 ) {
     let mut next = None;
     loop {
@@ -228,18 +280,20 @@ fn run(
         };
         match command {
             Command::Compact { snapshot, done } => {
-                if let Err(error) = lock(wal).compact(persist::marker_to_wal(snapshot)) {
+                if let Err(error) = shared.lock().compact(persist::marker_to_wal(snapshot)) {
                     storage_failure("compacting the WAL failed", error);
                 }
-                outstanding.fetch_sub(1, Ordering::AcqRel);
+                shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 let _ = done.send(());
             }
-            Command::Append(first) => {
-                let mut group = vec![first];
-                while group.len() < APPENDS_PER_WRITE_MAX {
+            Command::Append(first, completion) => {
+                let mut appends = vec![first];
+                let mut completions = vec![completion];
+                while appends.len() < APPENDS_PER_WRITE_MAX {
                     match commands.try_recv() {
-                        Ok(Command::Append(append)) if continues(&group, &append) => {
-                            group.push(append)
+                        Ok(Command::Append(append, completion)) if continues(&appends, &append) => {
+                            appends.push(append);
+                            completions.push(completion);
                         }
                         Ok(other) => {
                             next = Some(other);
@@ -248,15 +302,16 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                let appends = group.len();
-                let written = write_group(&mut lock(wal), group, metrics);
+                let written = shared.write(&appends, false);
                 // Idle again before the completions go out, so that whoever
                 // hears of one finds it idle. An inline append may then come
                 // before the driver has taken a background completion off
                 // its channel: the WAL wrote everything in order, and the
                 // core ignores a report of entries already durable.
-                outstanding.fetch_sub(appends, Ordering::AcqRel);
-                for (completion, done) in written {
+                shared
+                    .outstanding
+                    .fetch_sub(appends.len(), Ordering::AcqRel);
+                for (completion, done) in completions.into_iter().zip(written) {
                     match completion {
                         Completion::Waiter(waiter) => {
                             let _ = waiter.send(done);
@@ -264,7 +319,6 @@ fn run(
                         Completion::Background => {
                             let _ = persisted.send(done);
                         }
-                        Completion::Caller => unreachable!("the caller writes its own"),
                     }
                 }
             }
@@ -283,47 +337,6 @@ fn continues(group: &[Append], append: &Append) -> bool {
         (Some(last), Some(first)) => first.index == last + 1,
         _ => true,
     }
-}
-
-/// Writes `group` with one fdatasync; returns each append's completion
-/// with what to tell it.
-fn write_group(
-    wal: &mut Wal,
-    group: Vec<Append>,
-    metrics: Option<&Metrics>,
-) -> Vec<(Completion, Persisted)> {
-    // The newest hard state covers the older ones (term and vote never go
-    // back, commit only grows).
-    let hard_state = group
-        .iter()
-        .rev()
-        .find_map(|append| append.hard_state.as_ref())
-        .map(persist::hard_state_to_wal);
-    let entries: Vec<kvstore_wal::Entry> = group
-        .iter()
-        .flat_map(|append| append.entries.iter().map(persist::entry_to_wal))
-        .collect();
-    let started = Instant::now();
-    if let Err(error) = wal.append(hard_state.as_ref(), &entries) {
-        storage_failure("appending to the WAL failed", error);
-    }
-    if let Some(metrics) = metrics {
-        metrics.observe_wal_sync(started.elapsed());
-    }
-    let write_entry_count = entries.len();
-    group
-        .into_iter()
-        .map(|append| {
-            let done = Persisted {
-                last_entry: append.entries.last().map(|entry| (entry.index, entry.term)),
-                entry_count: append.entries.len(),
-                elapsed: append.submitted.elapsed(),
-                write_entry_count,
-                inline: false,
-            };
-            (append.completion, done)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -359,9 +372,10 @@ mod tests {
         writer.append_in_background(None, vec![entry(3)]);
         let waited = writer.append(Some(hard_state(3)), vec![entry(4)]).await;
         assert_eq!(waited.last_entry, Some((4, 1)));
-        // The background ones finished first, in order.
-        let first = persisted.try_recv().unwrap();
-        let second = persisted.try_recv().unwrap();
+        // The background ones finished first, in order (their completions
+        // may still be on the way when the waited one was written inline).
+        let first = persisted.recv().await.unwrap();
+        let second = persisted.recv().await.unwrap();
         assert_eq!(first.last_entry, Some((2, 1)));
         assert_eq!(second.last_entry, Some((3, 1)));
         assert!(persisted.try_recv().is_err());
@@ -384,9 +398,11 @@ mod tests {
         let done = writer.append(Some(hard_state(1)), vec![entry(1)]).await;
         assert!(done.inline);
         assert_eq!(done.last_entry, Some((1, 1)));
-        // Once a background append is finished, the thread is idle again.
+        // Once a background append is finished, the thread is idle again
+        // (and the writes quick, whatever they take on this disk).
         writer.append_in_background(None, vec![entry(2)]);
         assert!(!persisted.recv().await.unwrap().inline);
+        writer.shared.last_write_us.store(0, Ordering::Relaxed);
         assert!(writer.append(None, vec![entry(3)]).await.inline);
         writer.shut_down().await;
 
@@ -394,6 +410,15 @@ mod tests {
         let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
         assert_eq!(indexes, vec![1, 2, 3]);
         assert_eq!(recovered.hard_state.commit, 1);
+    }
+
+    /// Waits until `count` commands are submitted and not finished.
+    async fn wait_for_outstanding(writer: &WalWriter, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.shared.outstanding.load(Ordering::Acquire) != count {
+            assert!(Instant::now() < deadline, "never {count} outstanding");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     // The test holds the WAL across awaits on purpose: that is what keeps
@@ -406,14 +431,14 @@ mod tests {
         let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
         let writer = Arc::new(WalWriter::start(wal, persisted_sender, None));
         // Holding the WAL keeps the thread from writing the background append.
-        let held = lock(&writer.wal);
+        let held = writer.shared.lock();
         writer.append_in_background(Some(hard_state(0)), vec![entry(1)]);
         let waited = tokio::spawn({
             let writer = writer.clone();
             async move { writer.append(None, vec![entry(2)]).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waited.is_finished());
+        // Both are queued for the thread before it may write.
+        wait_for_outstanding(&writer, 2).await;
         assert!(persisted.try_recv().is_err());
         drop(held);
         let waited = waited.await.unwrap();
@@ -422,7 +447,7 @@ mod tests {
             "written by the thread, after the queued one"
         );
         assert_eq!(waited.last_entry, Some((2, 1)));
-        let background = persisted.try_recv().unwrap();
+        let background = persisted.recv().await.unwrap();
         assert_eq!(background.last_entry, Some((1, 1)));
 
         Arc::into_inner(writer).unwrap().shut_down().await;
@@ -431,14 +456,39 @@ mod tests {
         assert_eq!(indexes, vec![1, 2]);
     }
 
+    #[tokio::test]
+    async fn after_a_slow_write_the_thread_writes_until_writes_are_quick_again() {
+        let directory = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let (persisted_sender, _persisted) = mpsc::unbounded_channel();
+        let writer = WalWriter::start(wal, persisted_sender, None);
+        let limit = INLINE_WRITE_LATENCY_MAX.as_micros() as u64;
+        // As if the last write had taken just over the limit.
+        writer
+            .shared
+            .last_write_us
+            .store(limit + 1, Ordering::Relaxed);
+        let done = writer.append(Some(hard_state(0)), vec![entry(1)]).await;
+        assert!(!done.inline, "a slow disk: the thread writes");
+        // The thread's write recorded what it took (a real write, far from
+        // an hour), so whether the next is inline follows the disk again.
+        let hour = 3_600_000_000;
+        writer.shared.last_write_us.store(hour, Ordering::Relaxed);
+        assert!(!writer.append(None, vec![entry(2)]).await.inline);
+        assert!(writer.shared.last_write_us.load(Ordering::Relaxed) < hour);
+        // Quick again (at the limit itself): inline.
+        writer.shared.last_write_us.store(limit, Ordering::Relaxed);
+        assert!(writer.append(None, vec![entry(3)]).await.inline);
+        writer.shut_down().await;
+
+        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
+        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3]);
+    }
+
     #[test]
     fn only_following_entries_join_a_group() {
-        let append = |entries: Vec<Entry>| Append {
-            hard_state: None,
-            entries,
-            submitted: Instant::now(),
-            completion: Completion::Background,
-        };
+        let append = |entries: Vec<Entry>| Append::new(None, entries);
         let group = vec![append(vec![entry(1), entry(2)]), append(vec![])];
         assert!(continues(&group, &append(vec![entry(3)])));
         assert!(continues(&group, &append(vec![])));
