@@ -195,7 +195,8 @@ pub struct BenchArgs {
     pub workload: Workload,
 
     /// Concurrent requests in flight: one task each, sending its next request
-    /// when the previous one is answered.
+    /// when the previous one is answered (after an UNAVAILABLE answer, once
+    /// it has waited 1 ms, doubling with each one in a row up to 100 ms).
     #[arg(long, default_value_t = 1)]
     pub clients: u64,
 

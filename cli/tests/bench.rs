@@ -262,3 +262,45 @@ fn bench_exits_3_when_no_server_answers() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn clients_back_off_from_a_server_that_went_down() {
+    let work = tempfile::tempdir().unwrap();
+    let (mut server, client_address) = start_server(&work);
+    let bench = Command::new(env!("CARGO_BIN_EXE_kvstore-cli"))
+        .arg("--endpoints")
+        .arg(client_address.to_string())
+        .args(["-w", "json", "bench", "put", "--clients", "2"])
+        .args(["--total", "100000000", "--duration", "3s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kvstore-cli bench");
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let output = bench.wait_with_output().expect("waiting for the bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+        panic!(
+            "bench printed no JSON ({error}): {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        summary["operations_succeeded"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    // Refused connections answer at once: without waiting, two clients
+    // send thousands of requests a second to a node that is down. Waiting
+    // 1, 2, 4 ... up to 100 ms after each UNAVAILABLE, each client sends at
+    // most about 7 + 30 over the 3 s the run lasts.
+    let unavailable = summary["errors_by_code"]["UNAVAILABLE"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        (1..=2 * (7 + 30)).contains(&unavailable),
+        "UNAVAILABLE answers: {summary}"
+    );
+}

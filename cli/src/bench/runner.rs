@@ -15,6 +15,40 @@ use crate::bench::plan::Plan;
 use crate::bench::summary::{StopReason, Tally};
 use crate::client::{grpc_code_name, Failure};
 
+/// How long a client waits after an `UNAVAILABLE` answer (the node is down
+/// or cannot serve yet) before its next request, the first time; each
+/// further one in a row doubles it, up to [`UNAVAILABLE_BACKOFF_MAX`]. A
+/// node that went down is then not sent tens of thousands of requests a
+/// second by every client, and the count of requests is not used up on it.
+pub const UNAVAILABLE_BACKOFF_FIRST: Duration = Duration::from_millis(1);
+/// The longest wait after an `UNAVAILABLE` answer.
+pub const UNAVAILABLE_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// One client's wait after `UNAVAILABLE` answers.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// The wait after the last answer (zero after a success or another error).
+    last: Duration,
+}
+
+impl Backoff {
+    /// Records an answer; after an `UNAVAILABLE` one, waits (never past
+    /// `deadline`).
+    async fn after<T>(&mut self, answer: &Result<T, tonic::Status>, deadline: Instant) {
+        match answer {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                self.last = if self.last.is_zero() {
+                    UNAVAILABLE_BACKOFF_FIRST
+                } else {
+                    (self.last * 2).min(UNAVAILABLE_BACKOFF_MAX)
+                };
+                tokio::time::sleep_until((Instant::now() + self.last).min(deadline).into()).await;
+            }
+            _ => self.last = Duration::ZERO,
+        }
+    }
+}
+
 /// Counters the clients share.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -64,6 +98,7 @@ pub async fn prefill(
         let mut random = client_random(plan.seed, client);
         tasks.spawn(async move {
             let mut tally = Tally::default();
+            let mut backoff = Backoff::default();
             while Instant::now() < deadline {
                 let index = counters.issued.fetch_add(1, Ordering::Relaxed);
                 if index >= plan.keyspace {
@@ -72,12 +107,14 @@ pub async fn prefill(
                 let key = keys::key(index, plan.key_size_bytes);
                 let value = keys::random_value(&mut random, plan.value_size_bytes);
                 let started = Instant::now();
-                match connection.put(key, value).await {
+                let answer = connection.put(key, value).await;
+                match &answer {
                     Ok(_) => tally.record_success(started.elapsed()),
                     Err(status) => tally.record_error(grpc_code_name(status.code())),
                 }
                 tally.writes += 1;
                 counters.completed.fetch_add(1, Ordering::Relaxed);
+                backoff.after(&answer, deadline).await;
             }
             tally
         });
@@ -108,6 +145,7 @@ pub async fn measure(
         let mut random = client_random(plan.seed, client);
         tasks.spawn(async move {
             let mut tally = Tally::default();
+            let mut backoff = Backoff::default();
             while Instant::now() < deadline {
                 if counters.issued.fetch_add(1, Ordering::Relaxed) >= plan.operations_max {
                     break;
@@ -118,7 +156,7 @@ pub async fn measure(
                     let request_started = Instant::now();
                     let answer = connection.get(key, plan.consistency).await;
                     let latency = request_started.elapsed();
-                    match answer {
+                    match &answer {
                         Ok(found) => {
                             tally.record_success(latency);
                             if !found {
@@ -128,18 +166,21 @@ pub async fn measure(
                         Err(status) => tally.record_error(grpc_code_name(status.code())),
                     }
                     tally.reads += 1;
+                    counters.completed.fetch_add(1, Ordering::Relaxed);
+                    backoff.after(&answer, deadline).await;
                 } else {
                     let value = keys::random_value(&mut random, plan.value_size_bytes);
                     let request_started = Instant::now();
                     let answer = connection.put(key, value).await;
                     let latency = request_started.elapsed();
-                    match answer {
+                    match &answer {
                         Ok(_) => tally.record_success(latency),
                         Err(status) => tally.record_error(grpc_code_name(status.code())),
                     }
                     tally.writes += 1;
+                    counters.completed.fetch_add(1, Ordering::Relaxed);
+                    backoff.after(&answer, deadline).await;
                 }
-                counters.completed.fetch_add(1, Ordering::Relaxed);
             }
             tally
         });
