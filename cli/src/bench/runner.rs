@@ -32,11 +32,11 @@ struct Backoff {
 }
 
 impl Backoff {
-    /// Records an answer; after an `UNAVAILABLE` one, waits (never past
-    /// `deadline`).
-    async fn after<T>(&mut self, answer: &Result<T, tonic::Status>, deadline: Instant) {
-        match answer {
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+    /// Records how a request ended (`failed`: its error code, if any);
+    /// after `UNAVAILABLE`, waits (never past `deadline`).
+    async fn after(&mut self, failed: Option<tonic::Code>, deadline: Instant) {
+        match failed {
+            Some(tonic::Code::Unavailable) => {
                 self.last = if self.last.is_zero() {
                     UNAVAILABLE_BACKOFF_FIRST
                 } else {
@@ -114,7 +114,9 @@ pub async fn prefill(
                 }
                 tally.writes += 1;
                 counters.completed.fetch_add(1, Ordering::Relaxed);
-                backoff.after(&answer, deadline).await;
+                backoff
+                    .after(answer.err().map(|status| status.code()), deadline)
+                    .await;
             }
             tally
         });
@@ -152,7 +154,7 @@ pub async fn measure(
                 }
                 let key = keys::key(random.random_range(0..plan.keyspace), plan.key_size_bytes);
                 let read = plan.read_ratio > 0.0 && random.random_bool(plan.read_ratio);
-                if read {
+                let failed = if read {
                     let request_started = Instant::now();
                     let answer = connection.get(key, plan.consistency).await;
                     let latency = request_started.elapsed();
@@ -166,8 +168,7 @@ pub async fn measure(
                         Err(status) => tally.record_error(grpc_code_name(status.code())),
                     }
                     tally.reads += 1;
-                    counters.completed.fetch_add(1, Ordering::Relaxed);
-                    backoff.after(&answer, deadline).await;
+                    answer.err().map(|status| status.code())
                 } else {
                     let value = keys::random_value(&mut random, plan.value_size_bytes);
                     let request_started = Instant::now();
@@ -178,9 +179,10 @@ pub async fn measure(
                         Err(status) => tally.record_error(grpc_code_name(status.code())),
                     }
                     tally.writes += 1;
-                    counters.completed.fetch_add(1, Ordering::Relaxed);
-                    backoff.after(&answer, deadline).await;
-                }
+                    answer.err().map(|status| status.code())
+                };
+                counters.completed.fetch_add(1, Ordering::Relaxed);
+                backoff.after(failed, deadline).await;
             }
             tally
         });

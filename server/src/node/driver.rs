@@ -586,7 +586,8 @@ impl Driver {
         // write is durable. Anyone else persists first, since its messages
         // (votes, acknowledgements) vouch for what it stores; so does a
         // leader whose term or vote is changing in this batch. Such a write
-        // runs right here when the WAL thread is idle (see wal_writer).
+        // runs right here when the WAL thread is idle and writes are quick
+        // (see wal_writer).
         let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
             (hard_state.term, hard_state.vote) != self.persisted_term_vote
         });

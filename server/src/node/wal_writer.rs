@@ -354,6 +354,23 @@ mod tests {
         }
     }
 
+    /// A writer on a new WAL in `directory`, and where its background
+    /// completions arrive.
+    fn start_writer(
+        directory: &std::path::Path,
+    ) -> (WalWriter, mpsc::UnboundedReceiver<Persisted>) {
+        let (wal, _) = Wal::open(directory, WalOptions::default()).unwrap();
+        let (persisted_sender, persisted) = mpsc::unbounded_channel();
+        (WalWriter::start(wal, persisted_sender, None), persisted)
+    }
+
+    /// What a restart reads from the WAL in `directory`, and its entries' indexes.
+    fn recover(directory: &std::path::Path) -> (kvstore_wal::Recovered, Vec<Index>) {
+        let (_, recovered) = Wal::open(directory, WalOptions::default()).unwrap();
+        let indexes = recovered.entries.iter().map(|entry| entry.index).collect();
+        (recovered, indexes)
+    }
+
     fn hard_state(commit: Index) -> HardState {
         HardState {
             term: 1,
@@ -365,9 +382,7 @@ mod tests {
     #[tokio::test]
     async fn appends_run_in_order_background_ones_report_and_everything_is_durable() {
         let directory = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
-        let writer = WalWriter::start(wal, persisted_sender, None);
+        let (writer, mut persisted) = start_writer(directory.path());
         writer.append_in_background(Some(hard_state(0)), vec![entry(1), entry(2)]);
         writer.append_in_background(None, vec![entry(3)]);
         let waited = writer.append(Some(hard_state(3)), vec![entry(4)]).await;
@@ -382,8 +397,7 @@ mod tests {
         writer.compact(SnapshotMetadata { index: 2, term: 1 }).await;
         writer.shut_down().await;
 
-        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        let (recovered, indexes) = recover(directory.path());
         assert_eq!(indexes, vec![3, 4]);
         assert_eq!(recovered.hard_state.commit, 3);
         assert_eq!(recovered.snapshot.map(|marker| marker.index), Some(2));
@@ -392,9 +406,7 @@ mod tests {
     #[tokio::test]
     async fn an_append_with_nothing_queued_is_written_on_the_calling_thread() {
         let directory = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
-        let writer = WalWriter::start(wal, persisted_sender, None);
+        let (writer, mut persisted) = start_writer(directory.path());
         let done = writer.append(Some(hard_state(1)), vec![entry(1)]).await;
         assert!(done.inline);
         assert_eq!(done.last_entry, Some((1, 1)));
@@ -406,8 +418,7 @@ mod tests {
         assert!(writer.append(None, vec![entry(3)]).await.inline);
         writer.shut_down().await;
 
-        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        let (recovered, indexes) = recover(directory.path());
         assert_eq!(indexes, vec![1, 2, 3]);
         assert_eq!(recovered.hard_state.commit, 1);
     }
@@ -427,9 +438,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_behind_queued_work_waits_for_the_thread() {
         let directory = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let (persisted_sender, mut persisted) = mpsc::unbounded_channel();
-        let writer = Arc::new(WalWriter::start(wal, persisted_sender, None));
+        let (writer, mut persisted) = start_writer(directory.path());
+        let writer = Arc::new(writer);
         // Holding the WAL keeps the thread from writing the background append.
         let held = writer.shared.lock();
         writer.append_in_background(Some(hard_state(0)), vec![entry(1)]);
@@ -451,17 +461,14 @@ mod tests {
         assert_eq!(background.last_entry, Some((1, 1)));
 
         Arc::into_inner(writer).unwrap().shut_down().await;
-        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        let (_, indexes) = recover(directory.path());
         assert_eq!(indexes, vec![1, 2]);
     }
 
     #[tokio::test]
     async fn after_a_slow_write_the_thread_writes_until_writes_are_quick_again() {
         let directory = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let (persisted_sender, _persisted) = mpsc::unbounded_channel();
-        let writer = WalWriter::start(wal, persisted_sender, None);
+        let (writer, _persisted) = start_writer(directory.path());
         let limit = INLINE_WRITE_LATENCY_MAX.as_micros() as u64;
         // As if the last write had taken just over the limit.
         writer
@@ -481,8 +488,7 @@ mod tests {
         assert!(writer.append(None, vec![entry(3)]).await.inline);
         writer.shut_down().await;
 
-        let (_, recovered) = Wal::open(directory.path(), WalOptions::default()).unwrap();
-        let indexes: Vec<Index> = recovered.entries.iter().map(|entry| entry.index).collect();
+        let (_, indexes) = recover(directory.path());
         assert_eq!(indexes, vec![1, 2, 3]);
     }
 
