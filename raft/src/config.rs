@@ -69,6 +69,15 @@ pub struct Config {
     /// Ticks a leader waits for an answer to `InstallSnapshot` before it
     /// probes the follower again (and so re-sends the snapshot).
     pub snapshot_retry_tick: u32,
+    /// This node's durable state was lost (its data directory was wiped and
+    /// it rejoins a cluster that knows it): it may have voted or acknowledged
+    /// entries it no longer remembers. It neither campaigns nor grants votes
+    /// (pre-votes included) until its commit index reaches the first leader
+    /// commit index it hears of, and it counts as having voted for that
+    /// leader in the leader's term. A node that finds out on its own that it
+    /// lost entries (a heartbeat says it holds more than it does) behaves
+    /// the same from then on.
+    pub catch_up_before_voting: bool,
 }
 
 impl Config {
@@ -90,6 +99,7 @@ impl Config {
             max_pending_read_requests: DEFAULT_MAX_PENDING_READ_REQUESTS,
             max_committed_entries_per_ready: DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY,
             snapshot_retry_tick: DEFAULT_SNAPSHOT_RETRY_TICK,
+            catch_up_before_voting: false,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use crate::node::RaftNode;
 use crate::quorum::{self, VoteResult};
-use crate::types::{Index, Message, MessageBody, NodeId, Role, Term};
+use crate::types::{Index, Message, MessageBody, NodeId, Role, Term, TERM_MAX};
 
 /// What a voter knows when it decides on a vote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub(crate) struct VoterView {
     pub(crate) leader_id: Option<NodeId>,
     pub(crate) last_log_index: Index,
     pub(crate) last_log_term: Term,
+    /// It lost its durable state and has not caught up yet.
+    pub(crate) catching_up: bool,
 }
 
 /// A vote (or pre-vote) request, as the voter sees it.
@@ -38,11 +40,16 @@ pub(crate) enum VoteDecision {
     RejectLeaderKnown,
     /// The candidate's log is behind ours.
     RejectLogBehind,
+    /// We lost our durable state and have not caught up with a leader yet:
+    /// we may have voted in this term already, or hold less than we
+    /// acknowledged ([`crate::Config::catch_up_before_voting`]).
+    RejectCatchingUp,
 }
 
 /// The vote-granting rule (Raft §5.2, §5.4.1, plus pre-vote), in one place.
 ///
-/// 1. Term: a request from an older term is rejected.
+/// 1. Term: a request from an older term is rejected; a voter that lost its
+///    state and is catching up rejects every other one.
 /// 2. One vote per term: in a later term than ours we have not voted yet
 ///    (for a pre-vote, that is its whole point); in our own term we may only
 ///    repeat the vote we already cast, or vote if we neither voted nor know a
@@ -56,6 +63,9 @@ pub(crate) enum VoteDecision {
 pub(crate) fn decide_vote(voter: &VoterView, request: &VoteRequest) -> VoteDecision {
     if request.term < voter.term {
         return VoteDecision::RejectStaleTerm;
+    }
+    if voter.catching_up {
+        return VoteDecision::RejectCatchingUp;
     }
     if request.term == voter.term {
         match voter.voted_for {
@@ -77,7 +87,14 @@ impl RaftNode {
     /// Starts an election: a pre-vote round first when configured, unless this
     /// is a leadership transfer.
     pub(crate) fn start_election(&mut self, transfer: bool, reason: &'static str) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || self.is_catching_up() || !self.may_lead {
+            return;
+        }
+        if self.term >= TERM_MAX {
+            // No election could ever follow this one: `term + 1` must not
+            // wrap. Unreachable unless TERM_MAX elections happened, since
+            // messages above it are dropped.
+            self.role_change_reason = "term limit reached: no longer campaigns";
             return;
         }
         if self.config.pre_vote && !transfer {
@@ -138,6 +155,7 @@ impl RaftNode {
             leader_id: self.leader_id,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            catching_up: self.is_catching_up(),
         }
     }
 
@@ -240,6 +258,7 @@ mod tests {
             leader_id,
             last_log_index: 5,
             last_log_term: 2,
+            catching_up: false,
         }
     }
 

@@ -72,6 +72,14 @@ pub enum RaftError {
         /// Term of the entry before it.
         previous_term: Term,
     },
+    /// The persisted term is above [`crate::TERM_MAX`].
+    #[error("persisted term {term} is above the limit {limit}")]
+    TermAboveMax {
+        /// Persisted current term.
+        term: Term,
+        /// [`crate::TERM_MAX`].
+        limit: Term,
+    },
     /// A persisted entry or the snapshot has a term above the hard state's.
     #[error("persisted log has term {log_term}, above the hard state term {hard_state_term}")]
     LogTermAboveHardState {

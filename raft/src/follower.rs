@@ -64,10 +64,23 @@ impl RaftNode {
     }
 
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, leader_commit: Index, read_round: u64) {
-        // The leader caps `leader_commit` at our match index, so those
-        // entries are ours; the `min` only guards our own invariant.
-        self.log.commit_to(leader_commit.min(self.log.last_index()));
-        self.send(from, MessageBody::HeartbeatResponse { read_round });
+        // The leader caps `leader_commit` at our match index: entries we
+        // acknowledged, which a log never loses while its leader stays the
+        // same. Holding less means we lost them (a wiped data directory, a
+        // cut WAL): say so, or the leader would never send them again.
+        let last_index = self.log.last_index();
+        let log_lost_after = (leader_commit > last_index).then_some(last_index);
+        if log_lost_after.is_some() {
+            self.start_catch_up(leader_commit);
+        }
+        self.log.commit_to(leader_commit.min(last_index));
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse {
+                read_round,
+                log_lost_after,
+            },
+        );
     }
 
     pub(crate) fn handle_install_snapshot(&mut self, from: NodeId, snapshot: SnapshotMetadata) {

@@ -51,4 +51,5 @@ pub use progress::{PeerProgress, ProgressState};
 pub use ready::{ReadState, Ready, SoftState};
 pub use types::{
     Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata, Term,
+    TERM_MAX,
 };

@@ -17,11 +17,24 @@ use crate::read_index::ReadTracker;
 use crate::ready::{ReadState, ReadyTracker, SoftState};
 use crate::types::{
     Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata, Term,
+    TERM_MAX,
 };
 
 /// Multiplier mixing the node id into the RNG seed (golden-ratio constant), so
 /// nodes sharing `Config::seed` draw different election timeouts.
 const SEED_MIX_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Whether a node that lost its durable state may vote and campaign again
+/// (see [`Config::catch_up_before_voting`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    /// Its state is whole: it votes and campaigns.
+    Done,
+    /// It lost its state and has not heard a leader's commit index yet.
+    AwaitingLeader,
+    /// It lost its state and waits until its commit index reaches this.
+    UntilCommit(Index),
+}
 
 /// A pure, deterministic Raft state machine (etcd-raft style): no I/O, no
 /// clock, no threads. Drive it with [`RaftNode::tick`], [`RaftNode::step`] and
@@ -56,6 +69,10 @@ pub struct RaftNode {
     /// A snapshot received from the leader, not yet handed to the driver.
     pub(crate) pending_snapshot: Option<SnapshotMetadata>,
     pub(crate) ready_tracker: ReadyTracker,
+    pub(crate) catch_up: CatchUp,
+    /// Cleared by the driver while this node cannot take writes (a full
+    /// disk): it does not campaign, and steps down if it leads.
+    pub(crate) may_lead: bool,
 }
 
 impl RaftNode {
@@ -101,6 +118,12 @@ impl RaftNode {
             expected_index += 1;
             previous_term = entry.term;
         }
+        if hard_state.term > TERM_MAX {
+            return Err(RaftError::TermAboveMax {
+                term: hard_state.term,
+                limit: TERM_MAX,
+            });
+        }
         if previous_term > hard_state.term {
             return Err(RaftError::LogTermAboveHardState {
                 log_term: previous_term,
@@ -117,6 +140,11 @@ impl RaftNode {
         let log = RaftLog::restore_from_storage(snapshot, entries, hard_state.commit);
         let seed = config.seed ^ config.id.wrapping_mul(SEED_MIX_MULTIPLIER);
         let max_pending_read_requests = config.max_pending_read_requests;
+        let catch_up = if config.catch_up_before_voting {
+            CatchUp::AwaitingLeader
+        } else {
+            CatchUp::Done
+        };
         let mut node = RaftNode {
             id: config.id,
             config,
@@ -137,7 +165,15 @@ impl RaftNode {
             messages: Vec::new(),
             read_states: Vec::new(),
             pending_snapshot: None,
-            ready_tracker: ReadyTracker::new(hard_state, Role::Follower, None, hard_state.term),
+            ready_tracker: ReadyTracker::new(
+                hard_state,
+                Role::Follower,
+                None,
+                hard_state.term,
+                catch_up != CatchUp::Done,
+            ),
+            catch_up,
+            may_lead: true,
         };
         node.reset_timers();
         node.assert_invariants();
@@ -233,8 +269,16 @@ impl RaftNode {
             role: self.role,
             leader_id: self.leader_id,
             term: self.term,
+            catching_up: self.is_catching_up(),
             reason: self.role_change_reason,
         }
+    }
+
+    /// Whether this node lost its durable state and neither votes nor
+    /// campaigns until it has caught up with a leader (see
+    /// [`Config::catch_up_before_voting`]).
+    pub fn is_catching_up(&self) -> bool {
+        self.catch_up != CatchUp::Done
     }
 
     /// All voters, sorted.
@@ -277,6 +321,27 @@ impl RaftNode {
     /// timeout-driven election.
     pub fn campaign(&mut self) {
         self.start_election(false, "campaign requested");
+        self.assert_invariants();
+    }
+
+    /// Whether this node may lead. While not (its storage cannot take
+    /// writes, say), it does not campaign, TimeoutNow included, and a
+    /// leader hands leadership to its most caught-up follower (again after
+    /// each election timeout until one takes it). It still follows a leader
+    /// and answers vote requests.
+    pub fn set_may_lead(&mut self, may_lead: bool) {
+        self.may_lead = may_lead;
+        if !may_lead && self.role == Role::Leader && self.transfer_target.is_none() {
+            let best_follower = self
+                .progress
+                .iter()
+                .max_by_key(|(id, progress)| (progress.match_index, std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id);
+            if let Some(target) = best_follower {
+                self.transfer_leader(target)
+                    .expect("a leader may transfer to a voter");
+            }
+        }
         self.assert_invariants();
     }
 
@@ -393,6 +458,7 @@ impl RaftNode {
         if message.to != self.id
             || message.from == self.id
             || !self.config.voters.contains(&message.from)
+            || message.term > TERM_MAX
         {
             return;
         }
@@ -452,9 +518,10 @@ impl RaftNode {
                 reject_hint_index,
                 reject_hint_term,
             ),
-            MessageBody::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(message.from, read_round)
-            }
+            MessageBody::HeartbeatResponse {
+                read_round,
+                log_lost_after,
+            } => self.handle_heartbeat_response(message.from, read_round, log_lost_after),
             // Index 0 only comes from a node answering a stale request.
             MessageBody::InstallSnapshotResponse { index } if index > 0 => {
                 self.handle_append_response(message.from, true, index, 0, 0)
@@ -491,6 +558,7 @@ impl RaftNode {
                 leader_commit,
             } => {
                 self.heard_from_leader(message.from);
+                self.catch_up_target(leader_commit);
                 self.handle_append_entries(
                     message.from,
                     prev_log_index,
@@ -498,6 +566,7 @@ impl RaftNode {
                     &entries,
                     leader_commit,
                 );
+                self.maybe_finish_catch_up();
             }
             MessageBody::Heartbeat {
                 leader_commit,
@@ -505,10 +574,13 @@ impl RaftNode {
             } => {
                 self.heard_from_leader(message.from);
                 self.handle_heartbeat(message.from, leader_commit, read_round);
+                self.maybe_finish_catch_up();
             }
             MessageBody::InstallSnapshot { snapshot } => {
                 self.heard_from_leader(message.from);
+                self.catch_up_target(snapshot.index);
                 self.handle_install_snapshot(message.from, snapshot);
+                self.maybe_finish_catch_up();
             }
             MessageBody::TimeoutNow => {
                 self.start_election(true, "leadership transferred to us (TimeoutNow)");
@@ -519,6 +591,11 @@ impl RaftNode {
 
     fn heard_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed_ticks = 0;
+        if self.is_catching_up() && self.vote.is_none() {
+            // We may have voted in this term before losing our state: count
+            // as having voted for its leader, which cannot elect a second one.
+            self.vote = Some(leader);
+        }
         if self.leader_id != Some(leader) {
             assert!(
                 self.leader_id.is_none(),
@@ -530,7 +607,46 @@ impl RaftNode {
         }
     }
 
+    /// While catching up: the first leader commit index heard of is the
+    /// point to reach before voting again.
+    pub(crate) fn catch_up_target(&mut self, leader_commit: Index) {
+        if self.catch_up == CatchUp::AwaitingLeader {
+            self.catch_up = CatchUp::UntilCommit(leader_commit);
+        }
+    }
+
+    /// Entered on its own by a follower that finds it lost entries it had
+    /// acknowledged: everything up to `leader_commit` must be back first.
+    pub(crate) fn start_catch_up(&mut self, leader_commit: Index) {
+        let target = match self.catch_up {
+            CatchUp::UntilCommit(target) => target.max(leader_commit),
+            CatchUp::Done | CatchUp::AwaitingLeader => leader_commit,
+        };
+        self.catch_up = CatchUp::UntilCommit(target);
+        self.role_change_reason = "lost log entries it had acknowledged: catching up before voting";
+        if let Some(leader) = self.leader_id {
+            if self.vote.is_none() {
+                self.vote = Some(leader);
+            }
+        }
+    }
+
+    fn maybe_finish_catch_up(&mut self) {
+        if let CatchUp::UntilCommit(target) = self.catch_up {
+            if self.log.committed() >= target {
+                self.catch_up = CatchUp::Done;
+                self.role_change_reason = "caught up with the leader: votes again";
+            }
+        }
+    }
+
     fn tick_election(&mut self) {
+        if self.is_catching_up() {
+            // Not a candidate until caught up; the leader's messages keep
+            // the timer at zero anyway.
+            self.election_elapsed_ticks = 0;
+            return;
+        }
         self.election_elapsed_ticks += 1;
         if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
             self.election_elapsed_ticks = 0;
@@ -556,8 +672,12 @@ impl RaftNode {
                     progress.recent_active = false;
                 }
             }
-            // A transfer that did not finish within an election timeout failed.
+            // A transfer that did not finish within an election timeout
+            // failed; a leader that may not lead tries again.
             self.transfer_target = None;
+            if !self.may_lead {
+                self.set_may_lead(false);
+            }
         }
         self.tick_snapshot_retries();
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_tick {
@@ -596,7 +716,10 @@ impl RaftNode {
                 reject_hint_index: 0,
                 reject_hint_term: 0,
             },
-            MessageBody::Heartbeat { .. } => MessageBody::HeartbeatResponse { read_round: 0 },
+            MessageBody::Heartbeat { .. } => MessageBody::HeartbeatResponse {
+                read_round: 0,
+                log_lost_after: None,
+            },
             MessageBody::InstallSnapshot { .. } => {
                 MessageBody::InstallSnapshotResponse { index: 0 }
             }
@@ -717,6 +840,13 @@ impl RaftNode {
 
     pub(crate) fn assert_invariants(&self) {
         self.log.assert_invariants();
+        assert!(self.term <= TERM_MAX, "term above TERM_MAX");
+        if self.is_catching_up() {
+            assert!(
+                matches!(self.role, Role::Follower),
+                "a node catching up neither campaigns nor leads"
+            );
+        }
         assert!(
             self.log.last_term() <= self.term,
             "log term above current term"

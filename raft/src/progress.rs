@@ -216,6 +216,16 @@ impl Progress {
         true
     }
 
+    /// The follower lost entries it had acknowledged; its log ends at
+    /// `last_index`. Nothing is known to match any more (its entries may
+    /// differ from ours): probe from its last entry, as for a new follower.
+    pub(crate) fn log_lost(&mut self, last_index: Index) {
+        self.reset_state(ProgressState::Probe);
+        self.match_index = 0;
+        self.next_index = last_index + 1;
+        self.commit_sent = 0;
+    }
+
     /// Whether sending must wait.
     pub(crate) fn is_paused(&self) -> bool {
         match self.state {
@@ -294,6 +304,24 @@ mod tests {
             !progress.maybe_decrease_to(3, 0),
             "at or below match is stale"
         );
+    }
+
+    #[test]
+    fn a_follower_that_lost_its_log_is_probed_from_its_last_entry() {
+        let mut progress = Progress::new(10, 4);
+        progress.maybe_update(9);
+        progress.become_replicate();
+        progress.sent_entries(3, 12);
+        progress.commit_sent_up_to(9);
+        progress.log_lost(4);
+        assert_eq!(progress.state, ProgressState::Probe);
+        assert_eq!((progress.match_index, progress.next_index), (0, 5));
+        assert_eq!(progress.inflights.count(), 0);
+        assert_eq!(progress.commit_sent, 0);
+        progress.assert_invariants();
+        // Its answer to the probe at 4 restores the match point.
+        progress.sent_entries(1, 5);
+        assert!(progress.maybe_update(5));
     }
 
     #[test]

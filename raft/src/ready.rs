@@ -41,6 +41,9 @@ pub struct SoftState {
     pub leader_id: Option<NodeId>,
     /// Current term.
     pub term: Term,
+    /// The node lost its durable state and neither votes nor campaigns until
+    /// it has caught up ([`crate::Config::catch_up_before_voting`]).
+    pub catching_up: bool,
     /// Why the role or leader last changed, e.g. `"won election"` or
     /// `"check quorum: no majority heard from within an election timeout"`.
     pub reason: &'static str,
@@ -102,11 +105,14 @@ struct Outstanding {
     snapshot_index: Option<Index>,
 }
 
+/// What makes a soft state new: role, leader, term, catching up.
+type SoftStateKey = (Role, Option<NodeId>, Term, bool);
+
 /// Bookkeeping of what the driver has been handed.
 #[derive(Clone, Debug)]
 pub(crate) struct ReadyTracker {
     hard_state: HardState,
-    soft_state: (Role, Option<NodeId>, Term),
+    soft_state: SoftStateKey,
     outstanding: Option<Outstanding>,
 }
 
@@ -116,18 +122,19 @@ impl ReadyTracker {
         role: Role,
         leader_id: Option<NodeId>,
         term: Term,
+        catching_up: bool,
     ) -> Self {
         ReadyTracker {
             hard_state,
-            soft_state: (role, leader_id, term),
+            soft_state: (role, leader_id, term, catching_up),
             outstanding: None,
         }
     }
 }
 
 impl RaftNode {
-    fn soft_state_key(&self) -> (Role, Option<NodeId>, Term) {
-        (self.role, self.leader_id, self.term)
+    fn soft_state_key(&self) -> SoftStateKey {
+        (self.role, self.leader_id, self.term, self.is_catching_up())
     }
 
     /// Whether [`RaftNode::ready`] would return a non-empty `Ready`. Always

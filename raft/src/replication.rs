@@ -228,11 +228,21 @@ impl RaftNode {
 
     /// Handles a `HeartbeatResponse`: the peer is alive and acknowledged our
     /// leadership at `read_round`; resume a paused flow if it lags.
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+    pub(crate) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_round: u64,
+        log_lost_after: Option<Index>,
+    ) {
         let last_index = self.log.last_index();
         let progress = self.progress.get_mut(&from).expect("peer progress");
         progress.recent_active = true;
         progress.acknowledged_read_round = progress.acknowledged_read_round.max(read_round);
+        if let Some(follower_last_index) = log_lost_after {
+            // Its rejections at or below the match index would be ignored as
+            // stale: forget the match point and probe from its last entry.
+            progress.log_lost(follower_last_index.min(last_index));
+        }
         match progress.state {
             ProgressState::Probe => progress.probe_sent = false,
             ProgressState::Replicate if progress.inflights.is_full() => {

@@ -13,6 +13,13 @@ pub type NodeId = u64;
 /// A Raft term. Starts at 0 on a fresh node, the first election moves to 1.
 pub type Term = u64;
 
+/// The highest term a node accepts or campaigns in. A message with a higher
+/// term is dropped, and a node at this term no longer campaigns, so `term + 1`
+/// never wraps: one forged or corrupt message carrying a term near
+/// `u64::MAX` must not put the cluster where no election can succeed. At one
+/// election a millisecond the bound lasts about 8,900 years.
+pub const TERM_MAX: Term = 1 << 48;
+
 /// A position in the replicated log. Index 0 is the empty prefix; the first
 /// real entry has index 1.
 pub type Index = u64;
@@ -151,6 +158,11 @@ pub enum MessageBody {
     HeartbeatResponse {
         /// Echo of the heartbeat's `read_round`.
         read_round: u64,
+        /// `Some(last_index)`: the follower's log ends at `last_index`, below
+        /// the commit index the heartbeat said it holds. It lost entries it
+        /// had acknowledged (its data directory was wiped or its WAL cut), so
+        /// the leader must replicate to it again from there.
+        log_lost_after: Option<Index>,
     },
     /// The recipient lacks entries the leader has compacted: install the
     /// leader's snapshot. The driver attaches the snapshot bytes whose

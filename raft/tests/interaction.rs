@@ -8,7 +8,7 @@ use cluster::{config, entries_with_terms, entry, Cluster};
 use kvstore_raft::{
     CompactError, Config, Entry, EntryKind, HardState, Message, MessageBody, ProgressState,
     ProposeError, RaftError, RaftNode, ReadIndexError, ReadState, Role, SnapshotMetadata,
-    TransferError,
+    TransferError, TERM_MAX,
 };
 
 fn restored(
@@ -1087,4 +1087,139 @@ fn stale_requests_get_a_matching_answer_with_our_term() {
         1,
         "nothing from the stale leader was taken"
     );
+}
+
+// ----- Lost state, hostile terms, storage that cannot write --------------------
+
+fn heartbeat_round(cluster: &mut Cluster, leader: u64) {
+    // One heartbeat interval: the leader's heartbeats and their answers.
+    cluster.tick_node(leader, 1);
+}
+
+#[test]
+fn a_follower_that_lost_its_log_catches_up_under_the_same_leader() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    for round in 0..5u8 {
+        cluster.propose(1, &[round]);
+    }
+    cluster.stabilize();
+    heartbeat_round(&mut cluster, 1);
+    let commit = cluster.node(1).commit_index();
+    assert_eq!(cluster.node(3).commit_index(), commit);
+    // Node 3's data directory is wiped; the leader still believes it holds
+    // everything up to `commit`.
+    cluster.wipe(3, |_| {});
+    cluster.propose(1, b"after the wipe");
+    cluster.stabilize();
+    heartbeat_round(&mut cluster, 1);
+    let commit = cluster.node(1).commit_index();
+    assert_eq!(cluster.leader(), Some(1), "the leader stays the same");
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        commit,
+        "the wiped follower is caught up"
+    );
+    assert_eq!(cluster.node(3).last_index(), cluster.node(1).last_index());
+    assert!(!cluster.node(3).is_catching_up(), "and votes again");
+    assert_eq!(
+        cluster.node(3).vote(),
+        Some(1),
+        "it counts as having voted for the leader of the term it lost"
+    );
+}
+
+#[test]
+fn a_node_that_lost_its_state_votes_only_once_caught_up() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.propose(1, b"x");
+    cluster.stabilize();
+    cluster.wipe(3, |config| config.catch_up_before_voting = true);
+    assert!(cluster.node(3).is_catching_up());
+    // Neither a timeout nor a transfer makes it campaign.
+    cluster.isolate(3);
+    cluster.tick_node(3, 100);
+    assert_eq!(cluster.node(3).role(), Role::Follower);
+    assert_eq!(cluster.node(3).term(), 0);
+    cluster.heal();
+    // A candidate asking for its vote is refused, pre-vote or not.
+    cluster.isolate(1);
+    let term = cluster.node(2).term();
+    cluster.node_mut(2).campaign();
+    cluster.stabilize();
+    assert_ne!(cluster.node(2).role(), Role::Leader, "node 3 did not vote");
+    assert_eq!(cluster.node(2).term(), term);
+    cluster.heal();
+    // Once it hears from the leader and reaches its commit index, it votes.
+    heartbeat_round(&mut cluster, 1);
+    cluster.stabilize();
+    assert!(!cluster.node(3).is_catching_up());
+    assert_eq!(cluster.node(3).commit_index(), cluster.node(1).commit_index());
+    cluster.isolate(1);
+    cluster.tick_all(40);
+    let leader = cluster.leader().expect("nodes 2 and 3 elect a leader");
+    assert_ne!(leader, 1);
+}
+
+#[test]
+fn terms_near_the_top_of_u64_are_refused_and_never_wrap() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    let term = cluster.node(2).term();
+    for forged_term in [u64::MAX, TERM_MAX + 1] {
+        cluster.node_mut(2).step(Message {
+            from: 3,
+            to: 2,
+            term: forged_term,
+            body: MessageBody::Heartbeat {
+                leader_commit: 0,
+                read_round: 0,
+            },
+        });
+        assert_eq!(cluster.node(2).term(), term, "term {forged_term} dropped");
+    }
+    // A term at the limit is accepted, but no campaign goes past it.
+    let mut node = restored(1, 3, TERM_MAX, &[1], |_| {});
+    node.campaign();
+    assert_eq!(node.role(), Role::Follower);
+    assert_eq!(node.term(), TERM_MAX);
+    assert_eq!(
+        RaftNode::new(
+            config(1, 3),
+            HardState {
+                term: TERM_MAX + 1,
+                vote: None,
+                commit: 0
+            },
+            None,
+            vec![]
+        )
+        .unwrap_err(),
+        RaftError::TermAboveMax {
+            term: TERM_MAX + 1,
+            limit: TERM_MAX
+        }
+    );
+}
+
+#[test]
+fn a_node_that_may_not_lead_never_campaigns_and_a_leader_hands_over() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.node_mut(1).set_may_lead(false);
+    cluster.node_mut(1).campaign();
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), None);
+    cluster.tick_node(1, 100);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    cluster.node_mut(1).set_may_lead(true);
+    cluster.elect(1);
+    cluster.propose(1, b"x");
+    cluster.stabilize();
+    // Its storage fails while it leads: it hands leadership over.
+    cluster.node_mut(1).set_may_lead(false);
+    cluster.stabilize();
+    let leader = cluster.leader().expect("a new leader");
+    assert_ne!(leader, 1);
+    assert_eq!(cluster.node(1).leader_id(), Some(leader));
 }

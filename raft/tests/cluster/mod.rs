@@ -249,6 +249,19 @@ impl Cluster {
         assert_eq!(self.node(id).role(), Role::Leader, "node {id} did not win");
     }
 
+    /// `id` loses its disk and restarts from nothing, configured by
+    /// `configure`; messages on the wire to or from it are lost.
+    pub fn wipe(&mut self, id: NodeId, configure: impl Fn(&mut Config)) {
+        let mut node_config = config(id, self.nodes.len() as u64);
+        configure(&mut node_config);
+        let node = RaftNode::new(node_config, HardState::default(), None, vec![]).unwrap();
+        self.storage.insert(id, Storage::default());
+        self.applied.insert(id, Vec::new());
+        self.wire
+            .retain(|message| message.to != id && message.from != id);
+        self.nodes.insert(id, node);
+    }
+
     pub fn isolate(&mut self, id: NodeId) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for other in ids {

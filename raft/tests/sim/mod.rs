@@ -1061,7 +1061,14 @@ pub fn describe(message: &Message) -> String {
             leader_commit,
             read_round,
         } => format!("commit {leader_commit} round {read_round}"),
-        MessageBody::HeartbeatResponse { read_round } => format!("round {read_round}"),
+        MessageBody::HeartbeatResponse {
+            read_round,
+            log_lost_after: None,
+        } => format!("round {read_round}"),
+        MessageBody::HeartbeatResponse {
+            read_round,
+            log_lost_after: Some(last_index),
+        } => format!("round {read_round} log lost after {last_index}"),
         MessageBody::InstallSnapshot { snapshot } => format!("{snapshot:?}"),
         MessageBody::InstallSnapshotResponse { index } => format!("index {index}"),
         MessageBody::TimeoutNow => String::new(),
