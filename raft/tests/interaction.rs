@@ -1155,7 +1155,10 @@ fn a_node_that_lost_its_state_votes_only_once_caught_up() {
     heartbeat_round(&mut cluster, 1);
     cluster.stabilize();
     assert!(!cluster.node(3).is_catching_up());
-    assert_eq!(cluster.node(3).commit_index(), cluster.node(1).commit_index());
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        cluster.node(1).commit_index()
+    );
     cluster.isolate(1);
     cluster.tick_all(40);
     let leader = cluster.leader().expect("nodes 2 and 3 elect a leader");

@@ -17,6 +17,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether an empty data directory starts a new cluster member or rejoins
+/// a cluster that already knows this node (etcd's `--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitialClusterState {
+    /// The node is new: an empty data directory is its first start.
+    New,
+    /// The cluster already knows this node and its data directory was lost:
+    /// it may have voted or acknowledged entries it no longer has, so it
+    /// neither votes nor campaigns until it has caught up from the leader.
+    Existing,
+}
+
 /// A deliberate bug (see `--inject-fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InjectedFault {
@@ -120,6 +132,20 @@ pub struct ServerConfig {
     /// Directory holding this node's state; created when missing.
     #[arg(long, env = "KVSTORE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+
+    /// `new`: an empty data directory is this node's first start. `existing`:
+    /// the cluster already knows this node and its data directory was lost
+    /// (wiped, replaced disk): the node catches up from the leader before it
+    /// votes or campaigns again. Ignored when the data directory holds state.
+    #[arg(long, env = "KVSTORE_INITIAL_CLUSTER_STATE", value_enum, default_value_t = InitialClusterState::New)]
+    pub initial_cluster_state: InitialClusterState,
+
+    /// Free space, in bytes, the data directory's filesystem must keep.
+    /// Below it (or on a read-only filesystem) the node does not campaign,
+    /// hands leadership over if it leads, and /readyz and Status say why;
+    /// checked every few seconds, so it recovers once space is freed.
+    #[arg(long, env = "KVSTORE_MIN_FREE_BYTES", default_value_t = limits::FREE_BYTES_MIN_DEFAULT)]
+    pub min_free_bytes: u64,
 
     /// Log line format.
     #[arg(long, env = "KVSTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -4,6 +4,8 @@
 //! ```text
 //! <data-dir>/
 //!   LOCK        held (flock) by the running server
+//!   IDENTITY    whose directory this is: cluster id, node id, members
+//!               (JSON, written once when the directory is first used)
 //!   wal/        the Raft write-ahead log (term, vote, entries): durability
 //!   snapshots/  state-machine snapshots the log was compacted into
 //!   kv/         LevelDB: the applied key-value state, rebuilt from the two
@@ -11,9 +13,15 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 const LOCK_FILE: &str = "LOCK";
+const IDENTITY_FILE: &str = "IDENTITY";
+/// Version of the IDENTITY file's layout.
+const IDENTITY_FORMAT: u32 = 1;
 const KV_DIRECTORY: &str = "kv";
 const WAL_DIRECTORY: &str = "wal";
 const SNAPSHOT_DIRECTORY: &str = "snapshots";
@@ -24,6 +32,24 @@ pub enum DataDirError {
     /// Another process (most likely another kvstore-server) holds the lock.
     #[error("data directory {0} is in use by another process (its LOCK file is held); stop that process or choose another --data-dir")]
     InUse(PathBuf),
+    /// The directory belongs to another node or cluster.
+    #[error("data directory {path} belongs to {found}, but this server was started as {expected}: point --data-dir at this node's own directory, or move the directory away to start this node empty (see --initial-cluster-state)")]
+    IdentityMismatch {
+        /// The directory.
+        path: PathBuf,
+        /// What its IDENTITY file says.
+        found: Box<Identity>,
+        /// What the flags say.
+        expected: Box<Identity>,
+    },
+    /// The IDENTITY file cannot be parsed.
+    #[error("data directory identity file {path} is unreadable: {reason}")]
+    IdentityUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The directory or its lock file could not be created or opened.
     #[error("cannot open data directory {path}: {source}")]
     Io {
@@ -32,6 +58,46 @@ pub enum DataDirError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// Whose data directory this is. Stored when the directory is first used,
+/// and checked on every start: a node must not adopt the log of another
+/// node or cluster, whose entries would then be served as its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Layout version ([`IDENTITY_FORMAT`]).
+    pub format: u32,
+    /// `--cluster-id`.
+    pub cluster_id: String,
+    /// `--id`.
+    pub node_id: u64,
+    /// Every member's id, this node's included, sorted (`--id` and
+    /// `--peers`): the membership the directory was created with.
+    pub members: Vec<u64>,
+}
+
+impl Identity {
+    /// The identity of node `node_id` of `cluster_id` with `members`.
+    pub fn new(cluster_id: &str, node_id: u64, members: &[u64]) -> Self {
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        Identity {
+            format: IDENTITY_FORMAT,
+            cluster_id: cluster_id.to_string(),
+            node_id,
+            members,
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "node {} of cluster {:?} (members {:?})",
+            self.node_id, self.cluster_id, self.members
+        )
+    }
 }
 
 /// An open, locked data directory. The lock is released on drop.
@@ -93,6 +159,70 @@ impl DataDir {
     pub fn kv_directory(&self) -> PathBuf {
         self.root.join(KV_DIRECTORY)
     }
+
+    /// The stored identity, if any (a directory never used, or written by
+    /// a release before identities were stored, has none).
+    pub fn identity(&self) -> Result<Option<Identity>, DataDirError> {
+        let path = self.root.join(IDENTITY_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DataDirError::Io { path, source }),
+        };
+        let identity: Identity =
+            serde_json::from_str(&text).map_err(|error| DataDirError::IdentityUnreadable {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+        if identity.format != IDENTITY_FORMAT {
+            return Err(DataDirError::IdentityUnreadable {
+                path,
+                reason: format!(
+                    "format {} (this release reads format {IDENTITY_FORMAT})",
+                    identity.format
+                ),
+            });
+        }
+        Ok(Some(identity))
+    }
+
+    /// Checks the stored identity against `expected`, storing `expected`
+    /// when there is none. Returns whether it was stored now.
+    pub fn check_identity(&self, expected: &Identity) -> Result<bool, DataDirError> {
+        match self.identity()? {
+            Some(found) if found == *expected => Ok(false),
+            Some(found) => Err(DataDirError::IdentityMismatch {
+                path: self.root.clone(),
+                found: Box::new(found),
+                expected: Box::new(expected.clone()),
+            }),
+            None => {
+                self.store_identity(expected)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Writes the IDENTITY file durably: a temporary file, fsynced, renamed
+    /// over, and the directory fsynced.
+    fn store_identity(&self, identity: &Identity) -> Result<(), DataDirError> {
+        let path = self.root.join(IDENTITY_FILE);
+        let temporary = self.root.join(format!("{IDENTITY_FILE}.tmp"));
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError::Io { path, source }
+        };
+        let mut text = serde_json::to_string_pretty(identity).expect("an identity serializes");
+        text.push('\n');
+        let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&temporary))?;
+        std::fs::rename(&temporary, &path).map_err(io_error(&path))?;
+        File::open(&self.root)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io_error(&self.root))
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +239,31 @@ mod tests {
         assert!(error.to_string().contains("in use by another process"));
         drop(first);
         DataDir::open(&root).unwrap();
+    }
+
+    #[test]
+    fn the_identity_is_stored_once_and_a_mismatch_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(directory.path()).unwrap();
+        let identity = Identity::new("blue", 3, &[3, 1, 2]);
+        assert_eq!(data_dir.identity().unwrap(), None);
+        assert!(data_dir.check_identity(&identity).unwrap(), "stored");
+        assert!(!data_dir.check_identity(&identity).unwrap(), "matched");
+        assert_eq!(data_dir.identity().unwrap(), Some(identity));
+        for (other, what) in [
+            (Identity::new("green", 3, &[1, 2, 3]), "cluster \"green\""),
+            (Identity::new("blue", 2, &[1, 2, 3]), "started as node 2"),
+            (Identity::new("blue", 3, &[1, 3, 4]), "members [1, 3, 4]"),
+        ] {
+            let error = data_dir.check_identity(&other).unwrap_err().to_string();
+            assert!(
+                error.contains("belongs to node 3 of cluster \"blue\""),
+                "{error}"
+            );
+            assert!(error.contains(what), "{error}");
+        }
+        std::fs::write(directory.path().join(IDENTITY_FILE), "{not json").unwrap();
+        let error = data_dir.identity().unwrap_err().to_string();
+        assert!(error.contains("unreadable"), "{error}");
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data_dir;
 pub mod errors;
+pub mod fatal;
 pub mod http;
 pub mod limits;
 pub mod logging;
@@ -15,4 +16,5 @@ pub mod service;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+pub mod storage_health;
 pub mod transport;

@@ -11,6 +11,11 @@ pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 pub const REQUEST_FRAMING_BYTES: usize = 64 * 1024;
 /// Most concurrent gRPC streams per client connection.
 pub const CONCURRENT_STREAMS_MAX: u32 = 1024;
+/// Default free space the data directory's filesystem must keep
+/// (`--min-free-bytes`): room for a WAL segment, a snapshot being written
+/// and LevelDB's compactions. Below it the node neither leads nor reports
+/// ready.
+pub const FREE_BYTES_MIN_DEFAULT: u64 = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for in-flight requests before it gives up.
 pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 

@@ -567,6 +567,15 @@ fn catch_up(counter: &IntCounter, total: u64) {
 /// Whether a node with `status` is ready to serve: it knows a leader and has
 /// applied everything it knows committed. The error says why not.
 pub fn readiness(status: &NodeStatus) -> Result<(), String> {
+    if let Some(reason) = &status.storage_error {
+        return Err(format!("storage cannot take writes: {reason}"));
+    }
+    if status.catching_up {
+        return Err(format!(
+            "catching up: node {} lost log entries it had acknowledged and is replicated again from the leader (commit index {})",
+            status.id, status.commit_index
+        ));
+    }
     if status.leader_id == 0 {
         return Err(format!(
             "no leader known (node {} is {} in term {})",
@@ -613,6 +622,8 @@ mod tests {
             snapshot_index: 0,
             followers: Vec::new(),
             cluster_id: "test".into(),
+            catching_up: false,
+            storage_error: None,
         }
     }
 
@@ -687,6 +698,14 @@ mod tests {
         assert!(readiness(&status).unwrap_err().contains("behind"));
         status.applied_index = 5;
         assert!(readiness(&status).is_ok());
+        status.catching_up = true;
+        assert!(readiness(&status).unwrap_err().contains("catching up"));
+        status.storage_error = Some("only 3 bytes free".into());
+        let reason = readiness(&status).unwrap_err();
+        assert!(
+            reason.contains("storage cannot take writes: only 3 bytes free"),
+            "{reason}"
+        );
     }
 
     #[test]

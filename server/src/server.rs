@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::ServerConfig;
-use crate::data_dir::{DataDir, DataDirError};
+use crate::config::{InitialClusterState, ServerConfig};
+use crate::data_dir::{DataDir, DataDirError, Identity as DataDirIdentity};
 use crate::http::{self, HttpState};
 use crate::limits;
 use crate::logging;
@@ -31,6 +31,7 @@ use crate::storage::actor::{self, StoreHandle};
 use crate::storage::leveldb::{Durability, LevelDbStore};
 use crate::storage::overlay::{OverlayLimits, OverlayStore};
 use crate::storage::StoreError;
+use crate::storage_health;
 use crate::transport::peers::PeerSet;
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
 
@@ -157,6 +158,34 @@ fn random_seed() -> u64 {
     hasher.finish()
 }
 
+/// Whether this node starts without the state the cluster knows it had
+/// (`--initial-cluster-state existing` on an empty data directory), so it
+/// must catch up before it votes. Logs what was decided.
+fn rejoins_without_state(config: &ServerConfig, holds_state: bool, identity_stored: bool) -> bool {
+    match (config.initial_cluster_state, holds_state) {
+        (InitialClusterState::Existing, false) => {
+            tracing::warn!(
+                "--initial-cluster-state existing on an empty data directory: this node lost its state; \
+                 it catches up from the leader and neither votes nor campaigns until then"
+            );
+            true
+        }
+        (InitialClusterState::Existing, true) => {
+            tracing::info!(
+                "--initial-cluster-state existing is ignored: the data directory holds state"
+            );
+            false
+        }
+        (InitialClusterState::New, true) if identity_stored => {
+            tracing::info!(
+                "recorded the identity of a data directory written by an earlier release"
+            );
+            false
+        }
+        (InitialClusterState::New, _) => false,
+    }
+}
+
 /// Runs `task` on the blocking pool.
 async fn blocking<T: Send + 'static>(task: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(task)
@@ -238,6 +267,11 @@ pub async fn run(
     logging::set_node_id(config.id);
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
+    let identity_stored = data_dir.check_identity(&DataDirIdentity::new(
+        &config.cluster_id,
+        config.id,
+        &config.members(),
+    ))?;
 
     // Durable Raft state first: the WAL and the snapshot it names.
     let wal_directory = data_dir.wal_directory();
@@ -271,6 +305,8 @@ pub async fn run(
         .map_err(ServerError::Recovery)?;
     let hard_state = persist::hard_state_from_wal(&recovered.hard_state);
     logging::set_term(hard_state.term);
+    let holds_state = hard_state.term > 0 || snapshot.is_some() || !entries.is_empty();
+    let catch_up_before_voting = rejoins_without_state(&config, holds_state, identity_stored);
 
     // The applied state, brought in line with the snapshot.
     let kv_directory = data_dir.kv_directory();
@@ -283,6 +319,9 @@ pub async fn run(
         ..OverlayLimits::default()
     };
     let store = OverlayStore::new(store, overlay_limits);
+    store.on_failure(|reason| {
+        crate::fatal::storage_failure("writing behind into LevelDB failed", reason)
+    });
     let backend_backlog = store.backlog();
     let (store_handle, store_thread) = actor::spawn(store, |store: OverlayStore<LevelDbStore>| {
         if let Err(error) = store.into_engine().and_then(LevelDbStore::close) {
@@ -303,6 +342,7 @@ pub async fn run(
     core_config.election_tick = config.election_ticks();
     core_config.heartbeat_tick = 1;
     core_config.seed = random_seed();
+    core_config.catch_up_before_voting = catch_up_before_voting;
     let entry_count = entries.len();
     let core = RaftNode::new(core_config, hard_state, snapshot, entries)
         .map_err(|error| ServerError::Recovery(error.to_string()))?;
@@ -317,6 +357,8 @@ pub async fn run(
         "recovered durable state"
     );
 
+    let storage_health =
+        storage_health::watch(data_dir.root().to_path_buf(), config.min_free_bytes);
     let (events_sender, events) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
     let (answers_sender, answers) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
     let (status_sender, status_receiver) = watch::channel(NodeStatus {
@@ -330,6 +372,8 @@ pub async fn run(
         snapshot_index: snapshot.map(|snapshot| snapshot.index).unwrap_or(0),
         followers: Vec::new(),
         cluster_id: config.cluster_id.clone(),
+        catching_up: catch_up_before_voting,
+        storage_error: storage_health.borrow().clone(),
     });
     let peer_addresses: Vec<(u64, String)> = config
         .peers
@@ -411,6 +455,7 @@ pub async fn run(
         answers,
         status: status_sender,
         applied_index,
+        storage_health,
         settings: DriverSettings {
             tick: Duration::from_millis(config.heartbeat_interval_ms),
             snapshot_entries: config.snapshot_entries,
@@ -429,10 +474,7 @@ pub async fn run(
             .await
             .is_err()
         {
-            crate::node::wal_writer::storage_failure(
-                "the raft driver panicked",
-                "see the panic above",
-            );
+            crate::fatal::storage_failure("the raft driver panicked", "see the panic above");
         }
     });
     drop(store_handle);

@@ -25,15 +25,17 @@ use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::status::{FollowerStatus, NodeRole, NodeStatus};
-use super::wal_writer::{storage_failure, Persisted, WalWriter};
+use super::wal_writer::{Persisted, WalWriter};
 use super::{ServedBy, WriteOutcome};
 use crate::config::InjectedFault;
 use crate::errors::KvError;
+use crate::fatal::storage_failure;
 use crate::metrics::{Metrics, SnapshotKind};
 use crate::snapshot::{self, SnapshotDirectory};
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
 use crate::storage::{Store, StoreError};
+use crate::storage_health::StorageHealth;
 use crate::transport::convert::{expected_reply, reply_kind_of_response, ReplyKind};
 use crate::transport::peers::PeerSet;
 
@@ -192,6 +194,7 @@ pub struct Driver {
     internal: mpsc::UnboundedReceiver<InternalEvent>,
     status: watch::Sender<NodeStatus>,
     applied_index: Arc<AtomicU64>,
+    storage_health: watch::Receiver<StorageHealth>,
     settings: DriverSettings,
     proposals: BTreeMap<Index, PendingProposal>,
     reads: HashMap<u64, UnconfirmedRead>,
@@ -236,6 +239,8 @@ pub struct DriverParts {
     pub status: watch::Sender<NodeStatus>,
     /// The state machine's applied index, shared with status readers.
     pub applied_index: Arc<AtomicU64>,
+    /// Whether the data directory can take writes (see `storage_health`).
+    pub storage_health: watch::Receiver<StorageHealth>,
     /// Settings.
     pub settings: DriverSettings,
     /// The state machine's applied position at start.
@@ -269,6 +274,7 @@ impl Driver {
             internal,
             status: parts.status,
             applied_index: parts.applied_index,
+            storage_health: parts.storage_health,
             settings: parts.settings,
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
@@ -289,6 +295,7 @@ impl Driver {
 
     /// Runs until `shutdown` turns true. A single-member cluster campaigns at once.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.apply_storage_health();
         if self.core.voters() == [self.core.id()] {
             self.core.campaign();
         }
@@ -305,7 +312,12 @@ impl Driver {
                         break;
                     }
                 }
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => {
+                    if self.storage_health.has_changed().unwrap_or(false) {
+                        self.apply_storage_health();
+                    }
+                    self.core.tick();
+                }
                 () = &mut commit_notice, if commit_notice_armed => {
                     commit_notice_armed = false;
                     self.core.send_commit();
@@ -329,6 +341,13 @@ impl Driver {
         self.fail_pending("the node is shutting down");
         self.wal.shut_down().await;
         tracing::info!("raft driver stopped");
+    }
+
+    /// A node whose storage cannot take writes may not lead: it would fail
+    /// every write and stop (a failed write is fatal).
+    fn apply_storage_health(&mut self) {
+        let healthy = self.storage_health.borrow_and_update().is_none();
+        self.core.set_may_lead(healthy);
     }
 
     /// A background write is durable: the core may count it toward commit.
@@ -561,13 +580,25 @@ impl Driver {
                 soft_state.term,
                 soft_state.leader_id,
             );
-            tracing::info!(
-                role = %soft_state.role,
-                term = soft_state.term,
-                leader_id = soft_state.leader_id.unwrap_or(0),
-                reason = soft_state.reason,
-                "raft role or leader changed"
-            );
+            if soft_state.catching_up {
+                tracing::warn!(
+                    role = %soft_state.role,
+                    term = soft_state.term,
+                    leader_id = soft_state.leader_id.unwrap_or(0),
+                    reason = soft_state.reason,
+                    "this node lost log entries it had acknowledged (wiped data directory or \
+                     cut WAL): it is catching up from the leader and neither votes nor \
+                     campaigns until then"
+                );
+            } else {
+                tracing::info!(
+                    role = %soft_state.role,
+                    term = soft_state.term,
+                    leader_id = soft_state.leader_id.unwrap_or(0),
+                    reason = soft_state.reason,
+                    "raft role or leader changed"
+                );
+            }
             if soft_state.role != Role::Leader {
                 self.fail_pending("leadership was lost");
             }
@@ -893,6 +924,8 @@ impl Driver {
             Vec::new()
         };
         let status = NodeStatus {
+            catching_up: core.is_catching_up(),
+            storage_error: self.storage_health.borrow().clone(),
             id: core.id(),
             role: NodeRole::from(core.role()),
             term: core.term(),

@@ -60,4 +60,11 @@ pub struct NodeStatus {
     pub followers: Vec<FollowerStatus>,
     /// Cluster id.
     pub cluster_id: String,
+    /// The node lost log entries it had acknowledged (or was started with
+    /// `--initial-cluster-state existing` on an empty data directory) and is
+    /// catching up from the leader; it neither votes nor campaigns until then.
+    pub catching_up: bool,
+    /// Why the data directory cannot take writes (see `storage_health`);
+    /// `None` while it can.
+    pub storage_error: Option<String>,
 }

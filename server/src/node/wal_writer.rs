@@ -40,11 +40,8 @@ use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot};
 
 use super::persist;
+use crate::fatal::storage_failure;
 use crate::metrics::Metrics;
-
-/// Exit code when the node stops because its storage failed: the process
-/// exits and recovers from the WAL on restart rather than diverge.
-pub const EXIT_CODE_STORAGE_FAILURE: i32 = 70;
 
 /// Appends written together with one fdatasync, at most.
 pub const APPENDS_PER_WRITE_MAX: usize = 64;
@@ -54,12 +51,6 @@ pub const APPENDS_PER_WRITE_MAX: usize = 64;
 /// a slower one (a struggling or spinning disk) the thread writes, so the
 /// node goes on serving while its disk is slow.
 pub const INLINE_WRITE_LATENCY_MAX: Duration = Duration::from_millis(2);
-
-/// Stops the process after a storage failure.
-pub fn storage_failure(context: &str, error: impl std::fmt::Display) -> ! {
-    tracing::error!(%error, "{context}; stopping so the node recovers from its log on restart");
-    std::process::exit(EXIT_CODE_STORAGE_FAILURE);
-}
 
 /// A finished append.
 #[derive(Debug, Clone, Copy)]

@@ -3,11 +3,13 @@
 use kvstore_proto::kv::v1::{FollowerProgress, StatusResponse};
 
 use super::convert;
+use crate::metrics;
 use crate::node::{Node, ServedBy};
 
 /// Describes the node.
 pub fn handle(node: &Node) -> StatusResponse {
     let status = node.status();
+    let not_ready_reason = metrics::readiness(&status).err().unwrap_or_default();
     StatusResponse {
         header: convert::header(ServedBy {
             node_id: status.id,
@@ -35,5 +37,6 @@ pub fn handle(node: &Node) -> StatusResponse {
             .collect(),
         cluster_id: status.cluster_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        not_ready_reason,
     }
 }

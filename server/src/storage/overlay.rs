@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,8 @@ struct Shared<S> {
     engine: Mutex<S>,
     limits: OverlayLimits,
     backlog: Backlog,
+    /// Called by the flusher when the engine refuses a write.
+    failure_handler: OnceLock<fn(&str)>,
 }
 
 impl<S> Shared<S> {
@@ -225,6 +227,7 @@ impl<S: Store + 'static> OverlayStore<S> {
             engine: Mutex::new(engine),
             limits,
             backlog: Backlog::default(),
+            failure_handler: OnceLock::new(),
         });
         let flusher = {
             let shared = shared.clone();
@@ -237,6 +240,14 @@ impl<S: Store + 'static> OverlayStore<S> {
             shared,
             flusher: Some(flusher),
         }
+    }
+
+    /// Calls `handler` with the reason when writing behind into the engine
+    /// fails. Without one, every later call fails instead; the server stops
+    /// the process, since the node would otherwise answer every read with an
+    /// error until its next write fails. At most one handler is kept.
+    pub fn on_failure(&self, handler: fn(&str)) {
+        let _ = self.shared.failure_handler.set(handler);
     }
 
     /// The count of keys waiting in memory for the engine, kept up to date.
@@ -426,6 +437,10 @@ fn run_flusher<S: Store>(shared: &Shared<S>) {
                 Err(error) => {
                     tracing::error!(%error, "writing behind into the engine failed");
                     generations.failure = Some(error.to_string());
+                    drop(generations);
+                    if let Some(handler) = shared.failure_handler.get() {
+                        handler(&error.to_string());
+                    }
                     shared.changed.notify_all();
                     return;
                 }
@@ -722,6 +737,29 @@ mod tests {
         assert!(store.put(b"c", b"1").is_err());
         assert!(store.get(b"a").is_err());
         assert!(store.into_engine().is_err());
+    }
+
+    #[test]
+    fn an_engine_failure_calls_the_failure_handler_with_the_reason() {
+        static REASON: Mutex<Option<String>> = Mutex::new(None);
+        let engine = Recording::default();
+        let mut store = OverlayStore::new(engine.clone(), limits(2));
+        store.on_failure(|reason| *REASON.lock().unwrap() = Some(reason.to_string()));
+        engine.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        put(&mut store, "a", "1");
+        put(&mut store, "b", "1");
+        assert!(store.flush().is_err());
+        // The flusher may record the failure just before it calls the handler.
+        let mut reason = None;
+        for _ in 0..500 {
+            reason = REASON.lock().unwrap().clone();
+            if reason.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let reason = reason.expect("the handler was called");
+        assert!(reason.contains("disk full"), "{reason}");
     }
 
     #[test]

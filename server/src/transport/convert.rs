@@ -2,7 +2,7 @@
 //! protocol's protobuf types (`kvstore.raft.v1`). Nothing else converts them.
 
 use kvstore_proto::raft::v1 as pb;
-use kvstore_raft::{Entry, EntryKind, Message, MessageBody, NodeId, SnapshotMetadata};
+use kvstore_raft::{Entry, EntryKind, Message, MessageBody, NodeId, SnapshotMetadata, TERM_MAX};
 
 /// A protobuf message that does not make a valid Raft message.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +251,7 @@ pub fn append_response_from_proto(
     let body = if response.heartbeat {
         MessageBody::HeartbeatResponse {
             read_round: response.read_round,
+            log_lost_after: (!response.success).then_some(response.index),
         }
     } else {
         MessageBody::AppendEntriesResponse {
@@ -313,17 +314,18 @@ pub fn response_to_proto(cluster_id: &str, message: &Message) -> Option<Response
             heartbeat: false,
             read_round: 0,
         }),
-        MessageBody::HeartbeatResponse { read_round } => {
-            ResponseProto::Append(pb::AppendEntriesResponse {
-                header,
-                success: true,
-                index: 0,
-                reject_hint_index: 0,
-                reject_hint_term: 0,
-                heartbeat: true,
-                read_round: *read_round,
-            })
-        }
+        MessageBody::HeartbeatResponse {
+            read_round,
+            log_lost_after,
+        } => ResponseProto::Append(pb::AppendEntriesResponse {
+            header,
+            success: log_lost_after.is_none(),
+            index: log_lost_after.unwrap_or(0),
+            reject_hint_index: 0,
+            reject_hint_term: 0,
+            heartbeat: true,
+            read_round: *read_round,
+        }),
         MessageBody::InstallSnapshotResponse { index } => {
             ResponseProto::Snapshot(pb::InstallSnapshotResponse {
                 header,
@@ -420,6 +422,12 @@ pub fn check_header(
         return Err(format!(
             "node {} is not a member of this cluster (members: {members:?})",
             header.from
+        ));
+    }
+    if header.term > TERM_MAX {
+        return Err(format!(
+            "term {} is above the limit {TERM_MAX}: a corrupt or forged message",
+            header.term
         ));
     }
     Ok(())
@@ -546,7 +554,14 @@ mod tests {
             reject_hint_index: 6,
             reject_hint_term: 3,
         }));
-        response_round_trip(message(MessageBody::HeartbeatResponse { read_round: 12 }));
+        response_round_trip(message(MessageBody::HeartbeatResponse {
+            read_round: 12,
+            log_lost_after: None,
+        }));
+        response_round_trip(message(MessageBody::HeartbeatResponse {
+            read_round: 12,
+            log_lost_after: Some(0),
+        }));
         response_round_trip(message(MessageBody::InstallSnapshotResponse { index: 100 }));
     }
 
@@ -604,5 +619,11 @@ mod tests {
         assert!(check_header(Some(&header("c", 9, 1)), "c", 1, &members).is_err());
         assert!(check_header(Some(&header("c", 1, 1)), "c", 1, &members).is_err());
         assert!(check_header(None, "c", 1, &members).is_err());
+        let mut huge_term = header("c", 2, 1);
+        huge_term.term = u64::MAX;
+        let error = check_header(Some(&huge_term), "c", 1, &members).unwrap_err();
+        assert!(error.contains("above the limit"), "{error}");
+        huge_term.term = TERM_MAX;
+        assert!(check_header(Some(&huge_term), "c", 1, &members).is_ok());
     }
 }
