@@ -6,7 +6,8 @@
 //!   server runs the LevelDB store behind one.
 //!
 //! [`integrity`] checks LevelDB's files, whose failed checksums rusty-leveldb
-//! does not report.
+//! does not report; [`recovery`] opens the node's state
+//! so that a store failing those checks is rebuilt, never served.
 //!
 //! All pass the same test suite (`suite.rs`). A store is owned by one thread
 //! (`rusty-leveldb`'s `DB` is not `Sync`); async code reaches it through
@@ -17,6 +18,7 @@ pub mod integrity;
 pub mod leveldb;
 pub mod memory;
 pub mod overlay;
+pub mod recovery;
 #[cfg(test)]
 mod suite;
 
