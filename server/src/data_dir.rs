@@ -10,6 +10,9 @@
 //!   snapshots/  state-machine snapshots the log was compacted into
 //!   kv/         LevelDB: the applied key-value state, rebuilt from the two
 //!               above when lost
+//!   kv.corrupt-<unix seconds>/
+//!               a state that failed its checks, set aside for inspection
+//!               and rebuilt (`storage::recovery`); never read again
 //! ```
 
 use std::fs::{File, OpenOptions};

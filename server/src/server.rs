@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +27,9 @@ use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle};
-use crate::storage::leveldb::{Durability, LevelDbStore};
+use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{OverlayLimits, OverlayStore};
-use crate::storage::StoreError;
+use crate::storage::{recovery, StoreError};
 use crate::storage_health;
 use crate::transport::peers::PeerSet;
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
@@ -193,25 +192,6 @@ async fn blocking<T: Send + 'static>(task: impl FnOnce() -> T + Send + 'static) 
         .expect("a start-up task panicked")
 }
 
-/// Opens the LevelDB state. When it cannot be opened (rusty-leveldb does not
-/// fsync, so a power loss can leave it broken) it is set aside and rebuilt
-/// from the snapshot and the WAL, which hold everything it held.
-fn open_state_store(directory: &Path) -> Result<LevelDbStore, ServerError> {
-    match LevelDbStore::open(directory, Durability::Flush) {
-        Ok(store) => Ok(store),
-        Err(StoreError::Engine(reason)) if !reason.contains("lock") => {
-            let aside = directory.with_extension(format!("broken-{}", std::process::id()));
-            tracing::warn!(%reason, aside = %aside.display(), "the LevelDB state cannot be opened; rebuilding it from the snapshot and the log");
-            std::fs::rename(directory, &aside).map_err(|source| StoreError::Io {
-                path: directory.to_path_buf(),
-                source,
-            })?;
-            Ok(LevelDbStore::open(directory, Durability::Flush)?)
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
 /// Brings the state machine to a consistent starting point: when a restore
 /// was interrupted, or the store is behind the WAL's snapshot, it is restored
 /// from the snapshot file. Returns the applied position.
@@ -310,7 +290,14 @@ pub async fn run(
 
     // The applied state, brought in line with the snapshot.
     let kv_directory = data_dir.kv_directory();
-    let store = blocking(move || open_state_store(&kv_directory)).await?;
+    // Checked, else set aside and rebuilt; a table failing later stops the
+    // process (see `storage::recovery`).
+    let store = blocking(move || {
+        recovery::open_state_store(&kv_directory, |error| {
+            crate::fatal::storage_failure("a LevelDB table is corrupt", error)
+        })
+    })
+    .await?;
     // Committed entries are applied into memory and written behind into
     // LevelDB, so that no answer waits for LevelDB's inserts and compactions.
     let overlay_limits = OverlayLimits {

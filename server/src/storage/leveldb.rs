@@ -8,12 +8,22 @@
 //! compaction wrote a new table file) it also syncs the table files, the
 //! manifest and the directory. In the Raft era the write-ahead log carries
 //! durability and the state machine uses [`Durability::Flush`].
+//!
+//! rusty-leveldb takes a table block that fails its checksum for a missing
+//! key and says nothing ([`super::integrity`]). This store reads its
+//! tables through [`VerifyingEnv`], and after every engine call it checks
+//! whether a table failed: then the call fails with [`StoreError::Corrupt`]
+//! (every later call too), or the store's corruption handler runs
+//! ([`LevelDbStore::stop_on_corruption`]), so a value the engine read past a
+//! corrupt block is never returned.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rusty_leveldb::{LdbIterator, Options, DB};
 
+use super::integrity::{Corruption, VerifyingEnv};
 use super::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
 
 /// How far a write is pushed before [`Store::write`] returns.
@@ -34,7 +44,15 @@ pub struct LevelDbStore {
     durability: Durability,
     /// The log file last synced, kept open to sync it again cheaply.
     synced_log: Option<(PathBuf, File)>,
+    /// Table failures seen by the engine's file access.
+    corruption: Corruption,
+    /// Runs instead of returning [`StoreError::Corrupt`], when set.
+    on_corruption: Option<CorruptionHandler>,
 }
+
+/// Called with [`StoreError::Corrupt`] when a table fails a check while the
+/// store runs; it does not return (the server stops the process).
+pub type CorruptionHandler = fn(&StoreError) -> !;
 
 impl std::fmt::Debug for LevelDbStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,8 +81,10 @@ impl LevelDbStore {
     /// with a clear error (LevelDB's own `LOCK` file).
     pub fn open(directory: &Path, durability: Durability) -> Result<Self, StoreError> {
         std::fs::create_dir_all(directory).map_err(io_error(directory))?;
+        let corruption = Corruption::default();
         let options = Options {
             create_if_missing: true,
+            env: Rc::new(Box::new(VerifyingEnv::new(corruption.clone()))),
             ..Options::default()
         };
         let db = DB::open(directory, options).map_err(|error| {
@@ -78,11 +98,36 @@ impl LevelDbStore {
             directory: directory.to_path_buf(),
             durability,
             synced_log: None,
+            corruption,
+            on_corruption: None,
         };
+        store.check_tables()?;
         if durability == Durability::Fsync {
             store.sync_all_files()?;
         }
         Ok(store)
+    }
+
+    /// From now on a table failing a check runs `handler` instead of
+    /// failing the call with [`StoreError::Corrupt`].
+    pub fn stop_on_corruption(&mut self, handler: CorruptionHandler) {
+        self.on_corruption = Some(handler);
+    }
+
+    /// Fails when a table failed a check during an engine call so far:
+    /// whatever the call returned may lack that table's keys.
+    fn check_tables(&self) -> Result<(), StoreError> {
+        let Some(found) = self.corruption.found() else {
+            return Ok(());
+        };
+        let error = StoreError::Corrupt {
+            path: found.path,
+            reason: found.reason,
+        };
+        match self.on_corruption {
+            Some(handler) => handler(&error),
+            None => Err(error),
+        }
     }
 
     /// The directory holding the database.
@@ -170,6 +215,7 @@ impl Store for LevelDbStore {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let snapshot = self.db.get_snapshot();
         let value = self.db.get_at(&snapshot, key).map_err(engine_error)?;
+        self.check_tables()?;
         Ok(value.map(|value| value.to_vec()))
     }
 
@@ -181,7 +227,10 @@ impl Store for LevelDbStore {
                 WriteOp::Delete { key } => leveldb_batch.delete(key),
             }
         }
-        self.db.write(leveldb_batch, true).map_err(engine_error)?;
+        let written = self.db.write(leveldb_batch, true).map_err(engine_error);
+        // A compaction inside the write reads tables.
+        self.check_tables()?;
+        written?;
         if self.durability == Durability::Fsync {
             self.sync_after_write()?;
         }
@@ -211,6 +260,7 @@ impl Store for LevelDbStore {
                 break;
             }
         }
+        self.check_tables()?;
         Ok(pairs)
     }
 }

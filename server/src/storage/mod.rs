@@ -5,14 +5,20 @@
 //! - [`overlay::OverlayStore`]: write-behind in front of another store; the
 //!   server runs the LevelDB store behind one.
 //!
+//! [`integrity`] checks LevelDB's files, whose failed checksums rusty-leveldb
+//! does not report; [`recovery`] opens the node's state
+//! so that a store failing those checks is rebuilt, never served.
+//!
 //! All pass the same test suite (`suite.rs`). A store is owned by one thread
 //! (`rusty-leveldb`'s `DB` is not `Sync`); async code reaches it through
 //! [`actor::StoreHandle`].
 
 pub mod actor;
+pub mod integrity;
 pub mod leveldb;
 pub mod memory;
 pub mod overlay;
+pub mod recovery;
 #[cfg(test)]
 mod suite;
 
@@ -32,6 +38,15 @@ pub enum StoreError {
         path: std::path::PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// A LevelDB table failed a checksum or structure check: the store may
+    /// lack some of its keys.
+    #[error("LevelDB table {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The table file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The store's owner thread is gone (the store was closed).
     #[error("the store is closed")]
