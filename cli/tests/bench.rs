@@ -6,28 +6,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kvstore_devkit::binary::workspace_binary;
 use serde_json::Value;
 
 /// How long the server may take to listen and elect itself.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between startup checks.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// A workspace binary next to this test's executable (target/debug/deps/..).
-fn workspace_binary(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().expect("test executable path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    let binary = path.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, or `make test`)",
-        binary.display()
-    );
-    binary
-}
 
 fn free_loopback_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")

@@ -52,10 +52,6 @@ const APPEND_ENTRY_COUNT: usize = 64;
 const LOG_ENTRIES_MAX: usize = 16 * 1024;
 /// Upper bound on message deliveries while electing the leader.
 const ELECTION_DELIVERIES_MAX: usize = 1_000;
-/// Changes smaller than this fraction are reported as noise when comparing
-/// with a previous run or baseline (criterion's default, 1%, flags the jitter
-/// of a shared 2-core machine as regressions).
-const NOISE_THRESHOLD: f64 = 0.05;
 
 fn config(id: NodeId) -> Config {
     Config {
@@ -310,19 +306,9 @@ fn group_commit(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// CPU-bound, microseconds per iteration: short runs suffice.
-fn cpu_config() -> Criterion {
-    Criterion::default()
-        .without_plots()
-        .noise_threshold(NOISE_THRESHOLD)
-        .sample_size(50)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = cpu_config();
+    config = kvstore_devkit::criterion::cpu();
     targets = leader_commit, follower_append, group_commit
 }
 criterion_main!(benches);

@@ -46,10 +46,6 @@ const KEYSPACE: usize = 10_000;
 /// Bytes of every value (the `make bench` default value size).
 const VALUE_BYTES: usize = 256;
 const TERM: u64 = 1;
-/// Changes smaller than this fraction are reported as noise when comparing
-/// with a previous run or baseline (criterion's default, 1%, flags the jitter
-/// of a shared 2-core machine as regressions).
-const NOISE_THRESHOLD: f64 = 0.05;
 
 /// Encoded Put commands, one per key of the keyspace.
 fn commands() -> Vec<Bytes> {
@@ -162,19 +158,9 @@ fn apply_memory(criterion: &mut Criterion) {
     bench_store(criterion, "apply_memory", || (MemoryStore::new(), None));
 }
 
-/// Microseconds to milliseconds per iteration: short runs suffice.
-fn config() -> Criterion {
-    Criterion::default()
-        .without_plots()
-        .noise_threshold(NOISE_THRESHOLD)
-        .sample_size(30)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = kvstore_devkit::criterion::store();
     targets = apply_leveldb, apply_overlay, apply_memory
 }
 criterion_main!(benches);

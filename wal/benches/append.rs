@@ -49,10 +49,6 @@ const TERM: u64 = 1;
 /// WAL's in-memory index and its directory stay bounded however many
 /// iterations criterion runs.
 const LOG_ENTRIES_MAX: u64 = 64 * 1024;
-/// Changes smaller than this fraction are reported as noise when comparing
-/// with a previous run or baseline (criterion's default, 1%, flags the jitter
-/// of a shared 2-core machine as regressions).
-const NOISE_THRESHOLD: f64 = 0.05;
 
 /// A WAL in its own temporary directory and a batch reused for every append.
 struct Fixture {
@@ -175,34 +171,14 @@ fn checksum(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// fsync-bound, noisy on a shared disk: 20 samples over a few seconds.
-fn fsync_config() -> Criterion {
-    Criterion::default()
-        .without_plots()
-        .noise_threshold(NOISE_THRESHOLD)
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
-}
-
-/// CPU-bound: microseconds per iteration, short runs suffice.
-fn cpu_config() -> Criterion {
-    Criterion::default()
-        .without_plots()
-        .noise_threshold(NOISE_THRESHOLD)
-        .sample_size(50)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = fsync_benches;
-    config = fsync_config();
+    config = kvstore_devkit::criterion::fsync();
     targets = append_fsync, append_fsync_unallocated
 }
 criterion_group! {
     name = cpu_benches;
-    config = cpu_config();
+    config = kvstore_devkit::criterion::cpu();
     targets = append_no_sync, checksum
 }
 criterion_main!(fsync_benches, cpu_benches);

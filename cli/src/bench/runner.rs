@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
+use tonic::{Code, Status};
 
 use crate::bench::api::Connection;
 use crate::bench::keys;
@@ -34,9 +35,9 @@ struct Backoff {
 impl Backoff {
     /// Records how a request ended (`failed`: its error code, if any);
     /// after `UNAVAILABLE`, waits (never past `deadline`).
-    async fn after(&mut self, failed: Option<tonic::Code>, deadline: Instant) {
+    async fn after(&mut self, failed: Option<Code>, deadline: Instant) {
         match failed {
-            Some(tonic::Code::Unavailable) => {
+            Some(Code::Unavailable) => {
                 self.last = if self.last.is_zero() {
                     UNAVAILABLE_BACKOFF_FIRST
                 } else {
@@ -81,6 +82,137 @@ fn client_of(plan: &Plan, connections: &[Connection], client: usize) -> Connecti
     connections[plan.connection_of_client(client)].clone()
 }
 
+/// The tallies of every client, merged.
+fn merged(tallies: &[Tally]) -> Tally {
+    let mut total = Tally::default();
+    for tally in tallies {
+        total.merge(tally);
+    }
+    total
+}
+
+/// Counts the answer to a request sent at `started`; returns its error code
+/// if it failed.
+fn record<T>(tally: &mut Tally, started: Instant, answer: &Result<T, Status>) -> Option<Code> {
+    match answer {
+        Ok(_) => {
+            tally.record_success(started.elapsed());
+            None
+        }
+        Err(status) => {
+            tally.record_error(grpc_code_name(status.code()));
+            Some(status.code())
+        }
+    }
+}
+
+/// The phase a client task runs: which request each number it takes stands for.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Request `index` writes key number `index`.
+    Prefill,
+    /// Each request reads or writes a random key of the keyspace.
+    Measure,
+}
+
+/// One client task: its connection, its random stream and what it counted.
+struct Client {
+    plan: Arc<Plan>,
+    connection: Connection,
+    random: StdRng,
+    tally: Tally,
+}
+
+impl Client {
+    /// Takes the next request number until `limit` were handed out (among
+    /// all clients) or `deadline` passed; sends the request of `phase`,
+    /// counts it, and after `UNAVAILABLE` backs off. Returns the tally.
+    async fn run(
+        mut self,
+        phase: Phase,
+        counters: Arc<Counters>,
+        limit: u64,
+        deadline: Instant,
+    ) -> Tally {
+        let mut backoff = Backoff::default();
+        while Instant::now() < deadline {
+            let index = counters.issued.fetch_add(1, Ordering::Relaxed);
+            if index >= limit {
+                break;
+            }
+            let failed = match phase {
+                Phase::Prefill => self.prefill(index).await,
+                Phase::Measure => self.measure().await,
+            };
+            counters.completed.fetch_add(1, Ordering::Relaxed);
+            backoff.after(failed, deadline).await;
+        }
+        self.tally
+    }
+
+    /// Writes key number `index` with a random value.
+    async fn prefill(&mut self, index: u64) -> Option<Code> {
+        let key = keys::key(index, self.plan.key_size_bytes);
+        let value = keys::random_value(&mut self.random, self.plan.value_size_bytes);
+        self.put(key, value).await
+    }
+
+    /// Reads (with probability `read_ratio`) or writes a random key.
+    async fn measure(&mut self) -> Option<Code> {
+        let plan = &self.plan;
+        let key = keys::key(
+            self.random.random_range(0..plan.keyspace),
+            plan.key_size_bytes,
+        );
+        let read = plan.read_ratio > 0.0 && self.random.random_bool(plan.read_ratio);
+        if read {
+            let started = Instant::now();
+            let answer = self.connection.get(key, plan.consistency).await;
+            let failed = record(&mut self.tally, started, &answer);
+            self.tally.reads += 1;
+            if let Ok(false) = answer {
+                self.tally.reads_not_found += 1;
+            }
+            failed
+        } else {
+            let value = keys::random_value(&mut self.random, plan.value_size_bytes);
+            self.put(key, value).await
+        }
+    }
+
+    /// Writes `value` at `key` and counts the write.
+    async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Code> {
+        let started = Instant::now();
+        let answer = self.connection.put(key, value).await;
+        let failed = record(&mut self.tally, started, &answer);
+        self.tally.writes += 1;
+        failed
+    }
+}
+
+/// Runs `plan.clients` client tasks of `phase` (see [`Client::run`]) and
+/// returns their tallies once all have ended.
+async fn run_clients(
+    plan: &Arc<Plan>,
+    connections: &[Connection],
+    counters: &Arc<Counters>,
+    phase: Phase,
+    limit: u64,
+    deadline: Instant,
+) -> Result<Vec<Tally>, Failure> {
+    let mut tasks = JoinSet::new();
+    for client in 0..plan.clients {
+        let task = Client {
+            plan: Arc::clone(plan),
+            connection: client_of(plan, connections, client),
+            random: client_random(plan.seed, client),
+            tally: Tally::default(),
+        };
+        tasks.spawn(task.run(phase, Arc::clone(counters), limit, deadline));
+    }
+    join_all(tasks).await
+}
+
 /// Writes every key of the keyspace once, shared among the clients. Returns
 /// the tally (latencies are not reported) and whether the deadline cut it short.
 pub async fn prefill(
@@ -90,41 +222,16 @@ pub async fn prefill(
     duration_max: Duration,
 ) -> Result<(Tally, bool), Failure> {
     let deadline = Instant::now() + duration_max;
-    let mut tasks = JoinSet::new();
-    for client in 0..plan.clients {
-        let mut connection = client_of(plan, connections, client);
-        let plan = Arc::clone(plan);
-        let counters = Arc::clone(counters);
-        let mut random = client_random(plan.seed, client);
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            let mut backoff = Backoff::default();
-            while Instant::now() < deadline {
-                let index = counters.issued.fetch_add(1, Ordering::Relaxed);
-                if index >= plan.keyspace {
-                    break;
-                }
-                let key = keys::key(index, plan.key_size_bytes);
-                let value = keys::random_value(&mut random, plan.value_size_bytes);
-                let started = Instant::now();
-                let answer = connection.put(key, value).await;
-                match &answer {
-                    Ok(_) => tally.record_success(started.elapsed()),
-                    Err(status) => tally.record_error(grpc_code_name(status.code())),
-                }
-                tally.writes += 1;
-                counters.completed.fetch_add(1, Ordering::Relaxed);
-                backoff
-                    .after(answer.err().map(|status| status.code()), deadline)
-                    .await;
-            }
-            tally
-        });
-    }
-    let mut total = Tally::default();
-    for tally in join_all(tasks).await? {
-        total.merge(&tally);
-    }
+    let tallies = run_clients(
+        plan,
+        connections,
+        counters,
+        Phase::Prefill,
+        plan.keyspace,
+        deadline,
+    )
+    .await?;
+    let total = merged(&tallies);
     let cut_short = total.operations < plan.keyspace;
     Ok((total, cut_short))
 }
@@ -139,60 +246,17 @@ pub async fn measure(
 ) -> Result<(Tally, Duration, StopReason), Failure> {
     let started = Instant::now();
     let deadline = started + plan.duration_max;
-    let mut tasks = JoinSet::new();
-    for client in 0..plan.clients {
-        let mut connection = client_of(plan, connections, client);
-        let plan = Arc::clone(plan);
-        let counters = Arc::clone(counters);
-        let mut random = client_random(plan.seed, client);
-        tasks.spawn(async move {
-            let mut tally = Tally::default();
-            let mut backoff = Backoff::default();
-            while Instant::now() < deadline {
-                if counters.issued.fetch_add(1, Ordering::Relaxed) >= plan.operations_max {
-                    break;
-                }
-                let key = keys::key(random.random_range(0..plan.keyspace), plan.key_size_bytes);
-                let read = plan.read_ratio > 0.0 && random.random_bool(plan.read_ratio);
-                let failed = if read {
-                    let request_started = Instant::now();
-                    let answer = connection.get(key, plan.consistency).await;
-                    let latency = request_started.elapsed();
-                    match &answer {
-                        Ok(found) => {
-                            tally.record_success(latency);
-                            if !found {
-                                tally.reads_not_found += 1;
-                            }
-                        }
-                        Err(status) => tally.record_error(grpc_code_name(status.code())),
-                    }
-                    tally.reads += 1;
-                    answer.err().map(|status| status.code())
-                } else {
-                    let value = keys::random_value(&mut random, plan.value_size_bytes);
-                    let request_started = Instant::now();
-                    let answer = connection.put(key, value).await;
-                    let latency = request_started.elapsed();
-                    match &answer {
-                        Ok(_) => tally.record_success(latency),
-                        Err(status) => tally.record_error(grpc_code_name(status.code())),
-                    }
-                    tally.writes += 1;
-                    answer.err().map(|status| status.code())
-                };
-                counters.completed.fetch_add(1, Ordering::Relaxed);
-                backoff.after(failed, deadline).await;
-            }
-            tally
-        });
-    }
-    let tallies = join_all(tasks).await?;
+    let tallies = run_clients(
+        plan,
+        connections,
+        counters,
+        Phase::Measure,
+        plan.operations_max,
+        deadline,
+    )
+    .await?;
     let elapsed = started.elapsed();
-    let mut total = Tally::default();
-    for tally in &tallies {
-        total.merge(tally);
-    }
+    let total = merged(&tallies);
     let stop_reason = if total.operations >= plan.operations_max {
         StopReason::OperationsReached
     } else {

@@ -19,13 +19,8 @@ pub fn repository_root() -> PathBuf {
 }
 
 /// `target/` (next to the test executable), where test artifacts go.
-pub fn target_directory() -> PathBuf {
-    let mut path = std::env::current_exe().expect("test executable path");
-    path.pop(); // the executable
-    path.pop(); // deps
-    path.pop(); // debug or release
-    path
-}
+#[allow(unused_imports)] // like the helpers (dead_code above): not every test uses it
+pub use kvstore_devkit::binary::target_directory;
 
 /// Every metric the issue names, which dashboards and alerts rely on.
 pub const REQUIRED_METRICS: [&str; 20] = [

@@ -16,20 +16,7 @@ use tonic::transport::Channel;
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Path of a workspace binary, built next to this test's executable.
-pub fn binary(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().expect("test executable path");
-    path.pop(); // the test executable
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    let binary = path.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, or `make test`)",
-        binary.display()
-    );
-    binary
-}
+pub use kvstore_devkit::binary::workspace_binary as binary;
 
 /// `127.0.0.1:port`.
 pub fn loopback(port: u16) -> SocketAddr {
