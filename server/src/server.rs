@@ -23,8 +23,10 @@ use crate::limits;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
-use crate::node::{persist, Identity, Node, NodeParts, NodeRole, NodeStatus, Timings};
-use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
+use crate::node::{
+    persist, Identity, Node, NodeParts, NodeRole, NodeStatus, RequestLimits, Timings,
+};
+use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle};
@@ -366,6 +368,10 @@ pub async fn run(
         &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
     ));
     metrics.watch_backend_backlog(backend_backlog);
+    let request_limits = RequestLimits {
+        key_bytes_max: config.max_key_bytes,
+        value_bytes_max: config.max_value_bytes,
+    };
     let node = Node::new(NodeParts {
         identity,
         events: events_sender,
@@ -374,13 +380,10 @@ pub async fn run(
         store: store_handle.clone(),
         peers: peers.clone(),
         timings,
+        request_limits,
         metrics: metrics.clone(),
         consistent_at,
     });
-    let request_limits = RequestLimits {
-        key_bytes_max: config.max_key_bytes,
-        value_bytes_max: config.max_value_bytes,
-    };
 
     // Listen on every port before the driver contacts any peer.
     let (client_listener, client_addr) = bind(config.client_addr).await?;
