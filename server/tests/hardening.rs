@@ -160,3 +160,111 @@ async fn forwarded_writes_are_checked_against_the_client_limits() {
         .into_inner();
     assert_eq!(read.value, b"fine");
 }
+
+/// How long the peer tests watch the logs.
+const LOG_WATCH: Duration = Duration::from_secs(3);
+/// Most lines about one misconfigured peer in [`LOG_WATCH`] (before the
+/// fix: about 20 a second).
+const LINES_ABOUT_A_PEER_MAX: usize = 10;
+
+/// The JSON log lines of `log` whose message is `message` and, when given,
+/// whose `peer` field is `peer`.
+fn lines_about(log: &str, message: &str, peer: Option<u64>) -> usize {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == message)
+        .filter(|line| peer.is_none_or(|peer| line["fields"]["peer"] == peer))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_peers_address_costs_a_few_log_lines() {
+    use support::{free_port, loopback, ServerProcess, TEST_HEARTBEAT_INTERVAL};
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let election = TEST_ELECTION_TIMEOUT.as_millis().to_string();
+    let heartbeat = TEST_HEARTBEAT_INTERVAL.as_millis().to_string();
+    let timings = [
+        "--election-timeout-ms",
+        &election,
+        "--heartbeat-interval-ms",
+        &heartbeat,
+    ];
+    // Nodes 1 and 2 of three, each with node 3's address wrong: it names the
+    // other node's raft port, which accepts the stream and refuses its
+    // messages. Whichever leads sends "node 3" a heartbeat every 50 ms.
+    let raft = [loopback(free_port()), loopback(free_port())];
+    let peers_of_1 = format!("2={},3={}", raft[1], raft[1]);
+    let peers_of_2 = format!("1={},3={}", raft[0], raft[0]);
+    let mut pair: Vec<ServerProcess> = [("1", &peers_of_1, raft[0]), ("2", &peers_of_2, raft[1])]
+        .into_iter()
+        .map(|(id, peers, raft_addr)| {
+            let mut args = vec!["--id", id, "--peers", peers];
+            args.extend(timings);
+            ServerProcess::prepare(
+                &directory.path().join(format!("node-{id}")),
+                loopback(free_port()),
+                raft_addr,
+                &args,
+            )
+        })
+        .collect();
+    // A lone node whose one peer's address is a closed loopback port.
+    let closed = loopback(free_port());
+    let lone_peers = format!("2={closed}");
+    let mut lone_args = vec!["--peers", lone_peers.as_str()];
+    lone_args.extend(timings);
+    let mut lone = ServerProcess::prepare(
+        &directory.path().join("lone"),
+        loopback(free_port()),
+        loopback(free_port()),
+        &lone_args,
+    );
+    for node in pair.iter_mut().chain([&mut lone]) {
+        node.spawn();
+    }
+    for node in pair.iter_mut().chain([&mut lone]) {
+        node.wait_listening();
+    }
+    // The pair elects a leader, whose heartbeats to "node 3" are refused.
+    let deadline = std::time::Instant::now() + 10 * TEST_ELECTION_TIMEOUT;
+    loop {
+        let mut leads = false;
+        for node in &pair {
+            leads |= support::status_of(node.client_addr)
+                .await
+                .is_some_and(|status| status.role == 4);
+        }
+        if leads {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader in the pair"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(LOG_WATCH).await;
+
+    let mut unreachable_lines = 0;
+    for node in &pair {
+        let log = node.log();
+        let unreachable = lines_about(&log, "peer unreachable; backing off", Some(3));
+        let reachable = lines_about(&log, "peer reachable again", Some(3));
+        let refused = lines_about(&log, "peer stream refused", None);
+        assert_eq!(reachable, 0, "a refusing peer is not reachable: {log}");
+        assert!(
+            unreachable <= LINES_ABOUT_A_PEER_MAX && refused <= LINES_ABOUT_A_PEER_MAX,
+            "{unreachable} lines about peer 3, {refused} about refused streams in {}",
+            node.log_path.display()
+        );
+        unreachable_lines += unreachable;
+    }
+    assert!(unreachable_lines >= 1, "the leader tells the operator");
+    let log = lone.log();
+    let unreachable = lines_about(&log, "peer unreachable; backing off", Some(2));
+    assert!(
+        (1..=LINES_ABOUT_A_PEER_MAX).contains(&unreachable),
+        "{unreachable} lines about peer 2: {log}"
+    );
+}
