@@ -236,8 +236,16 @@ impl ServerConfig {
         if self.backend_batch_limit == 0 {
             return Err("--backend-batch-limit must be at least 1".into());
         }
-        if self.max_connections == 0 || self.max_http_connections == 0 {
-            return Err("--max-connections and --max-http-connections must be at least 1".into());
+        for (flag, value) in [
+            ("--max-connections", self.max_connections),
+            ("--max-http-connections", self.max_http_connections),
+        ] {
+            if !(1..=limits::CONNECTIONS_FLAG_MAX).contains(&value) {
+                return Err(format!(
+                    "{flag} must be between 1 and {}",
+                    limits::CONNECTIONS_FLAG_MAX
+                ));
+            }
         }
         if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return Err("--handshake-timeout-ms and --idle-timeout-ms must be at least 1".into());
@@ -335,6 +343,15 @@ mod tests {
             "2=127.0.0.1:9102,3=127.0.0.1:9103",
         ]);
         assert!(config.validate().unwrap_err().contains("node 3"));
+        for refused in [
+            ["--max-connections", "0"],
+            ["--max-http-connections", "2000000"],
+            ["--handshake-timeout-ms", "0"],
+            ["--idle-timeout-ms", "0"],
+        ] {
+            let config = ServerConfig::parse_from(["kvstore-server", refused[0], refused[1]]);
+            assert!(config.validate().is_err(), "{refused:?} was accepted");
+        }
     }
 
     #[test]

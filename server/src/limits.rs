@@ -67,6 +67,8 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Default most client connections open at once (`--max-connections`);
 /// more are closed as soon as they are accepted.
 pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Largest value `--max-connections` and `--max-http-connections` accept.
+pub const CONNECTIONS_FLAG_MAX: usize = 1 << 20;
 /// Most connections open at once on the raft port: each peer uses one, with
 /// room for reconnects and debugging tools.
 pub const RAFT_CONNECTIONS_MAX: usize = 64;
