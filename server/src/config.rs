@@ -163,6 +163,26 @@ pub struct ServerConfig {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::VALUE_BYTES_MAX_DEFAULT)]
     pub max_value_bytes: usize,
+
+    /// Most client connections open at once; more are closed as soon as
+    /// they are accepted, while the open ones keep working.
+    #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = limits::CLIENT_CONNECTIONS_MAX_DEFAULT)]
+    pub max_connections: usize,
+
+    /// Most connections open at once on the HTTP observability port.
+    #[arg(long, env = "KVSTORE_MAX_HTTP_CONNECTIONS", default_value_t = limits::HTTP_CONNECTIONS_MAX_DEFAULT)]
+    pub max_http_connections: usize,
+
+    /// Time, in milliseconds, a new connection on any port has to send its
+    /// first bytes (the HTTP/2 preface, or an HTTP request) before it is
+    /// closed.
+    #[arg(long, env = "KVSTORE_HANDSHAKE_TIMEOUT_MS", default_value_t = limits::HANDSHAKE_TIMEOUT_MS_DEFAULT)]
+    pub handshake_timeout_ms: u64,
+
+    /// Time, in milliseconds, a connection may go without a request before
+    /// it is closed (an HTTP/2 GOAWAY on the gRPC ports).
+    #[arg(long, env = "KVSTORE_IDLE_TIMEOUT_MS", default_value_t = limits::IDLE_TIMEOUT_MS_DEFAULT)]
+    pub idle_timeout_ms: u64,
 }
 
 /// Another member of the cluster.
@@ -241,6 +261,20 @@ impl ServerConfig {
         }
         if self.backend_batch_limit == 0 {
             return Err("--backend-batch-limit must be at least 1".into());
+        }
+        for (flag, value) in [
+            ("--max-connections", self.max_connections),
+            ("--max-http-connections", self.max_http_connections),
+        ] {
+            if !(1..=limits::CONNECTIONS_FLAG_MAX).contains(&value) {
+                return Err(format!(
+                    "{flag} must be between 1 and {}",
+                    limits::CONNECTIONS_FLAG_MAX
+                ));
+            }
+        }
+        if self.handshake_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err("--handshake-timeout-ms and --idle-timeout-ms must be at least 1".into());
         }
         if self.cluster_id.is_empty() {
             return Err("--cluster-id must not be empty".into());
@@ -335,6 +369,15 @@ mod tests {
             "2=127.0.0.1:9102,3=127.0.0.1:9103",
         ]);
         assert!(config.validate().unwrap_err().contains("node 3"));
+        for refused in [
+            ["--max-connections", "0"],
+            ["--max-http-connections", "2000000"],
+            ["--handshake-timeout-ms", "0"],
+            ["--idle-timeout-ms", "0"],
+        ] {
+            let config = ServerConfig::parse_from(["kvstore-server", refused[0], refused[1]]);
+            assert!(config.validate().is_err(), "{refused:?} was accepted");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod connections;
 pub mod data_dir;
 pub mod errors;
 pub mod fatal;

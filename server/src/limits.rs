@@ -68,3 +68,37 @@ pub const LEADER_WAIT_ELECTION_TIMEOUTS: u32 = 3;
 pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// Longest client-supplied request id kept (longer ones are replaced).
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// Default most client connections open at once (`--max-connections`);
+/// more are closed as soon as they are accepted.
+pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Largest value `--max-connections` and `--max-http-connections` accept.
+pub const CONNECTIONS_FLAG_MAX: usize = 1 << 20;
+/// Most connections open at once on the raft port: each peer uses one, with
+/// room for reconnects and debugging tools.
+pub const RAFT_CONNECTIONS_MAX: usize = 64;
+/// Default most connections open at once on the HTTP observability port
+/// (`--max-http-connections`).
+pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 64;
+/// Default time a new connection has to send its first bytes (the HTTP/2
+/// preface, or an HTTP request) before it is closed (`--handshake-timeout-ms`).
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default time a connection may go without a request before it is closed
+/// (`--idle-timeout-ms`): on the gRPC ports, with an HTTP/2 GOAWAY once no
+/// call has been open for that long.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// Interval of the HTTP/2 PINGs the gRPC ports send on their connections;
+/// a connection whose peer does not answer one within
+/// [`HTTP2_KEEPALIVE_TIMEOUT`] is closed (a client or peer that vanished).
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long an HTTP/2 PING may go unanswered.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Idle time before the kernel probes an accepted connection (TCP keepalive).
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// File descriptors kept for the node's own files besides its connections:
+/// LevelDB's table cache (rusty-leveldb's default `max_open_files`, 1024),
+/// plus the WAL, snapshots, LevelDB's log and manifest, the listeners, the
+/// runtime's own and the standard streams.
+pub const STORAGE_FILE_DESCRIPTORS_RESERVE: u64 = 1024 + 128;
+/// File descriptors kept per peer for the connections this node opens to it.
+pub const FILE_DESCRIPTORS_PER_PEER: u64 = 4;

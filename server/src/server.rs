@@ -13,17 +13,19 @@ use kvstore_wal::{Wal, WalError, WalOptions};
 use tokio::sync::{mpsc, watch};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{InitialClusterState, ServerConfig};
+use crate::connections::{self, CappedListener, FileDescriptorBudget, Http2Settings, PortLimits};
 use crate::data_dir::{DataDir, DataDirError, Identity as DataDirIdentity};
 use crate::http::{self, HttpState};
 use crate::limits;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
-use crate::node::{persist, Identity, Node, NodeParts, NodeRole, NodeStatus, Timings};
-use crate::service::{KvService, RequestLimits, KV_SERVICE_NAME};
+use crate::node::{
+    persist, Identity, Node, NodeParts, NodeRole, NodeStatus, RequestLimits, Timings,
+};
+use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle};
@@ -63,9 +65,6 @@ pub enum ServerError {
     /// The durable state is inconsistent.
     #[error("cannot recover the node's state: {0}")]
     Recovery(String),
-    /// The gRPC server failed.
-    #[error("gRPC server error: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// Names of the reflection services, listed on every port.
@@ -112,23 +111,6 @@ fn reflection_services(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     (v1, v1alpha)
-}
-
-/// The accepted connections of `listener`, with Nagle's algorithm off.
-/// `Server::tcp_nodelay` does not apply to a listener we bind ourselves, and
-/// with Nagle on a response split over two writes waits ~40 ms for the
-/// client's delayed ACK.
-fn accept_without_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot disable Nagle's algorithm on a connection");
-        }
-        Ok(stream)
-    })
 }
 
 /// Binds `address`, reporting the address actually bound (port 0 picks one).
@@ -245,6 +227,15 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     logging::set_node_id(config.id);
+    // Before any file is opened: connections must never take the file
+    // descriptors storage needs (a failed LevelDB open stops the node).
+    let file_limit = connections::reserve_file_descriptors(FileDescriptorBudget {
+        client_connections: config.max_connections as u64,
+        raft_connections: limits::RAFT_CONNECTIONS_MAX as u64,
+        http_connections: config.max_http_connections as u64,
+        peers: config.peers.len() as u64,
+    })
+    .map_err(ServerError::Config)?;
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
     let identity_stored = data_dir.check_identity(&DataDirIdentity::new(
@@ -397,6 +388,10 @@ pub async fn run(
         &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
     ));
     metrics.watch_backend_backlog(backend_backlog);
+    let request_limits = RequestLimits {
+        key_bytes_max: config.max_key_bytes,
+        value_bytes_max: config.max_value_bytes,
+    };
     let node = Node::new(NodeParts {
         identity,
         events: events_sender,
@@ -405,13 +400,10 @@ pub async fn run(
         store: store_handle.clone(),
         peers: peers.clone(),
         timings,
+        request_limits,
         metrics: metrics.clone(),
         consistent_at,
     });
-    let request_limits = RequestLimits {
-        key_bytes_max: config.max_key_bytes,
-        value_bytes_max: config.max_value_bytes,
-    };
 
     // Listen on every port before the driver contacts any peer.
     let (client_listener, client_addr) = bind(config.client_addr).await?;
@@ -426,6 +418,8 @@ pub async fn run(
         peers = ?config.peers.iter().map(|peer| format!("{}={}", peer.id, peer.raft_addr)).collect::<Vec<_>>(),
         data_dir = %data_dir.root().display(),
         worker_threads = config.worker_threads(),
+        open_file_limit = file_limit,
+        max_connections = config.max_connections,
         version = env!("CARGO_PKG_VERSION"),
         "kvstore-server started; client, raft and metrics ports listening"
     );
@@ -479,9 +473,22 @@ pub async fn run(
         );
     };
 
+    let port_limits = |port, connections_max| PortLimits {
+        port,
+        connections_max,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let http2 = Http2Settings {
+        concurrent_streams_max: limits::CONCURRENT_STREAMS_MAX,
+    };
+
     let http_state = HttpState::new(node.clone(), config.peer_metrics_addrs.clone());
     let http_task = tokio::spawn(http::serve(
-        metrics_listener,
+        CappedListener::http(
+            metrics_listener,
+            port_limits("metrics", config.max_http_connections),
+        ),
         http_state,
         stop_signal(server_stopped.clone(), "metrics"),
     ));
@@ -491,40 +498,47 @@ pub async fn run(
         .set_serving::<kvstore_proto::kv::v1::kv_server::KvServer<KvService>>()
         .await;
     let (client_reflection_v1, client_reflection_v1alpha) = reflection_services(&[KV_SERVICE_NAME]);
-    let client_server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(limits::CONCURRENT_STREAMS_MAX))
-        .tcp_nodelay(true)
-        .add_service(client_health)
+    let client_routes = tonic::service::Routes::new(client_health)
         .add_service(client_reflection_v1)
         .add_service(client_reflection_v1alpha)
-        .add_service(KvService::new(node.clone(), request_limits).into_server())
-        .serve_with_incoming_shutdown(
-            accept_without_delay(client_listener),
-            stop_signal(server_stopped.clone(), "client"),
-        );
+        .add_service(KvService::new(node.clone(), request_limits).into_server());
+    let client_server = connections::serve_grpc(
+        CappedListener::grpc(
+            client_listener,
+            port_limits("client", config.max_connections),
+        ),
+        client_routes,
+        http2,
+        stop_signal(server_stopped.clone(), "client"),
+    );
 
     let (raft_health_reporter, raft_health) = tonic_health::server::health_reporter();
     raft_health_reporter
         .set_serving::<RaftServer<RaftService>>()
         .await;
     let (raft_reflection_v1, raft_reflection_v1alpha) = reflection_services(&[RAFT_SERVICE_NAME]);
-    let raft_server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(limits::CONCURRENT_STREAMS_MAX))
-        .tcp_nodelay(true)
-        .add_service(raft_health)
+    let raft_routes = tonic::service::Routes::new(raft_health)
         .add_service(raft_reflection_v1)
         .add_service(raft_reflection_v1alpha)
         .add_service(
             RaftServer::new(RaftService::new(node, snapshots, server_stopped.clone()))
                 .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_incoming_shutdown(
-            accept_without_delay(raft_listener),
-            stop_signal(server_stopped.clone(), "raft"),
         );
+    let raft_server = connections::serve_grpc(
+        CappedListener::grpc(
+            raft_listener,
+            port_limits("raft", limits::RAFT_CONNECTIONS_MAX),
+        ),
+        raft_routes,
+        http2,
+        stop_signal(server_stopped.clone(), "raft"),
+    );
 
-    let servers = async { tokio::try_join!(client_server, raft_server).map(|_| ()) };
+    let servers = async {
+        tokio::join!(client_server, raft_server);
+        Ok::<(), ServerError>(())
+    };
     let mut servers = Box::pin(servers);
     let mut stopped = server_stopped;
     let result = tokio::select! {
@@ -563,5 +577,5 @@ pub async fn run(
         .expect("joining the store thread");
     drop(data_dir);
     tracing::info!("stopped cleanly");
-    result.map_err(ServerError::from)
+    result
 }

@@ -22,10 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::MemberAddress;
+use crate::connections::CappedListener;
 use crate::metrics::{self, role_name};
 use crate::node::Node;
 
@@ -92,21 +92,14 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the routes on `listener` until `shutdown` completes, then stops
-/// accepting and lets open requests finish.
+/// Serves the routes on `listener` (which caps and times out its
+/// connections) until `shutdown` completes, then stops accepting and lets
+/// open requests finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: CappedListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Nagle off: an answer written in two parts must not wait for the
-    // client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot disable Nagle's algorithm on a connection");
-        }
-    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

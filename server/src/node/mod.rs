@@ -9,6 +9,7 @@ pub mod driver;
 pub mod persist;
 mod read_batch;
 mod status;
+mod validate;
 pub mod wal_writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use kvstore_raft::{Index, Message, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use status::{FollowerStatus, NodeRole, NodeStatus};
+pub use validate::RequestLimits;
 
 use crate::config::InjectedFault;
 use crate::errors::KvError;
@@ -91,6 +93,9 @@ pub struct NodeParts {
     pub peers: Arc<PeerSet>,
     /// Waits and deliberate bugs.
     pub timings: Timings,
+    /// Key and value limits every write is checked against before it is
+    /// proposed.
+    pub request_limits: RequestLimits,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The applied index from which the local state is a state of the log
@@ -348,6 +353,10 @@ impl Node {
     }
 
     async fn write(&self, command: pb::Command, request_id: &str) -> Result<WriteOutcome, KvError> {
+        // Checked before it travels: a follower does not forward a write the
+        // leader would refuse (the leader checks it again, see
+        // `write_as_leader`).
+        self.shared.request_limits.check_command(&command)?;
         for _ in 0..LEADER_ATTEMPTS_MAX {
             let leader_id = self.known_leader().await?;
             if leader_id == self.id() {
@@ -431,13 +440,16 @@ impl Node {
     }
 
     /// Proposes `command` on this node, which must lead; answers once it is
-    /// committed and applied.
+    /// committed and applied. The one place a write is proposed: it is
+    /// checked against the request limits here, whichever route brought it
+    /// (the client API, a forward over the raft port).
     pub async fn write_as_leader(
         &self,
         command: pb::Command,
         request_id: &str,
         forwarded_by: NodeId,
     ) -> Result<(ServedBy, bool), KvError> {
+        self.shared.request_limits.check_command(&command)?;
         let (reply, answer) = oneshot::channel();
         self.send_event(DriverEvent::Propose {
             command,

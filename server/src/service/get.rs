@@ -4,9 +4,9 @@ use kvstore_proto::kv::v1::{GetRequest, GetResponse};
 use tonic::Status;
 
 use super::convert;
-use super::validate::RequestLimits;
 use super::RequestContext;
 use crate::node::Node;
+use crate::node::RequestLimits;
 
 /// Validates and serves one get.
 pub async fn handle(

@@ -6,7 +6,6 @@ mod delete;
 mod get;
 mod put;
 mod status;
-mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use crate::errors::KvError;
 use crate::limits;
 use crate::metrics::Operation;
 use crate::node::Node;
-pub use validate::RequestLimits;
+pub use crate::node::RequestLimits;
 
 /// Full name of the client API service, as reflection lists it.
 pub const KV_SERVICE_NAME: &str = "kvstore.v1.KV";
@@ -170,7 +169,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let started = Instant::now();
         let context = self.context(&request);
-        let handler = put::handle(&self.node, &self.limits, request.into_inner(), &context);
+        let handler = put::handle(&self.node, request.into_inner(), &context);
         let result = with_deadline(&context, true, handler).await;
         log_outcome("put", &context, started, &result);
         self.observe(Operation::Put, started, &result);
@@ -193,7 +192,7 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteResponse>, Status> {
         let started = Instant::now();
         let context = self.context(&request);
-        let handler = delete::handle(&self.node, &self.limits, request.into_inner(), &context);
+        let handler = delete::handle(&self.node, request.into_inner(), &context);
         let result = with_deadline(&context, true, handler).await;
         log_outcome("delete", &context, started, &result);
         self.observe(Operation::Delete, started, &result);

@@ -5,4 +5,5 @@ pub mod convert;
 pub mod forwarder;
 pub mod outbound;
 pub mod peers;
+pub mod reconnect;
 pub mod service;

@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::convert;
 use super::forwarder::Forwarder;
 use super::outbound::{self, OutboundLimits, OutboundSender, PushError};
+use super::reconnect::{Reconnect, Report};
 use crate::snapshot::SnapshotDirectory;
 
 /// Messages waiting for one of a peer's streams before new ones are dropped
@@ -46,10 +47,6 @@ const STREAM_LIMITS: OutboundLimits = OutboundLimits {
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Deadline of one streamed snapshot.
 pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
-/// First wait after a failed RPC before a peer is tried again.
-pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Longest wait between attempts to reach a down peer.
-pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Size of one streamed snapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest peer message, encoded (entries are batched well below this).
@@ -66,44 +63,6 @@ pub struct LinkCounters {
 
 /// Where answers from peers go.
 pub type AnswerSink = mpsc::Sender<Message>;
-
-#[derive(Debug)]
-struct Backoff {
-    retry_at: Option<Instant>,
-    delay: Duration,
-    failing: bool,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            retry_at: None,
-            delay: RECONNECT_BACKOFF_MIN,
-            failing: false,
-        }
-    }
-
-    fn record_success(&mut self) -> bool {
-        let recovered = self.failing;
-        self.retry_at = None;
-        self.delay = RECONNECT_BACKOFF_MIN;
-        self.failing = false;
-        recovered
-    }
-
-    fn record_failure(&mut self) -> bool {
-        let first = !self.failing;
-        self.retry_at = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(RECONNECT_BACKOFF_MAX);
-        self.failing = true;
-        first
-    }
-
-    fn backing_off(&self) -> bool {
-        self.retry_at
-            .is_some_and(|retry_at| Instant::now() < retry_at)
-    }
-}
 
 /// One peer: its link, open streams and forwarder.
 struct Peer {
@@ -161,7 +120,7 @@ impl PeerSet {
                 client: client.clone(),
                 answers: answers.clone(),
                 snapshots: snapshots.clone(),
-                backoff: Arc::new(Mutex::new(Backoff::new())),
+                reconnect: Arc::new(Mutex::new(Reconnect::new())),
                 snapshot_sending: Arc::new(Semaphore::new(1)),
                 counters: Arc::new(LinkCounters::default()),
             };
@@ -217,7 +176,8 @@ struct PeerLink {
     client: RaftClient<Channel>,
     answers: AnswerSink,
     snapshots: SnapshotDirectory,
-    backoff: Arc<Mutex<Backoff>>,
+    /// When to try again after failures, and what to log about them.
+    reconnect: Arc<Mutex<Reconnect>>,
     /// One snapshot is sent at a time.
     snapshot_sending: Arc<Semaphore>,
     counters: Arc<LinkCounters>,
@@ -265,7 +225,12 @@ impl PeerLink {
     /// The lane, wire form and encoded size of `message`; `None` when it is
     /// dropped or travels otherwise (a snapshot transfer is started here).
     fn prepare(self: &Arc<Self>, message: Message) -> Option<(usize, pb::RaftMessage, usize)> {
-        if self.backoff.lock().expect("backoff lock").backing_off() {
+        if self
+            .reconnect
+            .lock()
+            .expect("reconnect lock")
+            .backing_off(Instant::now())
+        {
             self.count_dropped(1);
             return None;
         }
@@ -313,6 +278,14 @@ impl PeerLink {
             .is_none_or(|open| open.ended.load(Ordering::Acquire) || open.messages.is_closed())
         {
             *stream = Some(self.open_stream());
+        } else {
+            // Sending on a stream that is still open: it may end an outage.
+            let report = self
+                .reconnect
+                .lock()
+                .expect("reconnect lock")
+                .confirm(Instant::now());
+            self.log(report, "");
         }
         let open = stream.as_ref().expect("opened above");
         if let Err(error) = open.messages.push(message, bytes) {
@@ -333,9 +306,10 @@ impl PeerLink {
             let mut client = link.client.clone();
             let reason = match client.stream(request).await {
                 Ok(response) => {
-                    if link.backoff.lock().expect("backoff lock").record_success() {
-                        tracing::info!(peer = link.peer_id, address = %link.address, "peer reachable again");
-                    }
+                    link.reconnect
+                        .lock()
+                        .expect("reconnect lock")
+                        .record_opened(Instant::now());
                     // The receiver sends nothing until it ends the call.
                     match response.into_inner().message().await {
                         Ok(_) => "the peer closed the stream".to_string(),
@@ -354,8 +328,38 @@ impl PeerLink {
         self.counters
             .send_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.backoff.lock().expect("backoff lock").record_failure() {
-            tracing::warn!(peer = self.peer_id, address = %self.address, %reason, "peer unreachable; backing off");
+        let now = Instant::now();
+        let (recovered, report) = {
+            let mut reconnect = self.reconnect.lock().expect("reconnect lock");
+            // A stream that stayed open long enough ended an outage first.
+            (reconnect.confirm(now), reconnect.record_failure(now))
+        };
+        self.log(recovered, reason);
+        self.log(report, reason);
+    }
+
+    /// Writes the line `report` asks for (rate-limited by [`Reconnect`]).
+    fn log(&self, report: Option<Report>, reason: &str) {
+        match report {
+            None => {}
+            Some(Report::Unreachable { failures, retry_in }) => tracing::warn!(
+                peer = self.peer_id,
+                address = %self.address,
+                %reason,
+                failures,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "peer unreachable; backing off"
+            ),
+            Some(Report::Reachable {
+                failures,
+                unreachable_for,
+            }) => tracing::info!(
+                peer = self.peer_id,
+                address = %self.address,
+                failures,
+                unreachable_ms = unreachable_for.as_millis() as u64,
+                "peer reachable again"
+            ),
         }
     }
 
@@ -476,21 +480,5 @@ mod tests {
         };
         assert_eq!(lane_of(&heartbeat), CONTROL_LANE);
         assert_eq!(lane_of(&MessageBody::TimeoutNow), CONTROL_LANE);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::new();
-        assert!(!backoff.backing_off());
-        assert!(backoff.record_failure(), "the first failure is reported");
-        assert!(!backoff.record_failure(), "later ones are not");
-        assert!(backoff.backing_off());
-        for _ in 0..20 {
-            backoff.record_failure();
-        }
-        assert_eq!(backoff.delay, RECONNECT_BACKOFF_MAX);
-        assert!(backoff.record_success(), "recovery is reported");
-        assert!(!backoff.backing_off());
-        assert_eq!(backoff.delay, RECONNECT_BACKOFF_MIN);
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, ResponseProto};
+use super::reconnect::ReportSchedule;
 use crate::node::{Node, ServedBy};
 use crate::snapshot::{self, SnapshotDirectory};
 
@@ -31,7 +32,13 @@ pub struct RaftService {
     /// Turns true when the node stops: inbound streams end then, so that
     /// graceful shutdown does not wait for peers to close them.
     stopping: watch::Receiver<bool>,
+    /// Rate-limits the lines about refused streams: a peer with a wrong
+    /// `--peers` address retries for as long as it runs.
+    refusal_reports: RefusalReports,
 }
+
+/// The shared schedule of "peer stream refused" lines.
+type RefusalReports = std::sync::Arc<std::sync::Mutex<ReportSchedule>>;
 
 impl RaftService {
     /// The service for `node`, receiving snapshots into `snapshots`; its
@@ -42,6 +49,7 @@ impl RaftService {
             snapshots,
             receiving_snapshot: Mutex::new(()),
             stopping,
+            refusal_reports: RefusalReports::default(),
         }
     }
 
@@ -85,6 +93,7 @@ async fn receive_stream(
     mut inbound: Streaming<pb::MessageBatch>,
     outcome: tokio::sync::mpsc::Sender<Result<pb::StreamAck, Status>>,
     mut stopping: watch::Receiver<bool>,
+    refusal_reports: RefusalReports,
 ) {
     let identity = node.identity().clone();
     let mut peer = None;
@@ -134,7 +143,14 @@ async fn receive_stream(
             break refusal;
         }
     };
-    tracing::warn!(peer, code = ?refusal.code(), reason = refusal.message(), "peer stream refused");
+    let refused = refusal_reports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .record(std::time::Instant::now());
+    if let Some(refused) = refused {
+        // `refused`: streams refused since the last line, this one included.
+        tracing::warn!(peer, code = ?refusal.code(), reason = refusal.message(), refused, "peer stream refused");
+    }
     let _ = outcome.send(Err(refusal)).await;
 }
 
@@ -303,6 +319,7 @@ impl Raft for RaftService {
             request.into_inner(),
             outcome,
             self.stopping.clone(),
+            self.refusal_reports.clone(),
         ));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             acks,

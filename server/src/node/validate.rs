@@ -1,0 +1,124 @@
+//! Request validation: bad input is refused with INVALID_ARGUMENT and changes
+//! nothing. Every write is checked where it is proposed
+//! ([`super::Node::write_as_leader`]), whichever route brought it there (the
+//! client API, a follower's forward, a forged message on the raft port).
+
+use kvstore_proto::raft::v1 as pb;
+
+use crate::errors::KvError;
+
+/// Size limits on client requests (`--max-key-bytes`, `--max-value-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+}
+
+impl RequestLimits {
+    /// Checks a key: non-empty and within the limit.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > self.key_bytes_max {
+            return Err(KvError::InvalidArgument(format!(
+                "key is {} bytes, over the limit of {} bytes (--max-key-bytes)",
+                key.len(),
+                self.key_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a value against the limit.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.value_bytes_max {
+            return Err(KvError::InvalidArgument(format!(
+                "value is {} bytes, over the limit of {} bytes (--max-value-bytes)",
+                value.len(),
+                self.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a write: it carries an operation, whose key and value are within
+    /// the limits.
+    pub fn check_command(&self, command: &pb::Command) -> Result<(), KvError> {
+        match &command.operation {
+            Some(pb::command::Operation::Put(put)) => {
+                self.check_key(&put.key)?;
+                self.check_value(&put.value)
+            }
+            Some(pb::command::Operation::Delete(delete)) => self.check_key(&delete.key),
+            None => Err(KvError::InvalidArgument(
+                "the write carries no operation".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        key_bytes_max: 4,
+        value_bytes_max: 8,
+    };
+
+    #[test]
+    fn keys_must_be_non_empty_and_within_the_limit() {
+        assert!(LIMITS
+            .check_key(b"")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(LIMITS.check_key(b"abcd").is_ok());
+        let message = LIMITS.check_key(b"abcde").unwrap_err().to_string();
+        assert!(message.contains("limit of 4 bytes"), "{message}");
+    }
+
+    #[test]
+    fn values_may_be_empty_but_not_over_the_limit() {
+        assert!(LIMITS.check_value(b"").is_ok());
+        assert!(LIMITS.check_value(&[0; 8]).is_ok());
+        let message = LIMITS.check_value(&[0; 9]).unwrap_err().to_string();
+        assert!(message.contains("limit of 8 bytes"), "{message}");
+    }
+
+    #[test]
+    fn writes_are_checked_by_their_operation() {
+        let put = |key: &[u8], value: &[u8]| pb::Command {
+            operation: Some(pb::command::Operation::Put(pb::PutOperation {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            })),
+            request_id: String::new(),
+        };
+        let delete = |key: &[u8]| pb::Command {
+            operation: Some(pb::command::Operation::Delete(pb::DeleteOperation {
+                key: key.to_vec(),
+            })),
+            request_id: String::new(),
+        };
+        assert!(LIMITS.check_command(&put(b"k", b"v")).is_ok());
+        assert!(LIMITS.check_command(&delete(b"k")).is_ok());
+        for refused in [
+            put(b"", b"v"),
+            put(b"abcde", b"v"),
+            put(b"k", &[0; 9]),
+            delete(b""),
+            delete(b"abcde"),
+            pb::Command::default(),
+        ] {
+            let error = LIMITS.check_command(&refused).unwrap_err();
+            assert!(
+                matches!(error, KvError::InvalidArgument(_)),
+                "{refused:?}: {error}"
+            );
+        }
+    }
+}
