@@ -13,8 +13,11 @@ mod sim;
 
 use std::time::Instant;
 
-use kvstore_raft::{Config, Entry, EntryKind, HardState, RaftNode};
+use kvstore_raft::{
+    Config, Entry, EntryKind, HardState, Message, MessageBody, RaftNode, SnapshotMetadata,
+};
 use sim::checker::{Checker, ViolationKind};
+use sim::disk::{DurabilityClaim, Durable};
 use sim::{run_seed, InjectedFault, SimOptions, SimStats};
 
 /// Seeds run by default in release builds.
@@ -23,6 +26,8 @@ const DEFAULT_SEED_COUNT: u64 = 1000;
 const DEFAULT_SEED_COUNT_DEBUG: u64 = 100;
 /// Seeds run with a lying disk to prove the checkers catch it.
 const AMNESIA_SEED_COUNT: u64 = 200;
+/// Seeds run with a driver that sends a vote before writing it.
+const DROPPED_VOTE_SEED_COUNT: u64 = 100;
 
 fn environment_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -80,7 +85,10 @@ fn simulation_seeds() {
     if let Some(seed) = environment_number("KVSTORE_SIM_SEED") {
         let fault = match std::env::var("KVSTORE_SIM_FAULT").as_deref() {
             Ok("amnesia") => InjectedFault::AmnesiaOnRestart,
-            Ok(other) => panic!("unknown KVSTORE_SIM_FAULT {other:?} (known: amnesia)"),
+            Ok("vote-dropped") => InjectedFault::VoteOnlyHardStateDropped,
+            Ok(other) => {
+                panic!("unknown KVSTORE_SIM_FAULT {other:?} (known: amnesia, vote-dropped)")
+            }
             Err(_) => InjectedFault::None,
         };
         let options = SimOptions {
@@ -203,6 +211,33 @@ fn lying_disk_is_caught_by_the_checkers() {
     );
 }
 
+/// End to end: a driver that sends a vote grant without writing the vote
+/// (a hard state whose only change is the vote) is caught by the
+/// durability check, in most seeds and not by luck.
+#[test]
+fn unpersisted_vote_is_caught_by_the_durability_check() {
+    let outcomes = run_seeds(
+        (0..DROPPED_VOTE_SEED_COUNT).collect(),
+        InjectedFault::VoteOnlyHardStateDropped,
+    );
+    let caught: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, outcome)| {
+            matches!(outcome, Err(violation) if violation.kind == ViolationKind::Durability)
+        })
+        .map(|(seed, _)| *seed)
+        .collect();
+    println!(
+        "vote not written: caught in {} of {DROPPED_VOTE_SEED_COUNT} seeds (first: {:?})",
+        caught.len(),
+        &caught[..caught.len().min(5)]
+    );
+    assert!(
+        caught.len() as u64 * 2 > DROPPED_VOTE_SEED_COUNT,
+        "a grant sent before its vote was durable went unnoticed in most seeds"
+    );
+}
+
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
     Entry {
         index,
@@ -292,6 +327,76 @@ fn checker_reports_a_leader_missing_a_committed_entry() {
     )
     .unwrap();
     assert!(checker.check_leader_completeness(&node).is_err());
+}
+
+#[test]
+fn disk_reports_acknowledgements_it_does_not_hold() {
+    let mut disk = Durable::default();
+    disk.persist(
+        None,
+        Some(HardState {
+            term: 3,
+            vote: None,
+            commit: 0,
+        }),
+        &[entry(1, 1, b"a"), entry(2, 3, b"b")],
+    );
+    let grant = Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: MessageBody::RequestVoteResponse {
+            pre_vote: false,
+            granted: true,
+        },
+    };
+    let vote = DurabilityClaim::Vote {
+        term: 3,
+        candidate: 2,
+    };
+    let violation = disk.check_claim(1, &grant, vote).unwrap_err();
+    assert_eq!(violation.kind, ViolationKind::Durability);
+    disk.persist(
+        None,
+        Some(HardState {
+            term: 3,
+            vote: Some(2),
+            commit: 0,
+        }),
+        &[],
+    );
+    assert!(disk.check_claim(1, &grant, vote).is_ok());
+    // A later durable term also keeps the node from voting again in term 3.
+    let older_vote = DurabilityClaim::Vote {
+        term: 2,
+        candidate: 3,
+    };
+    assert!(disk.check_claim(1, &grant, older_vote).is_ok());
+
+    let acknowledgement = Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        body: MessageBody::AppendEntriesResponse {
+            success: true,
+            index: 2,
+            reject_hint_index: 0,
+            reject_hint_term: 0,
+        },
+    };
+    let held = |index, term| DurabilityClaim::Log {
+        index,
+        term: Some(term),
+    };
+    assert!(disk.check_claim(1, &acknowledgement, held(2, 3)).is_ok());
+    let beyond = disk.check_claim(1, &acknowledgement, held(3, 3));
+    assert_eq!(beyond.unwrap_err().kind, ViolationKind::Durability);
+    let other_term = disk.check_claim(1, &acknowledgement, held(2, 2));
+    assert_eq!(other_term.unwrap_err().kind, ViolationKind::Durability);
+    // Within a snapshot: held.
+    disk.persist(Some(SnapshotMetadata { index: 5, term: 3 }), None, &[]);
+    assert!(disk.check_claim(1, &acknowledgement, held(4, 1)).is_ok());
+    assert!(disk.check_claim(1, &acknowledgement, held(5, 3)).is_ok());
 }
 
 #[test]

@@ -13,9 +13,12 @@
 //! After every tick the [`checker::Checker`] verifies election safety, vote
 //! safety, log matching, leader completeness, state-machine safety, read
 //! freshness and monotonic terms and commits; at the end all faults heal and
-//! a proposal must commit on every node within a bound (liveness).
+//! a proposal must commit on every node within a bound (liveness). Every
+//! vote grant and every append or snapshot acknowledgement is checked, as it
+//! leaves, against what its sender's disk holds ([`disk`]).
 
 pub mod checker;
+pub mod disk;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,6 +32,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
+use disk::{durability_claims, DurabilityClaim, Durable};
 
 /// Rounds of chaos, each followed by healing and a liveness check.
 pub const ROUNDS: u64 = 6;
@@ -59,6 +63,9 @@ pub enum InjectedFault {
     /// The disk lies about fsync: a restarted node has lost its whole
     /// durable state (term, vote, log, snapshot).
     AmnesiaOnRestart,
+    /// The driver skips writing a hard state that changes only the vote
+    /// (yet sends the grant).
+    VoteOnlyHardStateDropped,
 }
 
 /// One simulation run.
@@ -123,18 +130,20 @@ struct Environment {
     commit_notice_probability: f64,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Durable {
-    hard_state: HardState,
-    snapshot: Option<SnapshotMetadata>,
-    entries: Vec<Entry>,
-}
-
 /// What a background write makes durable.
 #[derive(Clone, Debug)]
 struct BackgroundWrite {
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
+}
+
+/// A `Ready` handed to the disk, whose messages wait for the write.
+struct PendingWrite {
+    ready: Ready,
+    /// What each of its messages claims is durable (see [`disk`]).
+    claims: Vec<Option<DurabilityClaim>>,
+    /// Tick at which the write completes.
+    complete_at: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -148,8 +157,8 @@ struct SimNode {
     config: Config,
     core: Option<RaftNode>,
     durable: Durable,
-    /// A `Ready` being written, completing at the given tick.
-    writing: Option<(Ready, u64)>,
+    /// A `Ready` being written.
+    writing: Option<PendingWrite>,
     /// Writes of `Ready`s already sent, applied and advanced (a leader's
     /// background writes), completing in order at the given ticks.
     background: VecDeque<(BackgroundWrite, u64)>,
@@ -782,12 +791,13 @@ impl World {
                 return Ok(());
             };
             match &node.writing {
-                Some((_, complete_at)) if *complete_at <= self.now => {
+                Some(write) if write.complete_at <= self.now => {
                     self.complete_write(position)?;
                 }
                 Some(_) => return Ok(()),
                 None if core.has_ready() => {
                     let ready = core.ready();
+                    let claims = durability_claims(&ready, core);
                     let id = node.id;
                     for entry in &ready.entries {
                         let previous_term = core.term_at(entry.index - 1);
@@ -817,9 +827,13 @@ impl World {
                     let delay = self.rng.random_range(0..=max_delay);
                     let complete_at = (self.now + delay).max(earliest);
                     if in_background {
-                        self.start_background_write(position, ready, complete_at)?;
+                        self.start_background_write(position, ready, claims, complete_at)?;
                     } else {
-                        self.nodes[position].writing = Some((ready, complete_at));
+                        self.nodes[position].writing = Some(PendingWrite {
+                            ready,
+                            claims,
+                            complete_at,
+                        });
                     }
                 }
                 None => return Ok(()),
@@ -834,6 +848,7 @@ impl World {
         &mut self,
         position: usize,
         mut ready: Ready,
+        claims: Vec<Option<DurabilityClaim>>,
         complete_at: u64,
     ) -> Result<(), Violation> {
         let write = BackgroundWrite {
@@ -850,7 +865,7 @@ impl World {
         self.nodes[position]
             .background
             .push_back((write, complete_at));
-        self.send_apply_and_read(position, ready)?;
+        self.send_apply_and_read(position, ready, &claims)?;
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");
         core.advance_unpersisted();
@@ -872,7 +887,7 @@ impl World {
             }
             let (write, _) = node.background.pop_front().expect("checked");
             let id = node.id;
-            Self::persist(&mut node.durable, None, write.hard_state, &write.entries);
+            node.durable.persist(None, write.hard_state, &write.entries);
             if let Some(hard_state) = write.hard_state {
                 self.checker
                     .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
@@ -887,42 +902,22 @@ impl World {
         }
     }
 
-    /// Writes a `Ready`'s durable parts to the simulated disk.
-    fn persist(
-        durable: &mut Durable,
-        snapshot: Option<SnapshotMetadata>,
-        hard_state: Option<HardState>,
-        entries: &[Entry],
-    ) {
-        if let Some(snapshot) = snapshot {
-            durable.snapshot = Some(snapshot);
-            durable.entries.clear();
-        }
-        if let Some(first) = entries.first() {
-            let snapshot_index = durable.snapshot.map_or(0, |snapshot| snapshot.index);
-            let durable_last = durable
-                .entries
-                .last()
-                .map_or(snapshot_index, |entry| entry.index);
-            assert!(
-                first.index > snapshot_index && first.index <= durable_last + 1,
-                "Ready entries at {} do not fit the WAL (snapshot {snapshot_index}, last {durable_last})",
-                first.index
-            );
-            durable.entries.retain(|entry| entry.index < first.index);
-            durable.entries.extend(entries.iter().cloned());
-        }
-        if let Some(hard_state) = hard_state {
-            durable.hard_state = hard_state;
-        }
-    }
-
     /// Steps 2 to 4 of a `Ready`: send its messages, restore its snapshot and
     /// apply its committed entries, answer its reads.
-    fn send_apply_and_read(&mut self, position: usize, ready: Ready) -> Result<(), Violation> {
+    fn send_apply_and_read(
+        &mut self,
+        position: usize,
+        ready: Ready,
+        claims: &[Option<DurabilityClaim>],
+    ) -> Result<(), Violation> {
         let id = self.nodes[position].id;
-        // 2. Send.
-        for message in ready.messages {
+        // 2. Send, each message only if what it acknowledges is durable.
+        for (message, claim) in ready.messages.into_iter().zip(claims) {
+            if let Some(claim) = claim {
+                self.nodes[position]
+                    .durable
+                    .check_claim(id, &message, *claim)?;
+            }
             self.send(message);
         }
         // 3. Restore the snapshot, then apply.
@@ -967,7 +962,8 @@ impl World {
 
     /// The disk write finished: the Ready is durable; send, apply, advance.
     fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
-        let (ready, _) = self.nodes[position].writing.take().expect("a write");
+        let PendingWrite { ready, claims, .. } =
+            self.nodes[position].writing.take().expect("a write");
         let id = self.nodes[position].id;
         if let Some(soft_state) = &ready.soft_state {
             self.trace(|| {
@@ -984,18 +980,19 @@ impl World {
             self.nodes[position].background.is_empty(),
             "background writes complete before a later write"
         );
-        Self::persist(
-            &mut self.nodes[position].durable,
-            ready.snapshot,
-            ready.hard_state,
-            &ready.entries,
-        );
-        if let Some(hard_state) = ready.hard_state {
+        let durable = &mut self.nodes[position].durable;
+        let hard_state = ready.hard_state.filter(|hard_state| {
+            let vote_only_change = hard_state.term == durable.hard_state.term
+                && hard_state.vote != durable.hard_state.vote;
+            !(self.options.fault == InjectedFault::VoteOnlyHardStateDropped && vote_only_change)
+        });
+        durable.persist(ready.snapshot, hard_state, &ready.entries);
+        if let Some(hard_state) = hard_state {
             self.checker
                 .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
         }
         // 2.-4. Send, restore and apply, reads.
-        self.send_apply_and_read(position, ready)?;
+        self.send_apply_and_read(position, ready, &claims)?;
         // 5. Advance.
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");
