@@ -19,6 +19,7 @@
 
 pub mod checker;
 pub mod disk;
+pub mod figure8;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,6 +34,7 @@ use rand::{Rng, SeedableRng};
 
 use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
 use disk::{durability_claims, DurabilityClaim, Durable};
+use figure8::Figure8;
 
 /// Rounds of chaos, each followed by healing and a liveness check.
 pub const ROUNDS: u64 = 6;
@@ -120,6 +122,11 @@ pub struct SimStats {
     pub commit_notices: u64,
     /// Ticks until liveness was reached after healing.
     pub liveness_ticks: u64,
+    /// Figure-8 episodes started ([`figure8`]).
+    pub figure8_episodes: u64,
+    /// Figure-8 episodes that reached the moment where only entries of an
+    /// earlier term were on a majority.
+    pub figure8_windows: u64,
 }
 
 /// Per-seed randomized environment.
@@ -221,6 +228,8 @@ pub struct World {
     next_read_context: u64,
     election_tick: u32,
     stats: SimStats,
+    /// Steering toward Figure 8, in some seeds.
+    figure8: Option<Figure8>,
 }
 
 impl World {
@@ -319,6 +328,7 @@ impl World {
             next_payload: 0,
             next_read_context: 0,
             election_tick,
+            figure8: Figure8::for_seed(options.seed, node_count),
             stats: SimStats {
                 node_count,
                 ..SimStats::default()
@@ -345,6 +355,7 @@ impl World {
             self.environment = self.chaos_environment;
             self.trace(|| format!("round {round}: chaos for {CHAOS_TICKS_PER_ROUND} ticks"));
             for _ in 0..CHAOS_TICKS_PER_ROUND {
+                self.steer_figure8();
                 self.inject_random_events();
                 self.step_world()?;
             }
@@ -427,18 +438,20 @@ impl World {
 
     fn inject_random_events(&mut self) {
         let environment = self.environment;
+        // A figure-8 episode owns the network and the crashes.
+        let steering = self.figure8.as_ref().is_some_and(Figure8::is_active);
         if self.rng.random_bool(environment.propose_probability) {
             self.propose_somewhere();
         }
         if self.rng.random_bool(environment.read_probability) {
             self.read_somewhere();
         }
-        if self.rng.random_bool(environment.crash_probability) {
+        if self.rng.random_bool(environment.crash_probability) && !steering {
             if let Some(position) = self.random_live_node() {
                 self.crash(position);
             }
         }
-        if self.rng.random_bool(environment.leader_crash_probability) {
+        if self.rng.random_bool(environment.leader_crash_probability) && !steering {
             if let Some(position) = self.random_leader() {
                 self.crash(position);
             }
@@ -452,10 +465,10 @@ impl World {
         for position in restarts {
             self.restart(position);
         }
-        if self.rng.random_bool(environment.partition_probability) {
+        if self.rng.random_bool(environment.partition_probability) && !steering {
             self.random_partition();
         }
-        if self.rng.random_bool(environment.heal_probability) {
+        if self.rng.random_bool(environment.heal_probability) && !steering {
             self.trace(|| "network healed".to_string());
             self.heal_network();
         }
@@ -656,6 +669,7 @@ impl World {
 
     fn heal_everything(&mut self) {
         self.trace(|| "HEAL: network healed, crashed nodes restart, faults stop".to_string());
+        self.figure8_reset();
         self.heal_network();
         for position in 0..self.nodes.len() {
             if self.nodes[position].core.is_none() {
