@@ -29,6 +29,8 @@ const DEFAULT_SEED_COUNT_DEBUG: u64 = 100;
 const AMNESIA_SEED_COUNT: u64 = 200;
 /// Seeds run with a driver that sends a vote before writing it.
 const DROPPED_VOTE_SEED_COUNT: u64 = 100;
+/// Seeds run with a driver that ignores failed fsyncs.
+const IGNORED_FSYNC_SEED_COUNT: u64 = 100;
 
 fn environment_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -87,9 +89,10 @@ fn simulation_seeds() {
         let fault = match std::env::var("KVSTORE_SIM_FAULT").as_deref() {
             Ok("amnesia") => InjectedFault::AmnesiaOnRestart,
             Ok("vote-dropped") => InjectedFault::VoteOnlyHardStateDropped,
-            Ok(other) => {
-                panic!("unknown KVSTORE_SIM_FAULT {other:?} (known: amnesia, vote-dropped)")
-            }
+            Ok("fsync-ignored") => InjectedFault::FsyncErrorIgnored,
+            Ok(other) => panic!(
+                "unknown KVSTORE_SIM_FAULT {other:?} (known: amnesia, vote-dropped, fsync-ignored)"
+            ),
             Err(_) => InjectedFault::None,
         };
         let options = SimOptions {
@@ -129,6 +132,8 @@ fn simulation_seeds() {
                 totals.commit_notices += stats.commit_notices;
                 totals.figure8_episodes += stats.figure8_episodes;
                 totals.figure8_windows += stats.figure8_windows;
+                totals.torn_writes += stats.torn_writes;
+                totals.fsync_failures += stats.fsync_failures;
                 worst_liveness_ticks = worst_liveness_ticks.max(stats.liveness_ticks);
                 *seeds_by_size.entry(stats.node_count).or_default() += 1;
             }
@@ -139,7 +144,7 @@ fn simulation_seeds() {
         }
     }
     println!(
-        "simulated seeds {start}..{} (passed, by cluster size: {seeds_by_size:?}) in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes, {} messages, {} commit notices, {} figure-8 episodes ({} reached their window); slowest recovery {} ticks",
+        "simulated seeds {start}..{} (passed, by cluster size: {seeds_by_size:?}) in {:.1?}: {} leader terms, {} entries applied, {} reads, {} snapshots installed, {} crashes ({} with a torn write, {} after a failed fsync), {} messages, {} commit notices, {} figure-8 episodes ({} reached their window); slowest recovery {} ticks",
         start + count,
         elapsed,
         totals.leader_terms,
@@ -147,6 +152,8 @@ fn simulation_seeds() {
         totals.reads_confirmed,
         totals.snapshots_installed,
         totals.crashes,
+        totals.torn_writes,
+        totals.fsync_failures,
         totals.messages_delivered,
         totals.commit_notices,
         totals.figure8_episodes,
@@ -244,6 +251,30 @@ fn unpersisted_vote_is_caught_by_the_durability_check() {
     assert!(
         caught.len() as u64 * 2 > DROPPED_VOTE_SEED_COUNT,
         "a grant sent before its vote was durable went unnoticed in most seeds"
+    );
+}
+
+/// End to end: a driver that takes a failed fsync for a success (part of
+/// the write on disk, all of it acknowledged) is caught, in most seeds.
+#[test]
+fn ignored_fsync_error_is_caught() {
+    let outcomes = run_seeds(
+        (0..IGNORED_FSYNC_SEED_COUNT).collect(),
+        InjectedFault::FsyncErrorIgnored,
+    );
+    let mut caught: std::collections::BTreeMap<ViolationKind, u64> = Default::default();
+    for (_, outcome) in &outcomes {
+        if let Err(violation) = outcome {
+            *caught.entry(violation.kind).or_default() += 1;
+        }
+    }
+    let total: u64 = caught.values().sum();
+    println!(
+        "fsync error ignored: caught in {total} of {IGNORED_FSYNC_SEED_COUNT} seeds: {caught:?}"
+    );
+    assert!(
+        caught.get(&ViolationKind::Durability).copied().unwrap_or(0) * 2 > IGNORED_FSYNC_SEED_COUNT,
+        "acknowledgements of writes whose fsync failed went unnoticed in most seeds: {caught:?}"
     );
 }
 

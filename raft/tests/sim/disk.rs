@@ -7,9 +7,14 @@
 //! the acknowledged index. The driver records these claims when it takes a
 //! `Ready` ([`durability_claims`]) and checks them against the disk just
 //! before it sends ([`Durable::check_claim`]).
+//!
+//! A crash, or a failed fsync, in the middle of writes keeps a prefix of
+//! their records ([`Durable::tear`]); what was durable before stays.
 
 use kvstore_raft::{Entry, HardState, Index, Message, MessageBody, NodeId, RaftNode, Term};
 use kvstore_raft::{Ready, SnapshotMetadata};
+use rand::rngs::SmallRng;
+use rand::Rng;
 
 use super::checker::{Violation, ViolationKind};
 
@@ -22,6 +27,41 @@ pub struct Durable {
     pub snapshot: Option<SnapshotMetadata>,
     /// WAL entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+}
+
+/// A write handed to the disk and not yet complete: a `Ready`'s durable
+/// parts.
+#[derive(Clone, Debug, Default)]
+pub struct WalWrite {
+    /// A snapshot received from the leader (replaces the WAL).
+    pub snapshot: Option<SnapshotMetadata>,
+    /// The new hard state.
+    pub hard_state: Option<HardState>,
+    /// Entries, the WAL dropping every entry from the first one's index on.
+    pub entries: Vec<Entry>,
+}
+
+/// One record of a [`WalWrite`], in the order the WAL writes them.
+enum Record {
+    Snapshot(SnapshotMetadata),
+    /// A chunk of entries; `final_chunk` carries the whole hard state, an
+    /// earlier one only its term and vote.
+    Batch {
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        final_chunk: bool,
+    },
+}
+
+/// What [`Durable::tear`] kept.
+#[derive(Debug, Default)]
+pub struct Torn {
+    /// Records kept.
+    pub kept: usize,
+    /// Records the writes made.
+    pub total: usize,
+    /// Every hard state that became durable, in order (for the checker).
+    pub hard_states: Vec<HardState>,
 }
 
 /// What a message leaving a `Ready` says its sender holds durably.
@@ -142,7 +182,83 @@ impl Durable {
         })
     }
 
-    /// Writes a `Ready`'s durable parts.
+    /// The records of `write`: its snapshot, then its entries in chunks of
+    /// random sizes, every chunk but the last carrying only the new term and
+    /// vote (persisting them early is safe; a commit index may not precede
+    /// its entries), the last the whole hard state.
+    fn records(write: &WalWrite, rng: &mut SmallRng) -> Vec<Record> {
+        let mut records = Vec::new();
+        if let Some(snapshot) = write.snapshot {
+            records.push(Record::Snapshot(snapshot));
+        }
+        let mut rest: &[Entry] = &write.entries;
+        loop {
+            let size = if rest.is_empty() {
+                0
+            } else {
+                rng.random_range(1..=rest.len())
+            };
+            let (chunk, remainder) = rest.split_at(size);
+            let final_chunk = remainder.is_empty();
+            if !chunk.is_empty() || write.hard_state.is_some() {
+                records.push(Record::Batch {
+                    hard_state: write.hard_state,
+                    entries: chunk.to_vec(),
+                    final_chunk,
+                });
+            }
+            rest = remainder;
+            if final_chunk {
+                return records;
+            }
+        }
+    }
+
+    /// A crash (or a failed fsync) in the middle of `writes`, in the order
+    /// they were handed to the disk: a random prefix of their records
+    /// survives. The server's WAL makes one record of a batch below 64 MiB;
+    /// cutting any batch anywhere is the weaker disk the core must survive
+    /// too.
+    pub fn tear(&mut self, writes: &[WalWrite], rng: &mut SmallRng) -> Torn {
+        let records: Vec<Record> = writes
+            .iter()
+            .flat_map(|write| Self::records(write, rng))
+            .collect();
+        let kept = rng.random_range(0..=records.len());
+        let mut torn = Torn {
+            kept,
+            total: records.len(),
+            hard_states: Vec::new(),
+        };
+        for record in records.into_iter().take(kept) {
+            let before = self.hard_state;
+            match record {
+                Record::Snapshot(snapshot) => self.persist(Some(snapshot), None, &[]),
+                Record::Batch {
+                    hard_state,
+                    entries,
+                    final_chunk,
+                } => {
+                    let commit = self.hard_state.commit;
+                    let hard_state = hard_state.map(|new| {
+                        if final_chunk {
+                            new
+                        } else {
+                            HardState { commit, ..new }
+                        }
+                    });
+                    self.persist(None, hard_state, &entries);
+                }
+            }
+            if self.hard_state != before {
+                torn.hard_states.push(self.hard_state);
+            }
+        }
+        torn
+    }
+
+    /// Writes a `Ready`'s durable parts. A snapshot raises the stored hard
+    /// state so that it never lags it, as the WAL's compaction does.
     pub fn persist(
         &mut self,
         snapshot: Option<SnapshotMetadata>,
@@ -152,6 +268,14 @@ impl Durable {
         if let Some(snapshot) = snapshot {
             self.snapshot = Some(snapshot);
             self.entries.clear();
+            self.hard_state.commit = self.hard_state.commit.max(snapshot.index);
+            if self.hard_state.term < snapshot.term {
+                self.hard_state = HardState {
+                    term: snapshot.term,
+                    vote: None,
+                    commit: self.hard_state.commit,
+                };
+            }
         }
         if let Some(first) = entries.first() {
             let snapshot_index = self.snapshot.map_or(0, |snapshot| snapshot.index);

@@ -3,8 +3,10 @@
 //! N cores run in one process over a simulated network (delay, drop,
 //! duplicate, reorder, partitions of any shape including one-way links,
 //! healing) and simulated disks (a `Ready` is written asynchronously; a crash
-//! loses whatever was not yet durable, and a restart rebuilds the core from
-//! the durable hard state, entries and snapshot). In some seeds leaders write
+//! loses whatever was not yet durable, or in some seeds keeps a prefix of the
+//! writes in flight (a torn write); a failed fsync crashes the node, as it
+//! stops the server; a restart rebuilds the core from the durable hard
+//! state, entries and snapshot). In some seeds leaders write
 //! in the background: they send, apply and advance before their write is
 //! durable (`advance_unpersisted`, then `on_persisted`), as the server does. Proposals, reads,
 //! compactions, leadership transfers and campaigns are injected at random.
@@ -25,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kvstore_raft::{
-    Config, Entry, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
+    Config, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
     SnapshotMetadata, Term,
 };
 use rand::rngs::SmallRng;
@@ -33,7 +35,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
-use disk::{durability_claims, DurabilityClaim, Durable};
+use disk::{durability_claims, DurabilityClaim, Durable, WalWrite};
 use figure8::Figure8;
 
 /// Rounds of chaos, each followed by healing and a liveness check.
@@ -51,6 +53,11 @@ pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
 /// Mixed into the seed of the commit notice's own draws.
 const NOTICE_RNG_SALT: u64 = 0x636f_6d6d_6974;
+/// Mixed into the seed of the disk faults' own draws.
+const DISK_RNG_SALT: u64 = 0x6469_736b;
+/// Forced fsync error probability (per write) for
+/// [`InjectedFault::FsyncErrorIgnored`].
+const IGNORED_FSYNC_ERROR_PROBABILITY: f64 = 0.01;
 /// Background writes take up to this many ticks more than the seed's disk
 /// delay.
 const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
@@ -88,6 +95,9 @@ pub enum InjectedFault {
     /// The driver skips writing a hard state that changes only the vote
     /// (yet sends the grant).
     VoteOnlyHardStateDropped,
+    /// The driver takes a failed fsync for a success: a prefix of the write
+    /// is on disk, and it sends, applies and advances as if all were.
+    FsyncErrorIgnored,
 }
 
 /// One simulation run.
@@ -127,6 +137,10 @@ pub struct SimStats {
     /// Figure-8 episodes that reached the moment where only entries of an
     /// earlier term were on a majority.
     pub figure8_windows: u64,
+    /// Crashes that left part of a write on disk, part lost.
+    pub torn_writes: u64,
+    /// Failed fsyncs (each one crashed and restarted its node).
+    pub fsync_failures: u64,
 }
 
 /// Per-seed randomized environment.
@@ -155,13 +169,11 @@ struct Environment {
     /// commit notice fires (`RaftNode::send_commit`). 0: the commit only
     /// travels with appends and heartbeats.
     commit_notice_probability: f64,
-}
-
-/// What a background write makes durable.
-#[derive(Clone, Debug)]
-struct BackgroundWrite {
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
+    /// A crash keeps a random prefix of the records of the writes in
+    /// flight (else it loses them all).
+    torn_writes: bool,
+    /// Per completed write that needs an fsync: the fsync fails.
+    fsync_error_probability: f64,
 }
 
 /// A `Ready` handed to the disk, whose messages wait for the write.
@@ -188,7 +200,7 @@ struct SimNode {
     writing: Option<PendingWrite>,
     /// Writes of `Ready`s already sent, applied and advanced (a leader's
     /// background writes), completing in order at the given ticks.
-    background: VecDeque<(BackgroundWrite, u64)>,
+    background: VecDeque<(WalWrite, u64)>,
     /// Term and vote of the last hard state handed to the disk.
     handed_term_vote: (Term, Option<NodeId>),
     state: StateMachine,
@@ -210,6 +222,8 @@ pub struct World {
     /// Draws for the commit notice alone, so that adding it left the rest
     /// of each seed's draws as they were.
     notice_rng: SmallRng,
+    /// Draws for disk faults alone, likewise.
+    disk_rng: SmallRng,
     options: SimOptions,
     /// The environment during chaos (healing replaces `environment`).
     chaos_environment: Environment,
@@ -237,6 +251,7 @@ impl World {
     pub fn new(options: SimOptions) -> Self {
         let mut rng = SmallRng::seed_from_u64(options.seed);
         let mut notice_rng = SmallRng::seed_from_u64(options.seed ^ NOTICE_RNG_SALT);
+        let mut disk_rng = SmallRng::seed_from_u64(options.seed ^ DISK_RNG_SALT);
         let odd_count = if rng.random_bool(0.5) { 3 } else { 5 };
         let node_count = cluster_size(options.seed, odd_count);
         let voters: Vec<NodeId> = (1..=node_count as NodeId).collect();
@@ -268,14 +283,19 @@ impl World {
             campaign_probability: 0.002,
             background_writes: rng.random_bool(0.5),
             commit_notice_probability: *[0.0, 0.2, 1.0].choose(&mut notice_rng).expect("choice"),
+            torn_writes: disk_rng.random_bool(0.5),
+            fsync_error_probability: *[0.0, 0.0005, 0.002].choose(&mut disk_rng).expect("choice"),
         };
-        let environment = if options.fault == InjectedFault::AmnesiaOnRestart {
-            Environment {
+        let environment = match options.fault {
+            InjectedFault::AmnesiaOnRestart => Environment {
                 crash_probability: 0.03,
                 ..environment
-            }
-        } else {
-            environment
+            },
+            InjectedFault::FsyncErrorIgnored => Environment {
+                fsync_error_probability: IGNORED_FSYNC_ERROR_PROBABILITY,
+                ..environment
+            },
+            InjectedFault::None | InjectedFault::VoteOnlyHardStateDropped => environment,
         };
         let mut nodes = Vec::new();
         for id in &voters {
@@ -315,6 +335,7 @@ impl World {
         let world = World {
             rng,
             notice_rng,
+            disk_rng,
             options,
             chaos_environment: environment,
             environment,
@@ -356,7 +377,7 @@ impl World {
             self.trace(|| format!("round {round}: chaos for {CHAOS_TICKS_PER_ROUND} ticks"));
             for _ in 0..CHAOS_TICKS_PER_ROUND {
                 self.steer_figure8();
-                self.inject_random_events();
+                self.inject_random_events()?;
                 self.step_world()?;
             }
             self.heal_everything();
@@ -436,7 +457,7 @@ impl World {
 
     // ----- Fault and load injection -----------------------------------------
 
-    fn inject_random_events(&mut self) {
+    fn inject_random_events(&mut self) -> Result<(), Violation> {
         let environment = self.environment;
         // A figure-8 episode owns the network and the crashes.
         let steering = self.figure8.as_ref().is_some_and(Figure8::is_active);
@@ -448,12 +469,12 @@ impl World {
         }
         if self.rng.random_bool(environment.crash_probability) && !steering {
             if let Some(position) = self.random_live_node() {
-                self.crash(position);
+                self.crash(position)?;
             }
         }
         if self.rng.random_bool(environment.leader_crash_probability) && !steering {
             if let Some(position) = self.random_leader() {
-                self.crash(position);
+                self.crash(position)?;
             }
         }
         let now = self.now;
@@ -486,6 +507,7 @@ impl World {
                 self.trace(|| format!("n{id} campaign()"));
             }
         }
+        Ok(())
     }
 
     fn random_live_node(&mut self) -> Option<usize> {
@@ -558,10 +580,55 @@ impl World {
         leaders.choose(&mut self.rng).copied()
     }
 
-    fn crash(&mut self, position: usize) {
+    fn crash(&mut self, position: usize) -> Result<(), Violation> {
         let downtime = self
             .rng
             .random_range(1..=(8 * u64::from(self.election_tick)));
+        self.tear_writes(position, self.environment.torn_writes)?;
+        self.go_down(position, downtime);
+        Ok(())
+    }
+
+    /// The writes handed to `position`'s disk and not complete, in order.
+    fn writes_in_flight(node: &SimNode) -> Vec<WalWrite> {
+        let background = node.background.iter().map(|(write, _)| write.clone());
+        let writing = node.writing.iter().map(|write| WalWrite {
+            snapshot: write.ready.snapshot,
+            hard_state: write.ready.hard_state,
+            entries: write.ready.entries.clone(),
+        });
+        background.chain(writing).collect()
+    }
+
+    /// Power fails at `position` in the middle of its writes: if `torn`, a
+    /// random prefix of their records reaches the disk; else none.
+    fn tear_writes(&mut self, position: usize, torn: bool) -> Result<(), Violation> {
+        let writes = Self::writes_in_flight(&self.nodes[position]);
+        if !torn || writes.is_empty() {
+            return Ok(());
+        }
+        let id = self.nodes[position].id;
+        let torn = self.nodes[position]
+            .durable
+            .tear(&writes, &mut self.disk_rng);
+        if torn.kept > 0 && torn.kept < torn.total {
+            self.stats.torn_writes += 1;
+        }
+        self.trace(|| {
+            format!(
+                "n{id} torn write: {} of {} records reached the disk",
+                torn.kept, torn.total
+            )
+        });
+        for hard_state in torn.hard_states {
+            self.checker
+                .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+        }
+        Ok(())
+    }
+
+    /// The node stops; whatever was not durable is gone.
+    fn go_down(&mut self, position: usize, downtime: u64) {
         let node = &mut self.nodes[position];
         node.core = None;
         node.writing = None;
@@ -571,6 +638,30 @@ impl World {
         self.stats.crashes += 1;
         let id = node.id;
         self.trace(|| format!("n{id} CRASH (unwritten Ready lost), down for {downtime} ticks"));
+    }
+
+    /// Whether the fsync of a completed write fails (only writes that need
+    /// one can fail).
+    fn fsync_fails(&mut self, must_sync: bool) -> bool {
+        must_sync
+            && self
+                .disk_rng
+                .random_bool(self.environment.fsync_error_probability)
+    }
+
+    /// A failed fsync is fatal, as in the server (it exits 70 and is
+    /// restarted): part of the failed write and of any later one may be on
+    /// disk; the node restarts from what is.
+    fn fsync_failed(&mut self, position: usize) -> Result<(), Violation> {
+        self.stats.fsync_failures += 1;
+        let id = self.nodes[position].id;
+        self.trace(|| format!("n{id} fsync FAILED: the process exits"));
+        self.tear_writes(position, true)?;
+        let downtime = self
+            .disk_rng
+            .random_range(1..=u64::from(self.election_tick));
+        self.go_down(position, downtime);
+        Ok(())
     }
 
     fn restart(&mut self, position: usize) {
@@ -683,6 +774,7 @@ impl World {
             reorder: false,
             max_disk_delay_ticks: self.environment.max_disk_delay_ticks.min(1),
             tick_skip_probability: 0.0,
+            fsync_error_probability: 0.0,
             ..self.environment
         };
     }
@@ -827,7 +919,15 @@ impl World {
             };
             match &node.writing {
                 Some(write) if write.complete_at <= self.now => {
-                    self.complete_write(position)?;
+                    let must_sync = write.ready.must_sync;
+                    let ignored = self.options.fault == InjectedFault::FsyncErrorIgnored;
+                    match self.fsync_fails(must_sync) {
+                        true if !ignored => {
+                            self.fsync_failed(position)?;
+                            return Ok(());
+                        }
+                        failed => self.complete_write(position, failed)?,
+                    }
                 }
                 Some(_) => return Ok(()),
                 None if core.has_ready() => {
@@ -886,7 +986,8 @@ impl World {
         claims: Vec<Option<DurabilityClaim>>,
         complete_at: u64,
     ) -> Result<(), Violation> {
-        let write = BackgroundWrite {
+        let write = WalWrite {
+            snapshot: None,
             hard_state: ready.hard_state,
             entries: std::mem::take(&mut ready.entries),
         };
@@ -920,12 +1021,38 @@ impl World {
                 Some((_, complete_at)) if *complete_at <= self.now => {}
                 _ => return Ok(()),
             }
-            let (write, _) = node.background.pop_front().expect("checked");
             let id = node.id;
-            node.durable.persist(None, write.hard_state, &write.entries);
-            if let Some(hard_state) = write.hard_state {
-                self.checker
-                    .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+            let must_sync = node
+                .background
+                .front()
+                .is_some_and(|(write, _)| !write.entries.is_empty());
+            let failed = self.fsync_fails(must_sync);
+            if failed && self.options.fault != InjectedFault::FsyncErrorIgnored {
+                return self.fsync_failed(position);
+            }
+            let node = &mut self.nodes[position];
+            let (write, _) = node.background.pop_front().expect("checked");
+            if failed {
+                // Taken for a success: whatever part reached the disk.
+                let torn = node
+                    .durable
+                    .tear(std::slice::from_ref(&write), &mut self.disk_rng);
+                for hard_state in torn.hard_states {
+                    self.checker.observe_durable_hard_state(
+                        id,
+                        hard_state.term,
+                        hard_state.vote,
+                    )?;
+                }
+            } else {
+                node.durable.persist(None, write.hard_state, &write.entries);
+                if let Some(hard_state) = write.hard_state {
+                    self.checker.observe_durable_hard_state(
+                        id,
+                        hard_state.term,
+                        hard_state.vote,
+                    )?;
+                }
             }
             if let Some(last) = write.entries.last() {
                 let node = &mut self.nodes[position];
@@ -996,7 +1123,20 @@ impl World {
     }
 
     /// The disk write finished: the Ready is durable; send, apply, advance.
-    fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
+    /// `fsync_failed`: it is not, but the driver (deliberately broken, see
+    /// [`InjectedFault::FsyncErrorIgnored`]) goes on as if it were.
+    fn complete_write(&mut self, position: usize, fsync_failed: bool) -> Result<(), Violation> {
+        // 1. Persist, after every earlier background write (their ticks are
+        // never later than this write's).
+        self.complete_background_writes(position)?;
+        if self.nodes[position].core.is_none() {
+            // One of them failed its fsync: the node is down.
+            return Ok(());
+        }
+        assert!(
+            self.nodes[position].background.is_empty(),
+            "background writes complete before a later write"
+        );
         let PendingWrite { ready, claims, .. } =
             self.nodes[position].writing.take().expect("a write");
         let id = self.nodes[position].id;
@@ -1008,21 +1148,24 @@ impl World {
                 )
             });
         }
-        // 1. Persist, after every earlier background write (their ticks are
-        // never later than this write's).
-        self.complete_background_writes(position)?;
-        assert!(
-            self.nodes[position].background.is_empty(),
-            "background writes complete before a later write"
-        );
         let durable = &mut self.nodes[position].durable;
         let hard_state = ready.hard_state.filter(|hard_state| {
             let vote_only_change = hard_state.term == durable.hard_state.term
                 && hard_state.vote != durable.hard_state.vote;
             !(self.options.fault == InjectedFault::VoteOnlyHardStateDropped && vote_only_change)
         });
-        durable.persist(ready.snapshot, hard_state, &ready.entries);
-        if let Some(hard_state) = hard_state {
+        let durable_hard_states = if fsync_failed {
+            let write = WalWrite {
+                snapshot: ready.snapshot,
+                hard_state,
+                entries: ready.entries.clone(),
+            };
+            durable.tear(&[write], &mut self.disk_rng).hard_states
+        } else {
+            durable.persist(ready.snapshot, hard_state, &ready.entries);
+            hard_state.into_iter().collect()
+        };
+        for hard_state in durable_hard_states {
             self.checker
                 .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
         }
