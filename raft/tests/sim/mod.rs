@@ -6,7 +6,8 @@
 //! loses whatever was not yet durable, or in some seeds keeps a prefix of the
 //! writes in flight (a torn write); a failed fsync crashes the node, as it
 //! stops the server; a restart rebuilds the core from the durable hard
-//! state, entries and snapshot). In some seeds leaders write
+//! state, entries and snapshot; with [`SimOptions::wipes`], it may find the
+//! disk empty and start with `Config::catch_up_before_voting`). In some seeds leaders write
 //! in the background: they send, apply and advance before their write is
 //! durable (`advance_unpersisted`, then `on_persisted`), as the server does. Proposals, reads,
 //! compactions, leadership transfers and campaigns are injected at random.
@@ -98,6 +99,9 @@ pub enum InjectedFault {
     /// The driver takes a failed fsync for a success: a prefix of the write
     /// is on disk, and it sends, applies and advances as if all were.
     FsyncErrorIgnored,
+    /// Restarts may find an empty disk (as with [`SimOptions::wipes`]), and
+    /// the node starts without `Config::catch_up_before_voting`.
+    WipeWithoutCatchUp,
 }
 
 /// One simulation run.
@@ -109,6 +113,9 @@ pub struct SimOptions {
     pub verbose: bool,
     /// Environment bug to inject.
     pub fault: InjectedFault,
+    /// Restarts may find an empty disk (a lost data directory); the node
+    /// then starts with `Config::catch_up_before_voting`.
+    pub wipes: bool,
 }
 
 /// Counters of a finished run.
@@ -141,6 +148,8 @@ pub struct SimStats {
     pub torn_writes: u64,
     /// Failed fsyncs (each one crashed and restarted its node).
     pub fsync_failures: u64,
+    /// Restarts with an empty disk (data directory lost).
+    pub wipes: u64,
 }
 
 /// Per-seed randomized environment.
@@ -174,6 +183,10 @@ struct Environment {
     torn_writes: bool,
     /// Per completed write that needs an fsync: the fsync fails.
     fsync_error_probability: f64,
+    /// Per restart: the node's data directory is gone, it restarts empty
+    /// with `Config::catch_up_before_voting` (one such node at a time, in
+    /// clusters of 3 or more).
+    wipe_probability: f64,
 }
 
 /// A `Ready` handed to the disk, whose messages wait for the write.
@@ -209,6 +222,8 @@ struct SimNode {
     pending_reads: BTreeMap<u64, Index>,
     /// Term in which this node was last seen leading (completeness checked once).
     leader_checked_term: Option<Term>,
+    /// Restarted with an empty disk and not caught up yet.
+    lost_state: bool,
 }
 
 struct InFlight {
@@ -285,6 +300,15 @@ impl World {
             commit_notice_probability: *[0.0, 0.2, 1.0].choose(&mut notice_rng).expect("choice"),
             torn_writes: disk_rng.random_bool(0.5),
             fsync_error_probability: *[0.0, 0.0005, 0.002].choose(&mut disk_rng).expect("choice"),
+            wipe_probability: *[0.0, 0.05, 0.2].choose(&mut disk_rng).expect("choice"),
+        };
+        let environment = if options.wipes || options.fault == InjectedFault::WipeWithoutCatchUp {
+            environment
+        } else {
+            Environment {
+                wipe_probability: 0.0,
+                ..environment
+            }
         };
         let environment = match options.fault {
             InjectedFault::AmnesiaOnRestart => Environment {
@@ -295,7 +319,9 @@ impl World {
                 fsync_error_probability: IGNORED_FSYNC_ERROR_PROBABILITY,
                 ..environment
             },
-            InjectedFault::None | InjectedFault::VoteOnlyHardStateDropped => environment,
+            InjectedFault::None
+            | InjectedFault::VoteOnlyHardStateDropped
+            | InjectedFault::WipeWithoutCatchUp => environment,
         };
         let mut nodes = Vec::new();
         for id in &voters {
@@ -330,6 +356,7 @@ impl World {
                 restart_at: 0,
                 pending_reads: BTreeMap::new(),
                 leader_checked_term: None,
+                lost_state: false,
             });
         }
         let world = World {
@@ -664,16 +691,45 @@ impl World {
         Ok(())
     }
 
+    /// Whether `position` may lose its data directory now: the cluster has
+    /// 3 voters or more (with 2, the other cannot elect a leader for it to
+    /// catch up from) and no other node is catching up after a loss (two
+    /// at once may be a majority).
+    fn may_wipe(&self, position: usize) -> bool {
+        self.nodes.len() >= 3
+            && self
+                .nodes
+                .iter()
+                .enumerate()
+                .all(|(other, node)| other == position || !node.lost_state)
+    }
+
     fn restart(&mut self, position: usize) {
+        let id = self.nodes[position].id;
         if self.options.fault == InjectedFault::AmnesiaOnRestart {
             self.nodes[position].durable = Durable::default();
-            let id = self.nodes[position].id;
             self.checker.forget_durable_history(id);
+        }
+        let wipe =
+            self.may_wipe(position) && self.disk_rng.random_bool(self.environment.wipe_probability);
+        if wipe {
+            // Its votes and acknowledgements are gone with it: only the
+            // cluster-wide checks apply to what follows.
+            self.nodes[position].durable = Durable::default();
+            self.nodes[position].lost_state = true;
+            self.checker.forget_durable_history(id);
+            self.stats.wipes += 1;
+            self.trace(|| format!("n{id} lost its data directory"));
         }
         let node = &mut self.nodes[position];
         let durable = node.durable.clone();
+        let config = Config {
+            catch_up_before_voting: node.lost_state
+                && self.options.fault != InjectedFault::WipeWithoutCatchUp,
+            ..node.config.clone()
+        };
         let core = RaftNode::new(
-            node.config.clone(),
+            config,
             durable.hard_state,
             durable.snapshot,
             durable.entries,
@@ -775,6 +831,7 @@ impl World {
             max_disk_delay_ticks: self.environment.max_disk_delay_ticks.min(1),
             tick_skip_probability: 0.0,
             fsync_error_probability: 0.0,
+            wipe_probability: 0.0,
             ..self.environment
         };
     }
@@ -1190,6 +1247,9 @@ impl World {
                 continue;
             };
             let (id, term, commit) = (core.id(), core.term(), core.commit_index());
+            if node.lost_state && !core.is_catching_up() {
+                node.lost_state = false;
+            }
             self.checker
                 .observe_term_and_commit(id, term, commit, false)?;
             if core.role() == Role::Leader {
