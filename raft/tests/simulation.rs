@@ -39,6 +39,16 @@ const IGNORED_FSYNC_SEED_COUNT: u64 = 100;
 /// Seeds run with nodes that lose their disk and vote at once.
 const WIPE_WITHOUT_CATCH_UP_SEED_COUNT: u64 = 200;
 
+/// Seeds of a test proving a check can fail: `release_count` in release
+/// builds, a quarter in debug builds (about 10x slower per seed).
+fn proof_seed_count(release_count: u64) -> u64 {
+    if cfg!(debug_assertions) {
+        release_count / 4
+    } else {
+        release_count
+    }
+}
+
 fn environment_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     Some(
@@ -248,8 +258,9 @@ fn lying_disk_is_caught_by_the_checkers() {
 /// durability check, in most seeds and not by luck.
 #[test]
 fn unpersisted_vote_is_caught_by_the_durability_check() {
+    let seed_count = proof_seed_count(DROPPED_VOTE_SEED_COUNT);
     let outcomes = run_seeds(
-        (0..DROPPED_VOTE_SEED_COUNT).collect(),
+        (0..seed_count).collect(),
         InjectedFault::VoteOnlyHardStateDropped,
         false,
     );
@@ -261,12 +272,12 @@ fn unpersisted_vote_is_caught_by_the_durability_check() {
         .map(|(seed, _)| *seed)
         .collect();
     println!(
-        "vote not written: caught in {} of {DROPPED_VOTE_SEED_COUNT} seeds (first: {:?})",
+        "vote not written: caught in {} of {seed_count} seeds (first: {:?})",
         caught.len(),
         &caught[..caught.len().min(5)]
     );
     assert!(
-        caught.len() as u64 * 2 > DROPPED_VOTE_SEED_COUNT,
+        caught.len() as u64 * 2 > seed_count,
         "a grant sent before its vote was durable went unnoticed in most seeds"
     );
 }
@@ -301,8 +312,9 @@ fn ignored_fsync_error_is_caught() {
 /// scenario can fail, so its passing with the flag means something.
 #[test]
 fn wiped_node_voting_at_once_is_caught() {
+    let seed_count = proof_seed_count(WIPE_WITHOUT_CATCH_UP_SEED_COUNT);
     let outcomes = run_seeds(
-        (0..WIPE_WITHOUT_CATCH_UP_SEED_COUNT).collect(),
+        (0..seed_count).collect(),
         InjectedFault::WipeWithoutCatchUp,
         true,
     );
@@ -313,7 +325,7 @@ fn wiped_node_voting_at_once_is_caught() {
         }
     }
     println!(
-        "wiped nodes voting at once: caught in {} of {WIPE_WITHOUT_CATCH_UP_SEED_COUNT} seeds: {caught:?}",
+        "wiped nodes voting at once: caught in {} of {seed_count} seeds: {caught:?}",
         caught.values().sum::<u64>()
     );
     assert!(
