@@ -37,7 +37,7 @@ const DROPPED_VOTE_SEED_COUNT: u64 = 100;
 /// Seeds run with a driver that ignores failed fsyncs.
 const IGNORED_FSYNC_SEED_COUNT: u64 = 100;
 /// Seeds run with nodes that lose their disk and vote at once.
-const WIPE_WITHOUT_CATCH_UP_SEED_COUNT: u64 = 200;
+const WIPE_WITHOUT_CATCH_UP_SEED_COUNT: u64 = 100;
 
 /// Seeds of a test proving a check can fail: `release_count` in release
 /// builds, a quarter in debug builds (about 10x slower per seed).
