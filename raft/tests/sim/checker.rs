@@ -24,6 +24,9 @@ pub enum ViolationKind {
     StateMachineSafety,
     /// A node's term went down (in memory within a life, or durably).
     MonotonicTerm,
+    /// A message left its sender before what it acknowledges (a vote, log
+    /// entries, a snapshot) was durable there.
+    Durability,
     /// A node's commit index went down.
     MonotonicCommit,
     /// A read was confirmed at an index below a commit that happened before

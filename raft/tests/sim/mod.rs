@@ -3,8 +3,11 @@
 //! N cores run in one process over a simulated network (delay, drop,
 //! duplicate, reorder, partitions of any shape including one-way links,
 //! healing) and simulated disks (a `Ready` is written asynchronously; a crash
-//! loses whatever was not yet durable, and a restart rebuilds the core from
-//! the durable hard state, entries and snapshot). In some seeds leaders write
+//! loses whatever was not yet durable, or in some seeds keeps a prefix of the
+//! writes in flight (a torn write); a failed fsync crashes the node, as it
+//! stops the server; a restart rebuilds the core from the durable hard
+//! state, entries and snapshot; with [`SimOptions::wipes`], it may find the
+//! disk empty and start with `Config::catch_up_before_voting`). In some seeds leaders write
 //! in the background: they send, apply and advance before their write is
 //! durable (`advance_unpersisted`, then `on_persisted`), as the server does. Proposals, reads,
 //! compactions, leadership transfers and campaigns are injected at random.
@@ -13,15 +16,19 @@
 //! After every tick the [`checker::Checker`] verifies election safety, vote
 //! safety, log matching, leader completeness, state-machine safety, read
 //! freshness and monotonic terms and commits; at the end all faults heal and
-//! a proposal must commit on every node within a bound (liveness).
+//! a proposal must commit on every node within a bound (liveness). Every
+//! vote grant and every append or snapshot acknowledgement is checked, as it
+//! leaves, against what its sender's disk holds ([`disk`]).
 
 pub mod checker;
+pub mod disk;
+pub mod figure8;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kvstore_raft::{
-    Config, Entry, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
+    Config, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
     SnapshotMetadata, Term,
 };
 use rand::rngs::SmallRng;
@@ -29,6 +36,8 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
 use checker::{apply_to_state, Checker, Violation, ViolationKind, INITIAL_STATE_HASH};
+use disk::{durability_claims, DurabilityClaim, Durable, WalWrite};
+use figure8::Figure8;
 
 /// Rounds of chaos, each followed by healing and a liveness check.
 pub const ROUNDS: u64 = 6;
@@ -45,11 +54,36 @@ pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
 /// Mixed into the seed of the commit notice's own draws.
 const NOTICE_RNG_SALT: u64 = 0x636f_6d6d_6974;
+/// Mixed into the seed of the disk faults' own draws.
+const DISK_RNG_SALT: u64 = 0x6469_736b;
+/// Forced fsync error probability (per write) for
+/// [`InjectedFault::FsyncErrorIgnored`].
+const IGNORED_FSYNC_ERROR_PROBABILITY: f64 = 0.01;
 /// Background writes take up to this many ticks more than the seed's disk
 /// delay.
 const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
 /// Iterations of the ready loop per node and tick (a bound, not a target).
 const MAX_READY_ROUNDS_PER_TICK: usize = 8;
+
+/// Seeds `s` with `s % SEED_CYCLE` equal to this run 2 voters (every
+/// member is needed for a majority).
+const TWO_VOTER_SEED_RESIDUE: u64 = 3;
+/// Seeds `s` with `s % SEED_CYCLE` equal to this run 4 voters (a majority
+/// of 3, tolerating one failure like 3 voters, with two even halves).
+const FOUR_VOTER_SEED_RESIDUE: u64 = 7;
+/// Period of the deterministic spread of cluster sizes over seeds.
+const SEED_CYCLE: u64 = 10;
+
+/// Voters of `seed`'s cluster: one seed in ten runs 2 voters, one in ten 4,
+/// the rest the odd count drawn from the seed (3 or 5, as before even
+/// sizes, so those seeds replay as they did).
+fn cluster_size(seed: u64, odd_count: usize) -> usize {
+    match seed % SEED_CYCLE {
+        TWO_VOTER_SEED_RESIDUE => 2,
+        FOUR_VOTER_SEED_RESIDUE => 4,
+        _ => odd_count,
+    }
+}
 
 /// A deliberately broken environment, to prove the checkers catch bugs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +93,15 @@ pub enum InjectedFault {
     /// The disk lies about fsync: a restarted node has lost its whole
     /// durable state (term, vote, log, snapshot).
     AmnesiaOnRestart,
+    /// The driver skips writing a hard state that changes only the vote
+    /// (yet sends the grant).
+    VoteOnlyHardStateDropped,
+    /// The driver takes a failed fsync for a success: a prefix of the write
+    /// is on disk, and it sends, applies and advances as if all were.
+    FsyncErrorIgnored,
+    /// Restarts may find an empty disk (as with [`SimOptions::wipes`]), and
+    /// the node starts without `Config::catch_up_before_voting`.
+    WipeWithoutCatchUp,
 }
 
 /// One simulation run.
@@ -70,6 +113,9 @@ pub struct SimOptions {
     pub verbose: bool,
     /// Environment bug to inject.
     pub fault: InjectedFault,
+    /// Restarts may find an empty disk (a lost data directory); the node
+    /// then starts with `Config::catch_up_before_voting`.
+    pub wipes: bool,
 }
 
 /// Counters of a finished run.
@@ -93,6 +139,17 @@ pub struct SimStats {
     pub commit_notices: u64,
     /// Ticks until liveness was reached after healing.
     pub liveness_ticks: u64,
+    /// Figure-8 episodes started ([`figure8`]).
+    pub figure8_episodes: u64,
+    /// Figure-8 episodes that reached the moment where only entries of an
+    /// earlier term were on a majority.
+    pub figure8_windows: u64,
+    /// Crashes that left part of a write on disk, part lost.
+    pub torn_writes: u64,
+    /// Failed fsyncs (each one crashed and restarted its node).
+    pub fsync_failures: u64,
+    /// Restarts with an empty disk (data directory lost).
+    pub wipes: u64,
 }
 
 /// Per-seed randomized environment.
@@ -121,20 +178,24 @@ struct Environment {
     /// commit notice fires (`RaftNode::send_commit`). 0: the commit only
     /// travels with appends and heartbeats.
     commit_notice_probability: f64,
+    /// A crash keeps a random prefix of the records of the writes in
+    /// flight (else it loses them all).
+    torn_writes: bool,
+    /// Per completed write that needs an fsync: the fsync fails.
+    fsync_error_probability: f64,
+    /// Per restart: the node's data directory is gone, it restarts empty
+    /// with `Config::catch_up_before_voting` (one such node at a time, in
+    /// clusters of 3 or more).
+    wipe_probability: f64,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Durable {
-    hard_state: HardState,
-    snapshot: Option<SnapshotMetadata>,
-    entries: Vec<Entry>,
-}
-
-/// What a background write makes durable.
-#[derive(Clone, Debug)]
-struct BackgroundWrite {
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
+/// A `Ready` handed to the disk, whose messages wait for the write.
+struct PendingWrite {
+    ready: Ready,
+    /// What each of its messages claims is durable (see [`disk`]).
+    claims: Vec<Option<DurabilityClaim>>,
+    /// Tick at which the write completes.
+    complete_at: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -148,11 +209,11 @@ struct SimNode {
     config: Config,
     core: Option<RaftNode>,
     durable: Durable,
-    /// A `Ready` being written, completing at the given tick.
-    writing: Option<(Ready, u64)>,
+    /// A `Ready` being written.
+    writing: Option<PendingWrite>,
     /// Writes of `Ready`s already sent, applied and advanced (a leader's
     /// background writes), completing in order at the given ticks.
-    background: VecDeque<(BackgroundWrite, u64)>,
+    background: VecDeque<(WalWrite, u64)>,
     /// Term and vote of the last hard state handed to the disk.
     handed_term_vote: (Term, Option<NodeId>),
     state: StateMachine,
@@ -161,6 +222,8 @@ struct SimNode {
     pending_reads: BTreeMap<u64, Index>,
     /// Term in which this node was last seen leading (completeness checked once).
     leader_checked_term: Option<Term>,
+    /// Restarted with an empty disk and not caught up yet.
+    lost_state: bool,
 }
 
 struct InFlight {
@@ -174,6 +237,8 @@ pub struct World {
     /// Draws for the commit notice alone, so that adding it left the rest
     /// of each seed's draws as they were.
     notice_rng: SmallRng,
+    /// Draws for disk faults alone, likewise.
+    disk_rng: SmallRng,
     options: SimOptions,
     /// The environment during chaos (healing replaces `environment`).
     chaos_environment: Environment,
@@ -192,14 +257,18 @@ pub struct World {
     next_read_context: u64,
     election_tick: u32,
     stats: SimStats,
+    /// Steering toward Figure 8, in some seeds.
+    figure8: Option<Figure8>,
 }
 
 impl World {
-    /// Builds a random cluster (3 or 5 voters, random limits and features).
+    /// Builds a random cluster (2 to 5 voters, random limits and features).
     pub fn new(options: SimOptions) -> Self {
         let mut rng = SmallRng::seed_from_u64(options.seed);
         let mut notice_rng = SmallRng::seed_from_u64(options.seed ^ NOTICE_RNG_SALT);
-        let node_count = if rng.random_bool(0.5) { 3 } else { 5 };
+        let mut disk_rng = SmallRng::seed_from_u64(options.seed ^ DISK_RNG_SALT);
+        let odd_count = if rng.random_bool(0.5) { 3 } else { 5 };
+        let node_count = cluster_size(options.seed, odd_count);
         let voters: Vec<NodeId> = (1..=node_count as NodeId).collect();
         let election_tick = rng.random_range(6..=15u32);
         let heartbeat_tick = rng.random_range(1..=2u32);
@@ -229,14 +298,30 @@ impl World {
             campaign_probability: 0.002,
             background_writes: rng.random_bool(0.5),
             commit_notice_probability: *[0.0, 0.2, 1.0].choose(&mut notice_rng).expect("choice"),
+            torn_writes: disk_rng.random_bool(0.5),
+            fsync_error_probability: *[0.0, 0.0005, 0.002].choose(&mut disk_rng).expect("choice"),
+            wipe_probability: *[0.0, 0.05, 0.2].choose(&mut disk_rng).expect("choice"),
         };
-        let environment = if options.fault == InjectedFault::AmnesiaOnRestart {
+        let environment = if options.wipes || options.fault == InjectedFault::WipeWithoutCatchUp {
+            environment
+        } else {
             Environment {
-                crash_probability: 0.03,
+                wipe_probability: 0.0,
                 ..environment
             }
-        } else {
-            environment
+        };
+        let environment = match options.fault {
+            InjectedFault::AmnesiaOnRestart => Environment {
+                crash_probability: 0.03,
+                ..environment
+            },
+            InjectedFault::FsyncErrorIgnored => Environment {
+                fsync_error_probability: IGNORED_FSYNC_ERROR_PROBABILITY,
+                ..environment
+            },
+            InjectedFault::None
+            | InjectedFault::VoteOnlyHardStateDropped
+            | InjectedFault::WipeWithoutCatchUp => environment,
         };
         let mut nodes = Vec::new();
         for id in &voters {
@@ -271,11 +356,13 @@ impl World {
                 restart_at: 0,
                 pending_reads: BTreeMap::new(),
                 leader_checked_term: None,
+                lost_state: false,
             });
         }
         let world = World {
             rng,
             notice_rng,
+            disk_rng,
             options,
             chaos_environment: environment,
             environment,
@@ -289,6 +376,7 @@ impl World {
             next_payload: 0,
             next_read_context: 0,
             election_tick,
+            figure8: Figure8::for_seed(options.seed, node_count),
             stats: SimStats {
                 node_count,
                 ..SimStats::default()
@@ -315,7 +403,8 @@ impl World {
             self.environment = self.chaos_environment;
             self.trace(|| format!("round {round}: chaos for {CHAOS_TICKS_PER_ROUND} ticks"));
             for _ in 0..CHAOS_TICKS_PER_ROUND {
-                self.inject_random_events();
+                self.steer_figure8();
+                self.inject_random_events()?;
                 self.step_world()?;
             }
             self.heal_everything();
@@ -395,22 +484,24 @@ impl World {
 
     // ----- Fault and load injection -----------------------------------------
 
-    fn inject_random_events(&mut self) {
+    fn inject_random_events(&mut self) -> Result<(), Violation> {
         let environment = self.environment;
+        // A figure-8 episode owns the network and the crashes.
+        let steering = self.figure8.as_ref().is_some_and(Figure8::is_active);
         if self.rng.random_bool(environment.propose_probability) {
             self.propose_somewhere();
         }
         if self.rng.random_bool(environment.read_probability) {
             self.read_somewhere();
         }
-        if self.rng.random_bool(environment.crash_probability) {
+        if self.rng.random_bool(environment.crash_probability) && !steering {
             if let Some(position) = self.random_live_node() {
-                self.crash(position);
+                self.crash(position)?;
             }
         }
-        if self.rng.random_bool(environment.leader_crash_probability) {
+        if self.rng.random_bool(environment.leader_crash_probability) && !steering {
             if let Some(position) = self.random_leader() {
-                self.crash(position);
+                self.crash(position)?;
             }
         }
         let now = self.now;
@@ -422,10 +513,10 @@ impl World {
         for position in restarts {
             self.restart(position);
         }
-        if self.rng.random_bool(environment.partition_probability) {
+        if self.rng.random_bool(environment.partition_probability) && !steering {
             self.random_partition();
         }
-        if self.rng.random_bool(environment.heal_probability) {
+        if self.rng.random_bool(environment.heal_probability) && !steering {
             self.trace(|| "network healed".to_string());
             self.heal_network();
         }
@@ -443,6 +534,7 @@ impl World {
                 self.trace(|| format!("n{id} campaign()"));
             }
         }
+        Ok(())
     }
 
     fn random_live_node(&mut self) -> Option<usize> {
@@ -515,10 +607,55 @@ impl World {
         leaders.choose(&mut self.rng).copied()
     }
 
-    fn crash(&mut self, position: usize) {
+    fn crash(&mut self, position: usize) -> Result<(), Violation> {
         let downtime = self
             .rng
             .random_range(1..=(8 * u64::from(self.election_tick)));
+        self.tear_writes(position, self.environment.torn_writes)?;
+        self.go_down(position, downtime);
+        Ok(())
+    }
+
+    /// The writes handed to `position`'s disk and not complete, in order.
+    fn writes_in_flight(node: &SimNode) -> Vec<WalWrite> {
+        let background = node.background.iter().map(|(write, _)| write.clone());
+        let writing = node.writing.iter().map(|write| WalWrite {
+            snapshot: write.ready.snapshot,
+            hard_state: write.ready.hard_state,
+            entries: write.ready.entries.clone(),
+        });
+        background.chain(writing).collect()
+    }
+
+    /// Power fails at `position` in the middle of its writes: if `torn`, a
+    /// random prefix of their records reaches the disk; else none.
+    fn tear_writes(&mut self, position: usize, torn: bool) -> Result<(), Violation> {
+        let writes = Self::writes_in_flight(&self.nodes[position]);
+        if !torn || writes.is_empty() {
+            return Ok(());
+        }
+        let id = self.nodes[position].id;
+        let torn = self.nodes[position]
+            .durable
+            .tear(&writes, &mut self.disk_rng);
+        if torn.kept > 0 && torn.kept < torn.total {
+            self.stats.torn_writes += 1;
+        }
+        self.trace(|| {
+            format!(
+                "n{id} torn write: {} of {} records reached the disk",
+                torn.kept, torn.total
+            )
+        });
+        for hard_state in torn.hard_states {
+            self.checker
+                .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+        }
+        Ok(())
+    }
+
+    /// The node stops; whatever was not durable is gone.
+    fn go_down(&mut self, position: usize, downtime: u64) {
         let node = &mut self.nodes[position];
         node.core = None;
         node.writing = None;
@@ -530,16 +667,69 @@ impl World {
         self.trace(|| format!("n{id} CRASH (unwritten Ready lost), down for {downtime} ticks"));
     }
 
+    /// Whether the fsync of a completed write fails (only writes that need
+    /// one can fail).
+    fn fsync_fails(&mut self, must_sync: bool) -> bool {
+        must_sync
+            && self
+                .disk_rng
+                .random_bool(self.environment.fsync_error_probability)
+    }
+
+    /// A failed fsync is fatal, as in the server (it exits 70 and is
+    /// restarted): part of the failed write and of any later one may be on
+    /// disk; the node restarts from what is.
+    fn fsync_failed(&mut self, position: usize) -> Result<(), Violation> {
+        self.stats.fsync_failures += 1;
+        let id = self.nodes[position].id;
+        self.trace(|| format!("n{id} fsync FAILED: the process exits"));
+        self.tear_writes(position, true)?;
+        let downtime = self
+            .disk_rng
+            .random_range(1..=u64::from(self.election_tick));
+        self.go_down(position, downtime);
+        Ok(())
+    }
+
+    /// Whether `position` may lose its data directory now: the cluster has
+    /// 3 voters or more (with 2, the other cannot elect a leader for it to
+    /// catch up from) and no other node is catching up after a loss (two
+    /// at once may be a majority).
+    fn may_wipe(&self, position: usize) -> bool {
+        self.nodes.len() >= 3
+            && self
+                .nodes
+                .iter()
+                .enumerate()
+                .all(|(other, node)| other == position || !node.lost_state)
+    }
+
     fn restart(&mut self, position: usize) {
+        let id = self.nodes[position].id;
         if self.options.fault == InjectedFault::AmnesiaOnRestart {
             self.nodes[position].durable = Durable::default();
-            let id = self.nodes[position].id;
             self.checker.forget_durable_history(id);
+        }
+        let wipe =
+            self.may_wipe(position) && self.disk_rng.random_bool(self.environment.wipe_probability);
+        if wipe {
+            // Its votes and acknowledgements are gone with it: only the
+            // cluster-wide checks apply to what follows.
+            self.nodes[position].durable = Durable::default();
+            self.nodes[position].lost_state = true;
+            self.checker.forget_durable_history(id);
+            self.stats.wipes += 1;
+            self.trace(|| format!("n{id} lost its data directory"));
         }
         let node = &mut self.nodes[position];
         let durable = node.durable.clone();
+        let config = Config {
+            catch_up_before_voting: node.lost_state
+                && self.options.fault != InjectedFault::WipeWithoutCatchUp,
+            ..node.config.clone()
+        };
         let core = RaftNode::new(
-            node.config.clone(),
+            config,
             durable.hard_state,
             durable.snapshot,
             durable.entries,
@@ -626,6 +816,7 @@ impl World {
 
     fn heal_everything(&mut self) {
         self.trace(|| "HEAL: network healed, crashed nodes restart, faults stop".to_string());
+        self.figure8_reset();
         self.heal_network();
         for position in 0..self.nodes.len() {
             if self.nodes[position].core.is_none() {
@@ -639,6 +830,8 @@ impl World {
             reorder: false,
             max_disk_delay_ticks: self.environment.max_disk_delay_ticks.min(1),
             tick_skip_probability: 0.0,
+            fsync_error_probability: 0.0,
+            wipe_probability: 0.0,
             ..self.environment
         };
     }
@@ -782,12 +975,21 @@ impl World {
                 return Ok(());
             };
             match &node.writing {
-                Some((_, complete_at)) if *complete_at <= self.now => {
-                    self.complete_write(position)?;
+                Some(write) if write.complete_at <= self.now => {
+                    let must_sync = write.ready.must_sync;
+                    let ignored = self.options.fault == InjectedFault::FsyncErrorIgnored;
+                    match self.fsync_fails(must_sync) {
+                        true if !ignored => {
+                            self.fsync_failed(position)?;
+                            return Ok(());
+                        }
+                        failed => self.complete_write(position, failed)?,
+                    }
                 }
                 Some(_) => return Ok(()),
                 None if core.has_ready() => {
                     let ready = core.ready();
+                    let claims = durability_claims(&ready, core);
                     let id = node.id;
                     for entry in &ready.entries {
                         let previous_term = core.term_at(entry.index - 1);
@@ -817,9 +1019,13 @@ impl World {
                     let delay = self.rng.random_range(0..=max_delay);
                     let complete_at = (self.now + delay).max(earliest);
                     if in_background {
-                        self.start_background_write(position, ready, complete_at)?;
+                        self.start_background_write(position, ready, claims, complete_at)?;
                     } else {
-                        self.nodes[position].writing = Some((ready, complete_at));
+                        self.nodes[position].writing = Some(PendingWrite {
+                            ready,
+                            claims,
+                            complete_at,
+                        });
                     }
                 }
                 None => return Ok(()),
@@ -834,9 +1040,11 @@ impl World {
         &mut self,
         position: usize,
         mut ready: Ready,
+        claims: Vec<Option<DurabilityClaim>>,
         complete_at: u64,
     ) -> Result<(), Violation> {
-        let write = BackgroundWrite {
+        let write = WalWrite {
+            snapshot: None,
             hard_state: ready.hard_state,
             entries: std::mem::take(&mut ready.entries),
         };
@@ -850,7 +1058,7 @@ impl World {
         self.nodes[position]
             .background
             .push_back((write, complete_at));
-        self.send_apply_and_read(position, ready)?;
+        self.send_apply_and_read(position, ready, &claims)?;
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");
         core.advance_unpersisted();
@@ -870,12 +1078,38 @@ impl World {
                 Some((_, complete_at)) if *complete_at <= self.now => {}
                 _ => return Ok(()),
             }
-            let (write, _) = node.background.pop_front().expect("checked");
             let id = node.id;
-            Self::persist(&mut node.durable, None, write.hard_state, &write.entries);
-            if let Some(hard_state) = write.hard_state {
-                self.checker
-                    .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
+            let must_sync = node
+                .background
+                .front()
+                .is_some_and(|(write, _)| !write.entries.is_empty());
+            let failed = self.fsync_fails(must_sync);
+            if failed && self.options.fault != InjectedFault::FsyncErrorIgnored {
+                return self.fsync_failed(position);
+            }
+            let node = &mut self.nodes[position];
+            let (write, _) = node.background.pop_front().expect("checked");
+            if failed {
+                // Taken for a success: whatever part reached the disk.
+                let torn = node
+                    .durable
+                    .tear(std::slice::from_ref(&write), &mut self.disk_rng);
+                for hard_state in torn.hard_states {
+                    self.checker.observe_durable_hard_state(
+                        id,
+                        hard_state.term,
+                        hard_state.vote,
+                    )?;
+                }
+            } else {
+                node.durable.persist(None, write.hard_state, &write.entries);
+                if let Some(hard_state) = write.hard_state {
+                    self.checker.observe_durable_hard_state(
+                        id,
+                        hard_state.term,
+                        hard_state.vote,
+                    )?;
+                }
             }
             if let Some(last) = write.entries.last() {
                 let node = &mut self.nodes[position];
@@ -887,42 +1121,22 @@ impl World {
         }
     }
 
-    /// Writes a `Ready`'s durable parts to the simulated disk.
-    fn persist(
-        durable: &mut Durable,
-        snapshot: Option<SnapshotMetadata>,
-        hard_state: Option<HardState>,
-        entries: &[Entry],
-    ) {
-        if let Some(snapshot) = snapshot {
-            durable.snapshot = Some(snapshot);
-            durable.entries.clear();
-        }
-        if let Some(first) = entries.first() {
-            let snapshot_index = durable.snapshot.map_or(0, |snapshot| snapshot.index);
-            let durable_last = durable
-                .entries
-                .last()
-                .map_or(snapshot_index, |entry| entry.index);
-            assert!(
-                first.index > snapshot_index && first.index <= durable_last + 1,
-                "Ready entries at {} do not fit the WAL (snapshot {snapshot_index}, last {durable_last})",
-                first.index
-            );
-            durable.entries.retain(|entry| entry.index < first.index);
-            durable.entries.extend(entries.iter().cloned());
-        }
-        if let Some(hard_state) = hard_state {
-            durable.hard_state = hard_state;
-        }
-    }
-
     /// Steps 2 to 4 of a `Ready`: send its messages, restore its snapshot and
     /// apply its committed entries, answer its reads.
-    fn send_apply_and_read(&mut self, position: usize, ready: Ready) -> Result<(), Violation> {
+    fn send_apply_and_read(
+        &mut self,
+        position: usize,
+        ready: Ready,
+        claims: &[Option<DurabilityClaim>],
+    ) -> Result<(), Violation> {
         let id = self.nodes[position].id;
-        // 2. Send.
-        for message in ready.messages {
+        // 2. Send, each message only if what it acknowledges is durable.
+        for (message, claim) in ready.messages.into_iter().zip(claims) {
+            if let Some(claim) = claim {
+                self.nodes[position]
+                    .durable
+                    .check_claim(id, &message, *claim)?;
+            }
             self.send(message);
         }
         // 3. Restore the snapshot, then apply.
@@ -966,8 +1180,22 @@ impl World {
     }
 
     /// The disk write finished: the Ready is durable; send, apply, advance.
-    fn complete_write(&mut self, position: usize) -> Result<(), Violation> {
-        let (ready, _) = self.nodes[position].writing.take().expect("a write");
+    /// `fsync_failed`: it is not, but the driver (deliberately broken, see
+    /// [`InjectedFault::FsyncErrorIgnored`]) goes on as if it were.
+    fn complete_write(&mut self, position: usize, fsync_failed: bool) -> Result<(), Violation> {
+        // 1. Persist, after every earlier background write (their ticks are
+        // never later than this write's).
+        self.complete_background_writes(position)?;
+        if self.nodes[position].core.is_none() {
+            // One of them failed its fsync: the node is down.
+            return Ok(());
+        }
+        assert!(
+            self.nodes[position].background.is_empty(),
+            "background writes complete before a later write"
+        );
+        let PendingWrite { ready, claims, .. } =
+            self.nodes[position].writing.take().expect("a write");
         let id = self.nodes[position].id;
         if let Some(soft_state) = &ready.soft_state {
             self.trace(|| {
@@ -977,25 +1205,29 @@ impl World {
                 )
             });
         }
-        // 1. Persist, after every earlier background write (their ticks are
-        // never later than this write's).
-        self.complete_background_writes(position)?;
-        assert!(
-            self.nodes[position].background.is_empty(),
-            "background writes complete before a later write"
-        );
-        Self::persist(
-            &mut self.nodes[position].durable,
-            ready.snapshot,
-            ready.hard_state,
-            &ready.entries,
-        );
-        if let Some(hard_state) = ready.hard_state {
+        let durable = &mut self.nodes[position].durable;
+        let hard_state = ready.hard_state.filter(|hard_state| {
+            let vote_only_change = hard_state.term == durable.hard_state.term
+                && hard_state.vote != durable.hard_state.vote;
+            !(self.options.fault == InjectedFault::VoteOnlyHardStateDropped && vote_only_change)
+        });
+        let durable_hard_states = if fsync_failed {
+            let write = WalWrite {
+                snapshot: ready.snapshot,
+                hard_state,
+                entries: ready.entries.clone(),
+            };
+            durable.tear(&[write], &mut self.disk_rng).hard_states
+        } else {
+            durable.persist(ready.snapshot, hard_state, &ready.entries);
+            hard_state.into_iter().collect()
+        };
+        for hard_state in durable_hard_states {
             self.checker
                 .observe_durable_hard_state(id, hard_state.term, hard_state.vote)?;
         }
         // 2.-4. Send, restore and apply, reads.
-        self.send_apply_and_read(position, ready)?;
+        self.send_apply_and_read(position, ready, &claims)?;
         // 5. Advance.
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("live");
@@ -1015,6 +1247,9 @@ impl World {
                 continue;
             };
             let (id, term, commit) = (core.id(), core.term(), core.commit_index());
+            if node.lost_state && !core.is_catching_up() {
+                node.lost_state = false;
+            }
             self.checker
                 .observe_term_and_commit(id, term, commit, false)?;
             if core.role() == Role::Leader {
