@@ -69,16 +69,27 @@ impl RaftNode {
         // same. Holding less means we lost them (a wiped data directory, a
         // cut WAL): say so, or the leader would never send them again.
         let last_index = self.log.last_index();
-        let log_lost_after = (leader_commit > last_index).then_some(last_index);
-        if log_lost_after.is_some() {
-            self.start_catch_up(leader_commit);
+        if leader_commit > last_index {
+            // No read round acknowledged: this leader may be one we had
+            // deposed before the loss.
+            self.send(
+                from,
+                MessageBody::HeartbeatResponse {
+                    read_round: 0,
+                    log_lost_after: Some(last_index),
+                },
+            );
+            self.start_catch_up(
+                "lost log entries it had acknowledged: learning the cluster's term",
+            );
+            return;
         }
-        self.log.commit_to(leader_commit.min(last_index));
+        self.log.commit_to(leader_commit);
         self.send(
             from,
             MessageBody::HeartbeatResponse {
                 read_round,
-                log_lost_after,
+                log_lost_after: None,
             },
         );
     }

@@ -24,6 +24,7 @@
 //! static.
 #![deny(missing_docs)]
 
+mod catch_up;
 mod config;
 mod election;
 mod errors;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::catch_up::CatchUp;
 use crate::config::Config;
 use crate::errors::{CompactError, ProposeError, RaftError, ReadIndexError, TransferError};
 use crate::log::RaftLog;
@@ -23,18 +24,6 @@ use crate::types::{
 /// Multiplier mixing the node id into the RNG seed (golden-ratio constant), so
 /// nodes sharing `Config::seed` draw different election timeouts.
 const SEED_MIX_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// Whether a node that lost its durable state may vote and campaign again
-/// (see [`Config::catch_up_before_voting`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CatchUp {
-    /// Its state is whole: it votes and campaigns.
-    Done,
-    /// It lost its state and has not heard a leader's commit index yet.
-    AwaitingLeader,
-    /// It lost its state and waits until its commit index reaches this.
-    UntilCommit(Index),
-}
 
 /// A pure, deterministic Raft state machine (etcd-raft style): no I/O, no
 /// clock, no threads. Drive it with [`RaftNode::tick`], [`RaftNode::step`] and
@@ -140,11 +129,6 @@ impl RaftNode {
         let log = RaftLog::restore_from_storage(snapshot, entries, hard_state.commit);
         let seed = config.seed ^ config.id.wrapping_mul(SEED_MIX_MULTIPLIER);
         let max_pending_read_requests = config.max_pending_read_requests;
-        let catch_up = if config.catch_up_before_voting {
-            CatchUp::AwaitingLeader
-        } else {
-            CatchUp::Done
-        };
         let mut node = RaftNode {
             id: config.id,
             config,
@@ -170,12 +154,15 @@ impl RaftNode {
                 Role::Follower,
                 None,
                 hard_state.term,
-                catch_up != CatchUp::Done,
+                false,
             ),
-            catch_up,
+            catch_up: CatchUp::Done,
             may_lead: true,
         };
         node.reset_timers();
+        if node.config.catch_up_before_voting {
+            node.start_catch_up("started without the state it had: learning the cluster's term");
+        }
         node.assert_invariants();
         Ok(node)
     }
@@ -272,13 +259,6 @@ impl RaftNode {
             catching_up: self.is_catching_up(),
             reason: self.role_change_reason,
         }
-    }
-
-    /// Whether this node lost its durable state and neither votes nor
-    /// campaigns until it has caught up with a leader (see
-    /// [`Config::catch_up_before_voting`]).
-    pub fn is_catching_up(&self) -> bool {
-        self.catch_up != CatchUp::Done
     }
 
     /// All voters, sorted.
@@ -462,6 +442,21 @@ impl RaftNode {
         {
             return;
         }
+        // Term queries sit outside the term rules (see `catch_up.rs`).
+        match message.body {
+            MessageBody::TermQuery => {
+                self.answer_term_query(message.from);
+                self.assert_invariants();
+                return;
+            }
+            MessageBody::TermAnswer => {
+                self.record_term_answer(message.from, message.term);
+                self.assert_invariants();
+                return;
+            }
+            _ if self.is_learning_term() => return,
+            _ => {}
+        }
         if message.term > self.term {
             if let MessageBody::RequestVote { transfer, .. } = message.body {
                 if !transfer && self.in_leader_lease() {
@@ -558,7 +553,6 @@ impl RaftNode {
                 leader_commit,
             } => {
                 self.heard_from_leader(message.from);
-                self.catch_up_target(leader_commit);
                 self.handle_append_entries(
                     message.from,
                     prev_log_index,
@@ -578,7 +572,6 @@ impl RaftNode {
             }
             MessageBody::InstallSnapshot { snapshot } => {
                 self.heard_from_leader(message.from);
-                self.catch_up_target(snapshot.index);
                 self.handle_install_snapshot(message.from, snapshot);
                 self.maybe_finish_catch_up();
             }
@@ -591,11 +584,6 @@ impl RaftNode {
 
     fn heard_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed_ticks = 0;
-        if self.is_catching_up() && self.vote.is_none() {
-            // We may have voted in this term before losing our state: count
-            // as having voted for its leader, which cannot elect a second one.
-            self.vote = Some(leader);
-        }
         if self.leader_id != Some(leader) {
             assert!(
                 self.leader_id.is_none(),
@@ -607,44 +595,12 @@ impl RaftNode {
         }
     }
 
-    /// While catching up: the first leader commit index heard of is the
-    /// point to reach before voting again.
-    pub(crate) fn catch_up_target(&mut self, leader_commit: Index) {
-        if self.catch_up == CatchUp::AwaitingLeader {
-            self.catch_up = CatchUp::UntilCommit(leader_commit);
-        }
-    }
-
-    /// Entered on its own by a follower that finds it lost entries it had
-    /// acknowledged: everything up to `leader_commit` must be back first.
-    pub(crate) fn start_catch_up(&mut self, leader_commit: Index) {
-        let target = match self.catch_up {
-            CatchUp::UntilCommit(target) => target.max(leader_commit),
-            CatchUp::Done | CatchUp::AwaitingLeader => leader_commit,
-        };
-        self.catch_up = CatchUp::UntilCommit(target);
-        self.role_change_reason = "lost log entries it had acknowledged: catching up before voting";
-        if let Some(leader) = self.leader_id {
-            if self.vote.is_none() {
-                self.vote = Some(leader);
-            }
-        }
-    }
-
-    fn maybe_finish_catch_up(&mut self) {
-        if let CatchUp::UntilCommit(target) = self.catch_up {
-            if self.log.committed() >= target {
-                self.catch_up = CatchUp::Done;
-                self.role_change_reason = "caught up with the leader: votes again";
-            }
-        }
-    }
-
     fn tick_election(&mut self) {
         if self.is_catching_up() {
             // Not a candidate until caught up; the leader's messages keep
             // the timer at zero anyway.
             self.election_elapsed_ticks = 0;
+            self.send_term_queries();
             return;
         }
         self.election_elapsed_ticks += 1;

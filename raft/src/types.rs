@@ -181,6 +181,12 @@ pub enum MessageBody {
     },
     /// Leadership transfer: the recipient should campaign immediately.
     TimeoutNow,
+    /// Sent with term 0 by a node that lost its durable state: "what is
+    /// your current term?" It moves nobody's term (see `catch_up.rs`).
+    TermQuery,
+    /// Answer to [`MessageBody::TermQuery`]: the message's `term` is the
+    /// sender's current term.
+    TermAnswer,
 }
 
 impl MessageBody {
@@ -198,6 +204,8 @@ impl MessageBody {
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TermQuery => "TermQuery",
+            MessageBody::TermAnswer => "TermAnswer",
         }
     }
 }

@@ -1112,7 +1112,11 @@ fn a_follower_that_lost_its_log_catches_up_under_the_same_leader() {
     cluster.wipe(3, |_| {});
     cluster.propose(1, b"after the wipe");
     cluster.stabilize();
+    // The heartbeat says node 3 holds entries it does not: it stops
+    // following, learns the term from its peers, then catches up.
     heartbeat_round(&mut cluster, 1);
+    assert!(cluster.node(3).is_catching_up());
+    cluster.tick_all(3);
     let commit = cluster.node(1).commit_index();
     assert_eq!(cluster.leader(), Some(1), "the leader stays the same");
     assert_eq!(
@@ -1121,12 +1125,20 @@ fn a_follower_that_lost_its_log_catches_up_under_the_same_leader() {
         "the wiped follower is caught up"
     );
     assert_eq!(cluster.node(3).last_index(), cluster.node(1).last_index());
-    assert!(!cluster.node(3).is_catching_up(), "and votes again");
+    assert!(!cluster.node(3).lacks_committed_entries(), "it serves");
     assert_eq!(
         cluster.node(3).vote(),
-        Some(1),
-        "it counts as having voted for the leader of the term it lost"
+        Some(3),
+        "it counts as having voted in the term it learned"
     );
+    // It votes again only after an election held without it: node 1 may
+    // have committed entries on its acknowledgements from before the loss.
+    assert!(cluster.node(3).is_catching_up());
+    cluster.node_mut(1).transfer_leader(2).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(2));
+    heartbeat_round(&mut cluster, 2);
+    assert!(!cluster.node(3).is_catching_up(), "it votes again");
 }
 
 #[test]
@@ -1150,19 +1162,33 @@ fn a_node_that_lost_its_state_votes_only_once_caught_up() {
     cluster.stabilize();
     assert_ne!(cluster.node(2).role(), Role::Leader, "node 3 did not vote");
     assert_eq!(cluster.node(2).term(), term);
+    assert_eq!(
+        cluster.node(3).term(),
+        0,
+        "learning the term, it answers nobody"
+    );
     cluster.heal();
-    // Once it hears from the leader and reaches its commit index, it votes.
-    heartbeat_round(&mut cluster, 1);
+    // It asks its peers their terms on every tick; with two answers it
+    // moves to their term, then follows the leader until it holds a commit
+    // of the leader's term.
+    cluster.tick_all(3);
+    assert_eq!(cluster.node(3).term(), cluster.node(1).term());
+    assert_eq!(cluster.node(3).leader_id(), Some(1));
+    assert!(!cluster.node(3).lacks_committed_entries());
+    // Under the leader of the term it learned it still does not vote: a
+    // candidate needs node 1, which hands over leadership to node 2.
+    cluster.node_mut(1).transfer_leader(2).unwrap();
     cluster.stabilize();
+    heartbeat_round(&mut cluster, 2);
     assert!(!cluster.node(3).is_catching_up());
     assert_eq!(
         cluster.node(3).commit_index(),
         cluster.node(1).commit_index()
     );
-    cluster.isolate(1);
+    cluster.isolate(2);
     cluster.tick_all(40);
-    let leader = cluster.leader().expect("nodes 2 and 3 elect a leader");
-    assert_ne!(leader, 1);
+    let leader = cluster.leader().expect("nodes 1 and 3 elect a leader");
+    assert_ne!(leader, 2);
 }
 
 #[test]
@@ -1225,4 +1251,81 @@ fn a_node_that_may_not_lead_never_campaigns_and_a_leader_hands_over() {
     let leader = cluster.leader().expect("a new leader");
     assert_ne!(leader, 1);
     assert_eq!(cluster.node(1).leader_id(), Some(leader));
+}
+
+#[test]
+fn a_node_that_lost_its_state_learns_the_highest_term_and_never_votes_twice_in_it() {
+    // Node 3 voted for node 2 in term 5 and then lost its disk; node 1
+    // still leads term 4, unaware. Node 3 must not follow the deposed node
+    // 1, and must not vote again in term 5.
+    let mut node = RaftNode::new(
+        {
+            let mut config = config(3, 3);
+            config.catch_up_before_voting = true;
+            config
+        },
+        HardState::default(),
+        None,
+        vec![],
+    )
+    .unwrap();
+    let queries: Vec<u64> = node.ready().messages.iter().map(|m| m.to).collect();
+    node.advance();
+    assert_eq!(queries, vec![1, 2], "it asks every peer");
+    // A heartbeat of the deposed leader is ignored while learning.
+    node.step(Message {
+        from: 1,
+        to: 3,
+        term: 4,
+        body: MessageBody::Heartbeat {
+            leader_commit: 0,
+            read_round: 7,
+        },
+    });
+    assert!(node.ready().messages.is_empty(), "nothing acknowledged");
+    node.advance();
+    for (from, term) in [(1, 4), (2, 5)] {
+        node.step(Message {
+            from,
+            to: 3,
+            term,
+            body: MessageBody::TermAnswer,
+        });
+    }
+    assert_eq!(node.term(), 5, "the highest answer");
+    assert_eq!(node.vote(), Some(3), "counts as having voted in term 5");
+    let vote_request = |candidate, term| Message {
+        from: candidate,
+        to: 3,
+        term,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: 9,
+            last_log_term: 4,
+            transfer: false,
+        },
+    };
+    node.step(vote_request(1, 5));
+    let ready = node.ready();
+    node.advance();
+    assert!(
+        ready.messages.iter().all(|m| m.body
+            == MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: false
+            }),
+        "{ready:?}"
+    );
+    // The deposed leader's term is below ours now: it is told so.
+    node.step(Message {
+        from: 1,
+        to: 3,
+        term: 4,
+        body: MessageBody::Heartbeat {
+            leader_commit: 0,
+            read_round: 8,
+        },
+    });
+    let ready = node.ready();
+    assert_eq!(ready.messages[0].term, 5);
 }

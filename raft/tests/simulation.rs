@@ -335,17 +335,13 @@ fn wiped_node_voting_at_once_is_caught() {
 }
 
 /// Nodes that restart with an empty disk and `catch_up_before_voting` keep
-/// the cluster safe. Ignored: it fails today (seeds 281 and 682 of
-/// `0..1000`). A new leader's commit index lags what was committed before
-/// its term until it commits an entry of its own, so catching up to the
-/// first commit index heard can end below entries the node had acknowledged
-/// before losing them. Waiting for a commit of the leader's term as well
-/// clears those two seeds but not seed 281's next problem: the wiped node,
-/// back at term 0, acknowledges a deposed leader's heartbeats, which then
-/// confirms a stale read. `KVSTORE_SIM_WIPES=1 make sim SEEDS=1000` runs
-/// the same seeds.
+/// the cluster safe over the fixed seeds. Before the catch-up learned the
+/// cluster's term from its peers (see `raft/src/catch_up.rs`), seeds 281
+/// and 682 failed: catching up to the first commit index heard could end
+/// below entries the node had acknowledged, and a wiped node back at term 0
+/// acknowledged a deposed leader's heartbeats, which confirmed a stale read.
+/// `KVSTORE_SIM_WIPES=1 make sim SEEDS=1000` runs other seeds.
 #[test]
-#[ignore = "fails until a wiped node's catch-up is safe (see its comment)"]
 fn wiped_nodes_with_catch_up_stay_safe() {
     let outcomes = run_seeds((0..DEFAULT_SEED_COUNT).collect(), InjectedFault::None, true);
     let failures: Vec<String> = outcomes

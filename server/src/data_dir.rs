@@ -6,6 +6,9 @@
 //!   LOCK        held (flock) by the running server
 //!   IDENTITY    whose directory this is: cluster id, node id, members
 //!               (JSON, written once when the directory is first used)
+//!   CATCHING_UP present while the node, having lost its state, has not
+//!               caught up (it then neither votes nor campaigns, also
+//!               after a restart)
 //!   wal/        the Raft write-ahead log (term, vote, entries): durability
 //!   snapshots/  state-machine snapshots the log was compacted into
 //!   kv/         LevelDB: the applied key-value state, rebuilt from the two
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 const LOCK_FILE: &str = "LOCK";
 const IDENTITY_FILE: &str = "IDENTITY";
+const CATCHING_UP_FILE: &str = "CATCHING_UP";
 /// Version of the IDENTITY file's layout.
 const IDENTITY_FORMAT: u32 = 1;
 const KV_DIRECTORY: &str = "kv";
@@ -103,6 +107,40 @@ impl std::fmt::Display for Identity {
     }
 }
 
+/// Records durably that the node lost its state and has not caught up, so
+/// that a restart in the middle keeps it from voting
+/// (`kvstore_raft::Config::catch_up_before_voting`).
+#[derive(Debug, Clone)]
+pub struct CatchUpMarker {
+    directory: PathBuf,
+}
+
+impl CatchUpMarker {
+    fn path(&self) -> PathBuf {
+        self.directory.join(CATCHING_UP_FILE)
+    }
+
+    /// Whether the node was catching up when it stopped.
+    pub fn is_set(&self) -> bool {
+        self.path().exists()
+    }
+
+    /// Creates the marker durably (file and directory fsynced).
+    pub fn set(&self) -> std::io::Result<()> {
+        File::create(self.path())?.sync_all()?;
+        File::open(&self.directory)?.sync_all()
+    }
+
+    /// Removes the marker durably.
+    pub fn clear(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path()) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        File::open(&self.directory)?.sync_all()
+    }
+}
+
 /// An open, locked data directory. The lock is released on drop.
 #[derive(Debug)]
 pub struct DataDir {
@@ -161,6 +199,13 @@ impl DataDir {
     /// Where LevelDB keeps the applied key-value state.
     pub fn kv_directory(&self) -> PathBuf {
         self.root.join(KV_DIRECTORY)
+    }
+
+    /// The marker of a node catching up after it lost its state.
+    pub fn catch_up_marker(&self) -> CatchUpMarker {
+        CatchUpMarker {
+            directory: self.root.clone(),
+        }
     }
 
     /// The stored identity, if any (a directory never used, or written by
@@ -242,6 +287,18 @@ mod tests {
         assert!(error.to_string().contains("in use by another process"));
         drop(first);
         DataDir::open(&root).unwrap();
+    }
+
+    #[test]
+    fn the_catch_up_marker_is_set_and_cleared() {
+        let directory = tempfile::tempdir().unwrap();
+        let marker = DataDir::open(directory.path()).unwrap().catch_up_marker();
+        assert!(!marker.is_set());
+        marker.set().unwrap();
+        assert!(marker.is_set());
+        marker.clear().unwrap();
+        assert!(!marker.is_set());
+        marker.clear().unwrap();
     }
 
     #[test]

@@ -277,7 +277,19 @@ pub async fn run(
     let hard_state = persist::hard_state_from_wal(&recovered.hard_state);
     logging::set_term(hard_state.term);
     let holds_state = hard_state.term > 0 || snapshot.is_some() || !entries.is_empty();
-    let catch_up_before_voting = rejoins_without_state(&config, holds_state, identity_stored);
+    let catch_up_marker = data_dir.catch_up_marker();
+    let catch_up_before_voting = if catch_up_marker.is_set() {
+        tracing::warn!("this node was catching up after it lost its state when it stopped: it goes on catching up before it votes");
+        true
+    } else {
+        rejoins_without_state(&config, holds_state, identity_stored)
+    };
+    if catch_up_before_voting {
+        catch_up_marker.set().map_err(|source| DataDirError::Io {
+            path: data_dir.root().to_path_buf(),
+            source,
+        })?;
+    }
 
     // The applied state, brought in line with the snapshot.
     let kv_directory = data_dir.kv_directory();
@@ -437,6 +449,7 @@ pub async fn run(
         status: status_sender,
         applied_index,
         storage_health,
+        catch_up_marker,
         settings: DriverSettings {
             tick: Duration::from_millis(config.heartbeat_interval_ms),
             snapshot_entries: config.snapshot_entries,

@@ -48,8 +48,9 @@ async fn linearizable_get(address: std::net::SocketAddr, key: &str) -> Option<Ve
 
 /// Wipes a follower's data directory under a running cluster and restarts
 /// it with `restart_args` added: it must catch up under the same leader and
-/// then serve every acknowledged key on linearizable reads.
-async fn wiped_follower_catches_up(restart_args: &[&str]) -> String {
+/// then serve every acknowledged key on linearizable reads. Returns the
+/// cluster and the wiped node's id.
+async fn wiped_follower_catches_up(restart_args: &[&str]) -> (Cluster, u64) {
     let mut cluster = Cluster::start(3, &[]);
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let leader_addr = cluster.node(leader).client_addr;
@@ -98,13 +99,14 @@ async fn wiped_follower_catches_up(restart_args: &[&str]) -> String {
             "{key} through the wiped follower"
         );
     }
-    cluster.node(follower).log()
+    (cluster, follower)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_catches_up_under_the_same_leader() {
     let _serial = serial();
-    let log = wiped_follower_catches_up(&[]).await;
+    let (mut cluster, wiped) = wiped_follower_catches_up(&[]).await;
+    let log = cluster.node(wiped).log();
     assert!(
         log.contains("lost log entries it had acknowledged"),
         "the follower says what happened: {log}"
@@ -114,15 +116,31 @@ async fn a_wiped_follower_catches_up_under_the_same_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_rejoining_with_an_empty_data_directory_catches_up_before_voting() {
     let _serial = serial();
-    let log = wiped_follower_catches_up(&["--initial-cluster-state", "existing"]).await;
+    let (mut cluster, wiped) =
+        wiped_follower_catches_up(&["--initial-cluster-state", "existing"]).await;
+    let log = cluster.node(wiped).log();
     assert!(
         log.contains("--initial-cluster-state existing on an empty data directory"),
         "{log}"
     );
-    assert!(
-        log.contains("caught up with the leader: votes again"),
-        "{log}"
-    );
+    // It serves, but votes again only after an election held without it:
+    // the leader it caught up under may have committed entries on its
+    // acknowledgements from before the loss.
+    assert!(!log.contains("votes again"), "{log}");
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.node(leader).kill();
+    cluster.node(leader).restart();
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while !cluster
+        .node(wiped)
+        .log()
+        .contains("caught up with the leader: votes again")
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, new_term) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert!(new_term > term);
 }
 
 #[test]
@@ -198,4 +216,72 @@ async fn a_node_whose_storage_cannot_write_neither_leads_nor_reports_ready() {
         "{}",
         server.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_catching_up_goes_on_catching_up() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, &[]);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    put(cluster.node(leader).client_addr, "key", "v").await;
+    // Node 3 loses its data directory and rejoins while its peers are down:
+    // it cannot learn the term, so it stays catching up.
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+    let node = cluster.node(3);
+    std::fs::remove_dir_all(&node.data_dir).expect("wiping the data directory");
+    node.extra_args.extend([
+        "--initial-cluster-state".to_string(),
+        "existing".to_string(),
+    ]);
+    node.restart();
+    let marker = node.data_dir.join("CATCHING_UP");
+    assert!(marker.exists(), "recorded before the node does anything");
+    // Restarted without the flag, it still remembers.
+    node.kill();
+    node.extra_args.truncate(node.extra_args.len() - 2);
+    node.restart();
+    let address = node.client_addr;
+    let status = status_of(address).await.expect("status");
+    assert!(
+        status.not_ready_reason.contains("catching up"),
+        "{status:?}"
+    );
+    assert!(
+        node.log()
+            .contains("was catching up after it lost its state when it stopped"),
+        "{}",
+        node.log()
+    );
+    // Its peers come back: it learns the term, catches up, and the marker goes.
+    cluster.node(1).restart();
+    cluster.node(2).restart();
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while !status_of(address)
+        .await
+        .is_some_and(|status| status.not_ready_reason.is_empty())
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(linearizable_get(address, "key").await, Some(b"v".to_vec()));
+    // It votes again, and clears the marker, after an election held without
+    // it (its peers' first one may have come before or after it learned
+    // their term): restart the leader for one more.
+    if !cluster.node(3).log().contains("votes again") {
+        let (leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        cluster.node(leader).kill();
+        cluster.node(leader).restart();
+    }
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    while !cluster
+        .node(3)
+        .log()
+        .contains("caught up with the leader: votes again")
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!marker.exists(), "cleared once it votes again");
 }

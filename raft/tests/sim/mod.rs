@@ -1306,7 +1306,7 @@ pub fn describe(message: &Message) -> String {
         } => format!("round {read_round} log lost after {last_index}"),
         MessageBody::InstallSnapshot { snapshot } => format!("{snapshot:?}"),
         MessageBody::InstallSnapshotResponse { index } => format!("index {index}"),
-        MessageBody::TimeoutNow => String::new(),
+        MessageBody::TimeoutNow | MessageBody::TermQuery | MessageBody::TermAnswer => String::new(),
     };
     format!(
         "n{} -> n{} t{} {} {}",

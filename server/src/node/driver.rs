@@ -28,6 +28,7 @@ use super::status::{FollowerStatus, NodeRole, NodeStatus};
 use super::wal_writer::{Persisted, WalWriter};
 use super::{ServedBy, WriteOutcome};
 use crate::config::InjectedFault;
+use crate::data_dir::CatchUpMarker;
 use crate::errors::KvError;
 use crate::fatal::storage_failure;
 use crate::metrics::{Metrics, SnapshotKind};
@@ -195,6 +196,9 @@ pub struct Driver {
     status: watch::Sender<NodeStatus>,
     applied_index: Arc<AtomicU64>,
     storage_health: watch::Receiver<StorageHealth>,
+    catch_up_marker: CatchUpMarker,
+    /// What the marker says, to touch it only when that changes.
+    catching_up_recorded: bool,
     settings: DriverSettings,
     proposals: BTreeMap<Index, PendingProposal>,
     reads: HashMap<u64, UnconfirmedRead>,
@@ -241,6 +245,8 @@ pub struct DriverParts {
     pub applied_index: Arc<AtomicU64>,
     /// Whether the data directory can take writes (see `storage_health`).
     pub storage_health: watch::Receiver<StorageHealth>,
+    /// Kept in step with the core's catching-up state, durably.
+    pub catch_up_marker: CatchUpMarker,
     /// Settings.
     pub settings: DriverSettings,
     /// The state machine's applied position at start.
@@ -275,6 +281,8 @@ impl Driver {
             status: parts.status,
             applied_index: parts.applied_index,
             storage_health: parts.storage_health,
+            catching_up_recorded: parts.catch_up_marker.is_set(),
+            catch_up_marker: parts.catch_up_marker,
             settings: parts.settings,
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
@@ -580,6 +588,19 @@ impl Driver {
                 soft_state.term,
                 soft_state.leader_id,
             );
+            // Before anything of this Ready is sent: a restart while
+            // catching up must not find a node that votes.
+            if soft_state.catching_up != self.catching_up_recorded {
+                let marked = if soft_state.catching_up {
+                    self.catch_up_marker.set()
+                } else {
+                    self.catch_up_marker.clear()
+                };
+                if let Err(error) = marked {
+                    storage_failure("recording the catching-up state failed", error);
+                }
+                self.catching_up_recorded = soft_state.catching_up;
+            }
             if soft_state.catching_up {
                 tracing::warn!(
                     role = %soft_state.role,
@@ -924,7 +945,7 @@ impl Driver {
             Vec::new()
         };
         let status = NodeStatus {
-            catching_up: core.is_catching_up(),
+            catching_up: core.lacks_committed_entries(),
             storage_error: self.storage_health.borrow().clone(),
             id: core.id(),
             role: NodeRole::from(core.role()),

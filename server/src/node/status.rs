@@ -61,8 +61,9 @@ pub struct NodeStatus {
     /// Cluster id.
     pub cluster_id: String,
     /// The node lost log entries it had acknowledged (or was started with
-    /// `--initial-cluster-state existing` on an empty data directory) and is
-    /// catching up from the leader; it neither votes nor campaigns until then.
+    /// `--initial-cluster-state existing` on an empty data directory) and
+    /// may still lack committed entries; it neither votes nor campaigns
+    /// until it has them and the next election was held without it.
     pub catching_up: bool,
     /// Why the data directory cannot take writes (see `storage_health`);
     /// `None` while it can.

@@ -340,7 +340,27 @@ pub fn response_to_proto(cluster_id: &str, message: &Message) -> Option<Response
 /// requests, which travel over their own RPC with the snapshot file.
 pub fn stream_message(cluster_id: &str, message: &Message) -> Option<pb::RaftMessage> {
     use pb::raft_message::Message as Wire;
-    let wire = match outbound_request(cluster_id, message) {
+    let wire = match &message.body {
+        MessageBody::TermQuery => Wire::TermQuery(pb::TermQuery {
+            header: header(cluster_id, message),
+        }),
+        MessageBody::TermAnswer => Wire::TermAnswer(pb::TermAnswer {
+            header: header(cluster_id, message),
+        }),
+        _ => stream_message_rpc_shaped(cluster_id, message)?,
+    };
+    Some(pb::RaftMessage {
+        message: Some(wire),
+    })
+}
+
+/// The stream form of a message that also has an RPC of its own.
+fn stream_message_rpc_shaped(
+    cluster_id: &str,
+    message: &Message,
+) -> Option<pb::raft_message::Message> {
+    use pb::raft_message::Message as Wire;
+    Some(match outbound_request(cluster_id, message) {
         Some(OutboundRequest::RequestVote(request)) => Wire::RequestVote(request),
         Some(OutboundRequest::AppendEntries(request)) => Wire::AppendEntries(request),
         Some(OutboundRequest::TimeoutNow(request)) => Wire::TimeoutNow(request),
@@ -350,9 +370,6 @@ pub fn stream_message(cluster_id: &str, message: &Message) -> Option<pb::RaftMes
             ResponseProto::Append(response) => Wire::AppendEntriesResponse(response),
             ResponseProto::Snapshot(response) => Wire::InstallSnapshotResponse(response),
         },
-    };
-    Some(pb::RaftMessage {
-        message: Some(wire),
     })
 }
 
@@ -366,6 +383,8 @@ pub fn stream_message_header(message: &pb::RaftMessage) -> Option<&pb::MessageHe
         Wire::AppendEntriesResponse(response) => response.header.as_ref(),
         Wire::TimeoutNow(request) => request.header.as_ref(),
         Wire::InstallSnapshotResponse(response) => response.header.as_ref(),
+        Wire::TermQuery(query) => query.header.as_ref(),
+        Wire::TermAnswer(answer) => answer.header.as_ref(),
     }
 }
 
@@ -379,6 +398,14 @@ pub fn stream_message_from_proto(message: pb::RaftMessage) -> Result<Message, Ma
         Some(Wire::AppendEntriesResponse(response)) => append_response_from_proto(response),
         Some(Wire::TimeoutNow(request)) => timeout_now_from_proto(request),
         Some(Wire::InstallSnapshotResponse(response)) => snapshot_response_from_proto(response),
+        Some(Wire::TermQuery(query)) => Ok(message_from(
+            &required_header(query.header)?,
+            MessageBody::TermQuery,
+        )),
+        Some(Wire::TermAnswer(answer)) => Ok(message_from(
+            &required_header(answer.header)?,
+            MessageBody::TermAnswer,
+        )),
         None => Err(MalformedMessage("empty stream message".into())),
     }
 }
@@ -563,6 +590,8 @@ mod tests {
             log_lost_after: Some(0),
         }));
         response_round_trip(message(MessageBody::InstallSnapshotResponse { index: 100 }));
+        stream_round_trip(&message(MessageBody::TermQuery));
+        stream_round_trip(&message(MessageBody::TermAnswer));
     }
 
     #[test]
