@@ -54,6 +54,12 @@ pub struct LevelDbStore {
 /// store runs; it does not return (the server stops the process).
 pub type CorruptionHandler = fn(&StoreError) -> !;
 
+/// Left in the database directory when a table failed a check while the
+/// store ran: the next start rebuilds the state even when nothing is found
+/// corrupt then (a compaction may have dropped the bad block's keys and
+/// deleted the table before the failure was seen). LevelDB ignores it.
+pub const REBUILD_MARKER_FILE: &str = "REBUILD";
+
 impl std::fmt::Debug for LevelDbStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
@@ -124,10 +130,19 @@ impl LevelDbStore {
             path: found.path,
             reason: found.reason,
         };
+        if let Err(marking) = self.mark_for_rebuild() {
+            tracing::error!(error = %marking, "cannot leave the rebuild marker in the LevelDB directory");
+        }
         match self.on_corruption {
             Some(handler) => handler(&error),
             None => Err(error),
         }
+    }
+
+    /// Leaves [`REBUILD_MARKER_FILE`] durably in the directory.
+    fn mark_for_rebuild(&self) -> std::io::Result<()> {
+        std::fs::File::create(self.directory.join(REBUILD_MARKER_FILE))?.sync_all()?;
+        std::fs::File::open(&self.directory)?.sync_all()
     }
 
     /// The directory holding the database.

@@ -21,15 +21,16 @@
 //! that fails while the store runs calls the caller's
 //! [`CorruptionHandler`], which in the server stops the process with exit
 //! code 70 (rusty-leveldb itself would have read the failure as a missing
-//! key); the check at the next start finds the same table and rebuilds, so
-//! a restart does not loop on it. A store LevelDB cannot open at all (a
+//! key) after leaving [`REBUILD_MARKER_FILE`] in the directory: the next
+//! start rebuilds, even if a compaction already replaced the bad table by
+//! one lacking its keys, so a restart neither loops nor serves the loss. A store LevelDB cannot open at all (a
 //! damaged manifest, say) is set aside the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::integrity;
-use super::leveldb::{CorruptionHandler, Durability, LevelDbStore};
+use super::leveldb::{CorruptionHandler, Durability, LevelDbStore, REBUILD_MARKER_FILE};
 use super::StoreError;
 
 /// Opens the node's state in `directory` (see the module documentation):
@@ -39,7 +40,13 @@ pub fn open_state_store(
     directory: &Path,
     on_corruption: CorruptionHandler,
 ) -> Result<LevelDbStore, StoreError> {
-    if directory.exists() {
+    if directory.join(REBUILD_MARKER_FILE).exists() {
+        let aside = set_aside(directory)?;
+        tracing::error!(
+            aside = %aside.display(),
+            "a LevelDB table failed a check while the node ran; the state is set aside and rebuilt from the snapshot and the WAL"
+        );
+    } else if directory.exists() {
         let started = Instant::now();
         match integrity::verify_store(directory) {
             Ok(checked) => tracing::info!(
@@ -105,8 +112,9 @@ fn set_aside(directory: &Path) -> Result<PathBuf, StoreError> {
 mod tests {
     use super::*;
     use crate::storage::integrity::tests::{
-        key, store_with_a_corrupt_table, store_with_tables, value,
+        key, store_with_a_corrupt_table, store_with_tables, value, KEYS,
     };
+    use crate::storage::StoreError;
     use crate::storage::Store;
 
     /// Directories named `kv.corrupt-*` in `parent`.
@@ -148,5 +156,31 @@ mod tests {
         let mut store = open_state_store(&kv, |error| panic!("{error}")).unwrap();
         assert_eq!(store.get(b"rebuilt").unwrap(), Some(b"1".to_vec()));
         assert_eq!(set_aside_in(directory.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_table_failing_while_running_rebuilds_at_the_next_start_whatever_is_found_then() {
+        let directory = tempfile::tempdir().unwrap();
+        let kv = directory.path().join("kv");
+        store_with_a_corrupt_table(&kv);
+        // Opened without the start-up check, as if the table went bad later.
+        let mut store = LevelDbStore::open(&kv, Durability::Flush).unwrap();
+        let failed = (0..KEYS)
+            .map(|index| store.get(&key(index)))
+            .find(|read| read.is_err())
+            .expect("a read of the damaged table fails");
+        assert!(matches!(failed, Err(StoreError::Corrupt { .. })), "{failed:?}");
+        assert!(kv.join(REBUILD_MARKER_FILE).exists(), "marked for rebuild");
+        drop(store);
+        // A compaction may have replaced the damaged table by a healthy one
+        // lacking its keys: every file passes its check, the mark alone
+        // sets the state aside.
+        std::fs::remove_dir_all(&kv).unwrap();
+        store_with_tables(&kv);
+        std::fs::write(kv.join(REBUILD_MARKER_FILE), b"").unwrap();
+        let mut store = open_state_store(&kv, |error| panic!("{error}")).unwrap();
+        assert_eq!(store.get(&key(0)).unwrap(), None, "opened empty");
+        assert_eq!(set_aside_in(directory.path()).len(), 1);
+        assert!(!kv.join(REBUILD_MARKER_FILE).exists());
     }
 }
