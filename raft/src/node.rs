@@ -306,9 +306,9 @@ impl RaftNode {
 
     /// Whether this node may lead. While not (its storage cannot take
     /// writes, say), it does not campaign, TimeoutNow included, and a
-    /// leader hands leadership to its most caught-up follower (again after
-    /// each election timeout until one takes it). It still follows a leader
-    /// and answers vote requests.
+    /// leader hands leadership to its most caught-up follower, stepping
+    /// down if that has not happened within an election timeout. It still
+    /// follows a leader and answers vote requests.
     pub fn set_may_lead(&mut self, may_lead: bool) {
         self.may_lead = may_lead;
         if !may_lead && self.role == Role::Leader && self.transfer_target.is_none() {
@@ -629,10 +629,17 @@ impl RaftNode {
                 }
             }
             // A transfer that did not finish within an election timeout
-            // failed; a leader that may not lead tries again.
+            // failed. A leader that may not lead steps down instead (its
+            // target may be down, or not voting): it will not campaign, so
+            // the others elect one of them.
             self.transfer_target = None;
             if !self.may_lead {
-                self.set_may_lead(false);
+                self.become_follower(
+                    self.term,
+                    None,
+                    "may not lead (storage cannot take writes) and the handover failed: stepped down",
+                );
+                return;
             }
         }
         self.tick_snapshot_retries();

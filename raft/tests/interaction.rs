@@ -1329,3 +1329,29 @@ fn a_node_that_lost_its_state_learns_the_highest_term_and_never_votes_twice_in_i
     let ready = node.ready();
     assert_eq!(ready.messages[0].term, 5);
 }
+
+#[test]
+fn a_leader_that_may_not_lead_steps_down_when_its_handover_fails() {
+    let mut cluster = Cluster::new(3, |_| {});
+    cluster.elect(1);
+    cluster.propose(1, b"x");
+    cluster.stabilize();
+    // Node 2, the handover's target (lowest id among the most caught up),
+    // is unreachable.
+    cluster.isolate(2);
+    cluster.node_mut(1).set_may_lead(false);
+    assert_eq!(cluster.node(1).transfer_target(), Some(2));
+    let election_tick = 10;
+    cluster.tick_node(1, election_tick);
+    assert_eq!(cluster.node(1).role(), Role::Follower, "stepped down");
+    assert_eq!(
+        cluster.node(1).soft_state().reason,
+        "may not lead (storage cannot take writes) and the handover failed: stepped down"
+    );
+    // Node 3 campaigns and wins with node 1's vote; node 1 never campaigns.
+    for _ in 0..60 {
+        cluster.tick_node(3, 1);
+        cluster.tick_node(1, 1);
+    }
+    assert_eq!(cluster.leader(), Some(3));
+}
