@@ -248,6 +248,19 @@ async fn a_node_restarted_while_catching_up_goes_on_catching_up() {
         status.not_ready_reason.contains("catching up"),
         "{status:?}"
     );
+    // Its local state lacks committed writes: no serializable read from it.
+    let mut client = client_for(address, CLIENT_DEADLINE)
+        .await
+        .expect("connecting");
+    let refused = client
+        .get(GetRequest {
+            key: "key".into(),
+            consistency: Consistency::Serializable as i32,
+        })
+        .await
+        .expect_err("a serializable read is refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("catching up"), "{refused:?}");
     assert!(
         node.log()
             .contains("was catching up after it lost its state when it stopped"),

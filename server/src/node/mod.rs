@@ -249,6 +249,11 @@ impl Node {
                 )));
             }
             let status = self.status();
+            if status.catching_up {
+                return Err(KvError::Unavailable(
+                    "this node lost its state and is catching up from the leader; its local state lacks committed writes: retry on another node, or read linearizably".into(),
+                ));
+            }
             let store = &self.shared.store;
             let inline = store.try_read(|store| state_machine::get_if_ready(store, &key));
             let value = match inline.flatten() {
