@@ -13,8 +13,8 @@
 //!    have elected someone in `T_max` with its vote holds `majority - 1`
 //!    other voters that remember `T_max`, and that many answers must include
 //!    one of them: the highest answer is at least `T_max`. It moves to that
-//!    term and counts as having voted in it, so it never votes twice in a
-//!    term and ignores every leader deposed before its loss.
+//!    term, so it ignores every leader deposed before its loss; it votes
+//!    again only in a later term (stage 2), so never twice in one.
 //! 2. **Catching up.** It follows the leader as usual but neither votes nor
 //!    campaigns until it follows a leader of a term above the learned one
 //!    and its commit index holds an entry of that leader's term. Such a
@@ -140,10 +140,6 @@ impl RaftNode {
                 None,
                 "learned the cluster's term after losing its state",
             );
-        }
-        if self.vote.is_none() {
-            // We may have voted in this term before the loss.
-            self.vote = Some(self.id);
         }
         self.catch_up = CatchUp::FollowingLeader {
             learned_term: self.term,

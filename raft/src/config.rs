@@ -71,12 +71,12 @@ pub struct Config {
     pub snapshot_retry_tick: u32,
     /// This node's durable state was lost (its data directory was wiped and
     /// it rejoins a cluster that knows it): it may have voted or acknowledged
-    /// entries it no longer remembers. It neither campaigns nor grants votes
-    /// (pre-votes included) until its commit index reaches the first leader
-    /// commit index it hears of, and it counts as having voted for that
-    /// leader in the leader's term. A node that finds out on its own that it
-    /// lost entries (a heartbeat says it holds more than it does) behaves
-    /// the same from then on.
+    /// entries it no longer remembers. It first learns the cluster's term
+    /// from its peers, acknowledging nothing meanwhile, then follows the
+    /// leader, and grants votes (pre-votes included) or campaigns again only
+    /// once it holds a commit of a leader elected after that term (see
+    /// `catch_up.rs`). A node that finds out on its own that it lost entries
+    /// (a heartbeat says it holds more than it does) does the same.
     pub catch_up_before_voting: bool,
 }
 

@@ -10,8 +10,9 @@
 //! * `KVSTORE_SIM_SEED=S` replays seed S with a full trace (use
 //!   `-- --nocapture`).
 //! * `KVSTORE_SIM_WIPES=1`: restarts may also find an empty disk (the node
-//!   then starts with `catch_up_before_voting`); off by default until the
-//!   core's catch-up is safe (see `wiped_nodes_with_catch_up_stay_safe`).
+//!   then starts with `catch_up_before_voting`). Off in `simulation_seeds`
+//!   by default; `wiped_nodes_with_catch_up_stay_safe` runs the fixed seeds
+//!   with it.
 //! * `KVSTORE_SIM_FAULT=NAME` runs the seeds with a deliberately broken
 //!   driver or disk (names in `simulation_seeds`), to measure catch rates.
 

@@ -114,8 +114,8 @@ mod tests {
     use crate::storage::integrity::tests::{
         key, store_with_a_corrupt_table, store_with_tables, value, KEYS,
     };
-    use crate::storage::StoreError;
     use crate::storage::Store;
+    use crate::storage::StoreError;
 
     /// Directories named `kv.corrupt-*` in `parent`.
     fn set_aside_in(parent: &Path) -> Vec<PathBuf> {
@@ -169,7 +169,10 @@ mod tests {
             .map(|index| store.get(&key(index)))
             .find(|read| read.is_err())
             .expect("a read of the damaged table fails");
-        assert!(matches!(failed, Err(StoreError::Corrupt { .. })), "{failed:?}");
+        assert!(
+            matches!(failed, Err(StoreError::Corrupt { .. })),
+            "{failed:?}"
+        );
         assert!(kv.join(REBUILD_MARKER_FILE).exists(), "marked for rebuild");
         drop(store);
         // A compaction may have replaced the damaged table by a healthy one
