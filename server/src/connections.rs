@@ -135,9 +135,18 @@ impl CappedListener {
     }
 
     /// Waits until every connection accepted so far is closed.
-    async fn wait_until_all_closed(&self) {
-        let all = u32::try_from(self.limits.connections_max).unwrap_or(u32::MAX);
-        let _ = self.permits.acquire_many(all).await;
+    /// Stops listening (new clients are refused at once instead of waiting
+    /// in the backlog), then waits until every open connection is closed.
+    async fn close_and_wait_until_all_closed(self) {
+        let CappedListener {
+            listener,
+            limits,
+            permits,
+            ..
+        } = self;
+        drop(listener);
+        let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
+        let _ = permits.acquire_many(all).await;
     }
 }
 
@@ -335,7 +344,7 @@ pub async fn serve_grpc(
     }
     let _ = stop.send(true);
     drop(stopping);
-    listener.wait_until_all_closed().await;
+    listener.close_and_wait_until_all_closed().await;
 }
 
 /// What serving one gRPC connection needs.

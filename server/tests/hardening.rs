@@ -537,3 +537,34 @@ fn the_open_file_limit_is_raised_and_must_fit_the_caps() {
     std::io::Read::read_to_string(&mut { stderr }, &mut output).unwrap();
     assert!(output.contains("\"open_file_limit\":4096"), "{output}");
 }
+
+#[test]
+fn a_stopping_node_refuses_new_connections_while_it_drains_the_open_ones() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = start_node(directory.path(), &[]);
+    // A client that never answers the GOAWAY holds the shutdown in its grace
+    // period.
+    let held = http2_connect(server.client_addr).expect("handshake");
+    server.signal("TERM");
+    // Until the client port stops listening, connects still succeed; a
+    // bounded wait, then a fresh connect must be refused at once rather than
+    // sit in the listen backlog for the rest of the grace period.
+    // Half the shutdown grace period (10 s): the node is still draining.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(server.client_addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client port still accepts connections while the node drains: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still_draining = server
+        .child
+        .as_mut()
+        .is_some_and(|child| child.try_wait().unwrap().is_none());
+    assert!(still_draining, "refused because it is draining, not gone");
+    drop(held);
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+}
