@@ -126,22 +126,26 @@ impl LevelDbStore {
         let Some(found) = self.corruption.found() else {
             return Ok(());
         };
+        if let Err(marking) = self.mark_for_rebuild(&found.path, &found.reason) {
+            tracing::error!(error = %marking, "cannot leave the rebuild marker in the LevelDB directory");
+        }
         let error = StoreError::Corrupt {
             path: found.path,
             reason: found.reason,
         };
-        if let Err(marking) = self.mark_for_rebuild() {
-            tracing::error!(error = %marking, "cannot leave the rebuild marker in the LevelDB directory");
-        }
         match self.on_corruption {
             Some(handler) => handler(&error),
             None => Err(error),
         }
     }
 
-    /// Leaves [`REBUILD_MARKER_FILE`] durably in the directory.
-    fn mark_for_rebuild(&self) -> std::io::Result<()> {
-        std::fs::File::create(self.directory.join(REBUILD_MARKER_FILE))?.sync_all()?;
+    /// Leaves [`REBUILD_MARKER_FILE`] durably in the directory, naming the
+    /// file and the reason on two lines.
+    fn mark_for_rebuild(&self, file: &Path, reason: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut marker = std::fs::File::create(self.directory.join(REBUILD_MARKER_FILE))?;
+        writeln!(marker, "{}\n{reason}", file.display())?;
+        marker.sync_all()?;
         std::fs::File::open(&self.directory)?.sync_all()
     }
 

@@ -40,11 +40,15 @@ pub fn open_state_store(
     directory: &Path,
     on_corruption: CorruptionHandler,
 ) -> Result<LevelDbStore, StoreError> {
-    if directory.join(REBUILD_MARKER_FILE).exists() {
+    if let Ok(marker) = std::fs::read_to_string(directory.join(REBUILD_MARKER_FILE)) {
+        let (file, reason) = marker.trim_end().split_once('\n').unwrap_or((&marker, ""));
+        let (file, reason) = (file.to_string(), reason.to_string());
         let aside = set_aside(directory)?;
         tracing::error!(
+            %file,
+            %reason,
             aside = %aside.display(),
-            "a LevelDB table failed a check while the node ran; the state is set aside and rebuilt from the snapshot and the WAL"
+            "a LevelDB file is corrupt (found while the node ran); the state is set aside and rebuilt from the snapshot and the WAL"
         );
     } else if directory.exists() {
         let started = Instant::now();
