@@ -268,7 +268,8 @@ fn main() -> ExitCode {
     // One request needs one thread; a benchmark's many clients use them
     // all. A benchmark with one client runs on one thread too: its request
     // and its connection's task then wake each other without a second
-    // thread (single-client put p50 -3% over four alternating pairs).
+    // thread, which lowers its latency (measurements: docs/benchmarks.md,
+    // "One runtime thread for a one-client bench").
     let mut builder = match &cli.command {
         Command::Bench(bench) if bench.clients > 1 => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),

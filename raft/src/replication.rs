@@ -6,11 +6,13 @@
 //! in an empty append of its own (hashicorp/raft does the same; etcd-raft
 //! broadcasts one at once). Under a steady stream of writes the next append
 //! is at most one write away, and the broadcast, with its answer from each
-//! follower, cost about a sixth of the servers' CPU per single-client put. The
-//! driver bounds how long a follower in sync may go without hearing of
-//! entries it holds being committed: [`RaftNode::has_unsent_commit`] says
-//! that one has not heard, [`RaftNode::send_commit`] tells it (a follower
-//! whose in-flight window is full hears with its next append or heartbeat).
+//! follower, took a large share of the servers' CPU per single-client put
+//! (measurements: docs/benchmarks.md, "The commit index on the next
+//! append"). The driver bounds how long a follower in sync may go without
+//! hearing of entries it holds being committed:
+//! [`RaftNode::has_unsent_commit`] says that one has not heard,
+//! [`RaftNode::send_commit`] tells it (a follower whose in-flight window is
+//! full hears with its next append or heartbeat).
 //! A follower owed the commit index also gets it as soon as it answers a
 //! heartbeat, so that a read waiting there for its read index is not held
 //! up.
@@ -46,9 +48,11 @@ impl RaftNode {
 
     /// Sends every peer the entries appended since the last `ready()`, as
     /// few appends as flow control allows. Sending them as each proposal
-    /// is appended made one append per proposal per peer: at 64 clients the
-    /// leader's `Ready` held about 11 proposals, so 22 one-entry appends
-    /// where two do, and each follower stepped and acknowledged every one.
+    /// is appended made one append per proposal per peer: under load a
+    /// `Ready` holds many proposals, so the leader sent many one-entry
+    /// appends where one per peer does, and each follower stepped and
+    /// acknowledged every one (measurements: docs/benchmarks.md, "One
+    /// append per follower per Ready").
     pub(crate) fn send_pending_appends(&mut self) {
         if !self.appends_pending() {
             return;

@@ -53,7 +53,8 @@ pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
 /// Default applied entries between snapshots (`--snapshot-entries`): etcd's
 /// `--snapshot-count` default. Each snapshot rewrites the whole state, so
-/// taking one every 10,000 entries cost 8-20% of the CPU of a put under load.
+/// taking one every 10,000 entries cost a put a noticeable share of its CPU
+/// under load (measurements: docs/benchmarks.md, "Snapshot interval").
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
 /// Default bytes of applied entry payloads between snapshots
 /// (`--snapshot-log-bytes`): bounds the memory the log holds between

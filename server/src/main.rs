@@ -3,11 +3,11 @@
 use clap::Parser;
 use kvstore_server::config::ServerConfig;
 
-/// mimalloc instead of glibc malloc: under load a fifth of the leader's CPU
-/// was in malloc/free (gRPC buffers, protobuf messages, log entries).
+/// mimalloc instead of glibc malloc: under load malloc/free took a large
+/// share of the leader's CPU (gRPC buffers, protobuf messages, log entries).
 /// Built with `no_thp`: mimalloc does not ask for transparent huge pages,
-/// whose faults zeroed 2 MiB at a time (6% of the leader's CPU in a put
-/// profile went to `clear_page_erms` under mimalloc's free-list refills).
+/// whose faults zeroed 2 MiB at a time under mimalloc's free-list refills
+/// (measurements: docs/benchmarks.md, "The server's allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -40,9 +40,9 @@ fn main() -> std::process::ExitCode {
     // One worker fewer than the cores (see `--worker-threads`): with a
     // worker on every core, each task woken by another task also woke an
     // idle worker, which took the task to the other core or went back to
-    // sleep, while the WAL and store threads waited for a core. On the
-    // 2-core bench machine one put with one client took 16 context
-    // switches on the leader's workers with two of them and 4 with one.
+    // sleep, while the WAL and store threads waited for a core: a put cost
+    // the leader's workers many more context switches (measurements:
+    // docs/benchmarks.md, "One worker thread per server").
     // Resolved once: the start line logs the count the runtime got.
     let worker_threads = config.worker_threads();
     config.worker_threads = Some(worker_threads as u64);
@@ -53,10 +53,11 @@ fn main() -> std::process::ExitCode {
     // own that wakes its connection's task to send the answer: with the
     // slot, the connection ran after every call and wrote every answer with
     // a syscall of its own; without it, the answers of one applied batch
-    // leave together (put 64: 1.64 writes per put across the three nodes
-    // against 0.74; linearizable get +13-18%). The method is behind tokio's
-    // `tokio_unstable` cfg, which .cargo/config.toml sets; a build with its
-    // own RUSTFLAGS keeps the slot and works the same, a little slower.
+    // leave together, in fewer writes per put (measurements:
+    // docs/benchmarks.md, "The runtime without tokio's LIFO slot"). The
+    // method is behind tokio's `tokio_unstable` cfg, which
+    // .cargo/config.toml sets; a build with its own RUSTFLAGS keeps the
+    // slot and works the same, a little slower.
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     let runtime = match builder.build() {

@@ -7,8 +7,8 @@ use crate::error::WalError;
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 
 /// Default for [`WalOptions::preallocate_bytes`]: 1 MiB. Zero-filling it
-/// and its fdatasync take about a millisecond on a virtual disk, once per
-/// few thousand small entries.
+/// costs one larger write and fdatasync, once per few thousand small
+/// entries (measurements: docs/benchmarks.md, "WAL preallocation").
 pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
 
 /// Raft state that must survive a crash: written before any message that
@@ -61,10 +61,10 @@ pub struct WalOptions {
     /// is first extended by at least this many zero bytes, written out.
     /// Later appends then overwrite blocks that already exist in a file
     /// whose size does not change, so their `fdatasync` writes the data
-    /// alone, not the inode too (on ext4 that is about 40% quicker). Replay
-    /// tells the zero padding from a torn tail. A record of this size or
-    /// more is written without padding after it. `0` appends to the end of
-    /// the file instead.
+    /// alone, not the inode too, which on ext4 is quicker (measurements:
+    /// docs/benchmarks.md, "WAL preallocation"). Replay tells the zero
+    /// padding from a torn tail. A record of this size or more is written
+    /// without padding after it. `0` appends to the end of the file instead.
     pub preallocate_bytes: u64,
 }
 

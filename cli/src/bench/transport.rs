@@ -8,11 +8,9 @@
 //! has ended when polled again, and h2 flushes a DATA frame of more than 256
 //! bytes before buffering the next frame). Each write is a loopback delivery
 //! that can wake the server, and a tonic server does not start a unary call
-//! before END_STREAM. With one client that cost the leader about one
-//! `recvfrom` and one `epoll_wait` per put (`strace -c` over 2 s of `bench
-//! put --clients 1`: 4.0 and 5.1 against 3.2 and 4.2 in one write) and
-//! about 55 µs of the single-client p50 (663 against 608 µs, the means of
-//! six alternating pairs on the project's 2-core VM).
+//! before END_STREAM: the extra writes cost the leader system calls and the
+//! single-client put latency (measurements: docs/benchmarks.md,
+//! "The bench transport's one write per call").
 //!
 //! Here the request body, which a unary call has ready at once, is collected
 //! first and handed to h2 together with the headers and END_STREAM, before

@@ -47,9 +47,10 @@ use crate::metrics::Metrics;
 pub const APPENDS_PER_WRITE_MAX: usize = 64;
 
 /// The longest append + fdatasync after which the driver still writes
-/// inline: a write on a healthy SSD or virtual disk takes 0.05-2 ms. After
+/// inline: a write on a healthy SSD or virtual disk stays within it. After
 /// a slower one (a struggling or spinning disk) the thread writes, so the
-/// node goes on serving while its disk is slow.
+/// node goes on serving while its disk is slow (measurements:
+/// docs/benchmarks.md, "WAL writes on the driver").
 pub const INLINE_WRITE_LATENCY_MAX: Duration = Duration::from_millis(2);
 
 /// A finished append.

@@ -1,14 +1,15 @@
 //! Write-behind in front of a storage engine: writes land in memory and
 //! return at once; a flusher thread moves them into the engine.
 //!
-//! Why: rusty-leveldb inserts a key into its memtable in several µs, and
-//! when the memtable is full it writes it out and compacts on the thread
-//! that writes, for tens of milliseconds. Applying committed entries
-//! straight into it put all of that in front of every answer. Here writes go
-//! into an ordered map, the *active generation*. When it is big or old
-//! enough it is *frozen*, and the flusher writes it into the engine in key
-//! order, a chunk at a time, while the next generation fills. A key written
-//! again before its generation is frozen reaches the engine once.
+//! Why: rusty-leveldb inserts a key into its memtable much more slowly than
+//! an ordered map does, and when the memtable is full it writes it out and
+//! compacts on the thread that writes. Applying committed entries straight
+//! into it put all of that in front of every answer (measurements:
+//! docs/benchmarks.md, "Write-behind store"). Here writes go into an
+//! ordered map, the *active generation*. When it is big or old enough it
+//! is *frozen*, and the flusher writes it into the engine in key order, a
+//! chunk at a time, while the next generation fills. A key written again
+//! before its generation is frozen reaches the engine once.
 //!
 //! Reads look in the active generation, then the frozen one, then the
 //! engine. A frozen generation stays readable until the engine holds all of
@@ -62,7 +63,9 @@ pub struct OverlayLimits {
 
 /// Freeze at 16 MiB (large values).
 pub const FREEZE_BYTES: usize = 16 * 1024 * 1024;
-/// 256 operations per engine batch: about 1 ms of rusty-leveldb inserts.
+/// 256 operations per engine batch: short, so that a read that misses the
+/// overlay does not wait long for the engine (measurements:
+/// docs/benchmarks.md, "Write-behind store").
 pub const CHUNK_OPS: usize = 256;
 /// Batches above 512 operations bypass the overlay: snapshot restores (1,000
 /// keys a batch) and the rare huge apply batch of a node catching up.

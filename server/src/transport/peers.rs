@@ -191,9 +191,9 @@ struct PeerLink {
 /// an empty one (a commit update or a probe) that overtook entries still in
 /// flight would name a `prev_log_index` the follower has not received yet,
 /// be rejected, and send the leader back to probing from the follower's
-/// last index, which resends everything in flight. Measured with 64
-/// concurrent 1 MiB puts, that made the leader send each entry about ten
-/// times.
+/// last index, which resends everything in flight: with large values the
+/// leader sent each entry several times over (measurements:
+/// docs/benchmarks.md, "Every AppendEntries in the entries lane").
 const LANES: usize = 2;
 /// Heartbeats, votes, answers, TimeoutNow.
 const CONTROL_LANE: usize = 0;
