@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kvstore_raft::{
-    Config, Entry, EntryKind, HardState, Message, MessageBody, NodeId, RaftNode, Role,
+    Config, Entry, EntryKind, HardState, Message, MessageBody, NodeId, RaftCore, Role,
 };
 
 /// Voters of the group; node 1 is made leader.
@@ -45,7 +45,7 @@ const PAYLOAD_BYTES: usize = 256;
 /// Entries proposed per iteration of the leader and group benchmarks.
 const PROPOSAL_COUNTS: [usize; 3] = [1, 16, 64];
 /// Entries per `AppendEntries` in the follower benchmark
-/// (`DEFAULT_MAX_ENTRIES_PER_APPEND`).
+/// (`ENTRIES_PER_APPEND_MAX_DEFAULT`).
 const APPEND_ENTRY_COUNT: usize = 64;
 /// Once a core holds this many entries it is compacted (untimed), so memory
 /// stays bounded however many iterations criterion runs.
@@ -63,7 +63,7 @@ fn config(id: NodeId) -> Config {
 /// Hands out every pending `Ready` of `node` as a driver with instant,
 /// in-memory storage would: persist (nothing), queue the messages, apply
 /// (nothing), advance.
-fn drain_ready(node: &mut RaftNode, outbox: &mut VecDeque<Message>) {
+fn drain_ready(node: &mut RaftCore, outbox: &mut VecDeque<Message>) {
     while node.has_ready() {
         let ready = node.ready();
         black_box((&ready.hard_state, &ready.entries, &ready.committed_entries));
@@ -73,7 +73,7 @@ fn drain_ready(node: &mut RaftNode, outbox: &mut VecDeque<Message>) {
 }
 
 /// Compacts `node` up to what it applied once its log is long (untimed).
-fn compact_if_long(node: &mut RaftNode) {
+fn compact_if_long(node: &mut RaftCore) {
     if node.log_entries().len() >= LOG_ENTRIES_MAX {
         node.compact(node.applied_index()).expect("compact");
     }
@@ -86,7 +86,7 @@ fn payloads(count: usize) -> Vec<Vec<u8>> {
 /// Three cores and the wire between them.
 struct Group {
     /// Indexed by `id - 1`.
-    nodes: Vec<RaftNode>,
+    nodes: Vec<RaftCore>,
     wire: VecDeque<Message>,
 }
 
@@ -95,7 +95,7 @@ impl Group {
     fn elected() -> Self {
         let nodes = VOTERS
             .iter()
-            .map(|id| RaftNode::new(config(*id), HardState::default(), None, vec![]).expect("node"))
+            .map(|id| RaftCore::new(config(*id), HardState::default(), None, vec![]).expect("node"))
             .collect();
         let mut group = Group {
             nodes,
@@ -108,7 +108,7 @@ impl Group {
         group
     }
 
-    fn node_mut(&mut self, id: NodeId) -> &mut RaftNode {
+    fn node_mut(&mut self, id: NodeId) -> &mut RaftCore {
         &mut self.nodes[(id - 1) as usize]
     }
 
@@ -151,7 +151,7 @@ impl Group {
 
 /// The leader alone; its followers' answers are synthesized.
 struct Leader {
-    node: RaftNode,
+    node: RaftCore,
     outbox: VecDeque<Message>,
 }
 
@@ -208,7 +208,7 @@ impl Leader {
 
 /// A follower of [`LEADER`] fed `AppendEntries` built here.
 struct Follower {
-    node: RaftNode,
+    node: RaftCore,
     outbox: VecDeque<Message>,
 }
 

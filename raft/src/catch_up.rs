@@ -35,8 +35,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::node::RaftNode;
 use crate::quorum;
+use crate::raft_core::RaftCore;
 use crate::types::{MessageBody, NodeId, Term};
 
 /// Where a node that lost its state stands (see the module documentation).
@@ -54,7 +54,7 @@ pub(crate) enum CatchUp {
     },
 }
 
-impl RaftNode {
+impl RaftCore {
     /// Whether this node lost its durable state and neither votes nor
     /// campaigns until it has caught up (see [`crate::Config::catch_up_before_voting`]).
     pub fn is_catching_up(&self) -> bool {
@@ -64,7 +64,7 @@ impl RaftNode {
     /// Whether this node, catching up, may still lack committed entries:
     /// it has not learned the term yet, or does not hold a commit of its
     /// leader's term. Once it does it serves like any follower, though it
-    /// votes again only after the next election ([`RaftNode::is_catching_up`]).
+    /// votes again only after the next election ([`RaftCore::is_catching_up`]).
     pub fn lacks_committed_entries(&self) -> bool {
         match self.catch_up {
             CatchUp::Done => false,

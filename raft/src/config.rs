@@ -9,26 +9,26 @@ pub const DEFAULT_ELECTION_TICK: u32 = 10;
 /// Default heartbeat interval, in ticks.
 pub const DEFAULT_HEARTBEAT_TICK: u32 = 1;
 /// Default cap on entries in one `AppendEntries` message.
-pub const DEFAULT_MAX_ENTRIES_PER_APPEND: usize = 64;
+pub const ENTRIES_PER_APPEND_MAX_DEFAULT: usize = 64;
 /// Default cap on payload bytes in one `AppendEntries` message (one entry is
 /// always sent even if it alone is larger).
-pub const DEFAULT_MAX_BYTES_PER_APPEND: usize = 1024 * 1024;
+pub const BYTES_PER_APPEND_MAX_DEFAULT: usize = 1024 * 1024;
 /// Default cap on unacknowledged `AppendEntries` messages per follower.
-pub const DEFAULT_MAX_INFLIGHT_APPENDS: usize = 256;
+pub const INFLIGHT_APPENDS_MAX_DEFAULT: usize = 256;
 /// Default cap on uncommitted entries (`last_index - commit_index`) before
 /// proposals are rejected.
-pub const DEFAULT_MAX_PENDING_PROPOSALS: usize = 4096;
+pub const PENDING_PROPOSALS_MAX_DEFAULT: usize = 4096;
 /// Default cap on read requests waiting for confirmation.
-pub const DEFAULT_MAX_PENDING_READ_REQUESTS: usize = 4096;
+pub const PENDING_READ_REQUESTS_MAX_DEFAULT: usize = 4096;
 /// Default cap on committed entries handed out in one `Ready`.
-pub const DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY: usize = 4096;
+pub const COMMITTED_ENTRIES_PER_READY_MAX_DEFAULT: usize = 4096;
 /// Default number of ticks a leader waits for an answer to an
 /// `InstallSnapshot` before sending it again.
 pub const DEFAULT_SNAPSHOT_RETRY_TICK: u32 = 50;
 /// Largest cluster this core accepts.
-pub const MAX_VOTERS: usize = 64;
+pub const VOTERS_MAX: usize = 64;
 
-/// Configuration of one [`crate::RaftNode`].
+/// Configuration of one [`crate::RaftCore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This node's id (non-zero).
@@ -51,21 +51,21 @@ pub struct Config {
     /// partition does not raise the cluster's term.
     pub pre_vote: bool,
     /// Cap on entries per `AppendEntries` message.
-    pub max_entries_per_append: usize,
+    pub entries_per_append_max: usize,
     /// Cap on payload bytes per `AppendEntries` message (at least one entry
     /// is always sent).
-    pub max_bytes_per_append: usize,
+    pub bytes_per_append_max: usize,
     /// Cap on unacknowledged `AppendEntries` messages per follower while
     /// pipelining.
-    pub max_inflight_appends: usize,
+    pub inflight_appends_max: usize,
     /// Proposals fail with [`crate::ProposeError::TooManyPending`] once
     /// `last_index - commit_index` reaches this.
-    pub max_pending_proposals: usize,
+    pub pending_proposals_max: usize,
     /// Read requests fail with [`crate::ReadIndexError::TooManyPending`] once
     /// this many wait for confirmation.
-    pub max_pending_read_requests: usize,
-    /// Cap on committed entries handed out by one [`crate::RaftNode::ready`].
-    pub max_committed_entries_per_ready: usize,
+    pub pending_read_requests_max: usize,
+    /// Cap on committed entries handed out by one [`crate::RaftCore::ready`].
+    pub committed_entries_per_ready_max: usize,
     /// Ticks a leader waits for an answer to `InstallSnapshot` before it
     /// probes the follower again (and so re-sends the snapshot).
     pub snapshot_retry_tick: u32,
@@ -92,26 +92,26 @@ impl Config {
             seed: 0,
             check_quorum: true,
             pre_vote: true,
-            max_entries_per_append: DEFAULT_MAX_ENTRIES_PER_APPEND,
-            max_bytes_per_append: DEFAULT_MAX_BYTES_PER_APPEND,
-            max_inflight_appends: DEFAULT_MAX_INFLIGHT_APPENDS,
-            max_pending_proposals: DEFAULT_MAX_PENDING_PROPOSALS,
-            max_pending_read_requests: DEFAULT_MAX_PENDING_READ_REQUESTS,
-            max_committed_entries_per_ready: DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY,
+            entries_per_append_max: ENTRIES_PER_APPEND_MAX_DEFAULT,
+            bytes_per_append_max: BYTES_PER_APPEND_MAX_DEFAULT,
+            inflight_appends_max: INFLIGHT_APPENDS_MAX_DEFAULT,
+            pending_proposals_max: PENDING_PROPOSALS_MAX_DEFAULT,
+            pending_read_requests_max: PENDING_READ_REQUESTS_MAX_DEFAULT,
+            committed_entries_per_ready_max: COMMITTED_ENTRIES_PER_READY_MAX_DEFAULT,
             snapshot_retry_tick: DEFAULT_SNAPSHOT_RETRY_TICK,
             catch_up_before_voting: false,
         }
     }
 
-    /// Checks every field; [`crate::RaftNode::new`] calls it too.
+    /// Checks every field; [`crate::RaftCore::new`] calls it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(ConfigError::IdZero);
         }
-        if self.voters.len() > MAX_VOTERS {
+        if self.voters.len() > VOTERS_MAX {
             return Err(ConfigError::TooManyVoters {
                 count: self.voters.len(),
-                limit: MAX_VOTERS,
+                limit: VOTERS_MAX,
             });
         }
         for (position, voter) in self.voters.iter().enumerate() {
@@ -137,14 +137,14 @@ impl Config {
             });
         }
         let limits = [
-            ("max_entries_per_append", self.max_entries_per_append),
-            ("max_bytes_per_append", self.max_bytes_per_append),
-            ("max_inflight_appends", self.max_inflight_appends),
-            ("max_pending_proposals", self.max_pending_proposals),
-            ("max_pending_read_requests", self.max_pending_read_requests),
+            ("entries_per_append_max", self.entries_per_append_max),
+            ("bytes_per_append_max", self.bytes_per_append_max),
+            ("inflight_appends_max", self.inflight_appends_max),
+            ("pending_proposals_max", self.pending_proposals_max),
+            ("pending_read_requests_max", self.pending_read_requests_max),
             (
-                "max_committed_entries_per_ready",
-                self.max_committed_entries_per_ready,
+                "committed_entries_per_ready_max",
+                self.committed_entries_per_ready_max,
             ),
             ("snapshot_retry_tick", self.snapshot_retry_tick as usize),
         ];
@@ -203,18 +203,18 @@ mod tests {
             ),
             (
                 Config {
-                    max_inflight_appends: 0,
+                    inflight_appends_max: 0,
                     ..Config::new(1, vec![1])
                 },
                 ConfigError::Zero {
-                    field: "max_inflight_appends",
+                    field: "inflight_appends_max",
                 },
             ),
             (
-                Config::new(1, (1..=(MAX_VOTERS as u64 + 1)).collect()),
+                Config::new(1, (1..=(VOTERS_MAX as u64 + 1)).collect()),
                 ConfigError::TooManyVoters {
-                    count: MAX_VOTERS + 1,
-                    limit: MAX_VOTERS,
+                    count: VOTERS_MAX + 1,
+                    limit: VOTERS_MAX,
                 },
             ),
         ];

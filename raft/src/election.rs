@@ -1,7 +1,7 @@
 //! Elections: the vote rule, pre-vote and real campaigns, and vote tallies.
 
-use crate::node::RaftNode;
 use crate::quorum::{self, VoteResult};
+use crate::raft_core::RaftCore;
 use crate::types::{Index, Message, MessageBody, NodeId, Role, Term, TERM_MAX};
 
 /// What a voter knows when it decides on a vote.
@@ -58,7 +58,7 @@ pub(crate) enum VoteDecision {
 ///    a later last term, or the same last term and a last index at least ours.
 ///
 /// Leader lease (ignoring disruptive requests while a leader is alive) is
-/// applied before this, in `RaftNode::step`, because it drops the request
+/// applied before this, in `RaftCore::step`, because it drops the request
 /// without answering.
 pub(crate) fn decide_vote(voter: &VoterView, request: &VoteRequest) -> VoteDecision {
     if request.term < voter.term {
@@ -83,7 +83,7 @@ pub(crate) fn decide_vote(voter: &VoterView, request: &VoteRequest) -> VoteDecis
     VoteDecision::Grant
 }
 
-impl RaftNode {
+impl RaftCore {
     /// Starts an election: a pre-vote round first when configured, unless this
     /// is a leadership transfer.
     pub(crate) fn start_election(&mut self, transfer: bool, reason: &'static str) {

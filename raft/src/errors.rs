@@ -24,7 +24,7 @@ pub enum ConfigError {
         /// This node's id.
         id: NodeId,
     },
-    /// More voters than [`crate::MAX_VOTERS`].
+    /// More voters than [`crate::VOTERS_MAX`].
     #[error("{count} voters exceed the limit of {limit}")]
     TooManyVoters {
         /// Voters given.
@@ -48,7 +48,7 @@ pub enum ConfigError {
     },
 }
 
-/// [`crate::RaftNode::new`] was given an invalid config or persisted state.
+/// [`crate::RaftCore::new`] was given an invalid config or persisted state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
     /// The configuration is invalid.
@@ -98,7 +98,7 @@ pub enum RaftError {
     },
 }
 
-/// Why [`crate::RaftNode::propose`] failed.
+/// Why [`crate::RaftCore::propose`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     /// Only the leader accepts proposals.
@@ -107,7 +107,7 @@ pub enum ProposeError {
         /// The leader this node knows of in its term, if any.
         leader_hint: Option<NodeId>,
     },
-    /// `last_index - commit_index` reached `max_pending_proposals`.
+    /// `last_index - commit_index` reached `pending_proposals_max`.
     #[error("too many uncommitted proposals")]
     TooManyPending,
     /// A leadership transfer is in progress.
@@ -115,7 +115,7 @@ pub enum ProposeError {
     TransferInProgress,
 }
 
-/// Why [`crate::RaftNode::read_index`] failed.
+/// Why [`crate::RaftCore::read_index`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadIndexError {
     /// Only the leader serves read requests.
@@ -124,12 +124,12 @@ pub enum ReadIndexError {
         /// The leader this node knows of in its term, if any.
         leader_hint: Option<NodeId>,
     },
-    /// `max_pending_read_requests` requests already wait.
+    /// `pending_read_requests_max` requests already wait.
     #[error("too many pending read requests")]
     TooManyPending,
 }
 
-/// Why [`crate::RaftNode::transfer_leader`] failed.
+/// Why [`crate::RaftCore::transfer_leader`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
     /// Only the leader can transfer leadership.
@@ -146,7 +146,7 @@ pub enum TransferError {
     },
 }
 
-/// Why [`crate::RaftNode::compact`] failed.
+/// Why [`crate::RaftCore::compact`] failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CompactError {
     /// Only applied entries can be compacted away.

@@ -5,10 +5,10 @@
 //! entries, hard state and snapshot the driver persists *before* sending its
 //! messages: a follower never acknowledges what is not durable.
 
-use crate::node::RaftNode;
+use crate::raft_core::RaftCore;
 use crate::types::{Entry, Index, MessageBody, NodeId, SnapshotMetadata, Term};
 
-impl RaftNode {
+impl RaftCore {
     pub(crate) fn handle_append_entries(
         &mut self,
         from: NodeId,

@@ -2,11 +2,11 @@
 //!
 //! The core does no I/O, reads no clock, spawns nothing and draws randomness
 //! only from an RNG seeded by [`Config::seed`]. Time is counted in ticks. A
-//! driver feeds it inputs ([`RaftNode::tick`], [`RaftNode::step`],
-//! [`RaftNode::propose`], [`RaftNode::read_index`],
-//! [`RaftNode::transfer_leader`], [`RaftNode::compact`]) and handles its
+//! driver feeds it inputs ([`RaftCore::tick`], [`RaftCore::step`],
+//! [`RaftCore::propose`], [`RaftCore::read_index`],
+//! [`RaftCore::transfer_leader`], [`RaftCore::compact`]) and handles its
 //! output, a [`Ready`]: persist, then send, then apply, then
-//! [`RaftNode::advance`] (see [`Ready`] and the crate README).
+//! [`RaftCore::advance`] (see [`Ready`] and the crate README).
 //!
 //! Structure follows etcd-raft: `node.rs` holds roles, ticks and the message
 //! gate; `election.rs` the vote rule and campaigns; `replication.rs` the
@@ -30,25 +30,25 @@ mod election;
 mod errors;
 mod follower;
 mod log;
-mod node;
 mod progress;
 mod quorum;
+mod raft_core;
 mod read_index;
 mod ready;
 mod replication;
 mod types;
 
 pub use config::{
-    Config, DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK, DEFAULT_MAX_BYTES_PER_APPEND,
-    DEFAULT_MAX_COMMITTED_ENTRIES_PER_READY, DEFAULT_MAX_ENTRIES_PER_APPEND,
-    DEFAULT_MAX_INFLIGHT_APPENDS, DEFAULT_MAX_PENDING_PROPOSALS, DEFAULT_MAX_PENDING_READ_REQUESTS,
-    DEFAULT_SNAPSHOT_RETRY_TICK, MAX_VOTERS,
+    Config, BYTES_PER_APPEND_MAX_DEFAULT, COMMITTED_ENTRIES_PER_READY_MAX_DEFAULT,
+    DEFAULT_ELECTION_TICK, DEFAULT_HEARTBEAT_TICK, DEFAULT_SNAPSHOT_RETRY_TICK,
+    ENTRIES_PER_APPEND_MAX_DEFAULT, INFLIGHT_APPENDS_MAX_DEFAULT, PENDING_PROPOSALS_MAX_DEFAULT,
+    PENDING_READ_REQUESTS_MAX_DEFAULT, VOTERS_MAX,
 };
 pub use errors::{
     CompactError, ConfigError, ProposeError, RaftError, ReadIndexError, TransferError,
 };
-pub use node::RaftNode;
 pub use progress::{PeerProgress, ProgressState};
+pub use raft_core::RaftCore;
 pub use ready::{ReadState, Ready, SoftState};
 pub use types::{
     Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Role, SnapshotMetadata, Term,

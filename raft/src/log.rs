@@ -144,14 +144,14 @@ impl RaftLog {
         self.term(index) == Some(term)
     }
 
-    /// Entries from `low` on, at most `max_count` of them and at most
-    /// `max_bytes` of payload (but at least one if any exist). `None` if
+    /// Entries from `low` on, at most `count_max` of them and at most
+    /// `bytes_max` of payload (but at least one if any exist). `None` if
     /// `low` is compacted.
     pub(crate) fn entries_from(
         &self,
         low: Index,
-        max_count: usize,
-        max_bytes: usize,
+        count_max: usize,
+        bytes_max: usize,
     ) -> Option<Vec<Entry>> {
         if low < self.first_index() {
             return None;
@@ -160,11 +160,11 @@ impl RaftLog {
         let mut total_bytes = 0usize;
         let mut index = low;
         while let Some(entry) = self.entry(index) {
-            if selected.len() >= max_count {
+            if selected.len() >= count_max {
                 break;
             }
             total_bytes = total_bytes.saturating_add(entry.size_bytes());
-            if !selected.is_empty() && total_bytes > max_bytes {
+            if !selected.is_empty() && total_bytes > bytes_max {
                 break;
             }
             selected.push(entry.clone());
@@ -373,12 +373,12 @@ impl RaftLog {
         }
     }
 
-    /// Committed entries not yet applied, at most `max_count` of them.
-    pub(crate) fn next_committed_entries(&self, max_count: usize) -> Vec<Entry> {
+    /// Committed entries not yet applied, at most `count_max` of them.
+    pub(crate) fn next_committed_entries(&self, count_max: usize) -> Vec<Entry> {
         let low = self.apply_from();
         let high = self
             .apply_limit()
-            .min((low - 1).saturating_add(max_count as Index));
+            .min((low - 1).saturating_add(count_max as Index));
         (low..=high)
             .map(|index| self.entry(index).expect("committed entry present").clone())
             .collect()

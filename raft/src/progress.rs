@@ -4,7 +4,7 @@
 //! * `Probe`: the match point is unknown; send one `AppendEntries` and wait
 //!   for its answer (or the next heartbeat answer) before sending another.
 //! * `Replicate`: the follower is in sync; pipeline up to
-//!   `max_inflight_appends` messages, advancing `next_index` optimistically.
+//!   `inflight_appends_max` messages, advancing `next_index` optimistically.
 //! * `Snapshot`: the follower needs compacted entries; an `InstallSnapshot`
 //!   was sent and nothing else is until it is answered or times out.
 
@@ -24,7 +24,7 @@ pub enum ProgressState {
 }
 
 /// Read-only view of a follower's progress, from
-/// [`crate::RaftNode::follower_progress`].
+/// [`crate::RaftCore::follower_progress`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerProgress {
     /// The follower.
@@ -116,7 +116,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(next_index: Index, max_inflight_appends: usize) -> Self {
+    pub(crate) fn new(next_index: Index, inflight_appends_max: usize) -> Self {
         assert!(next_index > 0, "next index starts at 1");
         Progress {
             match_index: 0,
@@ -125,7 +125,7 @@ impl Progress {
             probe_sent: false,
             pending_snapshot_index: 0,
             snapshot_elapsed_ticks: 0,
-            inflights: Inflights::new(max_inflight_appends),
+            inflights: Inflights::new(inflight_appends_max),
             recent_active: false,
             acknowledged_read_round: 0,
             commit_sent: 0,

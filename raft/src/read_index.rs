@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 
 use crate::errors::ReadIndexError;
-use crate::node::RaftNode;
 use crate::quorum;
+use crate::raft_core::RaftCore;
 use crate::ready::ReadState;
 use crate::types::{Index, Role};
 
@@ -32,16 +32,16 @@ pub(crate) struct ReadTracker {
     awaiting_commit: VecDeque<u64>,
     /// `required_round` is non-decreasing front to back.
     awaiting_confirmation: VecDeque<PendingRead>,
-    max_pending: usize,
+    pending_max: usize,
 }
 
 impl ReadTracker {
-    pub(crate) fn new(max_pending: usize) -> Self {
+    pub(crate) fn new(pending_max: usize) -> Self {
         ReadTracker {
             round: 0,
             awaiting_commit: VecDeque::new(),
             awaiting_confirmation: VecDeque::new(),
-            max_pending,
+            pending_max,
         }
     }
 
@@ -65,14 +65,14 @@ impl ReadTracker {
     }
 }
 
-impl RaftNode {
+impl RaftCore {
     pub(crate) fn request_reads(&mut self, contexts: &[u64]) -> Result<(), ReadIndexError> {
         if self.role != Role::Leader {
             return Err(ReadIndexError::NotLeader {
                 leader_hint: self.leader_id,
             });
         }
-        if self.reads.pending_count() + contexts.len() > self.reads.max_pending {
+        if self.reads.pending_count() + contexts.len() > self.reads.pending_max {
             return Err(ReadIndexError::TooManyPending);
         }
         if contexts.is_empty() {

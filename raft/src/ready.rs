@@ -1,5 +1,5 @@
 //! The hand-off to the driver: [`Ready`] batches everything the core wants
-//! done, [`RaftNode::advance`] acknowledges it.
+//! done, [`RaftCore::advance`] acknowledges it.
 //!
 //! Contract, per `Ready`, in this order:
 //! 1. Persist: if `snapshot` is set, replace the WAL with it (drop every
@@ -13,23 +13,23 @@
 //!    set, then apply `committed_entries` in order (skip the data of
 //!    `EntryKind::Empty` entries but count them as applied).
 //! 4. Answer reads in `read_states` once applied index >= their index.
-//! 5. Call [`RaftNode::advance`]. Only then may `ready()` be called again;
+//! 5. Call [`RaftCore::advance`]. Only then may `ready()` be called again;
 //!    `tick`, `step`, `propose` etc. are allowed in between.
 //!
 //! Background writes (etcd-raft's asynchronous storage writes, for a
 //! leader): a leader whose `Ready` changes neither term nor vote and
 //! carries no snapshot may send `messages` and apply `committed_entries`
 //! BEFORE step 1 completes, and acknowledge with
-//! [`RaftNode::advance_unpersisted`] instead of `advance`. Writes must
+//! [`RaftCore::advance_unpersisted`] instead of `advance`. Writes must
 //! complete in the order the `Ready`s were handed out; as each one becomes
 //! durable the driver reports its last entry with
-//! [`RaftNode::on_persisted`]. Only then does the leader count its own copy
+//! [`RaftCore::on_persisted`]. Only then does the leader count its own copy
 //! toward commit, and while writes are outstanding `committed_entries`
 //! holds nothing beyond the durable prefix. A later `Ready` handled the
 //! synchronous way (persist, then send) must wait for the earlier writes
 //! too; its `advance` then marks everything durable.
 
-use crate::node::RaftNode;
+use crate::raft_core::RaftCore;
 use crate::types::{Entry, HardState, Index, Message, NodeId, Role, SnapshotMetadata, Term};
 
 /// Role information that needs no persistence, reported when it changes.
@@ -53,7 +53,7 @@ pub struct SoftState {
 /// machine has applied `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadState {
-    /// The context given to [`RaftNode::read_index`].
+    /// The context given to [`RaftCore::read_index`].
     pub context: u64,
     /// Commit index at the time of the request.
     pub index: Index,
@@ -61,7 +61,7 @@ pub struct ReadState {
 
 /// Everything the core asks of its driver since the previous `Ready`. See the
 /// module documentation for the order in which to handle it. All fields may
-/// be moved out freely; [`RaftNode::advance`] takes no argument.
+/// be moved out freely; [`RaftCore::advance`] takes no argument.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
     /// New role/leader/term, when any of them changed.
@@ -132,12 +132,12 @@ impl ReadyTracker {
     }
 }
 
-impl RaftNode {
+impl RaftCore {
     fn soft_state_key(&self) -> SoftStateKey {
         (self.role, self.leader_id, self.term, self.is_catching_up())
     }
 
-    /// Whether [`RaftNode::ready`] would return a non-empty `Ready`. Always
+    /// Whether [`RaftCore::ready`] would return a non-empty `Ready`. Always
     /// false while a `Ready` is outstanding (not yet advanced).
     pub fn has_ready(&self) -> bool {
         if self.ready_tracker.outstanding.is_some() {
@@ -153,7 +153,7 @@ impl RaftNode {
     }
 
     /// Takes everything pending. Panics if the previous `Ready` was not
-    /// acknowledged with [`RaftNode::advance`].
+    /// acknowledged with [`RaftCore::advance`].
     pub fn ready(&mut self) -> Ready {
         assert!(
             self.ready_tracker.outstanding.is_none(),
@@ -167,7 +167,7 @@ impl RaftNode {
         // persisted before they are applied).
         let committed_entries = self
             .log
-            .next_committed_entries(self.config.max_committed_entries_per_ready);
+            .next_committed_entries(self.config.committed_entries_per_ready_max);
         let entries = self.log.unstable_entries().to_vec();
         if let Some(last) = entries.last() {
             self.log.persisting_to(last.index);
@@ -227,10 +227,10 @@ impl RaftNode {
         self.assert_invariants();
     }
 
-    /// Acknowledges the last `Ready` like [`RaftNode::advance`], except that
+    /// Acknowledges the last `Ready` like [`RaftCore::advance`], except that
     /// its entries and hard state are still being written in the
     /// background (see the module documentation): they count as durable
-    /// only once [`RaftNode::on_persisted`] reports them.
+    /// only once [`RaftCore::on_persisted`] reports them.
     ///
     /// Panics if the `Ready` handed out entries to apply that were not
     /// durable yet (it must then be persisted before anything is applied).

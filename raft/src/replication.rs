@@ -10,22 +10,22 @@
 //! (measurements: docs/benchmarks.md, "The commit index on the next
 //! append"). The driver bounds how long a follower in sync may go without
 //! hearing of entries it holds being committed:
-//! [`RaftNode::has_unsent_commit`] says that one has not heard,
-//! [`RaftNode::send_commit`] tells it (a follower whose in-flight window is
+//! [`RaftCore::has_unsent_commit`] says that one has not heard,
+//! [`RaftCore::send_commit`] tells it (a follower whose in-flight window is
 //! full hears with its next append or heartbeat).
 //! A follower owed the commit index also gets it as soon as it answers a
 //! heartbeat, so that a read waiting there for its read index is not held
 //! up.
 
-use crate::node::RaftNode;
 use crate::progress::{Progress, ProgressState};
 use crate::quorum;
+use crate::raft_core::RaftCore;
 use crate::types::{Entry, Index, MessageBody, NodeId, Role, Term};
 
-impl RaftNode {
+impl RaftCore {
     /// Appends one entry of our term to our log; the next `ready()` sends it
     /// to every peer whose flow control allows, with every other entry
-    /// appended meanwhile (see [`RaftNode::send_pending_appends`]).
+    /// appended meanwhile (see [`RaftCore::send_pending_appends`]).
     pub(crate) fn leader_append(&mut self, entry: Entry) {
         assert_eq!(
             entry.term, self.term,
@@ -62,8 +62,8 @@ impl RaftNode {
         }
     }
 
-    /// Sends `peer` the next batch of entries (at most `max_entries_per_append`
-    /// entries and `max_bytes_per_append` bytes), or an `InstallSnapshot` if
+    /// Sends `peer` the next batch of entries (at most `entries_per_append_max`
+    /// entries and `bytes_per_append_max` bytes), or an `InstallSnapshot` if
     /// they are compacted. Returns whether anything was sent.
     pub(crate) fn send_append(&mut self, peer: NodeId, send_if_empty: bool) -> bool {
         let progress = &self.progress[&peer];
@@ -75,8 +75,8 @@ impl RaftNode {
         let prev_log_term = self.log.term(prev_log_index);
         let entries = self.log.entries_from(
             next_index,
-            self.config.max_entries_per_append,
-            self.config.max_bytes_per_append,
+            self.config.entries_per_append_max,
+            self.config.bytes_per_append_max,
         );
         let (Some(prev_log_term), Some(entries)) = (prev_log_term, entries) else {
             self.send_snapshot(peer);
@@ -309,7 +309,7 @@ impl RaftNode {
                 .any(|progress| Self::commit_unsent_to(progress, commit))
     }
 
-    /// Tells every follower of [`RaftNode::has_unsent_commit`] the commit
+    /// Tells every follower of [`RaftCore::has_unsent_commit`] the commit
     /// index, in an append (empty unless entries wait for it; one whose
     /// in-flight window is full is skipped).
     pub fn send_commit(&mut self) {
@@ -348,18 +348,18 @@ mod tests {
         // Probing (after a rejection, or under a new leader) or being sent a
         // snapshot: it hears the commit index with what it is sent next, so
         // the driver's notice timer is not armed for it.
-        assert!(!RaftNode::commit_unsent_to(&progress, 5));
+        assert!(!RaftCore::commit_unsent_to(&progress, 5));
         progress.become_snapshot(9);
-        assert!(!RaftNode::commit_unsent_to(&progress, 5));
+        assert!(!RaftCore::commit_unsent_to(&progress, 5));
         progress.become_probe();
         progress.become_replicate();
-        assert!(RaftNode::commit_unsent_to(&progress, 5));
+        assert!(RaftCore::commit_unsent_to(&progress, 5));
         // Owed what it holds of the commit, no more.
         progress.commit_sent_up_to(5);
-        assert!(!RaftNode::commit_unsent_to(&progress, 8));
+        assert!(!RaftCore::commit_unsent_to(&progress, 8));
         progress.match_index = 8;
-        assert!(RaftNode::commit_unsent_to(&progress, 6));
+        assert!(RaftCore::commit_unsent_to(&progress, 6));
         progress.commit_sent_up_to(6);
-        assert!(!RaftNode::commit_unsent_to(&progress, 6));
+        assert!(!RaftCore::commit_unsent_to(&progress, 6));
     }
 }

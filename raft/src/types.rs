@@ -52,7 +52,7 @@ pub struct Entry {
 
 impl Entry {
     /// Bytes this entry counts for against
-    /// [`crate::Config::max_bytes_per_append`]: the payload length.
+    /// [`crate::Config::bytes_per_append_max`]: the payload length.
     pub fn size_bytes(&self) -> usize {
         self.data.len()
     }
@@ -147,7 +147,7 @@ pub enum MessageBody {
     },
     /// Leader liveness signal; also carries the commit index (capped at what
     /// the recipient is known to have) and the read round used by
-    /// [`crate::RaftNode::read_index`].
+    /// [`crate::RaftCore::read_index`].
     Heartbeat {
         /// `min(leader commit, recipient's match index)`.
         leader_commit: Index,

@@ -7,7 +7,7 @@ mod cluster;
 use cluster::{config, entries_with_terms, entry, Cluster};
 use kvstore_raft::{
     CompactError, Config, Entry, EntryKind, HardState, Message, MessageBody, ProgressState,
-    ProposeError, RaftError, RaftNode, ReadIndexError, ReadState, Role, SnapshotMetadata,
+    ProposeError, RaftCore, RaftError, ReadIndexError, ReadState, Role, SnapshotMetadata,
     TransferError, TERM_MAX,
 };
 
@@ -17,7 +17,7 @@ fn restored(
     term: u64,
     terms: &[u64],
     configure: impl Fn(&mut Config),
-) -> RaftNode {
+) -> RaftCore {
     let mut node_config = config(id, size);
     configure(&mut node_config);
     let hard_state = HardState {
@@ -25,14 +25,14 @@ fn restored(
         vote: None,
         commit: 1.min(terms.len() as u64),
     };
-    RaftNode::new(node_config, hard_state, None, entries_with_terms(terms)).unwrap()
+    RaftCore::new(node_config, hard_state, None, entries_with_terms(terms)).unwrap()
 }
 
 // ----- Ready contract ---------------------------------------------------------
 
 #[test]
 fn single_node_commits_only_after_persisting() {
-    let mut node = RaftNode::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
+    let mut node = RaftCore::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
     node.campaign();
     assert_eq!(node.role(), Role::Leader);
     let ready = node.ready();
@@ -88,7 +88,7 @@ fn single_node_commits_only_after_persisting() {
 
 #[test]
 fn a_background_write_counts_toward_commit_only_once_reported_durable() {
-    let mut node = RaftNode::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
+    let mut node = RaftCore::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
     node.campaign();
     let ready = node.ready();
     node.advance(); // The election's term and vote are written first.
@@ -133,7 +133,7 @@ fn a_background_write_counts_toward_commit_only_once_reported_durable() {
 #[test]
 #[should_panic(expected = "ready() called before advance()")]
 fn ready_twice_without_advance_panics() {
-    let mut node = RaftNode::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
+    let mut node = RaftCore::new(config(1, 1), HardState::default(), None, vec![]).unwrap();
     node.campaign();
     let _first = node.ready();
     let _second = node.ready();
@@ -141,7 +141,7 @@ fn ready_twice_without_advance_panics() {
 
 #[test]
 fn follower_acknowledges_in_the_ready_that_persists_the_entries() {
-    let mut follower = RaftNode::new(config(2, 3), HardState::default(), None, vec![]).unwrap();
+    let mut follower = RaftCore::new(config(2, 3), HardState::default(), None, vec![]).unwrap();
     follower.step(Message {
         from: 1,
         to: 2,
@@ -186,7 +186,7 @@ fn restart_recovers_commit_and_reapplies_from_the_snapshot() {
         vote: Some(1),
         commit: 5,
     };
-    let mut node = RaftNode::new(config(1, 3), hard_state, Some(snapshot), persisted).unwrap();
+    let mut node = RaftCore::new(config(1, 3), hard_state, Some(snapshot), persisted).unwrap();
     assert_eq!(node.first_index(), 4);
     assert_eq!(node.last_index(), 6);
     assert_eq!(node.commit_index(), 5);
@@ -210,7 +210,7 @@ fn restart_recovers_commit_and_reapplies_from_the_snapshot() {
 fn invalid_persisted_state_is_rejected() {
     let gap = vec![entry(1, 1), entry(3, 1)];
     assert_eq!(
-        RaftNode::new(
+        RaftCore::new(
             config(1, 3),
             HardState {
                 term: 1,
@@ -227,7 +227,7 @@ fn invalid_persisted_state_is_rejected() {
         }
     );
     assert_eq!(
-        RaftNode::new(
+        RaftCore::new(
             config(1, 3),
             HardState {
                 term: 1,
@@ -244,7 +244,7 @@ fn invalid_persisted_state_is_rejected() {
         }
     );
     assert_eq!(
-        RaftNode::new(
+        RaftCore::new(
             config(1, 3),
             HardState {
                 term: 1,
@@ -261,7 +261,7 @@ fn invalid_persisted_state_is_rejected() {
         }
     );
     assert_eq!(
-        RaftNode::new(
+        RaftCore::new(
             config(1, 3),
             HardState::default(),
             None,
@@ -275,7 +275,7 @@ fn invalid_persisted_state_is_rejected() {
         }
     );
     assert!(matches!(
-        RaftNode::new(config(4, 3), HardState::default(), None, vec![]),
+        RaftCore::new(config(4, 3), HardState::default(), None, vec![]),
         Err(RaftError::Config(_))
     ));
 }
@@ -474,7 +474,7 @@ fn fast_backtracking_skips_a_whole_term_per_round_trip() {
 #[test]
 fn figure_8_old_term_entry_is_not_committed_by_counting() {
     let one_entry_per_append = |config: &mut Config| {
-        config.max_entries_per_append = 1;
+        config.entries_per_append_max = 1;
         config.pre_vote = false;
     };
     // (c): S1 led term 2 and wrote (2, t2) to S2; S5 led term 3 and wrote
@@ -528,9 +528,9 @@ fn figure_8_old_term_entry_is_not_committed_by_counting() {
 #[test]
 fn flow_control_caps_entries_bytes_and_inflight_messages() {
     let mut cluster = Cluster::new(3, |config| {
-        config.max_entries_per_append = 2;
-        config.max_bytes_per_append = 10;
-        config.max_inflight_appends = 3;
+        config.entries_per_append_max = 2;
+        config.bytes_per_append_max = 10;
+        config.inflight_appends_max = 3;
     });
     cluster.elect(1);
     cluster.tick_all(1);
@@ -643,7 +643,7 @@ fn a_probing_follower_gets_one_message_at_a_time() {
 
 #[test]
 fn proposals_are_refused_beyond_the_pending_limit() {
-    let mut cluster = Cluster::new(3, |config| config.max_pending_proposals = 3);
+    let mut cluster = Cluster::new(3, |config| config.pending_proposals_max = 3);
     cluster.elect(1);
     assert_eq!(
         cluster.node_mut(2).propose(b"x".to_vec()),
@@ -886,7 +886,7 @@ fn a_batch_of_reads_shares_one_heartbeat_round() {
         .collect();
     assert_eq!(cluster.read_states[&1], served);
     // All or nothing: a batch past the pending limit is refused whole.
-    let too_many: Vec<u64> = (0..=kvstore_raft::DEFAULT_MAX_PENDING_READ_REQUESTS as u64).collect();
+    let too_many: Vec<u64> = (0..=kvstore_raft::PENDING_READ_REQUESTS_MAX_DEFAULT as u64).collect();
     assert_eq!(
         cluster.node_mut(1).read_index_batch(&too_many),
         Err(ReadIndexError::TooManyPending)
@@ -1209,7 +1209,7 @@ fn terms_near_the_top_of_u64_are_refused_and_never_wrap() {
     assert_eq!(node.role(), Role::Follower);
     assert_eq!(node.term(), TERM_MAX);
     assert_eq!(
-        RaftNode::new(
+        RaftCore::new(
             config(1, 3),
             HardState {
                 term: TERM_MAX + 1,
@@ -1253,7 +1253,7 @@ fn a_node_that_lost_its_state_learns_the_highest_term_and_does_not_vote_in_it() 
     // Node 3 voted for node 2 in term 5 and then lost its disk; node 1
     // still leads term 4, unaware. Node 3 must not follow the deposed node
     // 1, and must not vote again in term 5.
-    let mut node = RaftNode::new(
+    let mut node = RaftCore::new(
         {
             let mut config = config(3, 3);
             config.catch_up_before_voting = true;

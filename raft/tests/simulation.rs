@@ -21,7 +21,7 @@ mod sim;
 use std::time::Instant;
 
 use kvstore_raft::{
-    Config, Entry, EntryKind, HardState, Message, MessageBody, RaftNode, SnapshotMetadata,
+    Config, Entry, EntryKind, HardState, Message, MessageBody, RaftCore, SnapshotMetadata,
 };
 use sim::checker::{Checker, ViolationKind};
 use sim::disk::{DurabilityClaim, Durable};
@@ -440,12 +440,12 @@ fn checker_reports_a_leader_missing_a_committed_entry() {
         vote: None,
         commit: 0,
     };
-    let node = RaftNode::new(config, hard_state, None, vec![entry(1, 1, b"a")]).unwrap();
+    let node = RaftCore::new(config, hard_state, None, vec![entry(1, 1, b"a")]).unwrap();
     let violation = checker.check_leader_completeness(&node).unwrap_err();
     assert_eq!(violation.kind, ViolationKind::LeaderCompleteness);
     // With the entry of a different term at index 2, too.
     let config = Config::new(1, vec![1, 2, 3]);
-    let node = RaftNode::new(
+    let node = RaftCore::new(
         config,
         hard_state,
         None,

@@ -157,21 +157,21 @@ pub struct ServerConfig {
     pub log_level: String,
 
     /// Largest key accepted, in bytes.
-    #[arg(long, env = "KVSTORE_MAX_KEY_BYTES", default_value_t = limits::KEY_BYTES_MAX_DEFAULT)]
-    pub max_key_bytes: usize,
+    #[arg(long = "max-key-bytes", env = "KVSTORE_MAX_KEY_BYTES", default_value_t = limits::KEY_BYTES_MAX_DEFAULT)]
+    pub key_bytes_max: usize,
 
     /// Largest value accepted, in bytes.
-    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::VALUE_BYTES_MAX_DEFAULT)]
-    pub max_value_bytes: usize,
+    #[arg(long = "max-value-bytes", env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::VALUE_BYTES_MAX_DEFAULT)]
+    pub value_bytes_max: usize,
 
     /// Most client connections open at once; more are closed as soon as
     /// they are accepted, while the open ones keep working.
-    #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = limits::CLIENT_CONNECTIONS_MAX_DEFAULT)]
-    pub max_connections: usize,
+    #[arg(long = "max-connections", env = "KVSTORE_MAX_CONNECTIONS", default_value_t = limits::CLIENT_CONNECTIONS_MAX_DEFAULT)]
+    pub connections_max: usize,
 
     /// Most connections open at once on the HTTP observability port.
-    #[arg(long, env = "KVSTORE_MAX_HTTP_CONNECTIONS", default_value_t = limits::HTTP_CONNECTIONS_MAX_DEFAULT)]
-    pub max_http_connections: usize,
+    #[arg(long = "max-http-connections", env = "KVSTORE_MAX_HTTP_CONNECTIONS", default_value_t = limits::HTTP_CONNECTIONS_MAX_DEFAULT)]
+    pub http_connections_max: usize,
 
     /// Time, in milliseconds, a new connection on any port has to send its
     /// first bytes (the HTTP/2 preface, or an HTTP request) before it is
@@ -238,7 +238,7 @@ fn parse_peer(text: &str) -> Result<Peer, String> {
 impl ServerConfig {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_key_bytes == 0 {
+        if self.key_bytes_max == 0 {
             return Err("--max-key-bytes must be at least 1".into());
         }
         if self.heartbeat_interval_ms == 0 {
@@ -263,8 +263,8 @@ impl ServerConfig {
             return Err("--backend-batch-limit must be at least 1".into());
         }
         for (flag, value) in [
-            ("--max-connections", self.max_connections),
-            ("--max-http-connections", self.max_http_connections),
+            ("--max-connections", self.connections_max),
+            ("--max-http-connections", self.http_connections_max),
         ] {
             if !(1..=limits::CONNECTIONS_FLAG_MAX).contains(&value) {
                 return Err(format!(

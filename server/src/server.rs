@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1::raft_server::RaftServer;
-use kvstore_raft::{RaftNode, SnapshotMetadata};
+use kvstore_raft::{RaftCore, SnapshotMetadata};
 use kvstore_wal::{Wal, WalError, WalOptions};
 use tokio::sync::{mpsc, watch};
 
@@ -20,11 +20,10 @@ use crate::data_dir::{DataDir, DataDirError, Identity as DataDirIdentity};
 use crate::http::{self, HttpState};
 use crate::limits;
 use crate::logging;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
-use crate::node::{
-    persist, Identity, Node, NodeParts, NodeRole, NodeStatus, RequestLimits, Timings,
-};
+use crate::node::{persist, Node, NodeParts, NodeRole, NodeStatus, RequestLimits, Timings};
 use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
@@ -230,9 +229,9 @@ pub async fn run(
     // Before any file is opened: connections must never take the file
     // descriptors storage needs (a failed LevelDB open stops the node).
     let file_limit = connections::reserve_file_descriptors(FileDescriptorBudget {
-        client_connections: config.max_connections as u64,
+        client_connections: config.connections_max as u64,
         raft_connections: limits::RAFT_CONNECTIONS_MAX as u64,
-        http_connections: config.max_http_connections as u64,
+        http_connections: config.http_connections_max as u64,
         peers: config.peers.len() as u64,
     })
     .map_err(ServerError::Config)?;
@@ -334,7 +333,7 @@ pub async fn run(
     core_config.seed = random_seed();
     core_config.catch_up_before_voting = catch_up_before_voting;
     let entry_count = entries.len();
-    let core = RaftNode::new(core_config, hard_state, snapshot, entries)
+    let core = RaftCore::new(core_config, hard_state, snapshot, entries)
         .map_err(|error| ServerError::Recovery(error.to_string()))?;
     tracing::info!(
         node_id = config.id,
@@ -380,7 +379,7 @@ pub async fn run(
         .map_err(ServerError::Config)?,
     );
     let applied_index = Arc::new(AtomicU64::new(applied.index));
-    let identity = Identity {
+    let membership = Membership {
         id: config.id,
         cluster_id: config.cluster_id.clone(),
         members: config.members(),
@@ -401,11 +400,11 @@ pub async fn run(
     ));
     metrics.watch_backend_backlog(backend_backlog);
     let request_limits = RequestLimits {
-        key_bytes_max: config.max_key_bytes,
-        value_bytes_max: config.max_value_bytes,
+        key_bytes_max: config.key_bytes_max,
+        value_bytes_max: config.value_bytes_max,
     };
     let node = Node::new(NodeParts {
-        identity,
+        membership,
         events: events_sender,
         status: status_receiver,
         applied_index: applied_index.clone(),
@@ -431,7 +430,7 @@ pub async fn run(
         data_dir = %data_dir.root().display(),
         worker_threads = config.worker_threads(),
         open_file_limit = file_limit,
-        max_connections = config.max_connections,
+        connections_max = config.connections_max,
         version = env!("CARGO_PKG_VERSION"),
         "kvstore-server started; client, raft and metrics ports listening"
     );
@@ -500,7 +499,7 @@ pub async fn run(
     let http_task = tokio::spawn(http::serve(
         CappedListener::http(
             metrics_listener,
-            port_limits("metrics", config.max_http_connections),
+            port_limits("metrics", config.http_connections_max),
         ),
         http_state,
         stop_signal(server_stopped.clone(), "metrics"),
@@ -518,7 +517,7 @@ pub async fn run(
     let client_server = connections::serve_grpc(
         CappedListener::grpc(
             client_listener,
-            port_limits("client", config.max_connections),
+            port_limits("client", config.connections_max),
         ),
         client_routes,
         http2,

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::driver::Driver;
+use super::harness::Harness;
 use crate::client::{Recorder, Request};
 use crate::history::OpStatus;
 use crate::scenario::{NemesisFault, NemesisStep, WorkloadStep};
@@ -16,7 +16,7 @@ use crate::scenario::{NemesisFault, NemesisStep, WorkloadStep};
 /// operations back to back until the duration or its operation cap is
 /// reached. Returns a one-line report.
 pub(super) async fn workload(
-    driver: Driver,
+    harness: Harness,
     args: WorkloadStep,
     targets: Option<Vec<u64>>,
     seed: u64,
@@ -25,13 +25,13 @@ pub(super) async fn workload(
     // A JoinSet: when the workload task is aborted, its clients are too.
     let mut clients = tokio::task::JoinSet::new();
     for index in 0..args.clients {
-        let driver = driver.clone();
+        let harness = harness.clone();
         let args = args.clone();
         let targets = targets.clone();
         clients.spawn(async move {
             let mut rng =
                 SmallRng::seed_from_u64(seed ^ hash(&args.name) ^ (u64::from(index) << 32));
-            let recorder = driver.client.recorder().clone();
+            let recorder = harness.client.recorder().clone();
             let client_name = format!("{} client {index}", args.name);
             let mut process = recorder.new_process();
             let total = args.mix.put + args.mix.get + args.mix.delete;
@@ -55,9 +55,9 @@ pub(super) async fn workload(
                 } else {
                     Request::Delete { key }
                 };
-                let nodes = targets.clone().unwrap_or_else(|| driver.cluster.ids());
+                let nodes = targets.clone().unwrap_or_else(|| harness.cluster.ids());
                 let node = nodes[rng.random_range(0..nodes.len())];
-                let operation = driver
+                let operation = harness
                     .client
                     .execute(&client_name, process, node, &request)
                     .await;
@@ -101,7 +101,7 @@ pub(super) async fn workload(
 
 /// Injects random faults, one at a time: fault, hold, repair, gap.
 pub(super) async fn nemesis(
-    driver: Driver,
+    harness: Harness,
     recorder: Arc<Recorder>,
     args: NemesisStep,
     seed: u64,
@@ -121,7 +121,7 @@ pub(super) async fn nemesis(
         }
         recorder.event(text);
     };
-    let ids = driver.cluster.ids();
+    let ids = harness.cluster.ids();
     let mut injected = 0;
     let mut order: Vec<NemesisFault> = Vec::new();
     while Instant::now() + args.hold.0 < deadline {
@@ -143,39 +143,39 @@ pub(super) async fn nemesis(
         match fault {
             NemesisFault::Kill | NemesisFault::KillLeader => {
                 let id = if fault == NemesisFault::KillLeader {
-                    driver.leader().await?
+                    harness.leader().await?
                 } else {
                     random_node
                 };
                 event(format!("kill node {id}"));
-                driver.cluster.kill(id).await?;
+                harness.cluster.kill(id).await?;
                 tokio::time::sleep(hold).await;
                 event(format!("start node {id}"));
-                driver.client.forget(id);
-                driver.cluster.start_node_again(id).await?;
+                harness.client.forget(id);
+                harness.cluster.start_node_again(id).await?;
             }
             NemesisFault::Restart => {
                 event(format!("restart node {random_node}"));
-                driver.restart(random_node).await?;
+                harness.restart(random_node).await?;
             }
             NemesisFault::Pause => {
                 event(format!("pause node {random_node}"));
-                driver.cluster.pause(random_node).await?;
+                harness.cluster.pause(random_node).await?;
                 tokio::time::sleep(hold).await;
                 event(format!("unpause node {random_node}"));
-                driver.cluster.unpause(random_node).await?;
+                harness.cluster.unpause(random_node).await?;
             }
             NemesisFault::Isolate | NemesisFault::IsolateLeader => {
                 let id = if fault == NemesisFault::IsolateLeader {
-                    driver.leader().await?
+                    harness.leader().await?
                 } else {
                     random_node
                 };
                 event(format!("isolate node {id}"));
-                driver.isolate(id).await?;
+                harness.isolate(id).await?;
                 tokio::time::sleep(hold).await;
                 event("heal".into());
-                driver.cluster.heal().await?;
+                harness.cluster.heal().await?;
             }
             NemesisFault::Cut => {
                 let others: Vec<u64> = ids
@@ -185,10 +185,10 @@ pub(super) async fn nemesis(
                     .collect();
                 let other = others[rng.random_range(0..others.len())];
                 event(format!("cut node {random_node} <-> node {other}"));
-                driver.cluster.cut(random_node, other).await?;
+                harness.cluster.cut(random_node, other).await?;
                 tokio::time::sleep(hold).await;
                 event("heal".into());
-                driver.cluster.heal().await?;
+                harness.cluster.heal().await?;
             }
         }
         injected += 1;

@@ -1,13 +1,13 @@
 //! Runs one scenario: starts its cluster, executes the steps, checks the
 //! history, writes the artifacts and returns the deterministic outcome.
 //!
-//! - `driver`: observing the cluster (who leads, who caught up) and the
+//! - `harness`: observing the cluster (who leads, who caught up) and the
 //!   faults that combine several container actions;
 //! - `steps`: the scenario steps;
 //! - `background`: workloads and the nemesis, which run while steps go on.
 
 mod background;
-mod driver;
+mod harness;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use crate::cluster::{Cluster, ClusterConfig, NAME_PREFIX};
 use crate::history::{History, OpKind, OpStatus, Operation};
 use crate::scenario::Scenario;
 use crate::timeline;
-use driver::Driver;
+use harness::Harness;
 use steps::Run;
 
 /// Environment every node gets unless the scenario or the command line says
@@ -141,15 +141,15 @@ pub async fn start_ready_cluster(
         run: options.run_id.clone(),
     };
     let cluster = Arc::new(Cluster::start(docker.clone(), config, endpoints.clone()).await?);
-    let driver = Driver {
+    let harness = Harness {
         cluster: cluster.clone(),
         client: Client::new(endpoints, Recorder::new("exec", 0), options.timeouts),
         nodes,
     };
-    driver
+    harness
         .wait_for_leader(Duration::from_secs(30), None, 0)
         .await?;
-    driver.wait_caught_up(Duration::from_secs(30)).await?;
+    harness.wait_caught_up(Duration::from_secs(30)).await?;
     Ok(cluster)
 }
 
@@ -207,12 +207,12 @@ pub async fn run_scenario(
         }
         Ok(cluster) => {
             let cluster = Arc::new(cluster);
-            let driver = Driver {
+            let harness = Harness {
                 cluster: cluster.clone(),
                 client: client.clone(),
                 nodes: scenario.cluster.nodes,
             };
-            let mut run = Run::new(scenario, driver, recorder.clone(), options.verbose);
+            let mut run = Run::new(scenario, harness, recorder.clone(), options.verbose);
             for (index, step) in scenario.steps.iter().enumerate() {
                 let description = step.describe();
                 if failure.is_some() {

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
 use super::background::{nemesis, workload};
-use super::driver::{Driver, STATUS_TIMEOUT};
+use super::harness::{Harness, STATUS_TIMEOUT};
 use crate::client::{Recorder, Request};
 use crate::cluster::NodeState;
 use crate::history::{OpKind, OpStatus, Operation};
@@ -24,7 +24,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// State of one scenario run.
 pub(super) struct Run<'a> {
     scenario: &'a Scenario,
-    driver: Driver,
+    harness: Harness,
     recorder: Arc<Recorder>,
     rng: SmallRng,
     old_leader: Option<u64>,
@@ -39,13 +39,13 @@ pub(super) struct Run<'a> {
 impl<'a> Run<'a> {
     pub(super) fn new(
         scenario: &'a Scenario,
-        driver: Driver,
+        harness: Harness,
         recorder: Arc<Recorder>,
         verbose: bool,
     ) -> Self {
         Run {
             scenario,
-            driver,
+            harness,
             rng: SmallRng::seed_from_u64(scenario.seed),
             old_leader: None,
             marked_term: None,
@@ -79,14 +79,14 @@ impl<'a> Run<'a> {
 
     /// Resolves a target to node ids.
     async fn resolve(&mut self, target: &Target) -> Result<Vec<u64>> {
-        let nodes = self.driver.nodes;
+        let nodes = self.harness.nodes;
         Ok(match target {
-            Target::Leader => vec![self.driver.leader().await?],
+            Target::Leader => vec![self.harness.leader().await?],
             Target::Follower => {
-                let followers = self.driver.followers().await?;
+                let followers = self.harness.followers().await?;
                 vec![followers[self.rng.random_range(0..followers.len())]]
             }
-            Target::Followers => self.driver.followers().await?,
+            Target::Followers => self.harness.followers().await?,
             Target::OldLeader => vec![self
                 .old_leader
                 .ok_or_else(|| anyhow!("no `mark` step before: no old leader"))?],
@@ -97,15 +97,15 @@ impl<'a> Run<'a> {
                 .get(name)
                 .map(|(id, _)| *id)
                 .ok_or_else(|| anyhow!("no node remembered as {name:?}"))?],
-            Target::All => self.driver.cluster.ids(),
+            Target::All => self.harness.cluster.ids(),
             Target::Others => bail!("`others` only makes sense in a partition"),
             Target::Any => {
                 let running: Vec<u64> = self
-                    .driver
+                    .harness
                     .cluster
                     .ids()
                     .into_iter()
-                    .filter(|&id| self.driver.cluster.state(id) == NodeState::Running)
+                    .filter(|&id| self.harness.cluster.state(id) == NodeState::Running)
                     .collect();
                 if running.is_empty() {
                     bail!("no node is running");
@@ -165,7 +165,7 @@ impl<'a> Run<'a> {
         loop {
             let node = self.resolve_one(at).await?;
             let operation = self
-                .driver
+                .harness
                 .client
                 .execute("steps", self.step_process, node, &request)
                 .await;
@@ -271,7 +271,7 @@ impl<'a> Run<'a> {
 
     /// Runs one step; returns its result text (`passed`, `done`).
     pub(super) async fn step(&mut self, step: &Step) -> Result<String> {
-        let cluster = self.driver.cluster.clone();
+        let cluster = self.harness.cluster.clone();
         match step {
             Step::WaitForLeader(args) => {
                 let (not, above) = if args.new {
@@ -286,14 +286,14 @@ impl<'a> Run<'a> {
                     (None, 0)
                 };
                 let leader = self
-                    .driver
+                    .harness
                     .wait_for_leader(args.timeout.0, not, above)
                     .await?;
                 self.event(format!("leader: node {} (term {})", leader.id, leader.term));
                 Ok("passed".into())
             }
             Step::WaitCaughtUp(args) => {
-                self.driver.wait_caught_up(args.timeout.0).await?;
+                self.harness.wait_caught_up(args.timeout.0).await?;
                 Ok("passed".into())
             }
             Step::Sleep(span) => {
@@ -328,7 +328,7 @@ impl<'a> Run<'a> {
             }
             Step::Mark => {
                 let leader = self
-                    .driver
+                    .harness
                     .wait_for_leader(Duration::from_secs(20), None, 0)
                     .await?;
                 self.old_leader = Some(leader.id);
@@ -341,7 +341,7 @@ impl<'a> Run<'a> {
             }
             Step::Remember(args) => {
                 let id = self.resolve_one(&args.node).await?;
-                let status = self.driver.client.status(id, STATUS_TIMEOUT).await.ok();
+                let status = self.harness.client.status(id, STATUS_TIMEOUT).await.ok();
                 self.event(format!("remember node {id} as {}", args.name));
                 self.named.insert(args.name.clone(), (id, status));
                 Ok("done".into())
@@ -385,16 +385,16 @@ impl<'a> Run<'a> {
                 let labels: Vec<String> = ids.iter().map(|&id| Self::label(target, id)).collect();
                 self.event(format!("{verb} {}", labels.join(", ")));
                 let actions = ids.iter().map(|&id| {
-                    let driver = self.driver.clone();
+                    let harness = self.harness.clone();
                     let step = step.clone();
                     async move {
                         match step {
-                            Step::Kill(_) => driver.cluster.kill(id).await,
-                            Step::Stop(_) => driver.cluster.stop(id).await,
-                            Step::Start(_) => driver.cluster.start_node_again(id).await,
-                            Step::Restart(_) => driver.restart(id).await,
-                            Step::Pause(_) => driver.cluster.pause(id).await,
-                            _ => driver.cluster.unpause(id).await,
+                            Step::Kill(_) => harness.cluster.kill(id).await,
+                            Step::Stop(_) => harness.cluster.stop(id).await,
+                            Step::Start(_) => harness.cluster.start_node_again(id).await,
+                            Step::Restart(_) => harness.restart(id).await,
+                            Step::Pause(_) => harness.cluster.pause(id).await,
+                            _ => harness.cluster.unpause(id).await,
                         }
                     }
                 });
@@ -407,7 +407,7 @@ impl<'a> Run<'a> {
             Step::Isolate(target) => {
                 let id = self.resolve_one(target).await?;
                 self.event(format!("isolate {}", Self::label(target, id)));
-                self.driver.isolate(id).await?;
+                self.harness.isolate(id).await?;
                 Ok("done".into())
             }
             Step::Partition(groups) => {
@@ -471,7 +471,7 @@ impl<'a> Run<'a> {
                     other => Some(self.resolve(other).await?),
                 };
                 let task = tokio::spawn(workload(
-                    self.driver.clone(),
+                    self.harness.clone(),
                     args.clone(),
                     targets,
                     self.scenario.seed,
@@ -493,7 +493,7 @@ impl<'a> Run<'a> {
             }
             Step::Nemesis(args) => {
                 let task = tokio::spawn(nemesis(
-                    self.driver.clone(),
+                    self.harness.clone(),
                     self.recorder.clone(),
                     args.clone(),
                     self.scenario.seed,
@@ -509,7 +509,7 @@ impl<'a> Run<'a> {
                     .ok_or_else(|| anyhow!("no `mark` step before"))?;
                 let marked_term = self.marked_term.unwrap_or(0);
                 let leader = self
-                    .driver
+                    .harness
                     .wait_for_leader(Duration::from_secs(20), None, 0)
                     .await?;
                 let ok = match change {
@@ -533,10 +533,10 @@ impl<'a> Run<'a> {
                     .marked_term
                     .ok_or_else(|| anyhow!("no `mark` step before"))?;
                 let leader = self
-                    .driver
+                    .harness
                     .wait_for_leader(Duration::from_secs(20), None, 0)
                     .await?;
-                let view = self.driver.view().await;
+                let view = self.harness.view().await;
                 let highest = view
                     .statuses
                     .values()
@@ -563,11 +563,11 @@ impl<'a> Run<'a> {
                 let before = before
                     .ok_or_else(|| anyhow!("node {id} did not answer when it was remembered"))?;
                 let leader = self
-                    .driver
+                    .harness
                     .wait_for_leader(Duration::from_secs(20), None, 0)
                     .await?;
                 let now = self
-                    .driver
+                    .harness
                     .client
                     .status(id, STATUS_TIMEOUT)
                     .await
@@ -603,7 +603,7 @@ impl<'a> Run<'a> {
                     let value = loop {
                         let node = self.resolve_one(&Target::Any).await?;
                         let operation = self
-                            .driver
+                            .harness
                             .client
                             .execute("steps", self.step_process, node, &request)
                             .await;

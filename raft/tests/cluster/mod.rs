@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kvstore_raft::{
-    Config, Entry, EntryKind, HardState, Message, MessageBody, NodeId, RaftNode, ReadState, Role,
+    Config, Entry, EntryKind, HardState, Message, MessageBody, NodeId, RaftCore, ReadState, Role,
     SnapshotMetadata,
 };
 
 /// Upper bound on message deliveries in one `stabilize`.
-const MAX_DELIVERIES_PER_STABILIZE: usize = 100_000;
+const DELIVERIES_PER_STABILIZE_MAX: usize = 100_000;
 
 /// What a node has made durable.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +24,7 @@ pub struct Storage {
 
 /// Nodes, their disks and state machines, and the wire.
 pub struct Cluster {
-    pub nodes: BTreeMap<NodeId, RaftNode>,
+    pub nodes: BTreeMap<NodeId, RaftCore>,
     pub storage: BTreeMap<NodeId, Storage>,
     /// Normal entries applied, per node, as `(index, data)`.
     pub applied: BTreeMap<NodeId, Vec<(u64, Vec<u8>)>>,
@@ -66,14 +66,14 @@ impl Cluster {
             .map(|id| {
                 let mut node_config = config(id, size);
                 configure(&mut node_config);
-                RaftNode::new(node_config, HardState::default(), None, vec![]).unwrap()
+                RaftCore::new(node_config, HardState::default(), None, vec![]).unwrap()
             })
             .collect();
         Cluster::from_nodes(nodes)
     }
 
     /// Wraps prebuilt nodes (e.g. restored from crafted persisted state).
-    pub fn from_nodes(nodes: Vec<RaftNode>) -> Self {
+    pub fn from_nodes(nodes: Vec<RaftCore>) -> Self {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             storage: BTreeMap::new(),
@@ -102,11 +102,11 @@ impl Cluster {
         cluster
     }
 
-    pub fn node(&self, id: NodeId) -> &RaftNode {
+    pub fn node(&self, id: NodeId) -> &RaftCore {
         &self.nodes[&id]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut RaftNode {
+    pub fn node_mut(&mut self, id: NodeId) -> &mut RaftCore {
         self.nodes.get_mut(&id).unwrap()
     }
 
@@ -115,7 +115,7 @@ impl Cluster {
             .nodes
             .values()
             .filter(|node| node.role() == Role::Leader)
-            .map(RaftNode::id)
+            .map(RaftCore::id)
             .collect();
         assert!(
             leaders.len() <= 1 || {
@@ -187,7 +187,7 @@ impl Cluster {
             }
             deliveries += 1;
             assert!(
-                deliveries < MAX_DELIVERIES_PER_STABILIZE,
+                deliveries < DELIVERIES_PER_STABILIZE_MAX,
                 "cluster never stabilizes"
             );
             self.delivered.push(message.clone());
@@ -211,7 +211,7 @@ impl Cluster {
             }
             deliveries += 1;
             assert!(
-                deliveries < MAX_DELIVERIES_PER_STABILIZE,
+                deliveries < DELIVERIES_PER_STABILIZE_MAX,
                 "cluster never stabilizes"
             );
             self.delivered.push(message.clone());
@@ -254,7 +254,7 @@ impl Cluster {
     pub fn wipe(&mut self, id: NodeId, configure: impl Fn(&mut Config)) {
         let mut node_config = config(id, self.nodes.len() as u64);
         configure(&mut node_config);
-        let node = RaftNode::new(node_config, HardState::default(), None, vec![]).unwrap();
+        let node = RaftCore::new(node_config, HardState::default(), None, vec![]).unwrap();
         self.storage.insert(id, Storage::default());
         self.applied.insert(id, Vec::new());
         self.wire

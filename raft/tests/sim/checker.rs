@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use kvstore_raft::{Entry, Index, NodeId, RaftNode, Term};
+use kvstore_raft::{Entry, Index, NodeId, RaftCore, Term};
 
 /// Which property broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -290,7 +290,7 @@ impl Checker {
 
     /// A new leader must hold every entry known committed (applied
     /// anywhere) above its snapshot point, with the same term.
-    pub fn check_leader_completeness(&self, leader: &RaftNode) -> Result<(), Violation> {
+    pub fn check_leader_completeness(&self, leader: &RaftCore) -> Result<(), Violation> {
         let snapshot_index = leader.first_index() - 1;
         for (index, (term, _, node)) in self.applied.range(snapshot_index + 1..) {
             let held = leader.term_at(*index);

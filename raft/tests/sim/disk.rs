@@ -11,7 +11,7 @@
 //! A crash, or a failed fsync, in the middle of writes keeps a prefix of
 //! their records ([`Durable::tear`]); what was durable before stays.
 
-use kvstore_raft::{Entry, HardState, Index, Message, MessageBody, NodeId, RaftNode, Term};
+use kvstore_raft::{Entry, HardState, Index, Message, MessageBody, NodeId, RaftCore, Term};
 use kvstore_raft::{Ready, SnapshotMetadata};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -88,7 +88,7 @@ pub enum DurabilityClaim {
 /// The claims of each message of `ready`, taken from `core` right after
 /// `core.ready()` (its log is then what the `Ready` makes durable). One
 /// entry per message, `None` for messages that claim nothing.
-pub fn durability_claims(ready: &Ready, core: &RaftNode) -> Vec<Option<DurabilityClaim>> {
+pub fn durability_claims(ready: &Ready, core: &RaftCore) -> Vec<Option<DurabilityClaim>> {
     ready
         .messages
         .iter()

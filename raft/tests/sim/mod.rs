@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kvstore_raft::{
-    Config, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready, Role,
+    Config, HardState, Index, Message, MessageBody, NodeId, RaftCore, Ready, Role,
     SnapshotMetadata, Term,
 };
 use rand::rngs::SmallRng;
@@ -51,7 +51,7 @@ pub const LIVENESS_BOUND_ELECTION_TIMEOUTS: u64 = 30;
 pub const LIVENESS_TICKS_PER_BACKLOG_ENTRY: u64 = 4;
 /// Messages on the wire beyond which a run stops (amplification guard: a
 /// lying disk can make a leader re-send on every duplicated rejection).
-pub const MAX_IN_FLIGHT_MESSAGES: usize = 100_000;
+pub const IN_FLIGHT_MESSAGES_MAX: usize = 100_000;
 /// Mixed into the seed of the commit notice's own draws.
 const NOTICE_RNG_SALT: u64 = 0x636f_6d6d_6974;
 /// Mixed into the seed of the disk faults' own draws.
@@ -63,7 +63,7 @@ const IGNORED_FSYNC_ERROR_PROBABILITY: f64 = 0.01;
 /// delay.
 const BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX: u64 = 6;
 /// Iterations of the ready loop per node and tick (a bound, not a target).
-const MAX_READY_ROUNDS_PER_TICK: usize = 8;
+const READY_ROUNDS_PER_TICK_MAX: usize = 8;
 
 /// Seeds `s` with `s % SEED_CYCLE` equal to this run 2 voters (every
 /// member is needed for a majority).
@@ -157,10 +157,10 @@ pub struct SimStats {
 struct Environment {
     drop_probability: f64,
     duplicate_probability: f64,
-    max_extra_delay_ticks: u64,
+    extra_delay_ticks_max: u64,
     /// Deliver messages due in the same tick in random order (else FIFO).
     reorder: bool,
-    max_disk_delay_ticks: u64,
+    disk_delay_ticks_max: u64,
     tick_skip_probability: f64,
     propose_probability: f64,
     crash_probability: f64,
@@ -175,7 +175,7 @@ struct Environment {
     /// Leaders hand eligible `Ready`s to the disk in the background.
     background_writes: bool,
     /// Per tick, per leader owing a follower a commit index: the driver's
-    /// commit notice fires (`RaftNode::send_commit`). 0: the commit only
+    /// commit notice fires (`RaftCore::send_commit`). 0: the commit only
     /// travels with appends and heartbeats.
     commit_notice_probability: f64,
     /// A crash keeps a random prefix of the records of the writes in
@@ -207,7 +207,7 @@ struct StateMachine {
 struct SimNode {
     id: NodeId,
     config: Config,
-    core: Option<RaftNode>,
+    core: Option<RaftCore>,
     durable: Durable,
     /// A `Ready` being written.
     writing: Option<PendingWrite>,
@@ -274,18 +274,18 @@ impl World {
         let heartbeat_tick = rng.random_range(1..=2u32);
         let check_quorum = rng.random_bool(0.75);
         let pre_vote = rng.random_bool(0.75);
-        let max_entries_per_append = rng.random_range(1..=8usize);
-        let max_bytes_per_append = *[8usize, 64, 1 << 20].choose(&mut rng).expect("choice");
-        let max_inflight_appends = rng.random_range(1..=4usize);
-        let max_pending_proposals = *[4usize, 16, 256].choose(&mut rng).expect("choice");
-        let max_committed_entries_per_ready = *[1usize, 3, 4096].choose(&mut rng).expect("choice");
+        let entries_per_append_max = rng.random_range(1..=8usize);
+        let bytes_per_append_max = *[8usize, 64, 1 << 20].choose(&mut rng).expect("choice");
+        let inflight_appends_max = rng.random_range(1..=4usize);
+        let pending_proposals_max = *[4usize, 16, 256].choose(&mut rng).expect("choice");
+        let committed_entries_per_ready_max = *[1usize, 3, 4096].choose(&mut rng).expect("choice");
         let config_seed = rng.random::<u64>();
         let environment = Environment {
             drop_probability: *[0.0, 0.02, 0.1, 0.25].choose(&mut rng).expect("choice"),
             duplicate_probability: *[0.0, 0.05, 0.2].choose(&mut rng).expect("choice"),
-            max_extra_delay_ticks: rng.random_range(0..=4u64),
+            extra_delay_ticks_max: rng.random_range(0..=4u64),
             reorder: true,
-            max_disk_delay_ticks: rng.random_range(0..=2u64),
+            disk_delay_ticks_max: rng.random_range(0..=2u64),
             tick_skip_probability: *[0.0, 0.05, 0.2].choose(&mut rng).expect("choice"),
             propose_probability: *[0.1, 0.3, 0.8].choose(&mut rng).expect("choice"),
             crash_probability: *[0.0, 0.003, 0.01].choose(&mut rng).expect("choice"),
@@ -331,15 +331,15 @@ impl World {
                 seed: config_seed,
                 check_quorum,
                 pre_vote,
-                max_entries_per_append,
-                max_bytes_per_append,
-                max_inflight_appends,
-                max_pending_proposals,
-                max_committed_entries_per_ready,
+                entries_per_append_max,
+                bytes_per_append_max,
+                inflight_appends_max,
+                pending_proposals_max,
+                committed_entries_per_ready_max,
                 snapshot_retry_tick: 2 * election_tick,
                 ..Config::new(*id, voters.clone())
             };
-            let core = RaftNode::new(config.clone(), HardState::default(), None, vec![])
+            let core = RaftCore::new(config.clone(), HardState::default(), None, vec![])
                 .expect("valid initial state");
             nodes.push(SimNode {
                 id: *id,
@@ -384,7 +384,7 @@ impl World {
         };
         world.trace(|| {
             format!(
-                "cluster: {node_count} nodes, election_tick {election_tick}, heartbeat_tick {heartbeat_tick}, check_quorum {check_quorum}, pre_vote {pre_vote}, entries/append {max_entries_per_append}, bytes/append {max_bytes_per_append}, inflight {max_inflight_appends}, pending {max_pending_proposals}, committed/ready {max_committed_entries_per_ready}; {:?}",
+                "cluster: {node_count} nodes, election_tick {election_tick}, heartbeat_tick {heartbeat_tick}, check_quorum {check_quorum}, pre_vote {pre_vote}, entries/append {entries_per_append_max}, bytes/append {bytes_per_append_max}, inflight {inflight_appends_max}, pending {pending_proposals_max}, committed/ready {committed_entries_per_ready_max}; {:?}",
                 world.environment
             )
         });
@@ -423,7 +423,7 @@ impl World {
         let backlog = self
             .nodes
             .iter()
-            .filter_map(|node| node.core.as_ref().map(RaftNode::last_index))
+            .filter_map(|node| node.core.as_ref().map(RaftCore::last_index))
             .max()
             .unwrap_or(0)
             .saturating_sub(
@@ -566,7 +566,7 @@ impl World {
         let live_commit = self
             .nodes
             .iter()
-            .filter_map(|node| node.core.as_ref().map(RaftNode::commit_index))
+            .filter_map(|node| node.core.as_ref().map(RaftCore::commit_index))
             .max()
             .unwrap_or(0);
         live_commit.max(self.checker.highest_applied_index())
@@ -728,7 +728,7 @@ impl World {
                 && self.options.fault != InjectedFault::WipeWithoutCatchUp,
             ..node.config.clone()
         };
-        let core = RaftNode::new(
+        let core = RaftCore::new(
             config,
             durable.hard_state,
             durable.snapshot,
@@ -826,9 +826,9 @@ impl World {
         self.environment = Environment {
             drop_probability: 0.0,
             duplicate_probability: 0.0,
-            max_extra_delay_ticks: 0,
+            extra_delay_ticks_max: 0,
             reorder: false,
-            max_disk_delay_ticks: self.environment.max_disk_delay_ticks.min(1),
+            disk_delay_ticks_max: self.environment.disk_delay_ticks_max.min(1),
             tick_skip_probability: 0.0,
             fsync_error_probability: 0.0,
             wipe_probability: 0.0,
@@ -901,7 +901,7 @@ impl World {
         for position in 0..self.nodes.len() {
             self.drive_ready(position)?;
         }
-        if self.network.len() > MAX_IN_FLIGHT_MESSAGES {
+        if self.network.len() > IN_FLIGHT_MESSAGES_MAX {
             return Err(Violation {
                 kind: ViolationKind::MessageStorm,
                 detail: format!("{} messages in flight", self.network.len()),
@@ -958,7 +958,7 @@ impl World {
         for _ in 0..copies {
             let delay = 1 + self
                 .rng
-                .random_range(0..=self.environment.max_extra_delay_ticks);
+                .random_range(0..=self.environment.extra_delay_ticks_max);
             self.network.push(InFlight {
                 deliver_at: self.now + delay,
                 message: message.clone(),
@@ -968,7 +968,7 @@ impl World {
 
     /// Takes `Ready`s and completes disk writes whose time has come.
     fn drive_ready(&mut self, position: usize) -> Result<(), Violation> {
-        for _ in 0..MAX_READY_ROUNDS_PER_TICK {
+        for _ in 0..READY_ROUNDS_PER_TICK_MAX {
             self.complete_background_writes(position)?;
             let node = &mut self.nodes[position];
             let Some(core) = node.core.as_mut() else {
@@ -1010,13 +1010,13 @@ impl World {
                     // A background write may take longer than a round trip
                     // to a follower: the leader then hears a majority before
                     // its own copy is durable, the case it must not count.
-                    let max_delay = if in_background {
-                        self.environment.max_disk_delay_ticks
+                    let delay_max = if in_background {
+                        self.environment.disk_delay_ticks_max
                             + BACKGROUND_WRITE_EXTRA_DELAY_TICKS_MAX
                     } else {
-                        self.environment.max_disk_delay_ticks
+                        self.environment.disk_delay_ticks_max
                     };
-                    let delay = self.rng.random_range(0..=max_delay);
+                    let delay = self.rng.random_range(0..=delay_max);
                     let complete_at = (self.now + delay).max(earliest);
                     if in_background {
                         self.start_background_write(position, ready, claims, complete_at)?;

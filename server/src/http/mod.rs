@@ -188,7 +188,7 @@ fn status_document(state: &HttpState) -> serde_json::Value {
         })
         .collect();
     let members: Vec<serde_json::Value> = node
-        .identity()
+        .membership()
         .members
         .iter()
         .map(|id| {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{
-    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftNode, ReadIndexError, Ready,
+    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftCore, ReadIndexError, Ready,
     Role, SnapshotMetadata, Term,
 };
 use kvstore_wal::Wal;
@@ -181,7 +181,7 @@ pub struct DriverSettings {
 
 /// Everything the driver owns.
 pub struct Driver {
-    core: RaftNode,
+    core: RaftCore,
     cluster_id: String,
     wal: WalWriter,
     /// Completions of the leader's background WAL writes.
@@ -224,7 +224,7 @@ pub struct Driver {
 /// What the driver needs to start.
 pub struct DriverParts {
     /// The core, rebuilt from the WAL.
-    pub core: RaftNode,
+    pub core: RaftCore,
     /// The cluster id, for status.
     pub cluster_id: String,
     /// The opened WAL.

@@ -25,6 +25,7 @@ pub use validate::RequestLimits;
 
 use crate::config::InjectedFault;
 use crate::errors::KvError;
+use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
@@ -56,17 +57,6 @@ pub enum ReadConsistency {
     Serializable,
 }
 
-/// A node's place in its cluster.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// This node's id.
-    pub id: NodeId,
-    /// The cluster it belongs to.
-    pub cluster_id: String,
-    /// Every member, this node included.
-    pub members: Vec<NodeId>,
-}
-
 /// How long requests may wait, and deliberate bugs.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
@@ -80,7 +70,7 @@ pub struct Timings {
 /// What a [`Node`] handle is made of.
 pub struct NodeParts {
     /// This node's id, cluster and members.
-    pub identity: Identity,
+    pub membership: Membership,
     /// The driver's input queue.
     pub events: mpsc::Sender<DriverEvent>,
     /// The status the driver publishes.
@@ -118,7 +108,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Node")
-            .field("id", &self.shared.identity.id)
+            .field("id", &self.shared.membership.id)
             .finish()
     }
 }
@@ -145,8 +135,8 @@ impl Node {
     }
 
     /// This node's id, cluster and members.
-    pub fn identity(&self) -> &Identity {
-        &self.shared.identity
+    pub fn membership(&self) -> &Membership {
+        &self.shared.membership
     }
 
     /// This node's metrics.
@@ -161,7 +151,7 @@ impl Node {
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.shared.identity.id
+        self.shared.membership.id
     }
 
     /// What the Status RPC reports.
@@ -581,7 +571,7 @@ impl Node {
         })?;
         let message = pb::ForwardRequest {
             header: Some(pb::MessageHeader {
-                cluster_id: self.shared.identity.cluster_id.clone(),
+                cluster_id: self.shared.membership.cluster_id.clone(),
                 from: self.id(),
                 to: leader_id,
                 term: self.status().term,

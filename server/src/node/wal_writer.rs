@@ -9,7 +9,7 @@
 //!
 //! An append is either waited for (the driver persists before it sends, as
 //! a follower or candidate must) or runs in the background (a leader's, see
-//! `kvstore_raft::RaftNode::advance_unpersisted`): its completion then comes
+//! `kvstore_raft::RaftCore::advance_unpersisted`): its completion then comes
 //! back as a [`Persisted`] on the channel the driver listens to.
 //!
 //! An append the driver waits for while the thread has nothing queued or

@@ -49,8 +49,6 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(600);
 /// Size of one streamed snapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest peer message, encoded (entries are batched well below this).
-pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Counters of one peer's link, for status and metrics.
 #[derive(Debug, Default)]
@@ -97,8 +95,8 @@ pub fn lazy_client(address: &str) -> Result<RaftClient<Channel>, String> {
         .keep_alive_timeout(Duration::from_secs(5))
         .connect_lazy();
     Ok(RaftClient::new(channel)
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+        .max_decoding_message_size(crate::limits::RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::limits::RAFT_MESSAGE_BYTES_MAX))
 }
 
 impl PeerSet {

@@ -54,7 +54,7 @@ impl RaftService {
     }
 
     fn check(&self, header: Option<&pb::MessageHeader>) -> Result<(), Status> {
-        let identity = self.node.identity();
+        let identity = self.node.membership();
         convert::check_header(header, &identity.cluster_id, identity.id, &identity.members)
             .map_err(Status::failed_precondition)
     }
@@ -71,7 +71,7 @@ impl RaftService {
             .await
             .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
             .map_err(|_| Status::aborted("message ignored (stale or superseded)"))?;
-        convert::response_to_proto(&self.node.identity().cluster_id, &answer)
+        convert::response_to_proto(&self.node.membership().cluster_id, &answer)
             .ok_or_else(|| Status::internal("the driver answered with a request message"))
     }
 }
@@ -95,7 +95,7 @@ async fn receive_stream(
     mut stopping: watch::Receiver<bool>,
     refusal_reports: RefusalReports,
 ) {
-    let identity = node.identity().clone();
+    let identity = node.membership().clone();
     let mut peer = None;
     let refusal = loop {
         let received = tokio::select! {
@@ -203,7 +203,7 @@ async fn serve_forwarded(
     };
     Ok(pb::ForwardResponse {
         header: Some(pb::MessageHeader {
-            cluster_id: node.identity().cluster_id.clone(),
+            cluster_id: node.membership().cluster_id.clone(),
             from: served_by.node_id,
             to: from,
             term: served_by.term,
@@ -225,7 +225,7 @@ async fn serve_forward_stream(
     mut stopping: watch::Receiver<bool>,
 ) {
     let (served, mut served_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let identity = node.identity().clone();
+    let identity = node.membership().clone();
     let mut inbound_open = true;
     let mut in_flight = 0usize;
     loop {
@@ -446,7 +446,7 @@ impl Raft for RaftService {
         self.check(request.header.as_ref())?;
         let message = convert::timeout_now_from_proto(request).map_err(malformed)?;
         let header = convert::header(
-            &self.node.identity().cluster_id,
+            &self.node.membership().cluster_id,
             &Message {
                 from: message.to,
                 to: message.from,

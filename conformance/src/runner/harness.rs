@@ -44,13 +44,13 @@ impl View {
 
 /// What runs the steps; shared with the background tasks.
 #[derive(Clone)]
-pub(super) struct Driver {
+pub(super) struct Harness {
     pub(super) cluster: Arc<Cluster>,
     pub(super) client: Client,
     pub(super) nodes: u64,
 }
 
-impl Driver {
+impl Harness {
     pub(super) async fn view(&self) -> View {
         let running: Vec<u64> = self
             .cluster

@@ -1,4 +1,4 @@
-//! [`RaftNode`]: roles, role transitions, ticks, the message gate and the
+//! [`RaftCore`]: roles, role transitions, ticks, the message gate and the
 //! public API. Elections live in `election.rs`, the leader's replication in
 //! `replication.rs`, the follower's handlers in `follower.rs`, linearizable
 //! reads in `read_index.rs` and the driver hand-off in `ready.rs`.
@@ -26,10 +26,10 @@ use crate::types::{
 const SEED_MIX_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A pure, deterministic Raft state machine (etcd-raft style): no I/O, no
-/// clock, no threads. Drive it with [`RaftNode::tick`], [`RaftNode::step`] and
-/// [`RaftNode::propose`]; collect its output with [`RaftNode::ready`] and
-/// acknowledge it with [`RaftNode::advance`].
-pub struct RaftNode {
+/// clock, no threads. Drive it with [`RaftCore::tick`], [`RaftCore::step`] and
+/// [`RaftCore::propose`]; collect its output with [`RaftCore::ready`] and
+/// acknowledge it with [`RaftCore::advance`].
+pub struct RaftCore {
     pub(crate) id: NodeId,
     /// Validated; `voters` sorted.
     pub(crate) config: Config,
@@ -64,7 +64,7 @@ pub struct RaftNode {
     pub(crate) may_lead: bool,
 }
 
-impl RaftNode {
+impl RaftCore {
     /// Builds a node from its persisted state. A fresh node passes
     /// `HardState::default(), None, vec![]`.
     ///
@@ -128,8 +128,8 @@ impl RaftNode {
         }
         let log = RaftLog::restore_from_storage(snapshot, entries, hard_state.commit);
         let seed = config.seed ^ config.id.wrapping_mul(SEED_MIX_MULTIPLIER);
-        let max_pending_read_requests = config.max_pending_read_requests;
-        let mut node = RaftNode {
+        let pending_read_requests_max = config.pending_read_requests_max;
+        let mut node = RaftCore {
             id: config.id,
             config,
             term: hard_state.term,
@@ -145,7 +145,7 @@ impl RaftNode {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             transfer_target: None,
-            reads: ReadTracker::new(max_pending_read_requests),
+            reads: ReadTracker::new(pending_read_requests_max),
             messages: Vec::new(),
             read_states: Vec::new(),
             pending_snapshot: None,
@@ -199,7 +199,7 @@ impl RaftNode {
         self.log.committed()
     }
 
-    /// Highest index applied (acknowledged through [`RaftNode::advance`], or
+    /// Highest index applied (acknowledged through [`RaftCore::advance`], or
     /// the snapshot index after a restart or snapshot install).
     pub fn applied_index(&self) -> Index {
         self.log.applied()
@@ -338,7 +338,7 @@ impl RaftNode {
             return Err(ProposeError::TransferInProgress);
         }
         let pending = self.log.last_index() - self.log.committed();
-        if pending >= self.config.max_pending_proposals as u64 {
+        if pending >= self.config.pending_proposals_max as u64 {
             return Err(ProposeError::TooManyPending);
         }
         let index = self.log.last_index() + 1;
@@ -759,7 +759,7 @@ impl RaftNode {
         for peer in self.peers() {
             self.progress.insert(
                 peer,
-                Progress::new(next_index, self.config.max_inflight_appends),
+                Progress::new(next_index, self.config.inflight_appends_max),
             );
         }
         let entry = Entry {
@@ -839,10 +839,10 @@ impl RaftNode {
     }
 }
 
-impl std::fmt::Debug for RaftNode {
+impl std::fmt::Debug for RaftCore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
-            .debug_struct("RaftNode")
+            .debug_struct("RaftCore")
             .field("id", &self.id)
             .field("role", &self.role)
             .field("term", &self.term)
