@@ -3,7 +3,8 @@
 
 use base64::Engine;
 use kvstore_proto::kv::v1::{ResponseHeader, Role, StatusResponse};
-use serde_json::{json, Value};
+use kvstore_proto::status::role_name;
+use serde_json::{json, Map, Value};
 
 /// The header as JSON.
 pub fn header_json(header: Option<&ResponseHeader>) -> Value {
@@ -42,17 +43,6 @@ pub fn insert_bytes(object: &mut serde_json::Map<String, Value>, name: &str, byt
     }
 }
 
-/// The name of a role as printed.
-pub fn role_name(role: i32) -> &'static str {
-    match Role::try_from(role) {
-        Ok(Role::Leader) => "leader",
-        Ok(Role::Follower) => "follower",
-        Ok(Role::Candidate) => "candidate",
-        Ok(Role::PreCandidate) => "pre_candidate",
-        _ => "unknown",
-    }
-}
-
 /// One endpoint's status, or why it could not be had.
 pub type EndpointStatus = (String, Result<StatusResponse, String>);
 
@@ -62,24 +52,12 @@ pub fn status_json(statuses: &[EndpointStatus]) -> Value {
         statuses
             .iter()
             .map(|(endpoint, status)| match status {
-                Ok(status) => json!({
-                    "endpoint": endpoint,
-                    "id": status.id,
-                    "role": role_name(status.role),
-                    "term": status.term,
-                    "leader_id": status.leader_id,
-                    "commit_index": status.commit_index,
-                    "applied_index": status.applied_index,
-                    "last_log_index": status.last_log_index,
-                    "snapshot_index": status.snapshot_index,
-                    "cluster_id": status.cluster_id,
-                    "version": status.version,
-                    "followers": status.followers.iter().map(|follower| json!({
-                        "id": follower.id,
-                        "match_index": follower.match_index,
-                        "next_index": follower.next_index,
-                    })).collect::<Vec<_>>(),
-                }),
+                Ok(status) => {
+                    let mut document = Map::new();
+                    document.insert("endpoint".into(), endpoint.as_str().into());
+                    document.extend(kvstore_proto::status::status_json(status));
+                    Value::Object(document)
+                }
                 Err(error) => json!({ "endpoint": endpoint, "error": error }),
             })
             .collect(),

@@ -26,5 +26,7 @@ pub mod raft {
     }
 }
 
+pub mod status;
+
 /// Encoded `FileDescriptorSet` of every kvstore proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kvstore_descriptor");

@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod state_machine;
+pub mod status;
 pub mod storage;
 pub mod storage_health;
 pub mod transport;

@@ -11,8 +11,7 @@
 //! Every metric and its help text is documented in `observability/README.md`;
 //! `server/tests/observability.rs` checks that the two agree.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -20,9 +19,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::node::{NodeRole, NodeStatus};
+use crate::status::{NodeRole, NodeStatus, PeerLinkStatus};
 use crate::storage::overlay::Backlog;
-use crate::transport::peers::LinkCounters;
 
 /// Upper bounds (seconds) of the client request latency buckets: from half a
 /// millisecond (a local read) to the longest request deadline.
@@ -493,7 +491,7 @@ impl Metrics {
 
     /// Refreshes the gauges that mirror `status` and the counters that mirror
     /// the peer links.
-    pub fn refresh(&self, status: &NodeStatus, links: &[(u64, Arc<LinkCounters>)]) {
+    pub fn refresh(&self, status: &NodeStatus, links: &[PeerLinkStatus]) {
         let is_leader = status.role == NodeRole::Leader;
         self.raft_term.set(gauge_value(status.term));
         self.raft_is_leader.set(i64::from(is_leader));
@@ -505,7 +503,7 @@ impl Metrics {
             .set(gauge_value(status.last_log_index));
         self.raft_snapshot_index
             .set(gauge_value(status.snapshot_index));
-        self.ready.set(i64::from(readiness(status).is_ok()));
+        self.ready.set(i64::from(status.readiness().is_ok()));
         // Follower progress exists only on the leader: other nodes expose no
         // series, so a query over the cluster sees the leader's view only.
         self.raft_follower_match_index.reset();
@@ -523,19 +521,19 @@ impl Metrics {
                     ));
             }
         }
-        for (peer, counters) in links {
-            let peer = peer.to_string();
+        for link in links {
+            let peer = link.id.to_string();
             catch_up(
                 &self
                     .peer_send_failures_total
                     .with_label_values(&[peer.as_str()]),
-                counters.send_failures.load(Ordering::Relaxed),
+                link.send_failures,
             );
             catch_up(
                 &self
                     .peer_messages_dropped_total
                     .with_label_values(&[peer.as_str()]),
-                counters.dropped.load(Ordering::Relaxed),
+                link.dropped,
             );
         }
     }
@@ -564,68 +562,11 @@ fn catch_up(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Whether a node with `status` is ready to serve: it knows a leader and has
-/// applied everything it knows committed. The error says why not.
-pub fn readiness(status: &NodeStatus) -> Result<(), String> {
-    if let Some(reason) = &status.storage_error {
-        return Err(format!("storage cannot take writes: {reason}"));
-    }
-    if status.catching_up {
-        return Err(format!(
-            "catching up: node {} lost log entries it had acknowledged and is replicated again from the leader (commit index {})",
-            status.id, status.commit_index
-        ));
-    }
-    if status.leader_id == 0 {
-        return Err(format!(
-            "no leader known (node {} is {} in term {})",
-            status.id,
-            role_name(status.role),
-            status.term
-        ));
-    }
-    if status.applied_index < status.commit_index {
-        return Err(format!(
-            "applied index {} is behind commit index {} ({} entries to apply)",
-            status.applied_index,
-            status.commit_index,
-            status.commit_index - status.applied_index
-        ));
-    }
-    Ok(())
-}
-
-/// The role as the status page and JSON spell it.
-pub fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Follower => "follower",
-        NodeRole::PreCandidate => "pre-candidate",
-        NodeRole::Candidate => "candidate",
-        NodeRole::Leader => "leader",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::FollowerStatus;
-
-    fn status_for_tests(id: u64) -> NodeStatus {
-        NodeStatus {
-            id,
-            role: NodeRole::Follower,
-            term: 1,
-            leader_id: 0,
-            commit_index: 0,
-            applied_index: 0,
-            last_log_index: 0,
-            snapshot_index: 0,
-            followers: Vec::new(),
-            cluster_id: "test".into(),
-            catching_up: false,
-            storage_error: None,
-        }
-    }
+    use crate::status::tests::status_for_tests;
+    use crate::status::FollowerStatus;
 
     #[test]
     fn elections_and_leader_changes_are_counted_once_per_term() {
@@ -658,9 +599,12 @@ mod tests {
             match_index: 7,
             next_index: 8,
         }];
-        let link = Arc::new(LinkCounters::default());
-        link.send_failures.store(5, Ordering::Relaxed);
-        metrics.refresh(&status, &[(2, link.clone())]);
+        let mut link = PeerLinkStatus {
+            id: 2,
+            send_failures: 5,
+            dropped: 0,
+        };
+        metrics.refresh(&status, &[link]);
         let text = metrics.encode();
         assert!(
             text.contains("kvstore_raft_follower_lag_entries{peer=\"2\"} 3"),
@@ -675,8 +619,8 @@ mod tests {
             "{text}"
         );
         status.role = NodeRole::Follower;
-        link.send_failures.store(6, Ordering::Relaxed);
-        metrics.refresh(&status, &[(2, link)]);
+        link.send_failures = 6;
+        metrics.refresh(&status, &[link]);
         let text = metrics.encode();
         assert!(
             !text.contains("kvstore_raft_follower_lag_entries{"),
@@ -685,26 +629,6 @@ mod tests {
         assert!(
             text.contains("kvstore_peer_send_failures_total{peer=\"2\"} 6"),
             "{text}"
-        );
-    }
-
-    #[test]
-    fn readiness_needs_a_leader_and_everything_committed_applied() {
-        let mut status = status_for_tests(1);
-        assert!(readiness(&status).unwrap_err().contains("no leader"));
-        status.leader_id = 2;
-        status.commit_index = 5;
-        status.applied_index = 4;
-        assert!(readiness(&status).unwrap_err().contains("behind"));
-        status.applied_index = 5;
-        assert!(readiness(&status).is_ok());
-        status.catching_up = true;
-        assert!(readiness(&status).unwrap_err().contains("catching up"));
-        status.storage_error = Some("only 3 bytes free".into());
-        let reason = readiness(&status).unwrap_err();
-        assert!(
-            reason.contains("storage cannot take writes: only 3 bytes free"),
-            "{reason}"
         );
     }
 

@@ -23,10 +23,11 @@ use crate::logging;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::driver::{self, Driver, DriverParts, DriverSettings};
-use crate::node::{persist, Node, NodeParts, NodeRole, NodeStatus, RequestLimits, Timings};
+use crate::node::{persist, Node, NodeParts, RequestLimits, Timings};
 use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::snapshot::{self, SnapshotDirectory, SnapshotError};
 use crate::state_machine;
+use crate::status::{NodeRole, NodeStatus};
 use crate::storage::actor::{self, StoreHandle};
 use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{OverlayLimits, OverlayStore};
@@ -442,7 +443,7 @@ pub async fn run(
         wal,
         store: store_handle.clone(),
         snapshots: snapshots.clone(),
-        peers,
+        peers: peers.clone(),
         events,
         answers,
         status: status_sender,
@@ -495,7 +496,11 @@ pub async fn run(
         concurrent_streams_max: limits::CONCURRENT_STREAMS_MAX,
     };
 
-    let http_state = HttpState::new(node.clone(), config.peer_metrics_addrs.clone());
+    let http_state = HttpState::new(
+        node.clone(),
+        peers.clone(),
+        config.peer_metrics_addrs.clone(),
+    );
     let http_task = tokio::spawn(http::serve(
         CappedListener::http(
             metrics_listener,

@@ -26,8 +26,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::MemberAddress;
 use crate::connections::CappedListener;
-use crate::metrics::{self, role_name};
+use crate::metrics;
 use crate::node::Node;
+use crate::transport::peers::PeerSet;
 
 /// The status page: HTML, CSS and script in one file, no external assets.
 pub const STATUS_PAGE: &str = include_str!("status.html");
@@ -43,6 +44,7 @@ pub struct HttpState {
 
 struct Inner {
     node: Node,
+    links: Arc<PeerSet>,
     peer_addresses: Vec<MemberAddress>,
     started: Instant,
     in_flight: Semaphore,
@@ -60,12 +62,14 @@ impl std::fmt::Debug for HttpState {
 }
 
 impl HttpState {
-    /// Serves `node`; `peer_addresses` are the other members' HTTP addresses
-    /// as a browser reaches them (for the status page).
-    pub fn new(node: Node, peer_addresses: Vec<MemberAddress>) -> Self {
+    /// Serves `node`, whose outbound peer links are `links` (for their
+    /// counters); `peer_addresses` are the other members' HTTP addresses as
+    /// a browser reaches them (for the status page).
+    pub fn new(node: Node, links: Arc<PeerSet>, peer_addresses: Vec<MemberAddress>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 node,
+                links,
                 peer_addresses,
                 started: Instant::now(),
                 in_flight: Semaphore::new(HTTP_REQUESTS_IN_FLIGHT_MAX),
@@ -138,7 +142,7 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     let metrics = node.metrics();
     let text = {
         let _scrape = state.inner.scrape.lock().await;
-        metrics.refresh(&node.status(), &node.peers().counters());
+        metrics.refresh(&node.status(), &state.inner.links.link_statuses());
         metrics.encode()
     };
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
@@ -149,7 +153,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    match metrics::readiness(&state.inner.node.status()) {
+    match state.inner.node.status().readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -165,27 +169,17 @@ async fn status(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// The `/status` document.
+/// The `/status` document: the Status RPC's facts
+/// (`kvstore_proto::status::status_json`, the shape `kvstore-cli status -w
+/// json` prints), plus readiness, request counts, uptime and the members'
+/// HTTP addresses.
 fn status_document(state: &HttpState) -> serde_json::Value {
     let node = &state.inner.node;
-    let status = node.status();
-    let readiness = metrics::readiness(&status);
+    let answer = crate::service::status::handle(node);
     let (counts, failed) = node.metrics().request_counts();
     let requests: serde_json::Map<String, serde_json::Value> = counts
         .iter()
         .map(|(operation, count)| (operation.as_str().to_string(), (*count).into()))
-        .collect();
-    let followers: Vec<serde_json::Value> = status
-        .followers
-        .iter()
-        .map(|follower| {
-            json!({
-                "id": follower.id,
-                "match_index": follower.match_index,
-                "next_index": follower.next_index,
-                "lag_entries": status.last_log_index.saturating_sub(follower.match_index),
-            })
-        })
         .collect();
     let members: Vec<serde_json::Value> = node
         .membership()
@@ -198,26 +192,21 @@ fn status_document(state: &HttpState) -> serde_json::Value {
                 .iter()
                 .find(|peer| peer.id == *id)
                 .map(|peer| peer.address.clone());
-            json!({ "id": id, "self": *id == status.id, "http_addr": http_addr })
+            json!({ "id": id, "self": *id == answer.id, "http_addr": http_addr })
         })
         .collect();
-    json!({
-        "id": status.id,
-        "cluster_id": status.cluster_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "role": role_name(status.role),
-        "term": status.term,
-        "leader_id": status.leader_id,
-        "commit_index": status.commit_index,
-        "applied_index": status.applied_index,
-        "last_log_index": status.last_log_index,
-        "snapshot_index": status.snapshot_index,
-        "followers": followers,
-        "ready": readiness.is_ok(),
-        "not_ready_reason": readiness.err(),
-        "requests_total": requests,
-        "requests_failed_total": failed,
-        "uptime_seconds": state.inner.started.elapsed().as_secs_f64(),
-        "members": members,
-    })
+    let mut document = kvstore_proto::status::status_json(&answer);
+    let not_ready_reason = (!answer.not_ready_reason.is_empty()).then_some(answer.not_ready_reason);
+    document.extend([
+        ("ready".to_string(), not_ready_reason.is_none().into()),
+        ("not_ready_reason".to_string(), not_ready_reason.into()),
+        ("requests_total".to_string(), requests.into()),
+        ("requests_failed_total".to_string(), failed.into()),
+        (
+            "uptime_seconds".to_string(),
+            state.inner.started.elapsed().as_secs_f64().into(),
+        ),
+        ("members".to_string(), members.into()),
+    ]);
+    serde_json::Value::Object(document)
 }

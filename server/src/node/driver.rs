@@ -24,7 +24,6 @@ use kvstore_raft::{
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::status::{FollowerStatus, NodeRole, NodeStatus};
 use super::wal_writer::{Persisted, WalWriter};
 use super::{ServedBy, WriteOutcome};
 use crate::config::InjectedFault;
@@ -34,6 +33,7 @@ use crate::fatal::storage_failure;
 use crate::metrics::{Metrics, SnapshotKind};
 use crate::snapshot::{self, SnapshotDirectory};
 use crate::state_machine;
+use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
 use crate::storage::{Store, StoreError};
 use crate::storage_health::StorageHealth;

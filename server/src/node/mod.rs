@@ -8,7 +8,6 @@
 pub mod driver;
 pub mod persist;
 mod read_batch;
-mod status;
 mod validate;
 pub mod wal_writer;
 
@@ -20,7 +19,6 @@ use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Index, Message, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use status::{FollowerStatus, NodeRole, NodeStatus};
 pub use validate::RequestLimits;
 
 use crate::config::InjectedFault;
@@ -28,6 +26,7 @@ use crate::errors::KvError;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
 use crate::state_machine;
+use crate::status::NodeStatus;
 use crate::storage::actor::StoreHandle;
 use crate::transport::peers::PeerSet;
 use driver::DriverEvent;
@@ -142,11 +141,6 @@ impl Node {
     /// This node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
-    }
-
-    /// The outbound peer links (for their counters).
-    pub fn peers(&self) -> &Arc<PeerSet> {
-        &self.shared.peers
     }
 
     /// This node's id.

@@ -3,7 +3,8 @@
 use kvstore_proto::kv::v1::{Consistency, ResponseHeader, Role};
 
 use crate::errors::KvError;
-use crate::node::{NodeRole, ReadConsistency, ServedBy};
+use crate::node::{ReadConsistency, ServedBy};
+use crate::status::NodeRole;
 
 /// The response header for `served_by`.
 pub fn header(served_by: ServedBy) -> Option<ResponseHeader> {

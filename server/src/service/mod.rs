@@ -5,7 +5,7 @@ mod convert;
 mod delete;
 mod get;
 mod put;
-mod status;
+pub mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -3,13 +3,12 @@
 use kvstore_proto::kv::v1::{FollowerProgress, StatusResponse};
 
 use super::convert;
-use crate::metrics;
 use crate::node::{Node, ServedBy};
 
 /// Describes the node.
 pub fn handle(node: &Node) -> StatusResponse {
     let status = node.status();
-    let not_ready_reason = metrics::readiness(&status).err().unwrap_or_default();
+    let not_ready_reason = status.readiness().err().unwrap_or_default();
     StatusResponse {
         header: convert::header(ServedBy {
             node_id: status.id,

@@ -12,7 +12,7 @@
 //! driver and the call's HTTP/2 body.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::forwarder::Forwarder;
 use super::outbound::{self, OutboundLimits, OutboundSender, PushError};
 use super::reconnect::{Reconnect, Report};
 use crate::snapshot::SnapshotDirectory;
+use crate::status::PeerLinkStatus;
 
 /// Messages waiting for one of a peer's streams before new ones are dropped
 /// (the peer is slow, stopped or unreachable; Raft re-sends what matters).
@@ -52,11 +53,11 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Counters of one peer's link, for status and metrics.
 #[derive(Debug, Default)]
-pub struct LinkCounters {
+struct LinkCounters {
     /// RPCs that failed (connection refused, timeout, error status).
-    pub send_failures: std::sync::atomic::AtomicU64,
+    send_failures: AtomicU64,
     /// Messages dropped because the peer was backing off or its queue was full.
-    pub dropped: std::sync::atomic::AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// Where answers from peers go.
@@ -158,10 +159,14 @@ impl PeerSet {
     }
 
     /// The counters of every peer link.
-    pub fn counters(&self) -> Vec<(NodeId, Arc<LinkCounters>)> {
+    pub fn link_statuses(&self) -> Vec<PeerLinkStatus> {
         self.peers
             .iter()
-            .map(|(id, peer)| (*id, peer.link.counters.clone()))
+            .map(|(id, peer)| PeerLinkStatus {
+                id: *id,
+                send_failures: peer.link.counters.send_failures.load(Ordering::Relaxed),
+                dropped: peer.link.counters.dropped.load(Ordering::Relaxed),
+            })
             .collect()
     }
 }
