@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the apply path: `state_machine::apply` of a
 //! batch of committed Put entries (1, 64 or 512 per call, as a `Ready`'s
-//! `committed_entries`), each a `pb::Command` built with `encode_command`:
+//! `committed_entries`), each a `Command` encoded by `log_encoding::encode`:
 //! decode, one write batch with the new applied index, one store write.
 //!
 //! - `apply_leveldb/N`: the real `LevelDbStore` in a temporary directory,
@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Entry, EntryKind};
-use kvstore_server::state_machine::{self, encode_command};
+use kvstore_server::state_machine::{self, log_encoding, Command};
 use kvstore_server::storage::leveldb::{Durability, LevelDbStore};
 use kvstore_server::storage::memory::MemoryStore;
 use kvstore_server::storage::overlay::{OverlayLimits, OverlayStore};
@@ -51,14 +50,11 @@ const TERM: u64 = 1;
 fn commands() -> Vec<Bytes> {
     (0..KEYSPACE)
         .map(|key| {
-            encode_command(&pb::Command {
-                operation: Some(pb::command::Operation::Put(pb::PutOperation {
-                    key: format!("key-{key:012}").into_bytes(),
-                    value: vec![(key % 251) as u8; VALUE_BYTES],
-                })),
-                request_id: String::new(),
-            })
-            .into()
+            let command = Command::Put {
+                key: format!("key-{key:012}").into_bytes(),
+                value: vec![(key % 251) as u8; VALUE_BYTES],
+            };
+            log_encoding::encode(command, "").into()
         })
         .collect()
 }

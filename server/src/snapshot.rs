@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use kvstore_raft::SnapshotMetadata;
 
-use crate::state_machine;
+use crate::state_machine::{self, log_encoding, Command};
 use crate::storage::{KeyValue, Store, StoreError};
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
@@ -371,9 +371,9 @@ pub fn write_merged(
     );
     let mut changes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     for entry in entries {
-        match state_machine::decode_operation(entry) {
-            Some(state_machine::Operation::Put { key, value }) => changes.insert(key, Some(value)),
-            Some(state_machine::Operation::Delete { key }) => changes.insert(key, None),
+        match log_encoding::decode_entry(entry) {
+            Some(Command::Put { key, value }) => changes.insert(key, Some(value)),
+            Some(Command::Delete { key }) => changes.insert(key, None),
             None => None,
         };
     }
@@ -494,42 +494,12 @@ pub fn peek_metadata(path: &Path) -> Result<SnapshotMetadata, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use kvstore_proto::raft::v1 as pb;
     use kvstore_raft::{Entry, EntryKind};
 
     use super::*;
+    use crate::state_machine::test_entries::{delete, put};
     use crate::storage::memory::MemoryStore;
     use crate::storage::overlay::{OverlayLimits, OverlayStore};
-
-    fn put(index: u64, key: &str, value: &str) -> Entry {
-        command(
-            index,
-            pb::command::Operation::Put(pb::PutOperation {
-                key: key.into(),
-                value: value.into(),
-            }),
-        )
-    }
-
-    fn delete(index: u64, key: &str) -> Entry {
-        command(
-            index,
-            pb::command::Operation::Delete(pb::DeleteOperation { key: key.into() }),
-        )
-    }
-
-    fn command(index: u64, operation: pb::command::Operation) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: state_machine::encode_command(&pb::Command {
-                operation: Some(operation),
-                request_id: String::new(),
-            })
-            .into(),
-        }
-    }
 
     fn snapshot(index: u64) -> SnapshotMetadata {
         SnapshotMetadata { index, term: 1 }

@@ -4,6 +4,10 @@
 //! the server at commit 4232c83 with `scripts/make-log-fixture.sh`
 //! (`fixtures/README.md`); [`expected_state`] is that script's recipe.
 
+// The tests hold the serial lock across awaits on purpose: each has its own
+// runtime, and the lock keeps two servers from running at once.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::collections::BTreeMap;
@@ -161,4 +165,61 @@ async fn it_is_rebuilt_from_its_snapshot_and_log_when_leveldb_is_gone() {
         std::fs::remove_dir_all(data_dir.join("kv")).unwrap();
     });
     serves_the_recipe_then_a_write(&mut server).await;
+}
+
+/// Below the server: the fixture's newest snapshot plus the entries its WAL
+/// holds after it, decoded by this release's `log_encoding` and applied by
+/// its state machine, give the recipe's state, and every normal entry
+/// decodes to a command.
+#[test]
+fn the_wal_and_snapshot_of_4232c83_decode_to_the_recipe() {
+    use kvstore_raft::EntryKind;
+    use kvstore_server::node::persist::entry_from_wal;
+    use kvstore_server::snapshot::restore_into_store;
+    use kvstore_server::state_machine::{self, log_encoding};
+    use kvstore_server::storage::memory::MemoryStore;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let data_dir = scratch.path().join("node-1");
+    copy_dir(&fixture(), &data_dir);
+    let (_wal, recovered) =
+        kvstore_wal::Wal::open(&data_dir.join("wal"), kvstore_wal::WalOptions::default())
+            .expect("the fixture's WAL opens");
+    let newest_snapshot = std::fs::read_dir(data_dir.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "snap")
+        })
+        .max()
+        .expect("the fixture holds a snapshot");
+    let mut store = MemoryStore::new();
+    let (snapshot, _) = restore_into_store(&mut store, &newest_snapshot).unwrap();
+    let marker = recovered.snapshot.expect("the WAL records its compaction");
+    assert_eq!((marker.index, marker.term), (snapshot.index, snapshot.term));
+    let entries: Vec<_> = recovered
+        .entries
+        .into_iter()
+        .map(|entry| entry_from_wal(entry).unwrap())
+        .collect();
+    assert!(
+        !entries.is_empty(),
+        "the WAL holds entries after the snapshot"
+    );
+    for entry in &entries {
+        if entry.kind == EntryKind::Normal {
+            assert!(
+                log_encoding::decode_entry(entry).is_some(),
+                "entry {} does not decode",
+                entry.index
+            );
+        }
+    }
+    state_machine::apply(&mut store, &entries).unwrap();
+    let state: BTreeMap<Vec<u8>, Vec<u8>> = state_machine::scan_data_from(&mut store, b"", 10_000)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(state, expected_state());
 }

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{
     CompactError, Entry, Index, Message, NodeId, ProposeError, RaftCore, ReadIndexError, Ready,
     Role, SnapshotMetadata, Term,
@@ -32,7 +31,7 @@ use crate::errors::KvError;
 use crate::fatal::storage_failure;
 use crate::metrics::{Metrics, SnapshotKind};
 use crate::snapshot::{self, SnapshotDirectory};
-use crate::state_machine;
+use crate::state_machine::{self, log_encoding, Command};
 use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
 use crate::storage::{Store, StoreError};
@@ -66,7 +65,7 @@ pub enum DriverEvent {
     /// A client write to propose.
     Propose {
         /// The write.
-        command: pb::Command,
+        command: Command,
         /// The client request's id, for the logs.
         request_id: String,
         /// Where the outcome goes.
@@ -411,7 +410,10 @@ impl Driver {
                 command,
                 request_id,
                 reply,
-            } => match self.core.propose(state_machine::encode_command(&command)) {
+            } => match self
+                .core
+                .propose(log_encoding::encode(command, &request_id))
+            {
                 // Deliberate bug (--inject-fault early-ack): acknowledge before commit.
                 Ok((index, term))
                     if self.settings.injected_fault == Some(InjectedFault::EarlyAck) =>

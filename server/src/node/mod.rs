@@ -25,7 +25,7 @@ use crate::config::InjectedFault;
 use crate::errors::KvError;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
-use crate::state_machine;
+use crate::state_machine::{self, log_encoding, Command};
 use crate::status::NodeStatus;
 use crate::storage::actor::StoreHandle;
 use crate::transport::peers::PeerSet;
@@ -195,10 +195,7 @@ impl Node {
         value: Vec<u8>,
         request_id: &str,
     ) -> Result<ServedBy, KvError> {
-        let command = pb::Command {
-            operation: Some(pb::command::Operation::Put(pb::PutOperation { key, value })),
-            request_id: request_id.to_string(),
-        };
+        let command = Command::Put { key, value };
         Ok(self.write(command, request_id).await?.served_by)
     }
 
@@ -208,10 +205,7 @@ impl Node {
         key: Vec<u8>,
         request_id: &str,
     ) -> Result<(ServedBy, bool), KvError> {
-        let command = pb::Command {
-            operation: Some(pb::command::Operation::Delete(pb::DeleteOperation { key })),
-            request_id: request_id.to_string(),
-        };
+        let command = Command::Delete { key };
         let outcome = self.write(command, request_id).await?;
         Ok((outcome.served_by, outcome.found))
     }
@@ -341,7 +335,7 @@ impl Node {
         }
     }
 
-    async fn write(&self, command: pb::Command, request_id: &str) -> Result<WriteOutcome, KvError> {
+    async fn write(&self, command: Command, request_id: &str) -> Result<WriteOutcome, KvError> {
         // Checked before it travels: a follower does not forward a write the
         // leader would refuse (the leader checks it again, see
         // `write_as_leader`).
@@ -356,10 +350,13 @@ impl Node {
                 }
             }
             tracing::debug!(request_id, leader_id, "write forwarded to the leader");
-            let request = pb::forward_request::Request::Write(command.clone());
             self.shared
                 .metrics
-                .observe_forward(forwarded_operation(&request));
+                .observe_forward(forwarded_operation(&command));
+            let request = pb::forward_request::Request::Write(log_encoding::to_proto(
+                command.clone(),
+                request_id,
+            ));
             match self.forward(leader_id, request, request_id).await {
                 Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
                 Err(error) => return Err(error),
@@ -434,7 +431,7 @@ impl Node {
     /// (the client API, a forward over the raft port).
     pub async fn write_as_leader(
         &self,
-        command: pb::Command,
+        command: Command,
         request_id: &str,
         forwarded_by: NodeId,
     ) -> Result<(ServedBy, bool), KvError> {
@@ -580,15 +577,10 @@ impl Node {
     }
 }
 
-/// The `op` label of a forwarded request.
-fn forwarded_operation(request: &pb::forward_request::Request) -> Operation {
-    match request {
-        pb::forward_request::Request::ReadKey(_) | pb::forward_request::Request::ReadIndex(_) => {
-            Operation::Get
-        }
-        pb::forward_request::Request::Write(command) => match &command.operation {
-            Some(pb::command::Operation::Delete(_)) => Operation::Delete,
-            _ => Operation::Put,
-        },
+/// The `op` label of a forwarded write.
+fn forwarded_operation(command: &Command) -> Operation {
+    match command {
+        Command::Put { .. } => Operation::Put,
+        Command::Delete { .. } => Operation::Delete,
     }
 }

@@ -3,9 +3,8 @@
 //! ([`super::Node::write_as_leader`]), whichever route brought it there (the
 //! client API, a follower's forward, a forged message on the raft port).
 
-use kvstore_proto::raft::v1 as pb;
-
 use crate::errors::KvError;
+use crate::state_machine::Command;
 
 /// Size limits on client requests (`--max-key-bytes`, `--max-value-bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,18 +43,14 @@ impl RequestLimits {
         Ok(())
     }
 
-    /// Checks a write: it carries an operation, whose key and value are within
-    /// the limits.
-    pub fn check_command(&self, command: &pb::Command) -> Result<(), KvError> {
-        match &command.operation {
-            Some(pb::command::Operation::Put(put)) => {
-                self.check_key(&put.key)?;
-                self.check_value(&put.value)
+    /// Checks a write: its key and value are within the limits.
+    pub fn check_command(&self, command: &Command) -> Result<(), KvError> {
+        match command {
+            Command::Put { key, value } => {
+                self.check_key(key)?;
+                self.check_value(value)
             }
-            Some(pb::command::Operation::Delete(delete)) => self.check_key(&delete.key),
-            None => Err(KvError::InvalidArgument(
-                "the write carries no operation".into(),
-            )),
+            Command::Delete { key } => self.check_key(key),
         }
     }
 }
@@ -91,19 +86,11 @@ mod tests {
 
     #[test]
     fn writes_are_checked_by_their_operation() {
-        let put = |key: &[u8], value: &[u8]| pb::Command {
-            operation: Some(pb::command::Operation::Put(pb::PutOperation {
-                key: key.to_vec(),
-                value: value.to_vec(),
-            })),
-            request_id: String::new(),
+        let put = |key: &[u8], value: &[u8]| Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
         };
-        let delete = |key: &[u8]| pb::Command {
-            operation: Some(pb::command::Operation::Delete(pb::DeleteOperation {
-                key: key.to_vec(),
-            })),
-            request_id: String::new(),
-        };
+        let delete = |key: &[u8]| Command::Delete { key: key.to_vec() };
         assert!(LIMITS.check_command(&put(b"k", b"v")).is_ok());
         assert!(LIMITS.check_command(&delete(b"k")).is_ok());
         for refused in [
@@ -112,7 +99,6 @@ mod tests {
             put(b"k", &[0; 9]),
             delete(b""),
             delete(b"abcde"),
-            pb::Command::default(),
         ] {
             let error = LIMITS.check_command(&refused).unwrap_err();
             assert!(

@@ -15,6 +15,7 @@ use super::convert::{self, ResponseProto};
 use super::reconnect::ReportSchedule;
 use crate::node::{Node, ServedBy};
 use crate::snapshot::{self, SnapshotDirectory};
+use crate::state_machine::log_encoding;
 
 /// Full name of the peer service, as reflection lists it.
 pub const RAFT_SERVICE_NAME: &str = "kvstore.raft.v1.Raft";
@@ -179,6 +180,8 @@ async fn serve_forwarded(
         .unwrap_or_default();
     let (served_by, found, value): (ServedBy, bool, Vec<u8>) = match request.request {
         Some(pb::forward_request::Request::Write(command)) => {
+            let (command, _) = log_encoding::from_proto(command)
+                .map_err(|error| Status::invalid_argument(format!("forwarded write: {error}")))?;
             let (served_by, found) = node
                 .write_as_leader(command, &request.request_id, from)
                 .await

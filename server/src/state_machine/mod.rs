@@ -14,9 +14,11 @@
 //! LevelDB first, so when they differ, [`consistent_at`] names the index the
 //! node must apply again before its local state is a state of the log.
 
-use kvstore_proto::raft::v1 as pb;
-use kvstore_raft::{Entry, EntryKind, Index, SnapshotMetadata};
-use prost::Message;
+pub mod command;
+pub mod log_encoding;
+
+pub use command::{Applied, Command};
+use kvstore_raft::{Entry, Index, SnapshotMetadata};
 
 use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
 
@@ -135,62 +137,6 @@ pub fn interrupted_restore(store: &mut dyn Store) -> Result<Option<SnapshotMetad
         .transpose()
 }
 
-/// A client write as an entry's data.
-pub fn encode_command(command: &pb::Command) -> Vec<u8> {
-    command.encode_to_vec()
-}
-
-/// The effect of one entry on the key-value state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Operation {
-    /// Store `value` under `key`.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Remove `key`.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-}
-
-/// The operation an entry carries; `None` for a no-op entry. An entry whose
-/// data cannot be decoded is a bug or corruption: it is logged and treated as
-/// a no-op, the same way on every replica, so they stay identical.
-pub fn decode_operation(entry: &Entry) -> Option<Operation> {
-    if entry.kind != EntryKind::Normal {
-        return None;
-    }
-    match pb::Command::decode(entry.data.as_ref()).map(|command| command.operation) {
-        Ok(Some(pb::command::Operation::Put(put))) => Some(Operation::Put {
-            key: put.key,
-            value: put.value,
-        }),
-        Ok(Some(pb::command::Operation::Delete(delete))) => {
-            Some(Operation::Delete { key: delete.key })
-        }
-        Ok(None) | Err(_) => {
-            tracing::error!(
-                index = entry.index,
-                "undecodable command in the log; applied as a no-op"
-            );
-            None
-        }
-    }
-}
-
-/// What applying one entry did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
-    /// The entry's index.
-    pub index: Index,
-    /// For a delete: whether the key existed. For a put: always true.
-    pub found: bool,
-}
-
 /// Applies committed entries in order, in one batch together with the new
 /// applied index. Entries at or below the applied index are skipped (they
 /// were applied before a restart).
@@ -254,12 +200,12 @@ fn apply_in(
             "entries must be applied in order without gaps"
         );
         let mut found = true;
-        match decode_operation(entry) {
-            Some(Operation::Put { key, value }) => {
+        match log_encoding::decode_entry(entry) {
+            Some(Command::Put { key, value }) => {
                 batch.put(data_key(&key), value);
                 overlay.insert(key, true);
             }
-            Some(Operation::Delete { key }) => {
+            Some(Command::Delete { key }) => {
                 found = match overlay.get(&key) {
                     Some(exists) => *exists,
                     None => match read_in(store, &data_key(&key), waiting)? {
@@ -333,42 +279,39 @@ pub fn finish_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Resu
     store.write(batch)
 }
 
+/// Log entries for tests.
+#[cfg(test)]
+pub(crate) mod test_entries {
+    use kvstore_raft::{Entry, EntryKind, Index};
+
+    use super::{log_encoding, Command};
+
+    fn entry(index: Index, command: Command) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: log_encoding::encode(command, "").into(),
+        }
+    }
+
+    pub(crate) fn put(index: Index, key: &str, value: &str) -> Entry {
+        let (key, value) = (key.into(), value.into());
+        entry(index, Command::Put { key, value })
+    }
+
+    pub(crate) fn delete(index: Index, key: &str) -> Entry {
+        entry(index, Command::Delete { key: key.into() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
     use bytes::Bytes;
-
-    fn put(index: Index, key: &str, value: &str) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: encode_command(&pb::Command {
-                operation: Some(pb::command::Operation::Put(pb::PutOperation {
-                    key: key.into(),
-                    value: value.into(),
-                })),
-                request_id: String::new(),
-            })
-            .into(),
-        }
-    }
-
-    fn delete(index: Index, key: &str) -> Entry {
-        Entry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: encode_command(&pb::Command {
-                operation: Some(pb::command::Operation::Delete(pb::DeleteOperation {
-                    key: key.into(),
-                })),
-                request_id: String::new(),
-            })
-            .into(),
-        }
-    }
+    use kvstore_raft::EntryKind;
+    use test_entries::{delete, put};
 
     #[test]
     fn entries_apply_once_in_order_with_the_applied_index() {
