@@ -40,9 +40,10 @@ test-grpcurl: build tools ## grpcurl against a live server, through reflection o
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt check and clippy, warnings as errors
+lint: ## rustfmt check, clippy (warnings as errors), the server's layering
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/check-layers.sh
 
 run: release ## Run one node on 127.0.0.1:50051 (data in ./data/node-1)
 	$(TARGET_DIR)/release/kvstore-server --id 1 --client-addr 127.0.0.1:50051 --data-dir $(DATA_DIR)/node-1

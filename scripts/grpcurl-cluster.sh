@@ -33,7 +33,7 @@ for address in "${rafts[@]}"; do
     check "raft port $address: health" '"status": "SERVING"' "$grpcurl" -plaintext "$address" grpc.health.v1.Health/Check
 done
 check "describe KV" "rpc Put" "$grpcurl" -plaintext "${clients[0]}" describe kvstore.v1.KV
-check "describe Raft" "rpc AppendEntries" "$grpcurl" -plaintext "${rafts[0]}" describe kvstore.raft.v1.Raft
+check "describe Raft" "rpc Stream" "$grpcurl" -plaintext "${rafts[0]}" describe kvstore.raft.v1.Raft
 check "describe a raft message" "cluster_id" "$grpcurl" -plaintext "${rafts[0]}" describe kvstore.raft.v1.MessageHeader
 # Keys and values are bytes: base64 in JSON (Z3JwY3VybA== is "grpcurl", Y2x1c3Rlcg== is "cluster").
 check "put at node 1" '"index"' "$grpcurl" -plaintext -d '{"key": "Z3JwY3VybA==", "value": "Y2x1c3Rlcg=="}' "${clients[0]}" kvstore.v1.KV/Put
@@ -41,6 +41,6 @@ last=$((${#clients[@]} - 1))
 check "get at the last node" '"value": "Y2x1c3Rlcg=="' "$grpcurl" -plaintext -d '{"key": "Z3JwY3VybA=="}' "${clients[$last]}" kvstore.v1.KV/Get
 check "status" '"role": "ROLE_' "$grpcurl" -plaintext "${clients[$last]}" kvstore.v1.KV/Status
 check "raft port refuses a stray client" "Code: FailedPrecondition" "$grpcurl" -plaintext \
-    -d '{"header": {"clusterId": "not-this-cluster", "from": "99", "to": "1", "term": "1"}}' "${rafts[0]}" kvstore.raft.v1.Raft/TimeoutNow
+    -d '{"header": {"clusterId": "not-this-cluster", "from": "99", "to": "1", "term": "1"}, "snapshot": {"index": "1", "term": "1"}}' "${rafts[0]}" kvstore.raft.v1.Raft/InstallSnapshot
 echo "grpcurl (cluster): $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -42,8 +42,8 @@ check "health" '"status": "SERVING"' "$grpcurl" -plaintext "$address" grpc.healt
 check "empty key refused" "Code: InvalidArgument" "$grpcurl" -plaintext -d '{"key": ""}' "$address" kvstore.v1.KV/Get
 # The raft port: reflection and health too, and a stranger is refused.
 check "raft port: list services" "kvstore.raft.v1.Raft" "$grpcurl" -plaintext "$raft_address" list
-check "raft port: describe" "rpc AppendEntries" "$grpcurl" -plaintext "$raft_address" describe kvstore.raft.v1.Raft
+check "raft port: describe" "rpc Stream" "$grpcurl" -plaintext "$raft_address" describe kvstore.raft.v1.Raft
 check "raft port: health" '"status": "SERVING"' "$grpcurl" -plaintext "$raft_address" grpc.health.v1.Health/Check
 check "raft port: stranger refused" "Code: FailedPrecondition" "$grpcurl" -plaintext \
-  -d '{"header": {"clusterId": "another-cluster", "from": 7, "to": 1, "term": 99}}' "$raft_address" kvstore.raft.v1.Raft/RequestVote
+  -d '{"header": {"clusterId": "another-cluster", "from": 7, "to": 1, "term": 99}, "snapshot": {"index": 1, "term": 1}}' "$raft_address" kvstore.raft.v1.Raft/InstallSnapshot
 echo "grpcurl: $passed passed, 0 failed"

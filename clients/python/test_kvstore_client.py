@@ -142,8 +142,9 @@ def main():
     for address in raft_endpoints:
         raft = raft_pb2_grpc.RaftStub(grpc.insecure_channel(address))
         header = raft_pb2.MessageHeader(cluster_id="not-this-cluster", **{"from": 99}, to=1, term=1)
-        code = rpc_code(lambda: raft.TimeoutNow(raft_pb2.TimeoutNowRequest(header=header),
-                                                timeout=TIMEOUT_SECONDS))
+        chunk = raft_pb2.InstallSnapshotChunk(
+            header=header, snapshot=raft_pb2.SnapshotMetadata(index=1, term=1), done=True)
+        code = rpc_code(lambda: raft.InstallSnapshot(iter([chunk]), timeout=TIMEOUT_SECONDS))
         checks.check(f"raft port {address}: a stray client is refused (FAILED_PRECONDITION)",
                      code == grpc.StatusCode.FAILED_PRECONDITION, code)
     after_leader_address, after = find_leader(clients)

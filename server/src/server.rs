@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore_proto::raft::v1::raft_server::RaftServer;
 use kvstore_raft::{RaftCore, SnapshotMetadata};
 use kvstore_wal::{Wal, WalError, WalOptions};
 use tokio::sync::{mpsc, watch};
@@ -33,6 +32,7 @@ use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{OverlayLimits, OverlayStore};
 use crate::storage::{recovery, StoreError};
 use crate::storage_health;
+use crate::transport::inbound::PeerInbound;
 use crate::transport::peers::PeerSet;
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
 
@@ -350,7 +350,8 @@ pub async fn run(
     let storage_health =
         storage_health::watch(data_dir.root().to_path_buf(), config.min_free_bytes);
     let (events_sender, events) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
-    let (answers_sender, answers) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
+    let (peer_sender, peer_messages) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
+    let inbound = PeerInbound::new(peer_sender);
     let (status_sender, status_receiver) = watch::channel(NodeStatus {
         id: config.id,
         role: NodeRole::Follower,
@@ -370,21 +371,21 @@ pub async fn run(
         .iter()
         .map(|peer| (peer.id, peer.raft_addr.clone()))
         .collect();
-    let peers = Arc::new(
-        PeerSet::start(
-            &config.cluster_id,
-            &peer_addresses,
-            answers_sender,
-            snapshots.clone(),
-        )
-        .map_err(ServerError::Config)?,
-    );
-    let applied_index = Arc::new(AtomicU64::new(applied.index));
     let membership = Membership {
         id: config.id,
         cluster_id: config.cluster_id.clone(),
         members: config.members(),
     };
+    let peers = Arc::new(
+        PeerSet::start(
+            membership.clone(),
+            &peer_addresses,
+            inbound.clone(),
+            snapshots.clone(),
+        )
+        .map_err(ServerError::Config)?,
+    );
+    let applied_index = Arc::new(AtomicU64::new(applied.index));
     let timings = Timings {
         leader_wait: Duration::from_millis(
             config.election_timeout_ms * u64::from(limits::LEADER_WAIT_ELECTION_TIMEOUTS),
@@ -405,12 +406,12 @@ pub async fn run(
         value_bytes_max: config.value_bytes_max,
     };
     let node = Node::new(NodeParts {
-        membership,
+        membership: membership.clone(),
         events: events_sender,
         status: status_receiver,
         applied_index: applied_index.clone(),
         store: store_handle.clone(),
-        peers: peers.clone(),
+        leader_link: peers.clone(),
         timings,
         request_limits,
         metrics: metrics.clone(),
@@ -445,7 +446,7 @@ pub async fn run(
         snapshots: snapshots.clone(),
         peers: peers.clone(),
         events,
-        answers,
+        peer_messages,
         status: status_sender,
         applied_index,
         storage_health,
@@ -531,16 +532,21 @@ pub async fn run(
 
     let (raft_health_reporter, raft_health) = tonic_health::server::health_reporter();
     raft_health_reporter
-        .set_serving::<RaftServer<RaftService>>()
+        .set_service_status(RAFT_SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;
     let (raft_reflection_v1, raft_reflection_v1alpha) = reflection_services(&[RAFT_SERVICE_NAME]);
     let raft_routes = tonic::service::Routes::new(raft_health)
         .add_service(raft_reflection_v1)
         .add_service(raft_reflection_v1alpha)
         .add_service(
-            RaftServer::new(RaftService::new(node, snapshots, server_stopped.clone()))
-                .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX),
+            RaftService::new(
+                membership,
+                inbound,
+                Arc::new(node),
+                snapshots,
+                server_stopped.clone(),
+            )
+            .into_server(),
         );
     let raft_server = connections::serve_grpc(
         CappedListener::grpc(

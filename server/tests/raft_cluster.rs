@@ -196,7 +196,23 @@ async fn the_raft_port_refuses_other_clusters_strangers_and_garbage() {
         (vote("kvstore", 2, 3), "reached node 1"),
         (pb::RequestVoteRequest::default(), "missing message header"),
     ] {
-        let status = client.request_vote(request).await.unwrap_err();
+        // The call that carries snapshots checks its first chunk's header
+        // before it stores anything.
+        let chunk = pb::InstallSnapshotChunk {
+            header: request.header,
+            snapshot: Some(pb::SnapshotMetadata {
+                index: 1_000_000,
+                term: term + 100,
+            }),
+            offset: 0,
+            data: b"not a snapshot".to_vec(),
+            done: true,
+            total_bytes: 14,
+        };
+        let status = client
+            .install_snapshot(futures::stream::iter([chunk]))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         assert!(status.message().contains(expected), "{}", status.message());
     }

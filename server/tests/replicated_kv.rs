@@ -440,6 +440,44 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
         .unwrap();
         assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
     }
+
+    // Again, over the snapshot it holds: the follower's answer comes back on
+    // its stream (the snapshot call's reply is only a receipt), and the
+    // leader sends each snapshot about once, not in a loop.
+    cluster.node(lagging).kill();
+    for index in 450..900u32 {
+        client
+            .put(PutRequest {
+                key: format!("key-{}", index % 150).into_bytes(),
+                value: index.to_string().into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    let leader_status = status_of(leader_address).await.unwrap();
+    cluster.node(lagging).restart();
+    cluster
+        .wait_for_applied(leader_status.commit_index, Duration::from_secs(30))
+        .await;
+    let log = cluster.node(lagging).log();
+    assert_eq!(
+        log.matches("installed the leader's snapshot").count(),
+        2,
+        "{log}"
+    );
+    let sent = cluster.node(leader).log().matches("snapshot sent").count();
+    assert!((2..10).contains(&sent), "the leader sent {sent} snapshots");
+    for index in 750..900u32 {
+        let key = format!("key-{}", index % 150);
+        let value = get(
+            cluster.node(lagging).client_addr,
+            &key,
+            Consistency::Serializable,
+        )
+        .await
+        .unwrap();
+        assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
+    }
 }
 
 /// A follower hears that a write committed within the leader's commit

@@ -1,6 +1,6 @@
 //! The Raft driver: one tokio task that owns the Raft core.
 //!
-//! It ticks the core, steps peers' messages and answers into it, proposes
+//! It ticks the core, steps peers' messages into it, proposes
 //! client writes and asks for read indexes; then, for each `Ready`, it
 //! persists (one WAL append and one fsync for the whole batch), sends,
 //! applies and advances — in the order the core's contract demands. The WAL
@@ -11,7 +11,7 @@
 //! they send. Requests that arrive while a batch is being fsynced share the
 //! next one: that is the group commit.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,8 +36,7 @@ use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
 use crate::storage::{Store, StoreError};
 use crate::storage_health::StorageHealth;
-use crate::transport::convert::{expected_reply, reply_kind_of_response, ReplyKind};
-use crate::transport::peers::PeerSet;
+use crate::transport::leader_link::Outbox;
 
 /// Inputs taken from the queues before one `Ready` is processed: bounds the
 /// work (and the latency) of one batch.
@@ -55,13 +54,6 @@ pub const COMMIT_NOTICE_DELAY: Duration = Duration::from_millis(10);
 
 /// An input of the driver.
 pub enum DriverEvent {
-    /// A message from a peer; `answer` receives the core's answer.
-    Peer {
-        /// The message.
-        message: Message,
-        /// Where the answer goes (dropped unanswered if the core ignores it).
-        answer: Option<oneshot::Sender<Message>>,
-    },
     /// A client write to propose.
     Propose {
         /// The write.
@@ -159,11 +151,6 @@ impl UnconfirmedRead {
     }
 }
 
-struct AnswerWaiter {
-    sequence: u64,
-    answer: oneshot::Sender<Message>,
-}
-
 /// Settings of the driver.
 #[derive(Debug, Clone, Copy)]
 pub struct DriverSettings {
@@ -187,9 +174,9 @@ pub struct Driver {
     persisted: mpsc::UnboundedReceiver<Persisted>,
     store: StoreHandle,
     snapshots: SnapshotDirectory,
-    peers: Arc<PeerSet>,
+    peers: Arc<dyn Outbox>,
     events: mpsc::Receiver<DriverEvent>,
-    answers: mpsc::Receiver<Message>,
+    peer_messages: mpsc::Receiver<Message>,
     internal_sender: mpsc::UnboundedSender<InternalEvent>,
     internal: mpsc::UnboundedReceiver<InternalEvent>,
     status: watch::Sender<NodeStatus>,
@@ -205,8 +192,6 @@ pub struct Driver {
     /// Reads taken in this turn of the loop, not yet handed to the core.
     reads_to_start: Vec<u64>,
     reads_awaiting_apply: Vec<(Index, PendingRead)>,
-    answer_waiters: HashMap<(NodeId, ReplyKind), VecDeque<AnswerWaiter>>,
-    next_waiter_sequence: u64,
     applied_submitted: SnapshotMetadata,
     snapshot_index: Index,
     snapshot_in_progress: bool,
@@ -232,12 +217,13 @@ pub struct DriverParts {
     pub store: StoreHandle,
     /// Snapshot files.
     pub snapshots: SnapshotDirectory,
-    /// Outbound links.
-    pub peers: Arc<PeerSet>,
-    /// Client and peer inputs.
+    /// Where Raft messages to peers go.
+    pub peers: Arc<dyn Outbox>,
+    /// Client requests.
     pub events: mpsc::Receiver<DriverEvent>,
-    /// Answers to our outbound RPCs.
-    pub answers: mpsc::Receiver<Message>,
+    /// Peers' Raft messages, requests and answers alike
+    /// (`transport::inbound::PeerInbound`).
+    pub peer_messages: mpsc::Receiver<Message>,
     /// Where status is published.
     pub status: watch::Sender<NodeStatus>,
     /// The state machine's applied index, shared with status readers.
@@ -274,7 +260,7 @@ impl Driver {
             snapshots: parts.snapshots,
             peers: parts.peers,
             events: parts.events,
-            answers: parts.answers,
+            peer_messages: parts.peer_messages,
             internal_sender,
             internal,
             status: parts.status,
@@ -288,8 +274,6 @@ impl Driver {
             next_read_context: 1,
             reads_to_start: Vec::new(),
             reads_awaiting_apply: Vec::new(),
-            answer_waiters: HashMap::new(),
-            next_waiter_sequence: 0,
             applied_submitted: parts.applied,
             snapshot_index,
             snapshot_in_progress: false,
@@ -329,7 +313,7 @@ impl Driver {
                     commit_notice_armed = false;
                     self.core.send_commit();
                 }
-                Some(answer) = self.answers.recv() => self.core.step(answer),
+                Some(message) = self.peer_messages.recv() => self.core.step(message),
                 Some(done) = self.persisted.recv() => self.on_persisted(done),
                 Some(event) = self.events.recv() => self.handle_event(event),
                 Some(event) = self.internal.recv() => self.handle_internal(event).await,
@@ -382,8 +366,8 @@ impl Driver {
             self.on_persisted(done);
         }
         for _ in 0..EVENTS_PER_READY_MAX {
-            if let Ok(answer) = self.answers.try_recv() {
-                self.core.step(answer);
+            if let Ok(message) = self.peer_messages.try_recv() {
+                self.core.step(message);
                 continue;
             }
             match self.events.try_recv() {
@@ -395,17 +379,6 @@ impl Driver {
 
     fn handle_event(&mut self, event: DriverEvent) {
         match event {
-            DriverEvent::Peer { message, answer } => {
-                if let (Some(answer), Some(kind)) = (answer, expected_reply(&message.body)) {
-                    let sequence = self.next_waiter_sequence;
-                    self.next_waiter_sequence += 1;
-                    self.answer_waiters
-                        .entry((message.from, kind))
-                        .or_default()
-                        .push_back(AnswerWaiter { sequence, answer });
-                }
-                self.core.step(message);
-            }
             DriverEvent::Propose {
                 command,
                 request_id,
@@ -583,7 +556,6 @@ impl Driver {
     /// durable (else a background write is still running, or was running
     /// when this `Ready` was taken).
     async fn process_ready(&mut self, ready: Ready) -> bool {
-        let waiters_before_ready = self.next_waiter_sequence;
         if let Some(soft_state) = &ready.soft_state {
             self.metrics.observe_soft_state(
                 NodeRole::from(soft_state.role),
@@ -626,7 +598,7 @@ impl Driver {
                 self.fail_pending("leadership was lost");
             }
         }
-        // 1. Persist, and 2. send: answers to waiting RPCs, requests to peers.
+        // 1. Persist, and 2. send.
         let mut all_durable = false;
         if let Some(snapshot) = ready.snapshot {
             // After every earlier write (the WAL thread keeps the order).
@@ -661,19 +633,7 @@ impl Driver {
             }
         }
         for message in ready.messages {
-            match reply_kind_of_response(&message.body) {
-                Some(kind) => self.answer(kind, message),
-                None => self.peers.send(message),
-            }
-        }
-        // Requests stepped before this Ready that got no answer were ignored.
-        for waiters in self.answer_waiters.values_mut() {
-            while waiters
-                .front()
-                .is_some_and(|waiter| waiter.sequence < waiters_before_ready)
-            {
-                waiters.pop_front();
-            }
+            self.peers.send(message);
         }
         // 3. Apply.
         if !ready.committed_entries.is_empty() {
@@ -704,20 +664,6 @@ impl Driver {
         }
         self.maybe_snapshot();
         all_durable
-    }
-
-    fn answer(&mut self, kind: ReplyKind, message: Message) {
-        let waiter = self
-            .answer_waiters
-            .get_mut(&(message.to, kind))
-            .and_then(VecDeque::pop_front);
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.answer.send(message);
-            }
-            // The request came on the peer's stream: the answer goes back on ours.
-            None => self.peers.send(message),
-        }
     }
 
     /// A snapshot from the leader: its file is already durable; record it in

@@ -6,6 +6,7 @@
 //! [`driver`] owns the Raft core.
 
 pub mod driver;
+mod forwarded;
 pub mod persist;
 mod read_batch;
 mod validate;
@@ -15,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore_proto::raft::v1 as pb;
-use kvstore_raft::{Index, Message, NodeId};
+use kvstore_raft::{Index, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use validate::RequestLimits;
@@ -25,10 +25,10 @@ use crate::config::InjectedFault;
 use crate::errors::KvError;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
-use crate::state_machine::{self, log_encoding, Command};
+use crate::state_machine::{self, Command};
 use crate::status::NodeStatus;
 use crate::storage::actor::StoreHandle;
-use crate::transport::peers::PeerSet;
+use crate::transport::leader_link::LeaderLink;
 use driver::DriverEvent;
 use read_batch::{BatchResult, ConfirmedIndex, ReadBatches, RestartOnPanic};
 
@@ -78,8 +78,8 @@ pub struct NodeParts {
     pub applied_index: Arc<AtomicU64>,
     /// The state machine's store (serializable reads).
     pub store: StoreHandle,
-    /// Links to the peers (forwarding).
-    pub peers: Arc<PeerSet>,
+    /// The way to the leader (forwarding writes, asking read indexes).
+    pub leader_link: Arc<dyn LeaderLink>,
     /// Waits and deliberate bugs.
     pub timings: Timings,
     /// Key and value limits every write is checked against before it is
@@ -169,25 +169,6 @@ impl Node {
             .map_err(|_| KvError::Unavailable("the node is shutting down".into()))
     }
 
-    /// Hands a peer's message to the driver. With `want_answer`, returns the
-    /// receiver of the core's answer (dropped unanswered when the core ignored
-    /// the message).
-    pub async fn deliver(
-        &self,
-        message: Message,
-        want_answer: bool,
-    ) -> Result<Option<oneshot::Receiver<Message>>, KvError> {
-        let (answer, receiver) = if want_answer {
-            let (sender, receiver) = oneshot::channel();
-            (Some(sender), Some(receiver))
-        } else {
-            (None, None)
-        };
-        self.send_event(DriverEvent::Peer { message, answer })
-            .await?;
-        Ok(receiver)
-    }
-
     /// Stores `value` under `key` through the leader.
     pub async fn put(
         &self,
@@ -254,7 +235,7 @@ impl Node {
         for _ in 0..LEADER_ATTEMPTS_MAX {
             let leader_id = self.known_leader().await?;
             if leader_id == self.id() {
-                match self.read_as_leader(key.clone(), request_id, 0).await {
+                match self.read_as_leader(key.clone(), request_id).await {
                     Err(KvError::NotLeader(_)) => continue,
                     result => return result,
                 }
@@ -313,22 +294,20 @@ impl Node {
                 reads = batch.len(),
                 "read index asked of the leader"
             );
-            let request = pb::forward_request::Request::ReadIndex(true);
-            let forwarded =
-                tokio::time::timeout(timeout, self.forward(leader_id, request, request_id));
-            let result = match forwarded.await {
+            let term = self.status().term;
+            let forwarded = self
+                .shared
+                .leader_link
+                .read_index(leader_id, term, request_id);
+            let result = match tokio::time::timeout(timeout, forwarded).await {
                 Err(_) => Err(KvError::DeadlineExceeded(format!(
                     "leader {leader_id} confirmed no read index within {timeout:?}"
                 ))),
                 Ok(Err(error)) => Err(error),
-                Ok(Ok(response)) => Ok(ConfirmedIndex {
+                Ok(Ok(reply)) => Ok(ConfirmedIndex {
                     leader_id,
-                    index: response.index,
-                    term: response
-                        .header
-                        .as_ref()
-                        .map(|header| header.term)
-                        .unwrap_or_default(),
+                    index: reply.index,
+                    term: reply.term,
                 }),
             };
             read_batch::answer_all(batch, &result);
@@ -353,17 +332,24 @@ impl Node {
             self.shared
                 .metrics
                 .observe_forward(forwarded_operation(&command));
-            let request = pb::forward_request::Request::Write(log_encoding::to_proto(
-                command.clone(),
-                request_id,
-            ));
-            match self.forward(leader_id, request, request_id).await {
+            let term = self.status().term;
+            let forwarded =
+                self.shared
+                    .leader_link
+                    .write(leader_id, term, command.clone(), request_id);
+            match forwarded.await {
                 Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
                 Err(error) => return Err(error),
-                Ok(response) => {
+                Ok(reply) => {
                     return Ok(WriteOutcome {
-                        served_by: self.forwarded_served_by(leader_id, &response),
-                        found: response.found,
+                        served_by: ServedBy {
+                            node_id: reply.leader_id,
+                            leader_id: reply.leader_id,
+                            term: reply.term,
+                            index: reply.index,
+                            forwarded_by: self.id(),
+                        },
+                        found: reply.found,
                     })
                 }
             }
@@ -371,20 +357,6 @@ impl Node {
         Err(KvError::NoLeader(
             "leadership kept changing while the write was retried".into(),
         ))
-    }
-
-    fn forwarded_served_by(&self, leader_id: NodeId, response: &pb::ForwardResponse) -> ServedBy {
-        ServedBy {
-            node_id: leader_id,
-            leader_id,
-            term: response
-                .header
-                .as_ref()
-                .map(|header| header.term)
-                .unwrap_or_default(),
-            index: response.index,
-            forwarded_by: self.id(),
-        }
     }
 
     /// Waits (up to a share of the leader wait) until this node knows a leader
@@ -436,16 +408,17 @@ impl Node {
         forwarded_by: NodeId,
     ) -> Result<(ServedBy, bool), KvError> {
         self.shared.request_limits.check_command(&command)?;
-        let (reply, answer) = oneshot::channel();
-        self.send_event(DriverEvent::Propose {
-            command,
-            request_id: request_id.to_string(),
-            reply,
-        })
-        .await?;
-        let outcome = answer.await.map_err(|_| {
-            KvError::OutcomeUnknown("the node stopped before the write was applied".into())
-        })??;
+        let request_id = request_id.to_string();
+        let outcome = self
+            .ask_driver(
+                |reply| DriverEvent::Propose {
+                    command,
+                    request_id,
+                    reply,
+                },
+                || KvError::OutcomeUnknown("the node stopped before the write was applied".into()),
+            )
+            .await??;
         Ok((
             ServedBy {
                 forwarded_by,
@@ -461,15 +434,17 @@ impl Node {
         request_id: &str,
         forwarded_by: NodeId,
     ) -> Result<ServedBy, KvError> {
-        let (reply, answer) = oneshot::channel();
-        self.send_event(DriverEvent::ReadIndex {
-            request_id: request_id.to_string(),
-            reply,
-        })
-        .await?;
-        let served_by = answer.await.map_err(|_| {
-            KvError::Unavailable("the node stopped before the read index was confirmed".into())
-        })??;
+        let request_id = request_id.to_string();
+        let served_by = self
+            .ask_driver(
+                |reply| DriverEvent::ReadIndex { request_id, reply },
+                || {
+                    KvError::Unavailable(
+                        "the node stopped before the read index was confirmed".into(),
+                    )
+                },
+            )
+            .await??;
         Ok(ServedBy {
             forwarded_by,
             ..served_by
@@ -509,72 +484,55 @@ impl Node {
                 return Ok((served_by, value?));
             }
         }
-        let (reply, answer) = oneshot::channel();
-        self.send_event(DriverEvent::ReadAt {
-            key,
-            index,
-            leader_id,
-            term,
-            request_id: request_id.to_string(),
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| {
-            KvError::Unavailable("the node stopped before the read was served".into())
-        })?
+        let request_id = request_id.to_string();
+        self.ask_driver(
+            |reply| DriverEvent::ReadAt {
+                key,
+                index,
+                leader_id,
+                term,
+                request_id,
+                reply,
+            },
+            read_gone,
+        )
+        .await?
     }
 
     /// Reads `key` linearizably on this node, which must lead (ReadIndex).
-    pub async fn read_as_leader(
+    async fn read_as_leader(
         &self,
         key: Vec<u8>,
         request_id: &str,
-        forwarded_by: NodeId,
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
-        let (reply, answer) = oneshot::channel();
-        self.send_event(DriverEvent::Read {
-            key,
-            request_id: request_id.to_string(),
-            reply,
-        })
-        .await?;
-        let (served_by, value) = answer.await.map_err(|_| {
-            KvError::Unavailable("the node stopped before the read was served".into())
-        })??;
-        Ok((
-            ServedBy {
-                forwarded_by,
-                ..served_by
+        let request_id = request_id.to_string();
+        self.ask_driver(
+            |reply| DriverEvent::Read {
+                key,
+                request_id,
+                reply,
             },
-            value,
-        ))
+            read_gone,
+        )
+        .await?
     }
 
-    async fn forward(
+    /// Sends the driver the event `event` makes around a reply channel and
+    /// waits for the reply; `gone` is the error when the driver drops it
+    /// unanswered (it stopped).
+    async fn ask_driver<T>(
         &self,
-        leader_id: NodeId,
-        request: pb::forward_request::Request,
-        request_id: &str,
-    ) -> Result<pb::ForwardResponse, KvError> {
-        let is_write = matches!(request, pb::forward_request::Request::Write(_));
-        let forwarder = self.shared.peers.forwarder(leader_id).ok_or_else(|| {
-            KvError::Unavailable(format!("leader {leader_id} is not a configured peer"))
-        })?;
-        let message = pb::ForwardRequest {
-            header: Some(pb::MessageHeader {
-                cluster_id: self.shared.membership.cluster_id.clone(),
-                from: self.id(),
-                to: leader_id,
-                term: self.status().term,
-            }),
-            request_id: request_id.to_string(),
-            request: Some(request),
-        };
-        match forwarder.call(message).await {
-            Ok(response) => Ok(response),
-            Err(status) => Err(KvError::from_leader_status(leader_id, status, is_write)),
-        }
+        event: impl FnOnce(oneshot::Sender<T>) -> DriverEvent,
+        gone: impl FnOnce() -> KvError,
+    ) -> Result<T, KvError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(event(reply)).await?;
+        answer.await.map_err(|_| gone())
     }
+}
+
+fn read_gone() -> KvError {
+    KvError::Unavailable("the node stopped before the read was served".into())
 }
 
 /// The `op` label of a forwarded write.

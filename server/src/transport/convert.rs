@@ -63,67 +63,38 @@ pub fn snapshot_to_proto(snapshot: SnapshotMetadata) -> pb::SnapshotMetadata {
     }
 }
 
-/// A request message, ready to be sent as one RPC.
-#[derive(Debug)]
-pub enum OutboundRequest {
-    /// `Raft.RequestVote`.
-    RequestVote(pb::RequestVoteRequest),
-    /// `Raft.AppendEntries` (entries or heartbeat).
-    AppendEntries(pb::AppendEntriesRequest),
-    /// `Raft.InstallSnapshot`: the transport streams the snapshot file.
-    InstallSnapshot(pb::MessageHeader, SnapshotMetadata),
-    /// `Raft.TimeoutNow`.
-    TimeoutNow(pb::TimeoutNowRequest),
-}
-
-/// What kind of answer a request waits for. Every request message has one
-/// kind; the driver uses it to pair answers with waiting RPCs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReplyKind {
-    /// A vote or pre-vote answer.
-    Vote,
-    /// An AppendEntries answer.
-    Append,
-    /// A heartbeat answer.
-    Heartbeat,
-    /// An InstallSnapshot answer.
-    Snapshot,
-}
-
-/// For a response message: which request kind it answers. `None` for requests.
-pub fn reply_kind_of_response(body: &MessageBody) -> Option<ReplyKind> {
-    match body {
-        MessageBody::RequestVoteResponse { .. } => Some(ReplyKind::Vote),
-        MessageBody::AppendEntriesResponse { .. } => Some(ReplyKind::Append),
-        MessageBody::HeartbeatResponse { .. } => Some(ReplyKind::Heartbeat),
-        MessageBody::InstallSnapshotResponse { .. } => Some(ReplyKind::Snapshot),
-        _ => None,
-    }
-}
-
-/// Converts a request message for sending. `None` for response messages
-/// (those travel as RPC answers).
-pub fn outbound_request(cluster_id: &str, message: &Message) -> Option<OutboundRequest> {
+/// A core message as it travels on a `Stream`; `None` for InstallSnapshot,
+/// which travels over its own call with the snapshot file
+/// (`peers::PeerLink::send_snapshot`).
+pub fn to_wire(cluster_id: &str, message: &Message) -> Option<pb::RaftMessage> {
+    use pb::raft_message::Message as Wire;
     let header = header(cluster_id, message);
-    Some(match &message.body {
+    let wire = match &message.body {
         MessageBody::RequestVote {
             pre_vote,
             last_log_index,
             last_log_term,
             transfer,
-        } => OutboundRequest::RequestVote(pb::RequestVoteRequest {
+        } => Wire::RequestVote(pb::RequestVoteRequest {
             header,
             pre_vote: *pre_vote,
             last_log_index: *last_log_index,
             last_log_term: *last_log_term,
             transfer: *transfer,
         }),
+        MessageBody::RequestVoteResponse { pre_vote, granted } => {
+            Wire::RequestVoteResponse(pb::RequestVoteResponse {
+                header,
+                pre_vote: *pre_vote,
+                granted: *granted,
+            })
+        }
         MessageBody::AppendEntries {
             prev_log_index,
             prev_log_term,
             entries,
             leader_commit,
-        } => OutboundRequest::AppendEntries(pb::AppendEntriesRequest {
+        } => Wire::AppendEntries(pb::AppendEntriesRequest {
             header,
             prev_log_index: *prev_log_index,
             prev_log_term: *prev_log_term,
@@ -132,180 +103,12 @@ pub fn outbound_request(cluster_id: &str, message: &Message) -> Option<OutboundR
             heartbeat: false,
             read_round: 0,
         }),
-        MessageBody::Heartbeat {
-            leader_commit,
-            read_round,
-        } => OutboundRequest::AppendEntries(pb::AppendEntriesRequest {
-            header,
-            prev_log_index: 0,
-            prev_log_term: 0,
-            entries: Vec::new(),
-            leader_commit: *leader_commit,
-            heartbeat: true,
-            read_round: *read_round,
-        }),
-        MessageBody::InstallSnapshot { snapshot } => {
-            OutboundRequest::InstallSnapshot(header.expect("header is always set"), *snapshot)
-        }
-        MessageBody::TimeoutNow => OutboundRequest::TimeoutNow(pb::TimeoutNowRequest { header }),
-        _ => return None,
-    })
-}
-
-/// Header fields every inbound message must carry.
-fn message_from(header: &pb::MessageHeader, body: MessageBody) -> Message {
-    Message {
-        from: header.from,
-        to: header.to,
-        term: header.term,
-        body,
-    }
-}
-
-fn required_header(
-    header: Option<pb::MessageHeader>,
-) -> Result<pb::MessageHeader, MalformedMessage> {
-    header.ok_or_else(|| MalformedMessage("missing header".into()))
-}
-
-/// An inbound RequestVote as a core message.
-pub fn request_vote_from_proto(
-    request: pb::RequestVoteRequest,
-) -> Result<Message, MalformedMessage> {
-    let header = required_header(request.header)?;
-    Ok(message_from(
-        &header,
-        MessageBody::RequestVote {
-            pre_vote: request.pre_vote,
-            last_log_index: request.last_log_index,
-            last_log_term: request.last_log_term,
-            transfer: request.transfer,
-        },
-    ))
-}
-
-/// An inbound AppendEntries (or heartbeat) as a core message.
-pub fn append_entries_from_proto(
-    request: pb::AppendEntriesRequest,
-) -> Result<Message, MalformedMessage> {
-    let header = required_header(request.header)?;
-    let body = if request.heartbeat {
-        MessageBody::Heartbeat {
-            leader_commit: request.leader_commit,
-            read_round: request.read_round,
-        }
-    } else {
-        let entries = request
-            .entries
-            .into_iter()
-            .map(entry_from_proto)
-            .collect::<Result<Vec<_>, _>>()?;
-        for (offset, entry) in entries.iter().enumerate() {
-            if entry.index != request.prev_log_index + 1 + offset as u64 {
-                return Err(MalformedMessage(format!(
-                    "entries are not contiguous after index {}",
-                    request.prev_log_index
-                )));
-            }
-        }
-        MessageBody::AppendEntries {
-            prev_log_index: request.prev_log_index,
-            prev_log_term: request.prev_log_term,
-            entries,
-            leader_commit: request.leader_commit,
-        }
-    };
-    Ok(message_from(&header, body))
-}
-
-/// An inbound TimeoutNow as a core message.
-pub fn timeout_now_from_proto(request: pb::TimeoutNowRequest) -> Result<Message, MalformedMessage> {
-    let header = required_header(request.header)?;
-    Ok(message_from(&header, MessageBody::TimeoutNow))
-}
-
-/// The core message for a completely received snapshot.
-pub fn install_snapshot_message(header: &pb::MessageHeader, snapshot: SnapshotMetadata) -> Message {
-    message_from(header, MessageBody::InstallSnapshot { snapshot })
-}
-
-/// A RequestVote answer as a core message.
-pub fn vote_response_from_proto(
-    response: pb::RequestVoteResponse,
-) -> Result<Message, MalformedMessage> {
-    let header = required_header(response.header)?;
-    Ok(message_from(
-        &header,
-        MessageBody::RequestVoteResponse {
-            pre_vote: response.pre_vote,
-            granted: response.granted,
-        },
-    ))
-}
-
-/// An AppendEntries answer as a core message.
-pub fn append_response_from_proto(
-    response: pb::AppendEntriesResponse,
-) -> Result<Message, MalformedMessage> {
-    let header = required_header(response.header)?;
-    let body = if response.heartbeat {
-        MessageBody::HeartbeatResponse {
-            read_round: response.read_round,
-            log_lost_after: (!response.success).then_some(response.index),
-        }
-    } else {
-        MessageBody::AppendEntriesResponse {
-            success: response.success,
-            index: response.index,
-            reject_hint_index: response.reject_hint_index,
-            reject_hint_term: response.reject_hint_term,
-        }
-    };
-    Ok(message_from(&header, body))
-}
-
-/// An InstallSnapshot answer as a core message.
-pub fn snapshot_response_from_proto(
-    response: pb::InstallSnapshotResponse,
-) -> Result<Message, MalformedMessage> {
-    let header = required_header(response.header)?;
-    Ok(message_from(
-        &header,
-        MessageBody::InstallSnapshotResponse {
-            index: response.index,
-        },
-    ))
-}
-
-/// A response message from the core, as the RPC answer it travels in.
-#[derive(Debug)]
-pub enum ResponseProto {
-    /// Answer to RequestVote.
-    Vote(pb::RequestVoteResponse),
-    /// Answer to AppendEntries (entries or heartbeat).
-    Append(pb::AppendEntriesResponse),
-    /// Answer to InstallSnapshot.
-    Snapshot(pb::InstallSnapshotResponse),
-}
-
-/// Converts a core response message to its protobuf answer; `None` for a
-/// message that is not a response.
-pub fn response_to_proto(cluster_id: &str, message: &Message) -> Option<ResponseProto> {
-    let header = header(cluster_id, message);
-    Some(match &message.body {
-        MessageBody::RequestVoteResponse { pre_vote, granted } => {
-            ResponseProto::Vote(pb::RequestVoteResponse {
-                header,
-                pre_vote: *pre_vote,
-                granted: *granted,
-            })
-        }
         MessageBody::AppendEntriesResponse {
             success,
             index,
             reject_hint_index,
             reject_hint_term,
-        } => ResponseProto::Append(pb::AppendEntriesResponse {
+        } => Wire::AppendEntriesResponse(pb::AppendEntriesResponse {
             header,
             success: *success,
             index: *index,
@@ -314,10 +117,22 @@ pub fn response_to_proto(cluster_id: &str, message: &Message) -> Option<Response
             heartbeat: false,
             read_round: 0,
         }),
+        MessageBody::Heartbeat {
+            leader_commit,
+            read_round,
+        } => Wire::AppendEntries(pb::AppendEntriesRequest {
+            header,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: Vec::new(),
+            leader_commit: *leader_commit,
+            heartbeat: true,
+            read_round: *read_round,
+        }),
         MessageBody::HeartbeatResponse {
             read_round,
             log_lost_after,
-        } => ResponseProto::Append(pb::AppendEntriesResponse {
+        } => Wire::AppendEntriesResponse(pb::AppendEntriesResponse {
             header,
             success: log_lost_after.is_none(),
             index: log_lost_after.unwrap_or(0),
@@ -326,55 +141,24 @@ pub fn response_to_proto(cluster_id: &str, message: &Message) -> Option<Response
             heartbeat: true,
             read_round: *read_round,
         }),
+        MessageBody::InstallSnapshot { .. } => return None,
         MessageBody::InstallSnapshotResponse { index } => {
-            ResponseProto::Snapshot(pb::InstallSnapshotResponse {
+            Wire::InstallSnapshotResponse(pb::InstallSnapshotResponse {
                 header,
                 index: *index,
             })
         }
-        _ => return None,
-    })
-}
-
-/// A core message as it travels on a `Stream`; `None` for InstallSnapshot
-/// requests, which travel over their own RPC with the snapshot file.
-pub fn stream_message(cluster_id: &str, message: &Message) -> Option<pb::RaftMessage> {
-    use pb::raft_message::Message as Wire;
-    let wire = match &message.body {
-        MessageBody::TermQuery => Wire::TermQuery(pb::TermQuery {
-            header: header(cluster_id, message),
-        }),
-        MessageBody::TermAnswer => Wire::TermAnswer(pb::TermAnswer {
-            header: header(cluster_id, message),
-        }),
-        _ => stream_message_rpc_shaped(cluster_id, message)?,
+        MessageBody::TimeoutNow => Wire::TimeoutNow(pb::TimeoutNowRequest { header }),
+        MessageBody::TermQuery => Wire::TermQuery(pb::TermQuery { header }),
+        MessageBody::TermAnswer => Wire::TermAnswer(pb::TermAnswer { header }),
     };
     Some(pb::RaftMessage {
         message: Some(wire),
     })
 }
 
-/// The stream form of a message that also has an RPC of its own.
-fn stream_message_rpc_shaped(
-    cluster_id: &str,
-    message: &Message,
-) -> Option<pb::raft_message::Message> {
-    use pb::raft_message::Message as Wire;
-    Some(match outbound_request(cluster_id, message) {
-        Some(OutboundRequest::RequestVote(request)) => Wire::RequestVote(request),
-        Some(OutboundRequest::AppendEntries(request)) => Wire::AppendEntries(request),
-        Some(OutboundRequest::TimeoutNow(request)) => Wire::TimeoutNow(request),
-        Some(OutboundRequest::InstallSnapshot(..)) => return None,
-        None => match response_to_proto(cluster_id, message)? {
-            ResponseProto::Vote(response) => Wire::RequestVoteResponse(response),
-            ResponseProto::Append(response) => Wire::AppendEntriesResponse(response),
-            ResponseProto::Snapshot(response) => Wire::InstallSnapshotResponse(response),
-        },
-    })
-}
-
 /// The header of a message received on a `Stream`.
-pub fn stream_message_header(message: &pb::RaftMessage) -> Option<&pb::MessageHeader> {
+pub fn wire_header(message: &pb::RaftMessage) -> Option<&pb::MessageHeader> {
     use pb::raft_message::Message as Wire;
     match message.message.as_ref()? {
         Wire::RequestVote(request) => request.header.as_ref(),
@@ -389,37 +173,107 @@ pub fn stream_message_header(message: &pb::RaftMessage) -> Option<&pb::MessageHe
 }
 
 /// A message received on a `Stream` as a core message.
-pub fn stream_message_from_proto(message: pb::RaftMessage) -> Result<Message, MalformedMessage> {
+pub fn from_wire(message: pb::RaftMessage) -> Result<Message, MalformedMessage> {
     use pb::raft_message::Message as Wire;
-    match message.message {
-        Some(Wire::RequestVote(request)) => request_vote_from_proto(request),
-        Some(Wire::RequestVoteResponse(response)) => vote_response_from_proto(response),
-        Some(Wire::AppendEntries(request)) => append_entries_from_proto(request),
-        Some(Wire::AppendEntriesResponse(response)) => append_response_from_proto(response),
-        Some(Wire::TimeoutNow(request)) => timeout_now_from_proto(request),
-        Some(Wire::InstallSnapshotResponse(response)) => snapshot_response_from_proto(response),
-        Some(Wire::TermQuery(query)) => Ok(message_from(
-            &required_header(query.header)?,
-            MessageBody::TermQuery,
-        )),
-        Some(Wire::TermAnswer(answer)) => Ok(message_from(
-            &required_header(answer.header)?,
-            MessageBody::TermAnswer,
-        )),
-        None => Err(MalformedMessage("empty stream message".into())),
+    let header = wire_header(&message)
+        .cloned()
+        .ok_or_else(|| MalformedMessage("missing header".into()))?;
+    let body = match message.message {
+        Some(Wire::RequestVote(request)) => MessageBody::RequestVote {
+            pre_vote: request.pre_vote,
+            last_log_index: request.last_log_index,
+            last_log_term: request.last_log_term,
+            transfer: request.transfer,
+        },
+        Some(Wire::RequestVoteResponse(response)) => MessageBody::RequestVoteResponse {
+            pre_vote: response.pre_vote,
+            granted: response.granted,
+        },
+        Some(Wire::AppendEntries(request)) => append_entries_body(request)?,
+        Some(Wire::AppendEntriesResponse(response)) if response.heartbeat => {
+            MessageBody::HeartbeatResponse {
+                read_round: response.read_round,
+                log_lost_after: (!response.success).then_some(response.index),
+            }
+        }
+        Some(Wire::AppendEntriesResponse(response)) => MessageBody::AppendEntriesResponse {
+            success: response.success,
+            index: response.index,
+            reject_hint_index: response.reject_hint_index,
+            reject_hint_term: response.reject_hint_term,
+        },
+        Some(Wire::TimeoutNow(_)) => MessageBody::TimeoutNow,
+        Some(Wire::InstallSnapshotResponse(response)) => MessageBody::InstallSnapshotResponse {
+            index: response.index,
+        },
+        Some(Wire::TermQuery(_)) => MessageBody::TermQuery,
+        Some(Wire::TermAnswer(_)) => MessageBody::TermAnswer,
+        None => return Err(MalformedMessage("empty stream message".into())),
+    };
+    Ok(message_from(&header, body))
+}
+
+/// The body of an AppendEntries (or heartbeat); its entries must follow
+/// `prev_log_index` without a gap.
+fn append_entries_body(request: pb::AppendEntriesRequest) -> Result<MessageBody, MalformedMessage> {
+    if request.heartbeat {
+        return Ok(MessageBody::Heartbeat {
+            leader_commit: request.leader_commit,
+            read_round: request.read_round,
+        });
+    }
+    let entries = request
+        .entries
+        .into_iter()
+        .map(entry_from_proto)
+        .collect::<Result<Vec<_>, _>>()?;
+    for (offset, entry) in entries.iter().enumerate() {
+        if entry.index != request.prev_log_index + 1 + offset as u64 {
+            return Err(MalformedMessage(format!(
+                "entries are not contiguous after index {}",
+                request.prev_log_index
+            )));
+        }
+    }
+    Ok(MessageBody::AppendEntries {
+        prev_log_index: request.prev_log_index,
+        prev_log_term: request.prev_log_term,
+        entries,
+        leader_commit: request.leader_commit,
+    })
+}
+
+fn message_from(header: &pb::MessageHeader, body: MessageBody) -> Message {
+    Message {
+        from: header.from,
+        to: header.to,
+        term: header.term,
+        body,
     }
 }
 
-/// The reply kind an inbound request expects, `None` when it gets none
-/// (TimeoutNow is acknowledged at once).
-pub fn expected_reply(body: &MessageBody) -> Option<ReplyKind> {
-    match body {
-        MessageBody::RequestVote { .. } => Some(ReplyKind::Vote),
-        MessageBody::AppendEntries { .. } => Some(ReplyKind::Append),
-        MessageBody::Heartbeat { .. } => Some(ReplyKind::Heartbeat),
-        MessageBody::InstallSnapshot { .. } => Some(ReplyKind::Snapshot),
-        _ => None,
+/// The core message for a completely received snapshot.
+pub fn install_snapshot_message(header: &pb::MessageHeader, snapshot: SnapshotMetadata) -> Message {
+    message_from(header, MessageBody::InstallSnapshot { snapshot })
+}
+
+/// The reply to an InstallSnapshot call as a core message, when it carries
+/// the follower's Raft answer (`index` > 0: a follower of release 4232c83
+/// or earlier); `None` for a plain receipt (`index` 0), the answer then
+/// travels on the follower's `Stream`.
+pub fn snapshot_reply_answer(
+    reply: pb::InstallSnapshotResponse,
+) -> Result<Option<Message>, MalformedMessage> {
+    if reply.index == 0 {
+        return Ok(None);
     }
+    let header = reply
+        .header
+        .ok_or_else(|| MalformedMessage("missing header".into()))?;
+    Ok(Some(message_from(
+        &header,
+        MessageBody::InstallSnapshotResponse { index: reply.index },
+    )))
 }
 
 /// Checks that an inbound header belongs to this cluster and node, from a
@@ -466,39 +320,15 @@ mod tests {
 
     use super::*;
 
-    /// Through a `Stream` too, with its header visible before decoding.
-    fn stream_round_trip(message: &Message) {
-        let Some(wire) = stream_message("c", message) else {
+    /// Through a `Stream`, with its header visible before decoding.
+    fn round_trip(message: Message) {
+        let Some(wire) = to_wire("c", &message) else {
             assert!(matches!(message.body, MessageBody::InstallSnapshot { .. }));
             return;
         };
-        let header = stream_message_header(&wire).expect("a header").clone();
+        let header = wire_header(&wire).expect("a header").clone();
         assert_eq!((header.from, header.to, header.term), (1, 2, 7));
-        assert_eq!(stream_message_from_proto(wire).unwrap(), *message);
-    }
-
-    fn round_trip(message: Message) {
-        stream_round_trip(&message);
-        let request = outbound_request("c", &message).expect("a request");
-        let back = match request {
-            OutboundRequest::RequestVote(request) => request_vote_from_proto(request).unwrap(),
-            OutboundRequest::AppendEntries(request) => append_entries_from_proto(request).unwrap(),
-            OutboundRequest::TimeoutNow(request) => timeout_now_from_proto(request).unwrap(),
-            OutboundRequest::InstallSnapshot(header, snapshot) => {
-                install_snapshot_message(&header, snapshot)
-            }
-        };
-        assert_eq!(back, message);
-    }
-
-    fn response_round_trip(message: Message) {
-        stream_round_trip(&message);
-        let back = match response_to_proto("c", &message).expect("a response") {
-            ResponseProto::Vote(response) => vote_response_from_proto(response).unwrap(),
-            ResponseProto::Append(response) => append_response_from_proto(response).unwrap(),
-            ResponseProto::Snapshot(response) => snapshot_response_from_proto(response).unwrap(),
-        };
-        assert_eq!(back, message);
+        assert_eq!(from_wire(wire).unwrap(), message);
     }
 
     fn message(body: MessageBody) -> Message {
@@ -571,31 +401,34 @@ mod tests {
                 term: 4,
             },
         }));
-        response_round_trip(message(MessageBody::RequestVoteResponse {
+        round_trip(message(MessageBody::RequestVoteResponse {
             pre_vote: true,
             granted: false,
         }));
-        response_round_trip(message(MessageBody::AppendEntriesResponse {
+        round_trip(message(MessageBody::AppendEntriesResponse {
             success: false,
             index: 8,
             reject_hint_index: 6,
             reject_hint_term: 3,
         }));
-        response_round_trip(message(MessageBody::HeartbeatResponse {
+        round_trip(message(MessageBody::HeartbeatResponse {
             read_round: 12,
             log_lost_after: None,
         }));
-        response_round_trip(message(MessageBody::HeartbeatResponse {
+        round_trip(message(MessageBody::HeartbeatResponse {
             read_round: 12,
             log_lost_after: Some(0),
         }));
-        response_round_trip(message(MessageBody::InstallSnapshotResponse { index: 100 }));
-        stream_round_trip(&message(MessageBody::TermQuery));
-        stream_round_trip(&message(MessageBody::TermAnswer));
+        round_trip(message(MessageBody::InstallSnapshotResponse { index: 100 }));
+        round_trip(message(MessageBody::TermQuery));
+        round_trip(message(MessageBody::TermAnswer));
     }
 
     #[test]
     fn malformed_entries_are_refused() {
+        let append = |request| pb::RaftMessage {
+            message: Some(pb::raft_message::Message::AppendEntries(request)),
+        };
         let request = pb::AppendEntriesRequest {
             header: Some(pb::MessageHeader::default()),
             prev_log_index: 3,
@@ -608,7 +441,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            append_entries_from_proto(request).is_err(),
+            from_wire(append(request)).is_err(),
             "a gap after prev_log_index"
         );
         let request = pb::AppendEntriesRequest {
@@ -622,14 +455,14 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(
-            append_entries_from_proto(request).is_err(),
-            "unspecified kind"
-        );
-        assert!(
-            request_vote_from_proto(pb::RequestVoteRequest::default()).is_err(),
-            "no header"
-        );
+        assert!(from_wire(append(request)).is_err(), "unspecified kind");
+        let vote = pb::RaftMessage {
+            message: Some(pb::raft_message::Message::RequestVote(
+                pb::RequestVoteRequest::default(),
+            )),
+        };
+        assert!(from_wire(vote).is_err(), "no header");
+        assert!(from_wire(pb::RaftMessage::default()).is_err(), "no message");
     }
 
     #[test]

@@ -210,7 +210,7 @@ mod tests {
         pb::ForwardRequest {
             header: None,
             request_id: "test".into(),
-            request: Some(pb::forward_request::Request::ReadKey(b"k".to_vec())),
+            request: Some(pb::forward_request::Request::ReadIndex(true)),
         }
     }
 

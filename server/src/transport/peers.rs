@@ -6,8 +6,8 @@
 //! Messages travel in batches over two long-lived `Stream` calls per peer,
 //! one for AppendEntries carrying entries and one for everything else
 //! (requests and answers alike; the peer's answers come back on its own
-//! streams to us); snapshots over their own `InstallSnapshot` call, whose
-//! answer is fed back to the driver. The driver converts each message and
+//! streams to us); snapshots over their own `InstallSnapshot` call (the
+//! follower's Raft answer comes back on its stream too). The driver converts each message and
 //! queues it on its stream itself ([`outbound`]): no task sits between the
 //! driver and the call's HTTP/2 body.
 
@@ -25,8 +25,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::convert;
 use super::forwarder::Forwarder;
+use super::inbound::PeerInbound;
 use super::outbound::{self, OutboundLimits, OutboundSender, PushError};
 use super::reconnect::{Reconnect, Report};
+use crate::membership::Membership;
 use crate::snapshot::SnapshotDirectory;
 use crate::status::PeerLinkStatus;
 
@@ -60,9 +62,6 @@ struct LinkCounters {
     dropped: AtomicU64,
 }
 
-/// Where answers from peers go.
-pub type AnswerSink = mpsc::Sender<Message>;
-
 /// One peer: its link, open streams and forwarder.
 struct Peer {
     link: Arc<PeerLink>,
@@ -74,6 +73,7 @@ struct Peer {
 
 /// Every peer of this node.
 pub struct PeerSet {
+    membership: Membership,
     peers: HashMap<NodeId, Peer>,
 }
 
@@ -101,12 +101,15 @@ pub fn lazy_client(address: &str) -> Result<RaftClient<Channel>, String> {
 }
 
 impl PeerSet {
-    /// Sets up every peer's link. Nothing connects until the first message,
-    /// so every node can listen before any node dials.
+    /// Sets up the link to every peer of `membership` at its raft address in
+    /// `peers`. Nothing connects until the first message, so every node can
+    /// listen before any node dials. `inbound` takes the Raft answers that
+    /// come back as a snapshot call's reply (from followers of release
+    /// 4232c83 or earlier).
     pub fn start(
-        cluster_id: &str,
+        membership: Membership,
         peers: &[(NodeId, String)],
-        answers: AnswerSink,
+        inbound: PeerInbound,
         snapshots: SnapshotDirectory,
     ) -> Result<Self, String> {
         let mut set = HashMap::new();
@@ -115,9 +118,9 @@ impl PeerSet {
             let link = PeerLink {
                 peer_id: *peer_id,
                 address: address.clone(),
-                cluster_id: cluster_id.to_string(),
+                cluster_id: membership.cluster_id.clone(),
                 client: client.clone(),
-                answers: answers.clone(),
+                inbound: inbound.clone(),
                 snapshots: snapshots.clone(),
                 reconnect: Arc::new(Mutex::new(Reconnect::new())),
                 snapshot_sending: Arc::new(Semaphore::new(1)),
@@ -132,7 +135,10 @@ impl PeerSet {
                 },
             );
         }
-        Ok(Self { peers: set })
+        Ok(Self {
+            membership,
+            peers: set,
+        })
     }
 
     /// Queues `message` on its recipient's stream; drops it when the peer is
@@ -151,6 +157,11 @@ impl PeerSet {
         };
         let mut streams = peer.streams.lock().expect("stream lock");
         peer.link.send_on(&mut streams[lane], wire, bytes);
+    }
+
+    /// This node's id, cluster and members.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// Where client requests for the peer go (when it leads).
@@ -177,7 +188,7 @@ struct PeerLink {
     address: String,
     cluster_id: String,
     client: RaftClient<Channel>,
-    answers: AnswerSink,
+    inbound: PeerInbound,
     snapshots: SnapshotDirectory,
     /// When to try again after failures, and what to log about them.
     reconnect: Arc<Mutex<Reconnect>>,
@@ -253,7 +264,7 @@ impl PeerLink {
             return None;
         }
         let lane = lane_of(&message.body);
-        match convert::stream_message(&self.cluster_id, &message) {
+        match convert::to_wire(&self.cluster_id, &message) {
             Some(wire) => {
                 let bytes = prost::Message::encoded_len(&wire);
                 Some((lane, wire, bytes))
@@ -366,15 +377,19 @@ impl PeerLink {
         }
     }
 
+    /// The follower's Raft answer travels on its stream; only a follower of
+    /// release 4232c83 or earlier answers in the reply instead (compat:
+    /// remove once no such peer runs).
     async fn finish_snapshot(&self, result: Result<pb::InstallSnapshotResponse, String>) {
-        let answer = result.and_then(|response| {
-            convert::snapshot_response_from_proto(response).map_err(|error| error.to_string())
+        let answer = result.and_then(|reply| {
+            convert::snapshot_reply_answer(reply).map_err(|error| error.to_string())
         });
         match answer {
-            Ok(answer) => {
+            Ok(Some(answer)) => {
                 // The driver may be shutting down; then the answer does not matter.
-                let _ = self.answers.send(answer).await;
+                let _ = self.inbound.deliver(answer).await;
             }
+            Ok(None) => {}
             Err(reason) => self.record_failure(&reason),
         }
     }

@@ -2,31 +2,31 @@
 //! service on the raft port. Every request's header is checked first, so a
 //! node of another cluster or a stray client is refused and changes nothing.
 
-use std::time::Duration;
-
 use kvstore_proto::raft::v1 as pb;
-use kvstore_proto::raft::v1::raft_server::Raft;
-use kvstore_raft::{Message, SnapshotMetadata};
+use kvstore_proto::raft::v1::raft_server::{Raft, RaftServer};
+use kvstore_raft::SnapshotMetadata;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{self, ResponseProto};
+use super::convert;
+use super::inbound::{PeerInbound, SharedForwardedRequests};
+use super::leader_link::LeaderReply;
 use super::reconnect::ReportSchedule;
-use crate::node::{Node, ServedBy};
+use crate::membership::Membership;
 use crate::snapshot::{self, SnapshotDirectory};
 use crate::state_machine::log_encoding;
 
 /// Full name of the peer service, as reflection lists it.
 pub const RAFT_SERVICE_NAME: &str = "kvstore.raft.v1.Raft";
 
-/// How long an inbound message may wait for the driver's answer.
-pub const INBOUND_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The Raft peer service.
-#[derive(Debug)]
 pub struct RaftService {
-    node: Node,
+    membership: Membership,
+    /// Where inbound Raft messages go: the driver's peer queue.
+    inbound: PeerInbound,
+    /// Serves followers' forwarded requests (the node).
+    forwarded: SharedForwardedRequests,
     snapshots: SnapshotDirectory,
     /// One snapshot is received at a time.
     receiving_snapshot: Mutex<()>,
@@ -38,15 +38,33 @@ pub struct RaftService {
     refusal_reports: RefusalReports,
 }
 
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RaftService")
+            .field("membership", &self.membership)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The shared schedule of "peer stream refused" lines.
 type RefusalReports = std::sync::Arc<std::sync::Mutex<ReportSchedule>>;
 
 impl RaftService {
-    /// The service for `node`, receiving snapshots into `snapshots`; its
-    /// inbound streams end when `stopping` turns true.
-    pub fn new(node: Node, snapshots: SnapshotDirectory, stopping: watch::Receiver<bool>) -> Self {
+    /// The peer service of the node of `membership`: Raft messages go to
+    /// `inbound`, forwarded requests to `forwarded`, snapshots are received
+    /// into `snapshots`; its inbound streams end when `stopping` turns true.
+    pub fn new(
+        membership: Membership,
+        inbound: PeerInbound,
+        forwarded: SharedForwardedRequests,
+        snapshots: SnapshotDirectory,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
-            node,
+            membership,
+            inbound,
+            forwarded,
             snapshots,
             receiving_snapshot: Mutex::new(()),
             stopping,
@@ -54,34 +72,31 @@ impl RaftService {
         }
     }
 
-    fn check(&self, header: Option<&pb::MessageHeader>) -> Result<(), Status> {
-        let identity = self.node.membership();
-        convert::check_header(header, &identity.cluster_id, identity.id, &identity.members)
-            .map_err(Status::failed_precondition)
+    /// The service as tonic serves it, with the peer message size limit.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(crate::limits::RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::limits::RAFT_MESSAGE_BYTES_MAX)
     }
 
-    /// Steps `message` into the driver and waits for its answer.
-    async fn exchange(&self, message: Message) -> Result<ResponseProto, Status> {
-        let answer = self
-            .node
-            .deliver(message, true)
-            .await
-            .map_err(Status::from)?
-            .expect("an answer was asked for");
-        let answer = tokio::time::timeout(INBOUND_ANSWER_TIMEOUT, answer)
-            .await
-            .map_err(|_| Status::deadline_exceeded("the node did not answer in time"))?
-            .map_err(|_| Status::aborted("message ignored (stale or superseded)"))?;
-        convert::response_to_proto(&self.node.membership().cluster_id, &answer)
-            .ok_or_else(|| Status::internal("the driver answered with a request message"))
+    fn check(&self, header: Option<&pb::MessageHeader>) -> Result<(), Status> {
+        check_header(&self.membership, header).map_err(Status::failed_precondition)
     }
+}
+
+/// Checks an inbound header against this node's membership.
+fn check_header(membership: &Membership, header: Option<&pb::MessageHeader>) -> Result<(), String> {
+    convert::check_header(
+        header,
+        &membership.cluster_id,
+        membership.id,
+        &membership.members,
+    )
 }
 
 fn malformed(error: convert::MalformedMessage) -> Status {
     Status::invalid_argument(error.to_string())
 }
-
-type ForwardResult = Result<Response<pb::ForwardResponse>, Status>;
 
 /// What the receiver of a `Stream` sends back: nothing but the final status.
 type StreamAcks = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamAck, Status>>;
@@ -90,13 +105,13 @@ type StreamAcks = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamAck, S
 /// until the sender closes it; ends it with an error status at the first
 /// message that is refused.
 async fn receive_stream(
-    node: Node,
+    membership: Membership,
+    to_driver: PeerInbound,
     mut inbound: Streaming<pb::MessageBatch>,
     outcome: tokio::sync::mpsc::Sender<Result<pb::StreamAck, Status>>,
     mut stopping: watch::Receiver<bool>,
     refusal_reports: RefusalReports,
 ) {
-    let identity = node.membership().clone();
     let mut peer = None;
     let refusal = loop {
         let received = tokio::select! {
@@ -113,10 +128,8 @@ async fn receive_stream(
         };
         let mut refusal = None;
         for wire in batch.messages {
-            let header = convert::stream_message_header(&wire);
-            if let Err(reason) =
-                convert::check_header(header, &identity.cluster_id, identity.id, &identity.members)
-            {
+            let header = convert::wire_header(&wire);
+            if let Err(reason) = check_header(&membership, header) {
                 refusal = Some(Status::failed_precondition(reason));
                 break;
             }
@@ -128,14 +141,14 @@ async fn receive_stream(
                 break;
             }
             peer = from;
-            let message = match convert::stream_message_from_proto(wire) {
+            let message = match convert::from_wire(wire) {
                 Ok(message) => message,
                 Err(error) => {
                     refusal = Some(malformed(error));
                     break;
                 }
             };
-            if let Err(error) = node.deliver(message, false).await {
+            if let Err(error) = to_driver.deliver(message).await {
                 refusal = Some(Status::from(error));
                 break;
             }
@@ -170,7 +183,8 @@ type ForwardResults =
 
 /// Serves one forwarded request as the leader (after its header was checked).
 async fn serve_forwarded(
-    node: &Node,
+    membership: &Membership,
+    forwarded: &SharedForwardedRequests,
     request: pb::ForwardRequest,
 ) -> Result<pb::ForwardResponse, Status> {
     let from = request
@@ -178,42 +192,26 @@ async fn serve_forwarded(
         .as_ref()
         .map(|header| header.from)
         .unwrap_or_default();
-    let (served_by, found, value): (ServedBy, bool, Vec<u8>) = match request.request {
+    let reply: LeaderReply = match request.request {
         Some(pb::forward_request::Request::Write(command)) => {
             let (command, _) = log_encoding::from_proto(command)
                 .map_err(|error| Status::invalid_argument(format!("forwarded write: {error}")))?;
-            let (served_by, found) = node
-                .write_as_leader(command, &request.request_id, from)
-                .await
-                .map_err(Status::from)?;
-            (served_by, found, Vec::new())
-        }
-        Some(pb::forward_request::Request::ReadKey(key)) => {
-            let (served_by, value) = node
-                .read_as_leader(key, &request.request_id, from)
-                .await
-                .map_err(Status::from)?;
-            (served_by, value.is_some(), value.unwrap_or_default())
+            forwarded.write(command, request.request_id, from).await?
         }
         Some(pb::forward_request::Request::ReadIndex(_)) => {
-            let served_by = node
-                .read_index_as_leader(&request.request_id, from)
-                .await
-                .map_err(Status::from)?;
-            (served_by, false, Vec::new())
+            forwarded.read_index(request.request_id, from).await?
         }
         None => return Err(Status::invalid_argument("forwarded request is empty")),
     };
     Ok(pb::ForwardResponse {
         header: Some(pb::MessageHeader {
-            cluster_id: node.membership().cluster_id.clone(),
-            from: served_by.node_id,
+            cluster_id: membership.cluster_id.clone(),
+            from: reply.leader_id,
             to: from,
-            term: served_by.term,
+            term: reply.term,
         }),
-        index: served_by.index,
-        found,
-        value,
+        index: reply.index,
+        found: reply.found,
     })
 }
 
@@ -222,13 +220,13 @@ async fn serve_forwarded(
 /// node stops. Calls in flight when it ends are still served (a write may
 /// already be proposed); only their answers are lost, as with a broken call.
 async fn serve_forward_stream(
-    node: Node,
+    membership: Membership,
+    forwarded: SharedForwardedRequests,
     mut inbound: Streaming<pb::ForwardBatch>,
     results: tokio::sync::mpsc::Sender<Result<pb::ForwardResultBatch, Status>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let (served, mut served_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let identity = node.membership().clone();
     let mut inbound_open = true;
     let mut in_flight = 0usize;
     loop {
@@ -243,21 +241,17 @@ async fn serve_forward_stream(
                 };
                 for call in batch.calls {
                     in_flight += 1;
-                    let node = node.clone();
+                    let membership = membership.clone();
+                    let forwarded = forwarded.clone();
                     let served = served.clone();
                     let checked = match call.request {
-                        Some(request) => convert::check_header(
-                            request.header.as_ref(),
-                            &identity.cluster_id,
-                            identity.id,
-                            &identity.members,
-                        )
-                        .map(|()| request),
+                        Some(request) => check_header(&membership, request.header.as_ref())
+                            .map(|()| request),
                         None => Err("forwarded call without a request".to_string()),
                     };
                     tokio::spawn(async move {
                         let outcome = match checked {
-                            Ok(request) => serve_forwarded(&node, request).await,
+                            Ok(request) => serve_forwarded(&membership, &forwarded, request).await,
                             Err(reason) => Err(Status::failed_precondition(reason)),
                         };
                         let _ = served.send(forward_result(call.id, outcome));
@@ -318,7 +312,8 @@ impl Raft for RaftService {
         // Capacity 1: the only item ever sent is the refusal that ends it.
         let (outcome, acks) = tokio::sync::mpsc::channel(1);
         tokio::spawn(receive_stream(
-            self.node.clone(),
+            self.membership.clone(),
+            self.inbound.clone(),
             request.into_inner(),
             outcome,
             self.stopping.clone(),
@@ -327,32 +322,6 @@ impl Raft for RaftService {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             acks,
         )))
-    }
-
-    async fn request_vote(
-        &self,
-        request: Request<pb::RequestVoteRequest>,
-    ) -> Result<Response<pb::RequestVoteResponse>, Status> {
-        let request = request.into_inner();
-        self.check(request.header.as_ref())?;
-        let message = convert::request_vote_from_proto(request).map_err(malformed)?;
-        match self.exchange(message).await? {
-            ResponseProto::Vote(response) => Ok(Response::new(response)),
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
-        }
-    }
-
-    async fn append_entries(
-        &self,
-        request: Request<pb::AppendEntriesRequest>,
-    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let request = request.into_inner();
-        self.check(request.header.as_ref())?;
-        let message = convert::append_entries_from_proto(request).map_err(malformed)?;
-        match self.exchange(message).await? {
-            ResponseProto::Append(response) => Ok(Response::new(response)),
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
-        }
     }
 
     async fn install_snapshot(
@@ -432,44 +401,20 @@ impl Raft for RaftService {
             bytes = total_bytes,
             "snapshot received and stored"
         );
-        match self
-            .exchange(convert::install_snapshot_message(&header, snapshot))
-            .await?
-        {
-            ResponseProto::Snapshot(response) => Ok(Response::new(response)),
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
-        }
-    }
-
-    async fn timeout_now(
-        &self,
-        request: Request<pb::TimeoutNowRequest>,
-    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
-        let request = request.into_inner();
-        self.check(request.header.as_ref())?;
-        let message = convert::timeout_now_from_proto(request).map_err(malformed)?;
-        let header = convert::header(
-            &self.node.membership().cluster_id,
-            &Message {
-                from: message.to,
-                to: message.from,
-                term: message.term,
-                body: message.body.clone(),
-            },
-        );
-        self.node
-            .deliver(message, false)
-            .await
-            .map_err(Status::from)?;
-        Ok(Response::new(pb::TimeoutNowResponse { header }))
-    }
-
-    async fn forward(&self, request: Request<pb::ForwardRequest>) -> ForwardResult {
-        let request = request.into_inner();
-        self.check(request.header.as_ref())?;
-        serve_forwarded(&self.node, request)
-            .await
-            .map(Response::new)
+        // The Raft answer travels on this node's stream once the driver has
+        // installed the snapshot; the reply only says it was received.
+        self.inbound
+            .deliver(convert::install_snapshot_message(&header, snapshot))
+            .await?;
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            header: Some(pb::MessageHeader {
+                cluster_id: self.membership.cluster_id.clone(),
+                from: self.membership.id,
+                to: header.from,
+                term: header.term,
+            }),
+            index: 0,
+        }))
     }
 
     type ForwardStreamStream = ForwardResults;
@@ -480,7 +425,8 @@ impl Raft for RaftService {
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
         let (results, receiver) = tokio::sync::mpsc::channel(FORWARD_RESULT_BATCHES_QUEUED);
         tokio::spawn(serve_forward_stream(
-            self.node.clone(),
+            self.membership.clone(),
+            self.forwarded.clone(),
             request.into_inner(),
             results,
             self.stopping.clone(),
