@@ -393,6 +393,36 @@ async fn a_deposed_leader_never_serves_a_stale_read() {
     assert_ne!(leader, 0);
 }
 
+/// Keys written by [`put_rounds`]: write `index` goes to key `index % 150`.
+const ROUND_KEYS: u32 = 150;
+
+/// Writes `writes` in order, write `index` putting `index` under key
+/// `key-{index % ROUND_KEYS}`.
+async fn put_rounds(
+    client: &mut kvstore_proto::kv::v1::kv_client::KvClient<tonic::transport::Channel>,
+    writes: std::ops::Range<u32>,
+) {
+    for index in writes {
+        client
+            .put(PutRequest {
+                key: format!("key-{}", index % ROUND_KEYS).into_bytes(),
+                value: index.to_string().into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Every key holds its write from `last_round` (the last `ROUND_KEYS`
+/// writes of [`put_rounds`]), read from `address`'s own state.
+async fn expect_last_round(address: std::net::SocketAddr, last_round: std::ops::Range<u32>) {
+    for index in last_round {
+        let key = format!("key-{}", index % ROUND_KEYS);
+        let value = get(address, &key, Consistency::Serializable).await.unwrap();
+        assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_catches_up_through_a_snapshot() {
     let _serial = support::serial();
@@ -402,15 +432,7 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
     cluster.node(lagging).kill();
     let leader_address = cluster.node(leader).client_addr;
     let mut client = client_for(leader_address, CLIENT_DEADLINE).await.unwrap();
-    for index in 0..450u32 {
-        client
-            .put(PutRequest {
-                key: format!("key-{}", index % 150).into_bytes(),
-                value: index.to_string().into_bytes(),
-            })
-            .await
-            .unwrap();
-    }
+    put_rounds(&mut client, 0..450).await;
     let leader_status = status_of(leader_address).await.unwrap();
     assert!(
         leader_status.snapshot_index >= 300,
@@ -429,31 +451,13 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
         .node(lagging)
         .log()
         .contains("installed the leader's snapshot"));
-    for index in 300..450u32 {
-        let key = format!("key-{}", index % 150);
-        let value = get(
-            cluster.node(lagging).client_addr,
-            &key,
-            Consistency::Serializable,
-        )
-        .await
-        .unwrap();
-        assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
-    }
+    expect_last_round(cluster.node(lagging).client_addr, 300..450).await;
 
     // Again, over the snapshot it holds: the follower's answer comes back on
     // its stream (the snapshot call's reply is only a receipt), and the
     // leader sends each snapshot about once, not in a loop.
     cluster.node(lagging).kill();
-    for index in 450..900u32 {
-        client
-            .put(PutRequest {
-                key: format!("key-{}", index % 150).into_bytes(),
-                value: index.to_string().into_bytes(),
-            })
-            .await
-            .unwrap();
-    }
+    put_rounds(&mut client, 450..900).await;
     let leader_status = status_of(leader_address).await.unwrap();
     cluster.node(lagging).restart();
     cluster
@@ -467,17 +471,7 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
     );
     let sent = cluster.node(leader).log().matches("snapshot sent").count();
     assert!((2..10).contains(&sent), "the leader sent {sent} snapshots");
-    for index in 750..900u32 {
-        let key = format!("key-{}", index % 150);
-        let value = get(
-            cluster.node(lagging).client_addr,
-            &key,
-            Consistency::Serializable,
-        )
-        .await
-        .unwrap();
-        assert_eq!(value, Some(index.to_string().into_bytes()), "{key}");
-    }
+    expect_last_round(cluster.node(lagging).client_addr, 750..900).await;
 }
 
 /// A follower hears that a write committed within the leader's commit

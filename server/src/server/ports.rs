@@ -119,14 +119,8 @@ pub(super) async fn serve(
         stop_signal(stopped.clone(), "metrics"),
     ));
 
-    let (client_health_reporter, client_health) = tonic_health::server::health_reporter();
-    client_health_reporter
-        .set_service_status(KV_SERVICE_NAME, tonic_health::ServingStatus::Serving)
-        .await;
-    let (client_reflection_v1, client_reflection_v1alpha) = reflection_services(&[KV_SERVICE_NAME]);
-    let client_routes = tonic::service::Routes::new(client_health)
-        .add_service(client_reflection_v1)
-        .add_service(client_reflection_v1alpha)
+    let client_routes = routes_listing(KV_SERVICE_NAME)
+        .await
         .add_service(KvService::new(node.clone(), request_limits).into_server());
     let client_server = connections::serve_grpc(
         CappedListener::grpc(
@@ -138,26 +132,18 @@ pub(super) async fn serve(
         stop_signal(stopped.clone(), "client"),
     );
 
-    let (raft_health_reporter, raft_health) = tonic_health::server::health_reporter();
-    raft_health_reporter
-        .set_service_status(RAFT_SERVICE_NAME, tonic_health::ServingStatus::Serving)
-        .await;
-    let (raft_reflection_v1, raft_reflection_v1alpha) = reflection_services(&[RAFT_SERVICE_NAME]);
     // The last node handle moves into the raft service: once the servers
     // are dropped, no handle keeps the store thread alive.
-    let raft_routes = tonic::service::Routes::new(raft_health)
-        .add_service(raft_reflection_v1)
-        .add_service(raft_reflection_v1alpha)
-        .add_service(
-            RaftService::new(
-                membership,
-                inbound,
-                Arc::new(node),
-                snapshots,
-                stopped.clone(),
-            )
-            .into_server(),
-        );
+    let raft_routes = routes_listing(RAFT_SERVICE_NAME).await.add_service(
+        RaftService::new(
+            membership,
+            inbound,
+            Arc::new(node),
+            snapshots,
+            stopped.clone(),
+        )
+        .into_server(),
+    );
     let raft_server = connections::serve_grpc(
         CappedListener::grpc(
             listeners.raft.0,
@@ -173,6 +159,20 @@ pub(super) async fn serve(
         }),
         http,
     }
+}
+
+/// The routes of a gRPC port serving `service_name` (added by the caller):
+/// the health service, reporting it serving, and reflection listing exactly
+/// what the port serves.
+async fn routes_listing(service_name: &'static str) -> tonic::service::Routes {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
+        .await;
+    let (reflection_v1, reflection_v1alpha) = reflection_services(&[service_name]);
+    tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
 }
 
 /// Completes when `stopped` turns true, saying so for `port`.
