@@ -10,15 +10,23 @@
 //! (the core's background writes). Followers and candidates persist before
 //! they send. Requests that arrive while a batch is being fsynced share the
 //! next one: that is the group commit.
+//!
+//! This file owns the loop and the order of work within one `Ready`; the
+//! bookkeeping of writes and reads waiting on the core, the hand-off to the
+//! store and the snapshot schedule live in the submodules.
+
+mod apply;
+mod proposals;
+mod reads;
+mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvstore_raft::{
-    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftCore, ReadIndexError, Ready,
-    Role, SnapshotMetadata, Term,
+    Index, Message, NodeId, RaftCore, ReadIndexError, Ready, Role, SnapshotMetadata, Term,
 };
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,14 +37,16 @@ use crate::config::InjectedFault;
 use crate::data_dir::CatchUpMarker;
 use crate::errors::KvError;
 use crate::fatal::storage_failure;
-use crate::metrics::{Metrics, SnapshotKind};
-use crate::snapshot::{self, SnapshotDirectory};
-use crate::state_machine::{self, log_encoding, Command};
+use crate::metrics::Metrics;
+use crate::snapshot::SnapshotDirectory;
+use crate::state_machine::{log_encoding, Command};
 use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
-use crate::storage::{Store, StoreError};
 use crate::storage_health::StorageHealth;
 use crate::transport::leader_link::Outbox;
+use proposals::{propose_error, PendingProposal};
+use reads::{PendingRead, UnconfirmedRead};
+use snapshots::InternalEvent;
 
 /// Inputs taken from the queues before one `Ready` is processed: bounds the
 /// work (and the latency) of one batch.
@@ -100,56 +110,6 @@ pub enum DriverEvent {
 
 /// What a linearizable read returns.
 pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
-
-/// Events the driver sends itself from other threads.
-enum InternalEvent {
-    SnapshotWritten {
-        snapshot: SnapshotMetadata,
-        /// The driver's `applied_bytes` when the snapshot was started.
-        applied_bytes: u64,
-        result: Result<u64, String>,
-    },
-}
-
-struct PendingProposal {
-    term: Term,
-    request_id: String,
-    reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
-}
-
-/// A read whose index is known, waiting to be served from the store.
-struct PendingRead {
-    key: Vec<u8>,
-    request_id: String,
-    reply: oneshot::Sender<ReadResult>,
-    /// The leader that confirmed the index and its term; `None` when it was
-    /// this node (as leader).
-    confirmed_by: Option<(NodeId, Term)>,
-}
-
-/// A read waiting for the leader's confirmation (a read round).
-enum UnconfirmedRead {
-    /// Then read the key here.
-    Value(PendingRead),
-    /// Then hand the index to a follower.
-    IndexOnly {
-        request_id: String,
-        reply: oneshot::Sender<Result<ServedBy, KvError>>,
-    },
-}
-
-impl UnconfirmedRead {
-    fn fail(self, error: KvError) {
-        match self {
-            UnconfirmedRead::Value(read) => {
-                let _ = read.reply.send(Err(error));
-            }
-            UnconfirmedRead::IndexOnly { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-        }
-    }
-}
 
 /// Settings of the driver.
 #[derive(Debug, Clone, Copy)]
@@ -466,16 +426,6 @@ impl Driver {
         self.reads_to_start.push(context);
     }
 
-    /// Serves `read` once the store has been handed every entry up to
-    /// `index` (the store thread runs its work in order).
-    fn read_when_applied(&mut self, read: PendingRead, index: Index) {
-        if index <= self.applied_submitted.index {
-            self.submit_read(read, index);
-        } else {
-            self.reads_awaiting_apply.push((index, read));
-        }
-    }
-
     /// Asks the core for one read index for every read taken since the last
     /// call: one heartbeat round confirms them all.
     fn start_reads(&mut self) {
@@ -497,46 +447,6 @@ impl Driver {
                         KvError::Unavailable("too many pending reads; retry".into())
                     }
                 });
-            }
-        }
-    }
-
-    async fn handle_internal(&mut self, event: InternalEvent) {
-        match event {
-            InternalEvent::SnapshotWritten {
-                snapshot,
-                applied_bytes,
-                result,
-            } => {
-                self.snapshot_in_progress = false;
-                match result {
-                    Ok(_) if snapshot.index <= self.snapshot_index => {
-                        tracing::info!(
-                            index = snapshot.index,
-                            newer = self.snapshot_index,
-                            "a newer snapshot was installed meanwhile; this one is not used"
-                        );
-                    }
-                    Ok(pairs) => {
-                        self.wal.compact(snapshot).await;
-                        match self.core.compact(snapshot.index) {
-                            Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
-                            Err(error) => tracing::error!(%error, "compacting the raft log failed"),
-                        }
-                        self.snapshot_index = self.snapshot_index.max(snapshot.index);
-                        self.applied_bytes_at_snapshot = applied_bytes;
-                        self.metrics.snapshot(SnapshotKind::Taken);
-                        tracing::info!(
-                            index = snapshot.index,
-                            term = snapshot.term,
-                            pairs,
-                            "snapshot taken; log compacted"
-                        );
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, index = snapshot.index, "taking a snapshot failed")
-                    }
-                }
             }
         }
     }
@@ -666,201 +576,6 @@ impl Driver {
         all_durable
     }
 
-    /// A snapshot from the leader: its file is already durable; record it in
-    /// the WAL (dropping the entries it replaces) and restore the state
-    /// machine from it before anything after it is applied.
-    async fn install_received_snapshot(&mut self, snapshot: SnapshotMetadata) {
-        self.wal.compact(snapshot).await;
-        let path = self.snapshots.path_of(snapshot);
-        let started = Instant::now();
-        let result = self
-            .store
-            .with(move |store| {
-                snapshot::restore_into_store(store, &path)
-                    .map_err(|error| StoreError::Engine(error.to_string()))
-            })
-            .await;
-        match result {
-            Ok((_, pairs)) => tracing::info!(
-                index = snapshot.index,
-                term = snapshot.term,
-                pairs,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "installed the leader's snapshot"
-            ),
-            Err(error) => storage_failure("restoring a received snapshot failed", error),
-        }
-        self.metrics.snapshot(SnapshotKind::Installed);
-        self.applied_index.store(snapshot.index, Ordering::Release);
-        self.applied_submitted = snapshot;
-        self.snapshot_index = snapshot.index;
-        self.applied_bytes_at_snapshot = self.applied_bytes;
-        self.flush_reads_awaiting_apply();
-    }
-
-    fn submit_apply(&mut self, entries: Vec<Entry>) {
-        let last = entries.last().expect("not empty");
-        let last = SnapshotMetadata {
-            index: last.index,
-            term: last.term,
-        };
-        let mut resolved = Vec::new();
-        for entry in &entries {
-            self.applied_bytes += entry.data.len() as u64;
-            if let Some(proposal) = self.proposals.remove(&entry.index) {
-                tracing::debug!(
-                    request_id = proposal.request_id,
-                    index = entry.index,
-                    "committed"
-                );
-                if entry.term == proposal.term {
-                    self.metrics.proposal_committed();
-                } else {
-                    self.metrics.proposals_failed(1);
-                }
-                resolved.push((entry.index, entry.term, proposal));
-            }
-        }
-        let applied_index = self.applied_index.clone();
-        let node_id = self.core.id();
-        let finish = move |outcomes: Vec<state_machine::Applied>| {
-            applied_index.fetch_max(last.index, Ordering::AcqRel);
-            answer_proposals(node_id, resolved, &outcomes);
-        };
-        // Into the write-behind's memory right here when the store thread
-        // has nothing queued and nothing has to wait: that spares a wake-up
-        // of the store thread and one back per batch.
-        // A panic here (a broken invariant) stops the process, as one on
-        // the store thread does: see the driver's task in server.rs.
-        let inline = self
-            .store
-            .try_run_next(|store| state_machine::apply_if_ready(store, &entries));
-        match inline {
-            Some(Ok(outcomes)) => finish(outcomes),
-            Some(Err(error)) => storage_failure("applying committed entries failed", error),
-            None => {
-                let result =
-                    self.store
-                        .submit(move |store| match state_machine::apply(store, &entries) {
-                            Ok(outcomes) => finish(outcomes),
-                            Err(error) => {
-                                storage_failure("applying committed entries failed", error)
-                            }
-                        });
-                if let Err(error) = result {
-                    storage_failure("the store thread is gone", error);
-                }
-            }
-        }
-        self.applied_submitted = last;
-        self.flush_reads_awaiting_apply();
-    }
-
-    fn flush_reads_awaiting_apply(&mut self) {
-        let applied = self.applied_submitted.index;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_awaiting_apply = waiting;
-        for (index, read) in ready {
-            self.submit_read(read, index);
-        }
-    }
-
-    fn submit_read(&self, read: PendingRead, read_index: Index) {
-        let (leader_id, term) = read
-            .confirmed_by
-            .unwrap_or((self.core.id(), self.core.term()));
-        let served_by = ServedBy {
-            node_id: self.core.id(),
-            leader_id,
-            term,
-            index: read_index,
-            forwarded_by: 0,
-        };
-        let answer = move |read: PendingRead, result: Result<Option<Vec<u8>>, StoreError>| {
-            tracing::debug!(
-                request_id = read.request_id,
-                read_index,
-                "read served at the read index"
-            );
-            let _ = read.reply.send(
-                result
-                    .map(|value| (served_by, value))
-                    .map_err(KvError::from),
-            );
-        };
-        // Applied already (not only handed to the store thread), the store
-        // idle and the value at hand: read here rather than wake the store
-        // thread.
-        if self.applied_index.load(Ordering::Acquire) >= read_index {
-            let inline = self
-                .store
-                .try_read(|store| state_machine::get_if_ready(store, &read.key));
-            if let Some(result) = inline.flatten() {
-                answer(read, result);
-                return;
-            }
-        }
-        let serve = move |store: &mut dyn Store| {
-            let result = state_machine::get(store, &read.key);
-            answer(read, result);
-        };
-        let result = self.store.submit(serve);
-        if let Err(error) = result {
-            storage_failure("the store thread is gone", error);
-        }
-    }
-
-    fn maybe_snapshot(&mut self) {
-        let since_snapshot = self
-            .applied_submitted
-            .index
-            .saturating_sub(self.snapshot_index);
-        let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
-        if self.snapshot_in_progress
-            || (since_snapshot < self.settings.snapshot_entries
-                && bytes_since_snapshot < self.settings.snapshot_log_bytes)
-        {
-            return;
-        }
-        self.snapshot_in_progress = true;
-        let applied_bytes = self.applied_bytes;
-        // The new snapshot is the previous one plus the committed entries
-        // since: merged from files on a blocking thread, never touching the
-        // store, so applies and reads go on meanwhile.
-        let target = self.applied_submitted;
-        let base = self.core.snapshot_metadata().filter(|base| base.index > 0);
-        let entries: Vec<Entry> = self
-            .core
-            .log_entries()
-            .iter()
-            .take_while(|entry| entry.index <= target.index)
-            .cloned()
-            .collect();
-        let directory = self.snapshots.clone();
-        let events = self.internal_sender.clone();
-        tracing::info!(
-            index = target.index,
-            since_snapshot,
-            bytes_since_snapshot,
-            "taking a snapshot"
-        );
-        tokio::task::spawn_blocking(move || {
-            let result =
-                snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
-                    directory.install(target)?;
-                    directory.remove_old()?;
-                    Ok(pairs)
-                });
-            let _ = events.send(InternalEvent::SnapshotWritten {
-                snapshot: target,
-                applied_bytes,
-                result: result.map_err(|error| error.to_string()),
-            });
-        });
-    }
-
     fn fail_pending(&mut self, reason: &str) {
         self.metrics.proposals_failed(self.proposals.len());
         for (_, proposal) in std::mem::take(&mut self.proposals) {
@@ -914,52 +629,5 @@ impl Driver {
                 true
             }
         });
-    }
-}
-
-/// Answers the proposals resolved by one applied batch: the write's
-/// outcome, or that a new leader replaced it.
-fn answer_proposals(
-    node_id: NodeId,
-    resolved: Vec<(Index, Term, PendingProposal)>,
-    outcomes: &[state_machine::Applied],
-) {
-    for (index, entry_term, proposal) in resolved {
-        let outcome = if entry_term != proposal.term {
-            Err(KvError::Unavailable(
-                "a new leader replaced the write before it committed; it was not applied".into(),
-            ))
-        } else {
-            tracing::debug!(request_id = proposal.request_id, index, "applied");
-            let found = outcomes
-                .iter()
-                .find(|outcome| outcome.index == index)
-                .is_none_or(|outcome| outcome.found);
-            Ok(WriteOutcome {
-                served_by: ServedBy {
-                    node_id,
-                    leader_id: node_id,
-                    term: entry_term,
-                    index,
-                    forwarded_by: 0,
-                },
-                found,
-            })
-        };
-        let _ = proposal.reply.send(outcome);
-    }
-}
-
-fn propose_error(error: ProposeError) -> KvError {
-    match error {
-        ProposeError::NotLeader { leader_hint } => {
-            KvError::NotLeader(format!("leader hint {leader_hint:?}"))
-        }
-        ProposeError::TooManyPending => {
-            KvError::Unavailable("too many writes in flight; retry".into())
-        }
-        ProposeError::TransferInProgress => {
-            KvError::Unavailable("leadership transfer in progress; retry".into())
-        }
     }
 }
