@@ -1,11 +1,13 @@
-//! Handing committed entries, reads and received snapshots to the store.
+//! The driver's hand-off to the store: committed entries to apply (then
+//! the proposals they answer), reads to serve once their index is applied,
+//! and a snapshot received from the leader to restore.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use kvstore_raft::{Entry, Index, SnapshotMetadata};
 
-use super::proposals::answer_proposals;
+use super::proposals;
 use super::reads::PendingRead;
 use super::Driver;
 use crate::errors::KvError;
@@ -23,7 +25,7 @@ impl Driver {
         if index <= self.applied_submitted.index {
             self.submit_read(read, index);
         } else {
-            self.reads_awaiting_apply.push((index, read));
+            self.reads.wait_for_apply(index, read);
         }
     }
 
@@ -54,39 +56,32 @@ impl Driver {
         self.metrics.snapshot(SnapshotKind::Installed);
         self.applied_index.store(snapshot.index, Ordering::Release);
         self.applied_submitted = snapshot;
-        self.snapshot_index = snapshot.index;
-        self.applied_bytes_at_snapshot = self.applied_bytes;
+        self.snapshot_schedule.installed(snapshot);
         self.flush_reads_awaiting_apply();
     }
 
+    /// Hands committed `entries` to the store; the proposals they settle are
+    /// answered once they are applied.
     pub(super) fn submit_apply(&mut self, entries: Vec<Entry>) {
         let last = entries.last().expect("not empty");
         let last = SnapshotMetadata {
             index: last.index,
             term: last.term,
         };
-        let mut resolved = Vec::new();
-        for entry in &entries {
-            self.applied_bytes += entry.data.len() as u64;
-            if let Some(proposal) = self.proposals.remove(&entry.index) {
-                tracing::debug!(
-                    request_id = proposal.request_id,
-                    index = entry.index,
-                    "committed"
-                );
-                if entry.term == proposal.term {
-                    self.metrics.proposal_committed();
-                } else {
-                    self.metrics.proposals_failed(1);
-                }
-                resolved.push((entry.index, entry.term, proposal));
-            }
+        self.snapshot_schedule
+            .record_applied(entries.iter().map(|entry| entry.data.len() as u64).sum());
+        let resolved = self.proposals.resolve(&entries);
+        for _ in 0..resolved.committed {
+            self.metrics.proposal_committed();
+        }
+        if resolved.replaced > 0 {
+            self.metrics.proposals_failed(resolved.replaced);
         }
         let applied_index = self.applied_index.clone();
         let node_id = self.core.id();
         let finish = move |outcomes: Vec<state_machine::Applied>| {
             applied_index.fetch_max(last.index, Ordering::AcqRel);
-            answer_proposals(node_id, resolved, &outcomes);
+            proposals::answer(node_id, resolved, &outcomes);
         };
         // Into the write-behind's memory right here when the store thread
         // has nothing queued and nothing has to wait: that spares a wake-up
@@ -117,17 +112,14 @@ impl Driver {
         self.flush_reads_awaiting_apply();
     }
 
+    /// Serves the reads waiting for entries the store has now been handed.
     fn flush_reads_awaiting_apply(&mut self) {
-        let applied = self.applied_submitted.index;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_awaiting_apply = waiting;
-        for (index, read) in ready {
+        for (index, read) in self.reads.take_applied(self.applied_submitted.index) {
             self.submit_read(read, index);
         }
     }
 
+    /// Reads `read.key` at `read_index`, which the store has been handed.
     fn submit_read(&self, read: PendingRead, read_index: Index) {
         let (leader_id, term) = read
             .confirmed_by

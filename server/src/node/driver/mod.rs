@@ -20,14 +20,11 @@ mod proposals;
 mod reads;
 mod snapshots;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_raft::{
-    Index, Message, NodeId, RaftCore, ReadIndexError, Ready, Role, SnapshotMetadata, Term,
-};
+use kvstore_raft::{Index, Message, NodeId, RaftCore, Ready, Role, SnapshotMetadata, Term};
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -44,9 +41,9 @@ use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
 use crate::storage_health::StorageHealth;
 use crate::transport::leader_link::Outbox;
-use proposals::{propose_error, PendingProposal};
-use reads::{PendingRead, UnconfirmedRead};
-use snapshots::InternalEvent;
+use proposals::{propose_error, Proposals};
+use reads::{PendingRead, Reads, UnconfirmedRead};
+use snapshots::{InternalEvent, SnapshotSchedule};
 
 /// Inputs taken from the queues before one `Ready` is processed: bounds the
 /// work (and the latency) of one batch.
@@ -146,20 +143,11 @@ pub struct Driver {
     /// What the marker says, to touch it only when that changes.
     catching_up_recorded: bool,
     settings: DriverSettings,
-    proposals: BTreeMap<Index, PendingProposal>,
-    reads: HashMap<u64, UnconfirmedRead>,
-    next_read_context: u64,
-    /// Reads taken in this turn of the loop, not yet handed to the core.
-    reads_to_start: Vec<u64>,
-    reads_awaiting_apply: Vec<(Index, PendingRead)>,
+    proposals: Proposals,
+    reads: Reads,
+    /// The last entry handed to the store.
     applied_submitted: SnapshotMetadata,
-    snapshot_index: Index,
-    snapshot_in_progress: bool,
-    /// Payload bytes of every entry handed to the store since start.
-    applied_bytes: u64,
-    /// `applied_bytes` when the last snapshot (taken or installed) was
-    /// started: the log holds about the difference.
-    applied_bytes_at_snapshot: u64,
+    snapshot_schedule: SnapshotSchedule,
     metrics: Arc<Metrics>,
     /// Term and vote last handed to the WAL.
     persisted_term_vote: (Term, Option<NodeId>),
@@ -229,16 +217,14 @@ impl Driver {
             catching_up_recorded: parts.catch_up_marker.is_set(),
             catch_up_marker: parts.catch_up_marker,
             settings: parts.settings,
-            proposals: BTreeMap::new(),
-            reads: HashMap::new(),
-            next_read_context: 1,
-            reads_to_start: Vec::new(),
-            reads_awaiting_apply: Vec::new(),
+            proposals: Proposals::default(),
+            reads: Reads::default(),
             applied_submitted: parts.applied,
-            snapshot_index,
-            snapshot_in_progress: false,
-            applied_bytes: 0,
-            applied_bytes_at_snapshot: 0,
+            snapshot_schedule: SnapshotSchedule::new(
+                snapshot_index,
+                parts.settings.snapshot_entries,
+                parts.settings.snapshot_log_bytes,
+            ),
             metrics: parts.metrics,
             persisted_term_vote: (hard_state.term, hard_state.vote),
         }
@@ -370,14 +356,7 @@ impl Driver {
                         term,
                         "proposed: appended to the leader's log"
                     );
-                    self.proposals.insert(
-                        index,
-                        PendingProposal {
-                            term,
-                            request_id,
-                            reply,
-                        },
-                    );
+                    self.proposals.insert(index, term, request_id, reply);
                 }
                 Err(error) => {
                     self.metrics.proposals_failed(1);
@@ -389,7 +368,7 @@ impl Driver {
                 request_id,
                 reply,
             } => {
-                self.request_read(UnconfirmedRead::Value(PendingRead {
+                self.reads.request(UnconfirmedRead::Value(PendingRead {
                     key,
                     request_id,
                     reply,
@@ -397,7 +376,8 @@ impl Driver {
                 }));
             }
             DriverEvent::ReadIndex { request_id, reply } => {
-                self.request_read(UnconfirmedRead::IndexOnly { request_id, reply });
+                self.reads
+                    .request(UnconfirmedRead::IndexOnly { request_id, reply });
             }
             DriverEvent::ReadAt {
                 key,
@@ -418,36 +398,15 @@ impl Driver {
         }
     }
 
-    /// Queues a read for the next read round (see `start_reads`).
-    fn request_read(&mut self, read: UnconfirmedRead) {
-        let context = self.next_read_context;
-        self.next_read_context += 1;
-        self.reads.insert(context, read);
-        self.reads_to_start.push(context);
-    }
-
     /// Asks the core for one read index for every read taken since the last
     /// call: one heartbeat round confirms them all.
     fn start_reads(&mut self) {
-        if self.reads_to_start.is_empty() {
+        let contexts = self.reads.take_to_start();
+        if contexts.is_empty() {
             return;
         }
-        let contexts = std::mem::take(&mut self.reads_to_start);
-        let error = match self.core.read_index_batch(&contexts) {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        for context in contexts {
-            if let Some(read) = self.reads.remove(&context) {
-                read.fail(match error {
-                    ReadIndexError::NotLeader { leader_hint } => {
-                        KvError::NotLeader(format!("leader hint {leader_hint:?}"))
-                    }
-                    ReadIndexError::TooManyPending => {
-                        KvError::Unavailable("too many pending reads; retry".into())
-                    }
-                });
-            }
+        if let Err(error) = self.core.read_index_batch(&contexts) {
+            self.reads.fail_started(&contexts, error);
         }
     }
 
@@ -517,29 +476,30 @@ impl Driver {
         }
         let needs_append =
             !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some());
-        // A leader writes in the background (etcd-raft allows it): it sends
-        // its appends at once and counts itself toward commit only once its
-        // write is durable. Anyone else persists first, since its messages
-        // (votes, acknowledgements) vouch for what it stores; so does a
-        // leader whose term or vote is changing in this batch. Such a write
-        // runs right here when the WAL thread is idle and writes are quick
-        // (see wal_writer).
+        // In the background on a leader, else before anything is sent: see
+        // `append_mode`.
         let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
             (hard_state.term, hard_state.vote) != self.persisted_term_vote
         });
         if let Some(hard_state) = ready.hard_state {
             self.persisted_term_vote = (hard_state.term, hard_state.vote);
         }
-        let in_background =
-            self.core.role() == Role::Leader && !term_or_vote_changes && ready.snapshot.is_none();
+        let mode = append_mode(
+            self.core.role(),
+            term_or_vote_changes,
+            ready.snapshot.is_some(),
+        );
         if needs_append {
-            if in_background {
-                self.wal
-                    .append_in_background(ready.hard_state, ready.entries);
-            } else {
-                let done = self.wal.append(ready.hard_state, ready.entries).await;
-                self.observe_wal_write(&done);
-                all_durable = true;
+            match mode {
+                AppendMode::Background => {
+                    self.wal
+                        .append_in_background(ready.hard_state, ready.entries);
+                }
+                AppendMode::Awaited => {
+                    let done = self.wal.append(ready.hard_state, ready.entries).await;
+                    self.observe_wal_write(&done);
+                    all_durable = true;
+                }
             }
         }
         for message in ready.messages {
@@ -551,45 +511,24 @@ impl Driver {
         }
         // 4. Reads.
         for read_state in ready.read_states {
-            match self.reads.remove(&read_state.context) {
-                Some(UnconfirmedRead::Value(read)) => {
-                    self.read_when_applied(read, read_state.index)
-                }
-                Some(UnconfirmedRead::IndexOnly { request_id, reply }) => {
-                    tracing::debug!(
-                        request_id,
-                        read_index = read_state.index,
-                        "read index confirmed for a follower"
-                    );
-                    let _ = reply.send(Ok(ServedBy {
-                        node_id: self.core.id(),
-                        leader_id: self.core.id(),
-                        term: self.core.term(),
-                        index: read_state.index,
-                        forwarded_by: 0,
-                    }));
-                }
-                None => {}
+            if let Some(read) = self
+                .reads
+                .confirm(&read_state, self.core.id(), self.core.term())
+            {
+                self.read_when_applied(read, read_state.index);
             }
         }
         self.maybe_snapshot();
         all_durable
     }
 
+    /// Fails what waits on this node's leadership: proposals (their outcome
+    /// is unknown) and reads not confirmed yet. Confirmed reads stay (see
+    /// `Reads::fail_unconfirmed`).
     fn fail_pending(&mut self, reason: &str) {
         self.metrics.proposals_failed(self.proposals.len());
-        for (_, proposal) in std::mem::take(&mut self.proposals) {
-            let _ = proposal.reply.send(Err(KvError::OutcomeUnknown(format!(
-                "{reason} while the write was in flight; it may or may not be applied"
-            ))));
-        }
-        // Reads whose index was confirmed stay: that index is committed, so
-        // this node applies it whatever its role, and they are served then.
-        for read in std::mem::take(&mut self.reads).into_values() {
-            read.fail(KvError::NotLeader(format!(
-                "{reason} before the read was confirmed"
-            )));
-        }
+        self.proposals.fail_all(reason);
+        self.reads.fail_unconfirmed(reason);
     }
 
     fn publish_status(&self) {
@@ -617,7 +556,7 @@ impl Driver {
             commit_index: core.commit_index(),
             applied_index: self.applied_index.load(Ordering::Acquire),
             last_log_index: core.last_index(),
-            snapshot_index: self.snapshot_index,
+            snapshot_index: self.snapshot_schedule.snapshot_index(),
             followers,
             cluster_id: self.cluster_id.clone(),
         };
@@ -629,5 +568,63 @@ impl Driver {
                 true
             }
         });
+    }
+}
+
+/// How one `Ready`'s append is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    /// Handed to the WAL thread; the `Ready`'s messages leave at once and
+    /// the core counts the entries as durable when the write reports back.
+    Background,
+    /// Waited for before anything of the `Ready` is sent (on the WAL thread,
+    /// or on the driver's own when that is idle: see `wal_writer`).
+    Awaited,
+}
+
+/// A leader writes in the background (etcd-raft allows it): it sends its
+/// appends at once and counts itself toward commit only once its write is
+/// durable. Anyone else persists first, since its messages (votes,
+/// acknowledgements) vouch for what it stores; so does a leader whose term
+/// or vote is changing in this batch, or that installs a snapshot.
+fn append_mode(role: Role, term_or_vote_changes: bool, has_snapshot: bool) -> AppendMode {
+    if role == Role::Leader && !term_or_vote_changes && !has_snapshot {
+        AppendMode::Background
+    } else {
+        AppendMode::Awaited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_leader_keeping_its_term_and_vote_without_a_snapshot_appends_in_the_background() {
+        assert_eq!(
+            append_mode(Role::Leader, false, false),
+            AppendMode::Background
+        );
+        let roles = [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+        ];
+        for role in roles {
+            for term_or_vote_changes in [false, true] {
+                for has_snapshot in [false, true] {
+                    if (role, term_or_vote_changes, has_snapshot) == (Role::Leader, false, false) {
+                        continue;
+                    }
+                    assert_eq!(
+                        append_mode(role, term_or_vote_changes, has_snapshot),
+                        AppendMode::Awaited,
+                        "{role:?}, term or vote changes: {term_or_vote_changes}, \
+                         snapshot: {has_snapshot}"
+                    );
+                }
+            }
+        }
     }
 }
