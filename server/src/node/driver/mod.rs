@@ -10,16 +10,21 @@
 //! (the core's background writes). Followers and candidates persist before
 //! they send. Requests that arrive while a batch is being fsynced share the
 //! next one: that is the group commit.
+//!
+//! This file owns the loop and the order of work within one `Ready`; the
+//! bookkeeping of writes and reads waiting on the core, the hand-off to the
+//! store and the snapshot schedule live in the submodules.
 
-use std::collections::{BTreeMap, HashMap};
+mod apply;
+mod proposals;
+mod reads;
+mod snapshots;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kvstore_raft::{
-    CompactError, Entry, Index, Message, NodeId, ProposeError, RaftCore, ReadIndexError, Ready,
-    Role, SnapshotMetadata, Term,
-};
+use kvstore_raft::{Index, Message, NodeId, RaftCore, Ready, Role, SnapshotMetadata, Term};
 use kvstore_wal::Wal;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -29,14 +34,16 @@ use crate::config::InjectedFault;
 use crate::data_dir::CatchUpMarker;
 use crate::errors::KvError;
 use crate::fatal::storage_failure;
-use crate::metrics::{Metrics, SnapshotKind};
-use crate::snapshot::{self, SnapshotDirectory};
-use crate::state_machine::{self, log_encoding, Command};
+use crate::metrics::Metrics;
+use crate::snapshot::SnapshotDirectory;
+use crate::state_machine::{log_encoding, Command};
 use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
-use crate::storage::{Store, StoreError};
 use crate::storage_health::StorageHealth;
 use crate::transport::leader_link::Outbox;
+use proposals::{propose_error, Proposals};
+use reads::{PendingRead, Reads, UnconfirmedRead};
+use snapshots::{InternalEvent, SnapshotSchedule};
 
 /// Inputs taken from the queues before one `Ready` is processed: bounds the
 /// work (and the latency) of one batch.
@@ -101,56 +108,6 @@ pub enum DriverEvent {
 /// What a linearizable read returns.
 pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
 
-/// Events the driver sends itself from other threads.
-enum InternalEvent {
-    SnapshotWritten {
-        snapshot: SnapshotMetadata,
-        /// The driver's `applied_bytes` when the snapshot was started.
-        applied_bytes: u64,
-        result: Result<u64, String>,
-    },
-}
-
-struct PendingProposal {
-    term: Term,
-    request_id: String,
-    reply: oneshot::Sender<Result<WriteOutcome, KvError>>,
-}
-
-/// A read whose index is known, waiting to be served from the store.
-struct PendingRead {
-    key: Vec<u8>,
-    request_id: String,
-    reply: oneshot::Sender<ReadResult>,
-    /// The leader that confirmed the index and its term; `None` when it was
-    /// this node (as leader).
-    confirmed_by: Option<(NodeId, Term)>,
-}
-
-/// A read waiting for the leader's confirmation (a read round).
-enum UnconfirmedRead {
-    /// Then read the key here.
-    Value(PendingRead),
-    /// Then hand the index to a follower.
-    IndexOnly {
-        request_id: String,
-        reply: oneshot::Sender<Result<ServedBy, KvError>>,
-    },
-}
-
-impl UnconfirmedRead {
-    fn fail(self, error: KvError) {
-        match self {
-            UnconfirmedRead::Value(read) => {
-                let _ = read.reply.send(Err(error));
-            }
-            UnconfirmedRead::IndexOnly { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-        }
-    }
-}
-
 /// Settings of the driver.
 #[derive(Debug, Clone, Copy)]
 pub struct DriverSettings {
@@ -186,20 +143,11 @@ pub struct Driver {
     /// What the marker says, to touch it only when that changes.
     catching_up_recorded: bool,
     settings: DriverSettings,
-    proposals: BTreeMap<Index, PendingProposal>,
-    reads: HashMap<u64, UnconfirmedRead>,
-    next_read_context: u64,
-    /// Reads taken in this turn of the loop, not yet handed to the core.
-    reads_to_start: Vec<u64>,
-    reads_awaiting_apply: Vec<(Index, PendingRead)>,
+    proposals: Proposals,
+    reads: Reads,
+    /// The last entry handed to the store.
     applied_submitted: SnapshotMetadata,
-    snapshot_index: Index,
-    snapshot_in_progress: bool,
-    /// Payload bytes of every entry handed to the store since start.
-    applied_bytes: u64,
-    /// `applied_bytes` when the last snapshot (taken or installed) was
-    /// started: the log holds about the difference.
-    applied_bytes_at_snapshot: u64,
+    snapshot_schedule: SnapshotSchedule,
     metrics: Arc<Metrics>,
     /// Term and vote last handed to the WAL.
     persisted_term_vote: (Term, Option<NodeId>),
@@ -269,16 +217,14 @@ impl Driver {
             catching_up_recorded: parts.catch_up_marker.is_set(),
             catch_up_marker: parts.catch_up_marker,
             settings: parts.settings,
-            proposals: BTreeMap::new(),
-            reads: HashMap::new(),
-            next_read_context: 1,
-            reads_to_start: Vec::new(),
-            reads_awaiting_apply: Vec::new(),
+            proposals: Proposals::default(),
+            reads: Reads::default(),
             applied_submitted: parts.applied,
-            snapshot_index,
-            snapshot_in_progress: false,
-            applied_bytes: 0,
-            applied_bytes_at_snapshot: 0,
+            snapshot_schedule: SnapshotSchedule::new(
+                snapshot_index,
+                parts.settings.snapshot_entries,
+                parts.settings.snapshot_log_bytes,
+            ),
             metrics: parts.metrics,
             persisted_term_vote: (hard_state.term, hard_state.vote),
         }
@@ -410,14 +356,7 @@ impl Driver {
                         term,
                         "proposed: appended to the leader's log"
                     );
-                    self.proposals.insert(
-                        index,
-                        PendingProposal {
-                            term,
-                            request_id,
-                            reply,
-                        },
-                    );
+                    self.proposals.insert(index, term, request_id, reply);
                 }
                 Err(error) => {
                     self.metrics.proposals_failed(1);
@@ -429,7 +368,7 @@ impl Driver {
                 request_id,
                 reply,
             } => {
-                self.request_read(UnconfirmedRead::Value(PendingRead {
+                self.reads.request(UnconfirmedRead::Value(PendingRead {
                     key,
                     request_id,
                     reply,
@@ -437,7 +376,8 @@ impl Driver {
                 }));
             }
             DriverEvent::ReadIndex { request_id, reply } => {
-                self.request_read(UnconfirmedRead::IndexOnly { request_id, reply });
+                self.reads
+                    .request(UnconfirmedRead::IndexOnly { request_id, reply });
             }
             DriverEvent::ReadAt {
                 key,
@@ -458,86 +398,15 @@ impl Driver {
         }
     }
 
-    /// Queues a read for the next read round (see `start_reads`).
-    fn request_read(&mut self, read: UnconfirmedRead) {
-        let context = self.next_read_context;
-        self.next_read_context += 1;
-        self.reads.insert(context, read);
-        self.reads_to_start.push(context);
-    }
-
-    /// Serves `read` once the store has been handed every entry up to
-    /// `index` (the store thread runs its work in order).
-    fn read_when_applied(&mut self, read: PendingRead, index: Index) {
-        if index <= self.applied_submitted.index {
-            self.submit_read(read, index);
-        } else {
-            self.reads_awaiting_apply.push((index, read));
-        }
-    }
-
     /// Asks the core for one read index for every read taken since the last
     /// call: one heartbeat round confirms them all.
     fn start_reads(&mut self) {
-        if self.reads_to_start.is_empty() {
+        let contexts = self.reads.take_to_start();
+        if contexts.is_empty() {
             return;
         }
-        let contexts = std::mem::take(&mut self.reads_to_start);
-        let error = match self.core.read_index_batch(&contexts) {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        for context in contexts {
-            if let Some(read) = self.reads.remove(&context) {
-                read.fail(match error {
-                    ReadIndexError::NotLeader { leader_hint } => {
-                        KvError::NotLeader(format!("leader hint {leader_hint:?}"))
-                    }
-                    ReadIndexError::TooManyPending => {
-                        KvError::Unavailable("too many pending reads; retry".into())
-                    }
-                });
-            }
-        }
-    }
-
-    async fn handle_internal(&mut self, event: InternalEvent) {
-        match event {
-            InternalEvent::SnapshotWritten {
-                snapshot,
-                applied_bytes,
-                result,
-            } => {
-                self.snapshot_in_progress = false;
-                match result {
-                    Ok(_) if snapshot.index <= self.snapshot_index => {
-                        tracing::info!(
-                            index = snapshot.index,
-                            newer = self.snapshot_index,
-                            "a newer snapshot was installed meanwhile; this one is not used"
-                        );
-                    }
-                    Ok(pairs) => {
-                        self.wal.compact(snapshot).await;
-                        match self.core.compact(snapshot.index) {
-                            Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
-                            Err(error) => tracing::error!(%error, "compacting the raft log failed"),
-                        }
-                        self.snapshot_index = self.snapshot_index.max(snapshot.index);
-                        self.applied_bytes_at_snapshot = applied_bytes;
-                        self.metrics.snapshot(SnapshotKind::Taken);
-                        tracing::info!(
-                            index = snapshot.index,
-                            term = snapshot.term,
-                            pairs,
-                            "snapshot taken; log compacted"
-                        );
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, index = snapshot.index, "taking a snapshot failed")
-                    }
-                }
-            }
+        if let Err(error) = self.core.read_index_batch(&contexts) {
+            self.reads.fail_started(&contexts, error);
         }
     }
 
@@ -607,29 +476,30 @@ impl Driver {
         }
         let needs_append =
             !ready.entries.is_empty() || (ready.must_sync && ready.hard_state.is_some());
-        // A leader writes in the background (etcd-raft allows it): it sends
-        // its appends at once and counts itself toward commit only once its
-        // write is durable. Anyone else persists first, since its messages
-        // (votes, acknowledgements) vouch for what it stores; so does a
-        // leader whose term or vote is changing in this batch. Such a write
-        // runs right here when the WAL thread is idle and writes are quick
-        // (see wal_writer).
+        // In the background on a leader, else before anything is sent: see
+        // `append_mode`.
         let term_or_vote_changes = ready.hard_state.is_some_and(|hard_state| {
             (hard_state.term, hard_state.vote) != self.persisted_term_vote
         });
         if let Some(hard_state) = ready.hard_state {
             self.persisted_term_vote = (hard_state.term, hard_state.vote);
         }
-        let in_background =
-            self.core.role() == Role::Leader && !term_or_vote_changes && ready.snapshot.is_none();
+        let mode = append_mode(
+            self.core.role(),
+            term_or_vote_changes,
+            ready.snapshot.is_some(),
+        );
         if needs_append {
-            if in_background {
-                self.wal
-                    .append_in_background(ready.hard_state, ready.entries);
-            } else {
-                let done = self.wal.append(ready.hard_state, ready.entries).await;
-                self.observe_wal_write(&done);
-                all_durable = true;
+            match mode {
+                AppendMode::Background => {
+                    self.wal
+                        .append_in_background(ready.hard_state, ready.entries);
+                }
+                AppendMode::Awaited => {
+                    let done = self.wal.append(ready.hard_state, ready.entries).await;
+                    self.observe_wal_write(&done);
+                    all_durable = true;
+                }
             }
         }
         for message in ready.messages {
@@ -641,240 +511,24 @@ impl Driver {
         }
         // 4. Reads.
         for read_state in ready.read_states {
-            match self.reads.remove(&read_state.context) {
-                Some(UnconfirmedRead::Value(read)) => {
-                    self.read_when_applied(read, read_state.index)
-                }
-                Some(UnconfirmedRead::IndexOnly { request_id, reply }) => {
-                    tracing::debug!(
-                        request_id,
-                        read_index = read_state.index,
-                        "read index confirmed for a follower"
-                    );
-                    let _ = reply.send(Ok(ServedBy {
-                        node_id: self.core.id(),
-                        leader_id: self.core.id(),
-                        term: self.core.term(),
-                        index: read_state.index,
-                        forwarded_by: 0,
-                    }));
-                }
-                None => {}
+            if let Some(read) = self
+                .reads
+                .confirm(&read_state, self.core.id(), self.core.term())
+            {
+                self.read_when_applied(read, read_state.index);
             }
         }
         self.maybe_snapshot();
         all_durable
     }
 
-    /// A snapshot from the leader: its file is already durable; record it in
-    /// the WAL (dropping the entries it replaces) and restore the state
-    /// machine from it before anything after it is applied.
-    async fn install_received_snapshot(&mut self, snapshot: SnapshotMetadata) {
-        self.wal.compact(snapshot).await;
-        let path = self.snapshots.path_of(snapshot);
-        let started = Instant::now();
-        let result = self
-            .store
-            .with(move |store| {
-                snapshot::restore_into_store(store, &path)
-                    .map_err(|error| StoreError::Engine(error.to_string()))
-            })
-            .await;
-        match result {
-            Ok((_, pairs)) => tracing::info!(
-                index = snapshot.index,
-                term = snapshot.term,
-                pairs,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "installed the leader's snapshot"
-            ),
-            Err(error) => storage_failure("restoring a received snapshot failed", error),
-        }
-        self.metrics.snapshot(SnapshotKind::Installed);
-        self.applied_index.store(snapshot.index, Ordering::Release);
-        self.applied_submitted = snapshot;
-        self.snapshot_index = snapshot.index;
-        self.applied_bytes_at_snapshot = self.applied_bytes;
-        self.flush_reads_awaiting_apply();
-    }
-
-    fn submit_apply(&mut self, entries: Vec<Entry>) {
-        let last = entries.last().expect("not empty");
-        let last = SnapshotMetadata {
-            index: last.index,
-            term: last.term,
-        };
-        let mut resolved = Vec::new();
-        for entry in &entries {
-            self.applied_bytes += entry.data.len() as u64;
-            if let Some(proposal) = self.proposals.remove(&entry.index) {
-                tracing::debug!(
-                    request_id = proposal.request_id,
-                    index = entry.index,
-                    "committed"
-                );
-                if entry.term == proposal.term {
-                    self.metrics.proposal_committed();
-                } else {
-                    self.metrics.proposals_failed(1);
-                }
-                resolved.push((entry.index, entry.term, proposal));
-            }
-        }
-        let applied_index = self.applied_index.clone();
-        let node_id = self.core.id();
-        let finish = move |outcomes: Vec<state_machine::Applied>| {
-            applied_index.fetch_max(last.index, Ordering::AcqRel);
-            answer_proposals(node_id, resolved, &outcomes);
-        };
-        // Into the write-behind's memory right here when the store thread
-        // has nothing queued and nothing has to wait: that spares a wake-up
-        // of the store thread and one back per batch.
-        // A panic here (a broken invariant) stops the process, as one on
-        // the store thread does: see the driver's task in server.rs.
-        let inline = self
-            .store
-            .try_run_next(|store| state_machine::apply_if_ready(store, &entries));
-        match inline {
-            Some(Ok(outcomes)) => finish(outcomes),
-            Some(Err(error)) => storage_failure("applying committed entries failed", error),
-            None => {
-                let result =
-                    self.store
-                        .submit(move |store| match state_machine::apply(store, &entries) {
-                            Ok(outcomes) => finish(outcomes),
-                            Err(error) => {
-                                storage_failure("applying committed entries failed", error)
-                            }
-                        });
-                if let Err(error) = result {
-                    storage_failure("the store thread is gone", error);
-                }
-            }
-        }
-        self.applied_submitted = last;
-        self.flush_reads_awaiting_apply();
-    }
-
-    fn flush_reads_awaiting_apply(&mut self) {
-        let applied = self.applied_submitted.index;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_awaiting_apply)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_awaiting_apply = waiting;
-        for (index, read) in ready {
-            self.submit_read(read, index);
-        }
-    }
-
-    fn submit_read(&self, read: PendingRead, read_index: Index) {
-        let (leader_id, term) = read
-            .confirmed_by
-            .unwrap_or((self.core.id(), self.core.term()));
-        let served_by = ServedBy {
-            node_id: self.core.id(),
-            leader_id,
-            term,
-            index: read_index,
-            forwarded_by: 0,
-        };
-        let answer = move |read: PendingRead, result: Result<Option<Vec<u8>>, StoreError>| {
-            tracing::debug!(
-                request_id = read.request_id,
-                read_index,
-                "read served at the read index"
-            );
-            let _ = read.reply.send(
-                result
-                    .map(|value| (served_by, value))
-                    .map_err(KvError::from),
-            );
-        };
-        // Applied already (not only handed to the store thread), the store
-        // idle and the value at hand: read here rather than wake the store
-        // thread.
-        if self.applied_index.load(Ordering::Acquire) >= read_index {
-            let inline = self
-                .store
-                .try_read(|store| state_machine::get_if_ready(store, &read.key));
-            if let Some(result) = inline.flatten() {
-                answer(read, result);
-                return;
-            }
-        }
-        let serve = move |store: &mut dyn Store| {
-            let result = state_machine::get(store, &read.key);
-            answer(read, result);
-        };
-        let result = self.store.submit(serve);
-        if let Err(error) = result {
-            storage_failure("the store thread is gone", error);
-        }
-    }
-
-    fn maybe_snapshot(&mut self) {
-        let since_snapshot = self
-            .applied_submitted
-            .index
-            .saturating_sub(self.snapshot_index);
-        let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
-        if self.snapshot_in_progress
-            || (since_snapshot < self.settings.snapshot_entries
-                && bytes_since_snapshot < self.settings.snapshot_log_bytes)
-        {
-            return;
-        }
-        self.snapshot_in_progress = true;
-        let applied_bytes = self.applied_bytes;
-        // The new snapshot is the previous one plus the committed entries
-        // since: merged from files on a blocking thread, never touching the
-        // store, so applies and reads go on meanwhile.
-        let target = self.applied_submitted;
-        let base = self.core.snapshot_metadata().filter(|base| base.index > 0);
-        let entries: Vec<Entry> = self
-            .core
-            .log_entries()
-            .iter()
-            .take_while(|entry| entry.index <= target.index)
-            .cloned()
-            .collect();
-        let directory = self.snapshots.clone();
-        let events = self.internal_sender.clone();
-        tracing::info!(
-            index = target.index,
-            since_snapshot,
-            bytes_since_snapshot,
-            "taking a snapshot"
-        );
-        tokio::task::spawn_blocking(move || {
-            let result =
-                snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
-                    directory.install(target)?;
-                    directory.remove_old()?;
-                    Ok(pairs)
-                });
-            let _ = events.send(InternalEvent::SnapshotWritten {
-                snapshot: target,
-                applied_bytes,
-                result: result.map_err(|error| error.to_string()),
-            });
-        });
-    }
-
+    /// Fails what waits on this node's leadership: proposals (their outcome
+    /// is unknown) and reads not confirmed yet. Confirmed reads stay (see
+    /// `Reads::fail_unconfirmed`).
     fn fail_pending(&mut self, reason: &str) {
         self.metrics.proposals_failed(self.proposals.len());
-        for (_, proposal) in std::mem::take(&mut self.proposals) {
-            let _ = proposal.reply.send(Err(KvError::OutcomeUnknown(format!(
-                "{reason} while the write was in flight; it may or may not be applied"
-            ))));
-        }
-        // Reads whose index was confirmed stay: that index is committed, so
-        // this node applies it whatever its role, and they are served then.
-        for read in std::mem::take(&mut self.reads).into_values() {
-            read.fail(KvError::NotLeader(format!(
-                "{reason} before the read was confirmed"
-            )));
-        }
+        self.proposals.fail_all(reason);
+        self.reads.fail_unconfirmed(reason);
     }
 
     fn publish_status(&self) {
@@ -902,7 +556,7 @@ impl Driver {
             commit_index: core.commit_index(),
             applied_index: self.applied_index.load(Ordering::Acquire),
             last_log_index: core.last_index(),
-            snapshot_index: self.snapshot_index,
+            snapshot_index: self.snapshot_schedule.snapshot_index(),
             followers,
             cluster_id: self.cluster_id.clone(),
         };
@@ -917,49 +571,60 @@ impl Driver {
     }
 }
 
-/// Answers the proposals resolved by one applied batch: the write's
-/// outcome, or that a new leader replaced it.
-fn answer_proposals(
-    node_id: NodeId,
-    resolved: Vec<(Index, Term, PendingProposal)>,
-    outcomes: &[state_machine::Applied],
-) {
-    for (index, entry_term, proposal) in resolved {
-        let outcome = if entry_term != proposal.term {
-            Err(KvError::Unavailable(
-                "a new leader replaced the write before it committed; it was not applied".into(),
-            ))
-        } else {
-            tracing::debug!(request_id = proposal.request_id, index, "applied");
-            let found = outcomes
-                .iter()
-                .find(|outcome| outcome.index == index)
-                .is_none_or(|outcome| outcome.found);
-            Ok(WriteOutcome {
-                served_by: ServedBy {
-                    node_id,
-                    leader_id: node_id,
-                    term: entry_term,
-                    index,
-                    forwarded_by: 0,
-                },
-                found,
-            })
-        };
-        let _ = proposal.reply.send(outcome);
+/// How one `Ready`'s append is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    /// Handed to the WAL thread; the `Ready`'s messages leave at once and
+    /// the core counts the entries as durable when the write reports back.
+    Background,
+    /// Waited for before anything of the `Ready` is sent (on the WAL thread,
+    /// or on the driver's own when that is idle: see `wal_writer`).
+    Awaited,
+}
+
+/// A leader writes in the background (etcd-raft allows it): it sends its
+/// appends at once and counts itself toward commit only once its write is
+/// durable. Anyone else persists first, since its messages (votes,
+/// acknowledgements) vouch for what it stores; so does a leader whose term
+/// or vote is changing in this batch, or that installs a snapshot.
+fn append_mode(role: Role, term_or_vote_changes: bool, has_snapshot: bool) -> AppendMode {
+    if role == Role::Leader && !term_or_vote_changes && !has_snapshot {
+        AppendMode::Background
+    } else {
+        AppendMode::Awaited
     }
 }
 
-fn propose_error(error: ProposeError) -> KvError {
-    match error {
-        ProposeError::NotLeader { leader_hint } => {
-            KvError::NotLeader(format!("leader hint {leader_hint:?}"))
-        }
-        ProposeError::TooManyPending => {
-            KvError::Unavailable("too many writes in flight; retry".into())
-        }
-        ProposeError::TransferInProgress => {
-            KvError::Unavailable("leadership transfer in progress; retry".into())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_leader_keeping_its_term_and_vote_without_a_snapshot_appends_in_the_background() {
+        assert_eq!(
+            append_mode(Role::Leader, false, false),
+            AppendMode::Background
+        );
+        let roles = [
+            Role::Follower,
+            Role::PreCandidate,
+            Role::Candidate,
+            Role::Leader,
+        ];
+        for role in roles {
+            for term_or_vote_changes in [false, true] {
+                for has_snapshot in [false, true] {
+                    if (role, term_or_vote_changes, has_snapshot) == (Role::Leader, false, false) {
+                        continue;
+                    }
+                    assert_eq!(
+                        append_mode(role, term_or_vote_changes, has_snapshot),
+                        AppendMode::Awaited,
+                        "{role:?}, term or vote changes: {term_or_vote_changes}, \
+                         snapshot: {has_snapshot}"
+                    );
+                }
+            }
         }
     }
 }

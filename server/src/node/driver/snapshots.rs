@@ -1,0 +1,380 @@
+//! Snapshots of the state machine: when to take one (every so many
+//! applied entries or bytes, one at a time), taking it off the driver's
+//! thread, and compacting the WAL and the core's log once it is written.
+
+use kvstore_raft::{CompactError, Entry, Index, SnapshotMetadata};
+
+use super::Driver;
+use crate::metrics::SnapshotKind;
+use crate::snapshot;
+
+/// Events the driver sends itself from other threads.
+pub(super) enum InternalEvent {
+    SnapshotWritten {
+        snapshot: SnapshotMetadata,
+        /// The schedule's `applied_bytes` when the snapshot was started.
+        applied_bytes: u64,
+        result: Result<u64, String>,
+    },
+}
+
+/// When the next snapshot is due, and whether one is being written.
+pub(super) struct SnapshotSchedule {
+    /// The index of the newest snapshot, taken or installed.
+    snapshot_index: Index,
+    /// A snapshot is being written: no other starts until it finishes.
+    in_progress: bool,
+    /// Payload bytes of every entry handed to the store since start.
+    applied_bytes: u64,
+    /// `applied_bytes` when the last snapshot (taken or installed) was
+    /// started: the log holds about the difference.
+    applied_bytes_at_snapshot: u64,
+    /// Applied entries after which a snapshot is due.
+    entries_max: u64,
+    /// Applied payload bytes after which a snapshot is due, if that comes
+    /// before `entries_max`.
+    log_bytes_max: u64,
+}
+
+/// A snapshot that is due and now in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SnapshotStart {
+    /// Entries applied since the last snapshot.
+    pub(super) since_snapshot: u64,
+    /// Payload bytes applied since the last snapshot.
+    pub(super) bytes_since_snapshot: u64,
+    /// `applied_bytes` now, handed back to [`SnapshotSchedule::finished`].
+    pub(super) applied_bytes: u64,
+}
+
+/// What to do with a snapshot that finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// Written, but a newer snapshot (at `newer`) was installed meanwhile:
+    /// do not compact to it.
+    Stale { newer: Index },
+    /// Written, with `pairs` keys: compact the WAL and the log up to it.
+    Compact { pairs: u64 },
+    /// Writing it failed: the next check starts another.
+    Failed { error: String },
+}
+
+impl SnapshotSchedule {
+    /// A schedule whose last snapshot is at `snapshot_index` (0: none).
+    pub(super) fn new(snapshot_index: Index, entries_max: u64, log_bytes_max: u64) -> Self {
+        Self {
+            snapshot_index,
+            in_progress: false,
+            applied_bytes: 0,
+            applied_bytes_at_snapshot: 0,
+            entries_max,
+            log_bytes_max,
+        }
+    }
+
+    /// The index of the newest snapshot, taken or installed.
+    pub(super) fn snapshot_index(&self) -> Index {
+        self.snapshot_index
+    }
+
+    /// Entries with `bytes` of payload were handed to the store.
+    pub(super) fn record_applied(&mut self, bytes: u64) {
+        self.applied_bytes += bytes;
+    }
+
+    /// Starts a snapshot if none is in progress and, with the store handed
+    /// entries up to `applied`, the entries or the bytes since the last one
+    /// reached their limit.
+    pub(super) fn start_if_due(&mut self, applied: Index) -> Option<SnapshotStart> {
+        let since_snapshot = applied.saturating_sub(self.snapshot_index);
+        let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
+        if self.in_progress
+            || (since_snapshot < self.entries_max && bytes_since_snapshot < self.log_bytes_max)
+        {
+            return None;
+        }
+        self.in_progress = true;
+        Some(SnapshotStart {
+            since_snapshot,
+            bytes_since_snapshot,
+            applied_bytes: self.applied_bytes,
+        })
+    }
+
+    /// The snapshot at `snapshot`, started when `applied_bytes_at_start`
+    /// bytes were applied, was written (`Ok` with its number of pairs) or
+    /// failed. Once compacted, the log holds what was applied since the
+    /// snapshot started, not since it finished.
+    pub(super) fn finished(
+        &mut self,
+        snapshot: SnapshotMetadata,
+        applied_bytes_at_start: u64,
+        result: Result<u64, String>,
+    ) -> Finished {
+        self.in_progress = false;
+        match result {
+            Ok(_) if snapshot.index <= self.snapshot_index => Finished::Stale {
+                newer: self.snapshot_index,
+            },
+            Ok(pairs) => {
+                self.snapshot_index = self.snapshot_index.max(snapshot.index);
+                self.applied_bytes_at_snapshot = applied_bytes_at_start;
+                Finished::Compact { pairs }
+            }
+            Err(error) => Finished::Failed { error },
+        }
+    }
+
+    /// The leader's snapshot at `snapshot` was installed: the next one is
+    /// due counting from it.
+    pub(super) fn installed(&mut self, snapshot: SnapshotMetadata) {
+        self.snapshot_index = snapshot.index;
+        self.applied_bytes_at_snapshot = self.applied_bytes;
+    }
+}
+
+impl Driver {
+    /// Compacts to a snapshot written off the driver's thread.
+    pub(super) async fn handle_internal(&mut self, event: InternalEvent) {
+        match event {
+            InternalEvent::SnapshotWritten {
+                snapshot,
+                applied_bytes,
+                result,
+            } => match self
+                .snapshot_schedule
+                .finished(snapshot, applied_bytes, result)
+            {
+                Finished::Stale { newer } => {
+                    tracing::info!(
+                        index = snapshot.index,
+                        newer,
+                        "a newer snapshot was installed meanwhile; this one is not used"
+                    );
+                }
+                Finished::Compact { pairs } => {
+                    self.wal.compact(snapshot).await;
+                    match self.core.compact(snapshot.index) {
+                        Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
+                        Err(error) => tracing::error!(%error, "compacting the raft log failed"),
+                    }
+                    self.metrics.snapshot(SnapshotKind::Taken);
+                    tracing::info!(
+                        index = snapshot.index,
+                        term = snapshot.term,
+                        pairs,
+                        "snapshot taken; log compacted"
+                    );
+                }
+                Finished::Failed { error } => {
+                    tracing::error!(%error, index = snapshot.index, "taking a snapshot failed")
+                }
+            },
+        }
+    }
+
+    /// Starts writing a snapshot of what the store has been handed, if one
+    /// is due.
+    pub(super) fn maybe_snapshot(&mut self) {
+        let target = self.applied_submitted;
+        let Some(SnapshotStart {
+            since_snapshot,
+            bytes_since_snapshot,
+            applied_bytes,
+        }) = self.snapshot_schedule.start_if_due(target.index)
+        else {
+            return;
+        };
+        // The new snapshot is the previous one plus the committed entries
+        // since: merged from files on a blocking thread, never touching the
+        // store, so applies and reads go on meanwhile.
+        let base = self.core.snapshot_metadata().filter(|base| base.index > 0);
+        let entries: Vec<Entry> = self
+            .core
+            .log_entries()
+            .iter()
+            .take_while(|entry| entry.index <= target.index)
+            .cloned()
+            .collect();
+        let directory = self.snapshots.clone();
+        let events = self.internal_sender.clone();
+        tracing::info!(
+            index = target.index,
+            since_snapshot,
+            bytes_since_snapshot,
+            "taking a snapshot"
+        );
+        tokio::task::spawn_blocking(move || {
+            let result =
+                snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
+                    directory.install(target)?;
+                    directory.remove_old()?;
+                    Ok(pairs)
+                });
+            let _ = events.send(InternalEvent::SnapshotWritten {
+                snapshot: target,
+                applied_bytes,
+                result: result.map_err(|error| error.to_string()),
+            });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTRIES_MAX: u64 = 100;
+    const LOG_BYTES_MAX: u64 = 1_000;
+
+    fn schedule() -> SnapshotSchedule {
+        SnapshotSchedule::new(0, ENTRIES_MAX, LOG_BYTES_MAX)
+    }
+
+    fn at(index: Index) -> SnapshotMetadata {
+        SnapshotMetadata { index, term: 2 }
+    }
+
+    #[test]
+    fn a_snapshot_starts_at_the_entry_threshold() {
+        let mut schedule = schedule();
+        schedule.record_applied(10);
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX - 1), None);
+        assert_eq!(
+            schedule.start_if_due(ENTRIES_MAX),
+            Some(SnapshotStart {
+                since_snapshot: ENTRIES_MAX,
+                bytes_since_snapshot: 10,
+                applied_bytes: 10,
+            })
+        );
+    }
+
+    #[test]
+    fn a_snapshot_starts_at_the_byte_threshold_if_that_comes_first() {
+        let mut schedule = schedule();
+        schedule.record_applied(LOG_BYTES_MAX - 1);
+        assert_eq!(schedule.start_if_due(3), None);
+        schedule.record_applied(1);
+        assert_eq!(
+            schedule.start_if_due(4),
+            Some(SnapshotStart {
+                since_snapshot: 4,
+                bytes_since_snapshot: LOG_BYTES_MAX,
+                applied_bytes: LOG_BYTES_MAX,
+            })
+        );
+    }
+
+    #[test]
+    fn entries_count_from_the_last_snapshot() {
+        let mut schedule = SnapshotSchedule::new(50, ENTRIES_MAX, LOG_BYTES_MAX);
+        assert_eq!(schedule.start_if_due(50 + ENTRIES_MAX - 1), None);
+        assert!(schedule.start_if_due(50 + ENTRIES_MAX).is_some());
+    }
+
+    #[test]
+    fn none_starts_while_one_is_in_progress() {
+        let mut schedule = schedule();
+        assert!(schedule.start_if_due(ENTRIES_MAX).is_some());
+        schedule.record_applied(LOG_BYTES_MAX);
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX * 2), None);
+    }
+
+    #[test]
+    fn a_stale_finish_does_not_compact_and_clears_in_progress() {
+        let mut schedule = schedule();
+        let start = schedule.start_if_due(ENTRIES_MAX).unwrap();
+        // The leader's snapshot, newer, is installed meanwhile.
+        schedule.installed(at(ENTRIES_MAX + 5));
+        assert_eq!(
+            schedule.finished(at(ENTRIES_MAX), start.applied_bytes, Ok(3)),
+            Finished::Stale {
+                newer: ENTRIES_MAX + 5
+            }
+        );
+        assert_eq!(schedule.snapshot_index(), ENTRIES_MAX + 5);
+        assert!(
+            schedule.start_if_due(2 * ENTRIES_MAX + 5).is_some(),
+            "no longer in progress"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_at_the_index_installed_meanwhile_is_stale_too() {
+        let mut schedule = schedule();
+        let start = schedule.start_if_due(ENTRIES_MAX).unwrap();
+        schedule.installed(at(ENTRIES_MAX));
+        assert_eq!(
+            schedule.finished(at(ENTRIES_MAX), start.applied_bytes, Ok(3)),
+            Finished::Stale { newer: ENTRIES_MAX }
+        );
+    }
+
+    #[test]
+    fn a_compact_finish_records_the_applied_bytes_from_when_the_snapshot_started() {
+        let mut schedule = schedule();
+        schedule.record_applied(200);
+        let start = schedule.start_if_due(ENTRIES_MAX).unwrap();
+        assert_eq!(start.applied_bytes, 200);
+        // Applied while the snapshot was written: still only in the log.
+        schedule.record_applied(LOG_BYTES_MAX - 1);
+        assert_eq!(
+            schedule.finished(at(ENTRIES_MAX), start.applied_bytes, Ok(3)),
+            Finished::Compact { pairs: 3 }
+        );
+        assert_eq!(schedule.snapshot_index(), ENTRIES_MAX);
+        // Counted from 200, LOG_BYTES_MAX - 1 bytes are in the log.
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX + 1), None);
+        schedule.record_applied(1);
+        assert_eq!(
+            schedule.start_if_due(ENTRIES_MAX + 1),
+            Some(SnapshotStart {
+                since_snapshot: 1,
+                bytes_since_snapshot: LOG_BYTES_MAX,
+                applied_bytes: 200 + LOG_BYTES_MAX,
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_snapshot_is_retried_at_the_next_check() {
+        let mut schedule = schedule();
+        let start = schedule.start_if_due(ENTRIES_MAX).unwrap();
+        assert_eq!(
+            schedule.finished(
+                at(ENTRIES_MAX),
+                start.applied_bytes,
+                Err("disk full".into())
+            ),
+            Finished::Failed {
+                error: "disk full".into()
+            }
+        );
+        assert_eq!(schedule.snapshot_index(), 0, "nothing was compacted");
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX), Some(start));
+    }
+
+    #[test]
+    fn installed_resets_the_counters() {
+        let mut schedule = schedule();
+        schedule.record_applied(LOG_BYTES_MAX - 1);
+        schedule.installed(at(500));
+        assert_eq!(schedule.snapshot_index(), 500);
+        schedule.record_applied(LOG_BYTES_MAX - 1);
+        assert_eq!(
+            schedule.start_if_due(500 + ENTRIES_MAX - 1),
+            None,
+            "neither entries nor bytes from before the snapshot count"
+        );
+        schedule.record_applied(1);
+        assert_eq!(
+            schedule.start_if_due(500 + ENTRIES_MAX - 1),
+            Some(SnapshotStart {
+                since_snapshot: ENTRIES_MAX - 1,
+                bytes_since_snapshot: LOG_BYTES_MAX,
+                applied_bytes: 2 * LOG_BYTES_MAX - 1,
+            })
+        );
+    }
+}
