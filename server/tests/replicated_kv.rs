@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest};
+use kvstore_proto::raft::v1 as pb;
 use support::{client_for, status_of, Cluster, TEST_ELECTION_TIMEOUT};
 
 const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
@@ -472,6 +473,55 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
     let sent = cluster.node(leader).log().matches("snapshot sent").count();
     assert!((2..10).contains(&sent), "the leader sent {sent} snapshots");
     expect_last_round(cluster.node(lagging).client_addr, 750..900).await;
+
+    // A snapshot sent again while the follower holds it already (the
+    // leader retries while a long restore runs) is acknowledged without
+    // being stored again: these chunks are not a snapshot at all.
+    let (index, term) = newest_snapshot(&cluster.node(lagging).data_dir);
+    let leader_term = status_of(leader_address).await.unwrap().term;
+    let chunk = pb::InstallSnapshotChunk {
+        header: Some(pb::MessageHeader {
+            cluster_id: "kvstore".into(),
+            from: leader,
+            to: lagging,
+            term: leader_term,
+        }),
+        snapshot: Some(pb::SnapshotMetadata { index, term }),
+        offset: 0,
+        data: b"not a snapshot".to_vec(),
+        done: true,
+        total_bytes: 14,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        cluster.node(lagging).raft_addr
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let receipt = pb::raft_client::RaftClient::new(channel)
+        .install_snapshot(futures::stream::iter([chunk]))
+        .await
+        .expect("a snapshot held already is acknowledged")
+        .into_inner();
+    assert_eq!(receipt.index, 0, "the reply is a receipt: {receipt:?}");
+    expect_last_round(cluster.node(lagging).client_addr, 750..900).await;
+}
+
+/// Index and term of the newest snapshot file in a node's data directory.
+fn newest_snapshot(data_dir: &std::path::Path) -> (u64, u64) {
+    let name = std::fs::read_dir(data_dir.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("snapshot-") && name.ends_with(".snap"))
+        .max()
+        .expect("the follower holds a snapshot");
+    let digits = name
+        .trim_start_matches("snapshot-")
+        .trim_end_matches(".snap");
+    let (index, term) = digits.split_once('-').unwrap();
+    (index.parse().unwrap(), term.parse().unwrap())
 }
 
 /// A follower hears that a write committed within the leader's commit

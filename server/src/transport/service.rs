@@ -79,6 +79,76 @@ impl RaftService {
             .max_encoding_message_size(crate::limits::RAFT_MESSAGE_BYTES_MAX)
     }
 
+    /// Writes the snapshot stream to a temporary file, checks it (offsets,
+    /// size, checksum, the snapshot it names) and installs it durably.
+    async fn store_snapshot(
+        &self,
+        header: &pb::MessageHeader,
+        snapshot: SnapshotMetadata,
+        first: pb::InstallSnapshotChunk,
+        stream: &mut Streaming<pb::InstallSnapshotChunk>,
+    ) -> Result<(), Status> {
+        let path = self.snapshots.temporary_path_of(snapshot);
+        let io =
+            |error: std::io::Error| Status::internal(format!("cannot store the snapshot: {error}"));
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        let mut expected_offset = 0u64;
+        let mut chunk = Some(first);
+        let total_bytes = loop {
+            let Some(current) = chunk.take() else {
+                return Err(Status::invalid_argument(
+                    "snapshot stream ended before its last chunk",
+                ));
+            };
+            if current.offset != expected_offset {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {}, expected {expected_offset}",
+                    current.offset
+                )));
+            }
+            file.write_all(&current.data).await.map_err(io)?;
+            expected_offset += current.data.len() as u64;
+            if current.done {
+                break current.total_bytes;
+            }
+            chunk = stream.message().await?;
+        };
+        if total_bytes != expected_offset {
+            return Err(Status::invalid_argument(format!(
+                "snapshot of {expected_offset} bytes received, {total_bytes} announced"
+            )));
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let check_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            snapshot::verify_checksum(&check_path)?;
+            snapshot::peek_metadata(&check_path)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?;
+        match verified {
+            Ok(in_file) if in_file == snapshot => {}
+            Ok(in_file) => {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot file is {in_file:?}, announced {snapshot:?}"
+                )))
+            }
+            Err(error) => return Err(Status::data_loss(error.to_string())),
+        }
+        self.snapshots
+            .install(snapshot)
+            .map_err(|error| Status::internal(error.to_string()))?;
+        tracing::info!(
+            from = header.from,
+            index = snapshot.index,
+            term = snapshot.term,
+            bytes = total_bytes,
+            "snapshot received and stored"
+        );
+        Ok(())
+    }
+
     fn check(&self, header: Option<&pb::MessageHeader>) -> Result<(), Status> {
         check_header(&self.membership, header).map_err(Status::failed_precondition)
     }
@@ -92,6 +162,25 @@ fn check_header(membership: &Membership, header: Option<&pb::MessageHeader>) -> 
         membership.id,
         &membership.members,
     )
+}
+
+/// Reads a snapshot stream to its last chunk without storing it.
+async fn drain_snapshot_chunks(
+    first: pb::InstallSnapshotChunk,
+    stream: &mut Streaming<pb::InstallSnapshotChunk>,
+) -> Result<(), Status> {
+    let mut done = first.done;
+    while !done {
+        match stream.message().await? {
+            Some(chunk) => done = chunk.done,
+            None => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream ended before its last chunk",
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn malformed(error: convert::MalformedMessage) -> Status {
@@ -343,64 +432,20 @@ impl Raft for RaftService {
             })
             .ok_or_else(|| Status::invalid_argument("the first chunk must name the snapshot"))?;
         let _receiving = self.receiving_snapshot.lock().await;
-        let path = self.snapshots.temporary_path_of(snapshot);
-        let io =
-            |error: std::io::Error| Status::internal(format!("cannot store the snapshot: {error}"));
-        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
-        let mut expected_offset = 0u64;
-        let mut chunk = Some(first);
-        let total_bytes = loop {
-            let Some(current) = chunk.take() else {
-                return Err(Status::invalid_argument(
-                    "snapshot stream ended before its last chunk",
-                ));
-            };
-            if current.offset != expected_offset {
-                return Err(Status::invalid_argument(format!(
-                    "snapshot chunk at offset {}, expected {expected_offset}",
-                    current.offset
-                )));
-            }
-            file.write_all(&current.data).await.map_err(io)?;
-            expected_offset += current.data.len() as u64;
-            if current.done {
-                break current.total_bytes;
-            }
-            chunk = stream.message().await?;
-        };
-        if total_bytes != expected_offset {
-            return Err(Status::invalid_argument(format!(
-                "snapshot of {expected_offset} bytes received, {total_bytes} announced"
-            )));
+        if self.snapshots.path_of(snapshot).exists() {
+            // Sent again: the leader retried while this node was still
+            // restoring it. The file is stored and checked already.
+            drain_snapshot_chunks(first, &mut stream).await?;
+            tracing::info!(
+                from = header.from,
+                index = snapshot.index,
+                term = snapshot.term,
+                "snapshot received again; it is stored already"
+            );
+        } else {
+            self.store_snapshot(&header, snapshot, first, &mut stream)
+                .await?;
         }
-        file.sync_all().await.map_err(io)?;
-        drop(file);
-        let check_path = path.clone();
-        let verified = tokio::task::spawn_blocking(move || {
-            snapshot::verify_checksum(&check_path)?;
-            snapshot::peek_metadata(&check_path)
-        })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?;
-        match verified {
-            Ok(in_file) if in_file == snapshot => {}
-            Ok(in_file) => {
-                return Err(Status::invalid_argument(format!(
-                    "snapshot file is {in_file:?}, announced {snapshot:?}"
-                )))
-            }
-            Err(error) => return Err(Status::data_loss(error.to_string())),
-        }
-        self.snapshots
-            .install(snapshot)
-            .map_err(|error| Status::internal(error.to_string()))?;
-        tracing::info!(
-            from = header.from,
-            index = snapshot.index,
-            term = snapshot.term,
-            bytes = total_bytes,
-            "snapshot received and stored"
-        );
         // The Raft answer travels on this node's stream once the driver has
         // installed the snapshot; the reply only says it was received.
         self.inbound
