@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod log_encoding;
+pub mod mvcc;
 
 pub use command::{Applied, Command};
 use kvstore_raft::{Entry, Index, SnapshotMetadata};
