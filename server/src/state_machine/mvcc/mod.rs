@@ -5,6 +5,7 @@
 
 pub mod keys;
 pub mod record;
+pub mod store;
 
 /// A point in the store's history: `main` is raised once per write
 /// transaction; `sub` orders the writes inside one.

@@ -1,0 +1,677 @@
+//! Writes and reads of the multi-version layout over a [`Store`]: a
+//! [`WriteTxn`] applies writes at one new revision (its reads see its own
+//! earlier writes), and [`range_at`] reads a key range as it stood at any
+//! revision since the last compaction. The semantics are etcd v3's
+//! (`docs/design-22-mvcc.md`): the revision rises once per transaction that
+//! changes something; `version` counts writes since the key's creation and
+//! a delete ends the key's generation.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::keys::{self, HISTORY_PREFIX, LATEST_PREFIX};
+use super::record::{CorruptRecord, HistoryRecord, KeyRecord};
+use super::Revision;
+use crate::storage::{KeyRange, Store, StoreError, WriteBatch};
+
+/// Metadata key: the store revision.
+const REVISION_KEY: &[u8] = b"m/revision";
+/// Metadata key: the compacted revision (reads below it fail).
+const COMPACTED_KEY: &[u8] = b"m/compacted";
+/// Pairs read from the store per scan call.
+const SCAN_CHUNK: usize = 1_024;
+
+/// Why an MVCC operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    /// The storage engine failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored bytes are not what this layout writes.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    /// A transaction wrote one key twice.
+    #[error("duplicate key given in txn request: {key:?}")]
+    DuplicateKey {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// A read asked for a revision the store has not reached.
+    #[error("required revision {requested} is a future revision (current revision {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's revision.
+        current: u64,
+    },
+    /// A read asked for a revision compaction dropped.
+    #[error("required revision {requested} has been compacted (compacted revision {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The compacted revision.
+        compacted: u64,
+    },
+    /// `range_end` sorts before `key`.
+    #[error("range end sorts before the key")]
+    InvalidRange,
+}
+
+/// The store's revision counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The revision of the last transaction that changed something (0 for
+    /// an empty store).
+    pub revision: u64,
+    /// Revisions below this one may be gone (0: none compacted).
+    pub compacted: u64,
+}
+
+/// Reads the revision counters.
+pub fn meta(store: &mut dyn Store) -> Result<Meta, MvccError> {
+    Ok(Meta {
+        revision: read_u64(store.get(REVISION_KEY)?)?,
+        compacted: read_u64(store.get(COMPACTED_KEY)?)?,
+    })
+}
+
+fn read_u64(bytes: Option<Vec<u8>>) -> Result<u64, CorruptRecord> {
+    match bytes {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|bytes: Vec<u8>| CorruptRecord(format!("counter of {} bytes", bytes.len()))),
+    }
+}
+
+/// A key range as etcd names one: `range_end` empty is the key alone,
+/// `"\0"` is every key from `key` on, anything else the half-open
+/// `[key, range_end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpan {
+    /// First key.
+    pub key: Vec<u8>,
+    /// Past the last key (see the type's documentation).
+    pub range_end: Vec<u8>,
+}
+
+impl KeySpan {
+    /// The key alone.
+    pub fn single(key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: key.into(),
+            range_end: Vec::new(),
+        }
+    }
+
+    /// `[key, range_end)`, or from `key` on when `range_end` is `"\0"`.
+    pub fn range(key: impl Into<Vec<u8>>, range_end: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: key.into(),
+            range_end: range_end.into(),
+        }
+    }
+
+    /// Whether `range_end` is below `key` (a malformed request).
+    pub fn check(&self) -> Result<(), MvccError> {
+        if !self.range_end.is_empty() && !self.is_open_ended() && self.range_end < self.key {
+            return Err(MvccError::InvalidRange);
+        }
+        Ok(())
+    }
+
+    fn is_open_ended(&self) -> bool {
+        self.range_end == [0]
+    }
+
+    /// Whether `key` lies in the span.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            return key == self.key.as_slice();
+        }
+        key >= self.key.as_slice() && (self.is_open_ended() || key < self.range_end.as_slice())
+    }
+
+    /// The span's part of the latest-record table.
+    fn latest_range(&self) -> KeyRange {
+        let start = keys::latest_key(&self.key);
+        let end = if self.range_end.is_empty() {
+            let mut end = start.clone();
+            end.push(0);
+            Some(end)
+        } else if self.is_open_ended() {
+            KeyRange::prefix(LATEST_PREFIX.to_vec()).end
+        } else {
+            Some(keys::latest_key(&self.range_end))
+        };
+        KeyRange { start, end }
+    }
+
+    /// The span's part of the history table.
+    fn history_range(&self) -> KeyRange {
+        let mut start = HISTORY_PREFIX.to_vec();
+        start.extend_from_slice(&keys::escape(&self.key));
+        let end = if self.range_end.is_empty() {
+            // Every history key of `key` extends its escaped form.
+            KeyRange::prefix(start.clone()).end
+        } else if self.is_open_ended() {
+            KeyRange::prefix(HISTORY_PREFIX.to_vec()).end
+        } else {
+            let mut end = HISTORY_PREFIX.to_vec();
+            end.extend_from_slice(&keys::escape(&self.range_end));
+            Some(end)
+        };
+        KeyRange { start, end }
+    }
+}
+
+/// Calls `visit` with every pair of `range`, in key order, reading the
+/// store in chunks; stops early when `visit` returns false.
+fn scan_each(
+    store: &mut dyn Store,
+    range: &KeyRange,
+    mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<bool, MvccError>,
+) -> Result<(), MvccError> {
+    let mut next = range.clone();
+    loop {
+        let chunk = store.scan(&next, SCAN_CHUNK)?;
+        let full = chunk.len() == SCAN_CHUNK;
+        let mut last = None;
+        for (key, value) in chunk {
+            last = Some(key.clone());
+            if !visit(key, value)? {
+                return Ok(());
+            }
+        }
+        match last {
+            Some(mut key) if full => {
+                key.push(0);
+                next.start = key;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// What a range read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// The pairs, in key order, at most `limit` of them.
+    pub kvs: Vec<(Vec<u8>, KeyRecord)>,
+    /// Whether more pairs matched than were returned.
+    pub more: bool,
+    /// How many pairs matched in all.
+    pub count: u64,
+    /// The revision read at.
+    pub revision: u64,
+}
+
+/// The keys of `span` as they stood at `revision` (0: the current one), at
+/// most `limit` (0: all).
+pub fn range_at(
+    store: &mut dyn Store,
+    span: &KeySpan,
+    revision: u64,
+    limit: usize,
+) -> Result<RangeResult, MvccError> {
+    span.check()?;
+    let meta = meta(store)?;
+    let at = if revision == 0 {
+        meta.revision
+    } else {
+        revision
+    };
+    if at > meta.revision {
+        return Err(MvccError::FutureRevision {
+            requested: at,
+            current: meta.revision,
+        });
+    }
+    if at < meta.compacted {
+        return Err(MvccError::Compacted {
+            requested: at,
+            compacted: meta.compacted,
+        });
+    }
+    let mut result = RangeResult {
+        revision: at,
+        ..RangeResult::default()
+    };
+    let mut take = |key: Vec<u8>, record: KeyRecord| {
+        result.count += 1;
+        if limit == 0 || result.kvs.len() < limit {
+            result.kvs.push((key, record));
+        } else {
+            result.more = true;
+        }
+    };
+    if at == meta.revision {
+        scan_each(store, &span.latest_range(), |stored, value| {
+            let key = stored[LATEST_PREFIX.len()..].to_vec();
+            match HistoryRecord::decode(&value)? {
+                HistoryRecord::Live(record) => take(key, record),
+                HistoryRecord::Tombstone => {
+                    return Err(CorruptRecord("a tombstone in the latest table".into()).into())
+                }
+            }
+            Ok(true)
+        })?;
+        return Ok(result);
+    }
+    // History: each key's records newest first; the first at or below
+    // `at` decides, the key's older records are skipped.
+    let mut decided: Option<Vec<u8>> = None;
+    scan_each(store, &span.history_range(), |stored, value| {
+        let (key, written) = keys::parse_history_key(&stored)
+            .ok_or_else(|| CorruptRecord("a malformed history key".into()))?;
+        if written > at || decided.as_ref() == Some(&key) {
+            return Ok(true);
+        }
+        if let HistoryRecord::Live(record) = HistoryRecord::decode(&value)? {
+            take(key.clone(), record);
+        }
+        decided = Some(key);
+        Ok(true)
+    })?;
+    Ok(result)
+}
+
+/// A write transaction: every write gets the same main revision (the
+/// store's plus one) and its own sub revision; its reads see its own
+/// earlier writes. Nothing reaches the store until [`WriteTxn::finish`]
+/// hands out the batch.
+pub struct WriteTxn<'s> {
+    store: &'s mut dyn Store,
+    before: Meta,
+    main: u64,
+    sub: u32,
+    /// Store keys written so far, `None` for deleted.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// User keys written so far (each at most once).
+    written: HashSet<Vec<u8>>,
+}
+
+impl std::fmt::Debug for WriteTxn<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WriteTxn")
+            .field("main", &self.main)
+            .field("writes", &self.written.len())
+            .finish()
+    }
+}
+
+impl<'s> WriteTxn<'s> {
+    /// Starts a transaction over `store`.
+    pub fn begin(store: &'s mut dyn Store) -> Result<Self, MvccError> {
+        let before = meta(store)?;
+        Ok(Self {
+            store,
+            before,
+            main: before.revision + 1,
+            sub: 0,
+            pending: BTreeMap::new(),
+            written: HashSet::new(),
+        })
+    }
+
+    /// The revision counters before this transaction.
+    pub fn before(&self) -> Meta {
+        self.before
+    }
+
+    fn get_stored(&mut self, stored: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
+        match self.pending.get(stored) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.store.get(stored)?),
+        }
+    }
+
+    /// The key's live record as this transaction sees it.
+    pub fn latest(&mut self, key: &[u8]) -> Result<Option<KeyRecord>, MvccError> {
+        match self.get_stored(&keys::latest_key(key))? {
+            None => Ok(None),
+            Some(bytes) => match HistoryRecord::decode(&bytes)? {
+                HistoryRecord::Live(record) => Ok(Some(record)),
+                HistoryRecord::Tombstone => {
+                    Err(CorruptRecord("a tombstone in the latest table".into()).into())
+                }
+            },
+        }
+    }
+
+    /// The live keys of `span` as this transaction sees them, in key order.
+    pub fn range(&mut self, span: &KeySpan) -> Result<Vec<(Vec<u8>, KeyRecord)>, MvccError> {
+        span.check()?;
+        let range = span.latest_range();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        scan_each(self.store, &range, |stored, value| {
+            merged.insert(stored, value);
+            Ok(true)
+        })?;
+        for (stored, value) in &self.pending {
+            if stored.starts_with(LATEST_PREFIX) && range.contains(stored) {
+                match value {
+                    Some(value) => merged.insert(stored.clone(), value.clone()),
+                    None => merged.remove(stored),
+                };
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(stored, value)| match HistoryRecord::decode(&value)? {
+                HistoryRecord::Live(record) => Ok((stored[LATEST_PREFIX.len()..].to_vec(), record)),
+                HistoryRecord::Tombstone => {
+                    Err(CorruptRecord("a tombstone in the latest table".into()).into())
+                }
+            })
+            .collect()
+    }
+
+    fn claim(&mut self, key: &[u8]) -> Result<Revision, MvccError> {
+        if !self.written.insert(key.to_vec()) {
+            return Err(MvccError::DuplicateKey { key: key.to_vec() });
+        }
+        let revision = Revision {
+            main: self.main,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        Ok(revision)
+    }
+
+    fn record(&mut self, key: &[u8], revision: Revision, record: &HistoryRecord) {
+        let encoded = record.encode();
+        let latest = match record {
+            HistoryRecord::Live(_) => Some(encoded.clone()),
+            HistoryRecord::Tombstone => None,
+        };
+        self.pending.insert(keys::latest_key(key), latest);
+        self.pending
+            .insert(keys::history_key(key, revision.main), Some(encoded));
+        let mut marker = Vec::with_capacity(key.len() + 1);
+        marker.push(u8::from(matches!(record, HistoryRecord::Tombstone)));
+        marker.extend_from_slice(key);
+        self.pending
+            .insert(keys::revision_key(revision), Some(marker));
+    }
+
+    /// Stores `value` under `key`; returns the key's previous record.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: u64,
+    ) -> Result<Option<KeyRecord>, MvccError> {
+        let previous = self.latest(key)?;
+        let revision = self.claim(key)?;
+        let record = KeyRecord {
+            create_revision: previous
+                .as_ref()
+                .map_or(revision.main, |previous| previous.create_revision),
+            mod_revision: revision.main,
+            version: previous.as_ref().map_or(1, |previous| previous.version + 1),
+            lease,
+            value,
+        };
+        self.record(key, revision, &HistoryRecord::Live(record));
+        Ok(previous)
+    }
+
+    /// Deletes every live key of `span`; returns them as they were.
+    pub fn delete_range(&mut self, span: &KeySpan) -> Result<Vec<(Vec<u8>, KeyRecord)>, MvccError> {
+        let deleted = self.range(span)?;
+        // All or nothing: a key written before in this transaction fails
+        // the delete before any tombstone is recorded.
+        if let Some((key, _)) = deleted.iter().find(|(key, _)| self.written.contains(key)) {
+            return Err(MvccError::DuplicateKey { key: key.clone() });
+        }
+        for (key, _) in &deleted {
+            let revision = self.claim(key)?;
+            self.record(key, revision, &HistoryRecord::Tombstone);
+        }
+        Ok(deleted)
+    }
+
+    /// The writes to hand to the store, and the counters after them: the
+    /// revision is raised only when something was written.
+    pub fn finish(self) -> (WriteBatch, Meta) {
+        let mut batch = WriteBatch::new();
+        let mut after = self.before;
+        if !self.written.is_empty() {
+            after.revision = self.main;
+            for (stored, value) in self.pending {
+                match value {
+                    Some(value) => batch.put(stored, value),
+                    None => batch.delete(stored),
+                };
+            }
+            batch.put(REVISION_KEY.to_vec(), after.revision.to_be_bytes().to_vec());
+        }
+        (batch, after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    fn commit(store: &mut MemoryStore, writes: impl FnOnce(&mut WriteTxn<'_>)) -> Meta {
+        let mut txn = WriteTxn::begin(store).unwrap();
+        writes(&mut txn);
+        let (batch, after) = txn.finish();
+        store.write(batch).unwrap();
+        after
+    }
+
+    /// Key, value, create revision, mod revision, version.
+    type Seen<'a> = (&'a [u8], &'a [u8], u64, u64, u64);
+
+    fn values(result: &RangeResult) -> Vec<Seen<'_>> {
+        result
+            .kvs
+            .iter()
+            .map(|(key, record)| {
+                (
+                    key.as_slice(),
+                    record.value.as_slice(),
+                    record.create_revision,
+                    record.mod_revision,
+                    record.version,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn revisions_rise_once_per_changing_transaction_as_in_etcd() {
+        let mut store = MemoryStore::new();
+        let after = commit(&mut store, |txn| {
+            txn.put(b"a", b"1".to_vec(), 0).unwrap();
+            txn.put(b"b", b"1".to_vec(), 0).unwrap();
+        });
+        assert_eq!(after.revision, 1);
+        let after = commit(&mut store, |txn| {
+            assert_eq!(txn.put(b"a", b"2".to_vec(), 0).unwrap().unwrap().version, 1);
+        });
+        assert_eq!(after.revision, 2);
+        // A delete of nothing changes nothing.
+        let after = commit(&mut store, |txn| {
+            assert!(txn.delete_range(&KeySpan::single("zz")).unwrap().is_empty());
+        });
+        assert_eq!(after.revision, 2);
+        let now = range_at(&mut store, &KeySpan::range("a", [0]), 0, 0).unwrap();
+        assert_eq!(
+            values(&now),
+            [
+                (&b"a"[..], &b"2"[..], 1, 2, 2),
+                (&b"b"[..], &b"1"[..], 1, 1, 1)
+            ]
+        );
+        // Deleted at 3, created again at 4: a new generation.
+        commit(&mut store, |txn| {
+            assert_eq!(txn.delete_range(&KeySpan::single("a")).unwrap().len(), 1);
+        });
+        commit(&mut store, |txn| {
+            assert!(txn.put(b"a", b"3".to_vec(), 0).unwrap().is_none());
+        });
+        let now = range_at(&mut store, &KeySpan::single("a"), 0, 0).unwrap();
+        assert_eq!(values(&now), [(&b"a"[..], &b"3"[..], 4, 4, 1)]);
+        let at_3 = range_at(&mut store, &KeySpan::single("a"), 3, 0).unwrap();
+        assert_eq!(at_3.count, 0);
+        let at_2 = range_at(&mut store, &KeySpan::single("a"), 2, 0).unwrap();
+        assert_eq!(values(&at_2), [(&b"a"[..], &b"2"[..], 1, 2, 2)]);
+        assert!(matches!(
+            range_at(&mut store, &KeySpan::single("a"), 5, 0),
+            Err(MvccError::FutureRevision {
+                requested: 5,
+                current: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn a_key_is_written_once_per_transaction() {
+        let mut store = MemoryStore::new();
+        let mut txn = WriteTxn::begin(&mut store).unwrap();
+        txn.put(b"a", b"1".to_vec(), 0).unwrap();
+        assert!(matches!(
+            txn.put(b"a", b"2".to_vec(), 0),
+            Err(MvccError::DuplicateKey { .. })
+        ));
+        assert!(matches!(
+            txn.delete_range(&KeySpan::range("a", "b")),
+            Err(MvccError::DuplicateKey { .. })
+        ));
+    }
+
+    #[test]
+    fn limits_count_everything_and_say_there_is_more() {
+        let mut store = MemoryStore::new();
+        commit(&mut store, |txn| {
+            for key in ["a", "b", "c", "d"] {
+                txn.put(key.as_bytes(), b"v".to_vec(), 0).unwrap();
+            }
+        });
+        let result = range_at(&mut store, &KeySpan::range("b", [0]), 0, 2).unwrap();
+        assert_eq!((result.kvs.len(), result.count, result.more), (2, 3, true));
+        assert!(matches!(
+            range_at(&mut store, &KeySpan::range("b", "a"), 0, 0),
+            Err(MvccError::InvalidRange)
+        ));
+    }
+
+    /// One write of the model test: a put, or a delete of `[key, end)`.
+    #[derive(Debug, Clone)]
+    enum Write {
+        Put(u8, u8),
+        Delete(u8, u8),
+    }
+
+    fn write() -> impl Strategy<Value = Write> {
+        prop_oneof![
+            (0u8..6, any::<u8>()).prop_map(|(key, value)| Write::Put(key, value)),
+            (0u8..6, 0u8..7).prop_map(|(key, end)| Write::Delete(key, end)),
+        ]
+    }
+
+    fn key(byte: u8) -> Vec<u8> {
+        // Keys that prefix each other, and a zero byte.
+        [
+            b"k".to_vec(),
+            b"k\0".to_vec(),
+            b"ka".to_vec(),
+            b"kab".to_vec(),
+            b"l".to_vec(),
+            b"m".to_vec(),
+            b"n".to_vec(),
+        ][usize::from(byte)]
+        .clone()
+    }
+
+    proptest! {
+        /// Random transactions against a model that keeps the whole state
+        /// at every revision: every range at every revision agrees.
+        #[test]
+        fn reads_at_every_revision_agree_with_a_model(
+            transactions in proptest::collection::vec(proptest::collection::vec(write(), 1..4), 1..12),
+            reads in proptest::collection::vec((0u8..7, 0u8..8, 0usize..4), 1..8),
+        ) {
+            let mut store = MemoryStore::new();
+            let mut states: Vec<BTreeMap<Vec<u8>, KeyRecord>> = vec![BTreeMap::new()];
+            for writes in &transactions {
+                let mut model = states.last().unwrap().clone();
+                let revision = states.len() as u64;
+                let mut touched = HashSet::new();
+                let mut txn = WriteTxn::begin(&mut store).unwrap();
+                for write in writes {
+                    match *write {
+                        Write::Put(k, value) => {
+                            let key = key(k);
+                            let outcome = txn.put(&key, vec![value], 0);
+                            if !touched.insert(key.clone()) {
+                                prop_assert!(outcome.is_err());
+                                continue;
+                            }
+                            prop_assert_eq!(outcome.unwrap(), model.get(&key).cloned());
+                            let previous = model.get(&key);
+                            let record = KeyRecord {
+                                create_revision: previous.map_or(revision, |p| p.create_revision),
+                                mod_revision: revision,
+                                version: previous.map_or(1, |p| p.version + 1),
+                                lease: 0,
+                                value: vec![value],
+                            };
+                            model.insert(key, record);
+                        }
+                        Write::Delete(k, end) => {
+                            let span = if end == 6 { KeySpan::range(key(k), [0]) } else { KeySpan::range(key(k), key(end)) };
+                            if span.check().is_err() {
+                                prop_assert!(txn.delete_range(&span).is_err());
+                                continue;
+                            }
+                            let doomed: Vec<Vec<u8>> = model.keys().filter(|candidate| span.contains(candidate)).cloned().collect();
+                            let outcome = txn.delete_range(&span);
+                            if doomed.iter().any(|doomed| touched.contains(doomed)) {
+                                prop_assert!(outcome.is_err());
+                                continue;
+                            }
+                            let deleted = outcome.unwrap();
+                            prop_assert_eq!(deleted.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), doomed.clone());
+                            for doomed in doomed {
+                                touched.insert(doomed.clone());
+                                model.remove(&doomed);
+                            }
+                        }
+                    }
+                }
+                let (batch, after) = txn.finish();
+                store.write(batch).unwrap();
+                if touched.is_empty() {
+                    prop_assert_eq!(after.revision, revision - 1);
+                } else {
+                    prop_assert_eq!(after.revision, revision);
+                    states.push(model);
+                }
+            }
+            for (start, end, at) in reads {
+                let at = (at as u64).min(states.len() as u64 - 1);
+                let span = if end == 7 { KeySpan::single(key(start)) } else if end == 6 { KeySpan::range(key(start), [0]) } else { KeySpan::range(key(start), key(end)) };
+                if span.check().is_err() {
+                    continue;
+                }
+                let revision = if at == 0 { states.len() as u64 - 1 } else { at };
+                let expected: Vec<(Vec<u8>, KeyRecord)> = states[revision as usize]
+                    .iter()
+                    .filter(|(key, _)| span.contains(key))
+                    .map(|(key, record)| (key.clone(), record.clone()))
+                    .collect();
+                let result = range_at(&mut store, &span, at, 0).unwrap();
+                prop_assert_eq!(result.kvs, expected);
+            }
+        }
+    }
+}
