@@ -59,17 +59,21 @@ pub enum MvccError {
 /// The store's revision counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Meta {
-    /// The revision of the last transaction that changed something (0 for
-    /// an empty store).
+    /// The revision of the last transaction that changed something
+    /// ([`FIRST_REVISION`] for an empty store).
     pub revision: u64,
     /// Revisions below this one may be gone (0: none compacted).
     pub compacted: u64,
 }
 
+/// The revision of an empty store: 1, as etcd's, so the first write is
+/// revision 2 and tools that know etcd's numbers see the same ones.
+pub const FIRST_REVISION: u64 = 1;
+
 /// Reads the revision counters.
 pub fn meta(store: &mut dyn Store) -> Result<Meta, MvccError> {
     Ok(Meta {
-        revision: read_u64(store.get(REVISION_KEY)?)?,
+        revision: read_u64(store.get(REVISION_KEY)?)?.max(FIRST_REVISION),
         compacted: read_u64(store.get(COMPACTED_KEY)?)?,
     })
 }
@@ -274,6 +278,161 @@ pub fn range_at(
         Ok(true)
     })?;
     Ok(result)
+}
+
+/// Metadata key: the compacted revision whose history is all dropped (the
+/// physical part of compaction).
+const COMPACTION_DONE_KEY: &[u8] = b"m/compact_done";
+/// Metadata key: the revision key where the next compaction step starts
+/// (it resumes from here after a restart).
+const COMPACTION_RESUME_KEY: &[u8] = b"m/compact_resume";
+
+/// Starts compacting the history below `revision`: from the returned batch
+/// on, reads below it fail with [`MvccError::Compacted`]; the history is
+/// dropped afterwards, in steps ([`compact_step`]), without changing any
+/// allowed read.
+pub fn schedule_compaction(store: &mut dyn Store, revision: u64) -> Result<WriteBatch, MvccError> {
+    let meta = meta(store)?;
+    if revision > meta.revision {
+        return Err(MvccError::FutureRevision {
+            requested: revision,
+            current: meta.revision,
+        });
+    }
+    if revision <= meta.compacted {
+        return Err(MvccError::Compacted {
+            requested: revision,
+            compacted: meta.compacted,
+        });
+    }
+    let mut batch = WriteBatch::new();
+    batch.put(COMPACTED_KEY.to_vec(), revision.to_be_bytes().to_vec());
+    Ok(batch)
+}
+
+/// Where a physical compaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionProgress {
+    /// More history below the compacted revision remains.
+    More,
+    /// Everything below the compacted revision that no read needs is gone.
+    Done,
+}
+
+/// One step of the physical compaction: looks at up to `revisions_max`
+/// writes at or below the compacted revision, and drops what no allowed
+/// read needs: the key's older records, the write's revision record when
+/// it is below the compacted revision, and the write itself unless it is
+/// the key's newest at or below the compacted revision and not a
+/// tombstone. Returns the batch to write (it records
+/// the progress too).
+pub fn compact_step(
+    store: &mut dyn Store,
+    revisions_max: usize,
+) -> Result<(WriteBatch, CompactionProgress), MvccError> {
+    let compacted = meta(store)?.compacted;
+    // Writes at the compacted revision itself are looked at too: they
+    // supersede older records (an earlier compaction may have kept them).
+    let mut batch = WriteBatch::new();
+    if read_u64(store.get(COMPACTION_DONE_KEY)?)? >= compacted {
+        return Ok((batch, CompactionProgress::Done));
+    }
+    let end = keys::revision_key(Revision::new(compacted + 1));
+    // Where the last step stopped: the revision key to resume at.
+    let start = store
+        .get(COMPACTION_RESUME_KEY)?
+        .unwrap_or_else(|| keys::revision_key(Revision::default()));
+    let range = KeyRange {
+        start,
+        end: Some(end.clone()),
+    };
+    let writes = store.scan(&range, revisions_max)?;
+    let progress = if writes.len() < revisions_max {
+        CompactionProgress::Done
+    } else {
+        CompactionProgress::More
+    };
+    // Done: the next compaction looks at the writes of this revision again
+    // (their revision records go once they are below it).
+    let mut resume_at = keys::revision_key(Revision::new(compacted));
+    for (stored, marker) in &writes {
+        let revision = keys::parse_revision_key(stored)
+            .ok_or_else(|| CorruptRecord("a malformed revision key".into()))?;
+        let key = marker
+            .get(1..)
+            .ok_or_else(|| CorruptRecord("an empty revision record".into()))?;
+        // Watches never start below the compacted revision: the revision
+        // record of an older write goes in any case.
+        if revision.main < compacted {
+            batch.delete(stored.clone());
+        }
+        // Records of the key older than this write are superseded (some
+        // may be left by an earlier compaction, which kept them then).
+        for older in older_history(store, key, revision.main)? {
+            batch.delete(older);
+        }
+        let newest = newest_at_or_below(store, key, compacted)?;
+        let keep = newest.as_ref().is_some_and(|(newest_revision, record)| {
+            *newest_revision == revision.main && matches!(record, HistoryRecord::Live(_))
+        });
+        if !keep {
+            batch.delete(keys::history_key(key, revision.main));
+        }
+        if progress == CompactionProgress::More {
+            resume_at = stored.clone();
+            resume_at.push(0);
+        }
+    }
+    batch.put(COMPACTION_RESUME_KEY.to_vec(), resume_at);
+    if progress == CompactionProgress::Done {
+        batch.put(
+            COMPACTION_DONE_KEY.to_vec(),
+            compacted.to_be_bytes().to_vec(),
+        );
+    }
+    Ok((batch, progress))
+}
+
+/// The store keys of `key`'s history records older than `revision`.
+fn older_history(
+    store: &mut dyn Store,
+    key: &[u8],
+    revision: u64,
+) -> Result<Vec<Vec<u8>>, MvccError> {
+    if revision == 0 {
+        return Ok(Vec::new());
+    }
+    let range = KeyRange {
+        start: keys::history_key(key, revision - 1),
+        end: KeySpan::single(key.to_vec()).history_range().end,
+    };
+    let mut older = Vec::new();
+    scan_each(store, &range, |stored, _| {
+        older.push(stored);
+        Ok(true)
+    })?;
+    Ok(older)
+}
+
+/// The newest record of `key` at or below `revision`, with its revision.
+fn newest_at_or_below(
+    store: &mut dyn Store,
+    key: &[u8],
+    revision: u64,
+) -> Result<Option<(u64, HistoryRecord)>, MvccError> {
+    let span = KeySpan::single(key.to_vec());
+    let range = KeyRange {
+        start: keys::history_key(key, revision),
+        end: span.history_range().end,
+    };
+    match store.scan(&range, 1)?.into_iter().next() {
+        None => Ok(None),
+        Some((stored, value)) => {
+            let (_, written) = keys::parse_history_key(&stored)
+                .ok_or_else(|| CorruptRecord("a malformed history key".into()))?;
+            Ok(Some((written, HistoryRecord::decode(&value)?)))
+        }
+    }
 }
 
 /// A write transaction: every write gets the same main revision (the
@@ -489,29 +648,30 @@ mod tests {
     #[test]
     fn revisions_rise_once_per_changing_transaction_as_in_etcd() {
         let mut store = MemoryStore::new();
+        assert_eq!(meta(&mut store).unwrap().revision, FIRST_REVISION);
         let after = commit(&mut store, |txn| {
             txn.put(b"a", b"1".to_vec(), 0).unwrap();
             txn.put(b"b", b"1".to_vec(), 0).unwrap();
         });
-        assert_eq!(after.revision, 1);
+        assert_eq!(after.revision, 2);
         let after = commit(&mut store, |txn| {
             assert_eq!(txn.put(b"a", b"2".to_vec(), 0).unwrap().unwrap().version, 1);
         });
-        assert_eq!(after.revision, 2);
+        assert_eq!(after.revision, 3);
         // A delete of nothing changes nothing.
         let after = commit(&mut store, |txn| {
             assert!(txn.delete_range(&KeySpan::single("zz")).unwrap().is_empty());
         });
-        assert_eq!(after.revision, 2);
+        assert_eq!(after.revision, 3);
         let now = range_at(&mut store, &KeySpan::range("a", [0]), 0, 0).unwrap();
         assert_eq!(
             values(&now),
             [
-                (&b"a"[..], &b"2"[..], 1, 2, 2),
-                (&b"b"[..], &b"1"[..], 1, 1, 1)
+                (&b"a"[..], &b"2"[..], 2, 3, 2),
+                (&b"b"[..], &b"1"[..], 2, 2, 1)
             ]
         );
-        // Deleted at 3, created again at 4: a new generation.
+        // Deleted at 4, created again at 5: a new generation.
         commit(&mut store, |txn| {
             assert_eq!(txn.delete_range(&KeySpan::single("a")).unwrap().len(), 1);
         });
@@ -519,18 +679,34 @@ mod tests {
             assert!(txn.put(b"a", b"3".to_vec(), 0).unwrap().is_none());
         });
         let now = range_at(&mut store, &KeySpan::single("a"), 0, 0).unwrap();
-        assert_eq!(values(&now), [(&b"a"[..], &b"3"[..], 4, 4, 1)]);
+        assert_eq!(values(&now), [(&b"a"[..], &b"3"[..], 5, 5, 1)]);
+        let at_4 = range_at(&mut store, &KeySpan::single("a"), 4, 0).unwrap();
+        assert_eq!(at_4.count, 0);
         let at_3 = range_at(&mut store, &KeySpan::single("a"), 3, 0).unwrap();
-        assert_eq!(at_3.count, 0);
-        let at_2 = range_at(&mut store, &KeySpan::single("a"), 2, 0).unwrap();
-        assert_eq!(values(&at_2), [(&b"a"[..], &b"2"[..], 1, 2, 2)]);
+        assert_eq!(values(&at_3), [(&b"a"[..], &b"2"[..], 2, 3, 2)]);
         assert!(matches!(
-            range_at(&mut store, &KeySpan::single("a"), 5, 0),
+            range_at(&mut store, &KeySpan::single("a"), 6, 0),
             Err(MvccError::FutureRevision {
-                requested: 5,
-                current: 4
+                requested: 6,
+                current: 5
             })
         ));
+        // Compacted at 4: reading at 4 is allowed, below it is not.
+        let compaction = schedule_compaction(&mut store, 4).unwrap();
+        store.write(compaction).unwrap();
+        assert!(matches!(
+            range_at(&mut store, &KeySpan::single("a"), 3, 0),
+            Err(MvccError::Compacted {
+                requested: 3,
+                compacted: 4
+            })
+        ));
+        assert_eq!(
+            range_at(&mut store, &KeySpan::single("b"), 4, 0)
+                .unwrap()
+                .count,
+            1
+        );
     }
 
     #[test]
@@ -597,12 +773,17 @@ mod tests {
         /// at every revision: every range at every revision agrees.
         #[test]
         fn reads_at_every_revision_agree_with_a_model(
-            transactions in proptest::collection::vec(proptest::collection::vec(write(), 1..4), 1..12),
-            reads in proptest::collection::vec((0u8..7, 0u8..8, 0usize..4), 1..8),
+            transactions in proptest::collection::vec(
+                (proptest::collection::vec(write(), 1..4), proptest::option::of(0u8..4)),
+                1..12,
+            ),
+            reads in proptest::collection::vec((0u8..7, 0u8..8, 0usize..12), 1..8),
         ) {
             let mut store = MemoryStore::new();
-            let mut states: Vec<BTreeMap<Vec<u8>, KeyRecord>> = vec![BTreeMap::new()];
-            for writes in &transactions {
+            // The state at every revision; an empty store is at revision 1.
+            let mut states: Vec<BTreeMap<Vec<u8>, KeyRecord>> = vec![BTreeMap::new(); 2];
+            let mut compacted = 0u64;
+            for (writes, compaction) in &transactions {
                 let mut model = states.last().unwrap().clone();
                 let revision = states.len() as u64;
                 let mut touched = HashSet::new();
@@ -656,6 +837,42 @@ mod tests {
                     prop_assert_eq!(after.revision, revision);
                     states.push(model);
                 }
+                // Now and then, compact to a revision between the last
+                // compacted one and the current one, in small steps.
+                if let Some(share) = compaction {
+                    let current = states.len() as u64 - 1;
+                    let target = compacted + (current - compacted) * u64::from(*share) / 3;
+                    match schedule_compaction(&mut store, target) {
+                        Ok(batch) => {
+                            prop_assert!(target > compacted && target <= current);
+                            store.write(batch).unwrap();
+                            compacted = target;
+                            loop {
+                                let (batch, progress) = compact_step(&mut store, 2).unwrap();
+                                store.write(batch).unwrap();
+                                if progress == CompactionProgress::Done {
+                                    break;
+                                }
+                            }
+                        }
+                        Err(_) => prop_assert!(target <= compacted || target > current),
+                    }
+                }
+            }
+            // Below the compacted revision, history holds each key's
+            // newest live record at or below it, and nothing else.
+            let history = store.scan(&KeyRange::prefix(HISTORY_PREFIX.to_vec()), usize::MAX).unwrap();
+            for (stored, _) in history {
+                let (key, written) = keys::parse_history_key(&stored).unwrap();
+                if written < compacted {
+                    let live = states[compacted as usize].get(&key);
+                    prop_assert_eq!(live.map(|record| record.mod_revision), Some(written));
+                }
+            }
+            let revisions = store.scan(&KeyRange::prefix(keys::REVISION_PREFIX.to_vec()), usize::MAX).unwrap();
+            for (stored, _) in revisions {
+                let revision = keys::parse_revision_key(&stored).unwrap();
+                prop_assert!(revision.main >= compacted, "{:?} below {}", revision, compacted);
             }
             for (start, end, at) in reads {
                 let at = (at as u64).min(states.len() as u64 - 1);
@@ -664,6 +881,11 @@ mod tests {
                     continue;
                 }
                 let revision = if at == 0 { states.len() as u64 - 1 } else { at };
+                if revision < compacted {
+                    let refused = matches!(range_at(&mut store, &span, at, 0), Err(MvccError::Compacted { .. }));
+                    prop_assert!(refused);
+                    continue;
+                }
                 let expected: Vec<(Vec<u8>, KeyRecord)> = states[revision as usize]
                     .iter()
                     .filter(|(key, _)| span.contains(key))
