@@ -3,6 +3,7 @@
 //! (next) apply and reads at a revision. Nothing here is wired into the
 //! server yet.
 
+pub mod compare;
 pub mod keys;
 pub mod record;
 pub mod store;
