@@ -7,6 +7,7 @@ pub mod compare;
 pub mod keys;
 pub mod record;
 pub mod store;
+pub mod txn;
 
 /// A point in the store's history: `main` is raised once per write
 /// transaction; `sub` orders the writes inside one.

@@ -54,6 +54,12 @@ pub enum MvccError {
     /// `range_end` sorts before `key`.
     #[error("range end sorts before the key")]
     InvalidRange,
+    /// A put with `ignore_value` on a key that does not exist.
+    #[error("key not found: {key:?}")]
+    KeyNotFound {
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 /// The store's revision counters.
