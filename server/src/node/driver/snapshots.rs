@@ -34,7 +34,16 @@ pub(super) struct SnapshotSchedule {
     /// Applied payload bytes after which a snapshot is due, if that comes
     /// before `entries_max`.
     log_bytes_max: u64,
+    /// The applied index the running snapshot started at.
+    started_at: Index,
+    /// After a failed snapshot, none starts before this applied index (a
+    /// disk that stays full must not cost a full snapshot per `Ready`).
+    retry_at: Index,
 }
+
+/// After a failed snapshot, the next one waits for this share of the
+/// entry threshold to be applied (at least one entry).
+const FAILED_SNAPSHOT_RETRY_SHARE: u64 = 10;
 
 /// A snapshot that is due and now in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +64,8 @@ pub(super) enum Finished {
     Stale { newer: Index },
     /// Written, with `pairs` keys: compact the WAL and the log up to it.
     Compact { pairs: u64 },
-    /// Writing it failed: the next check starts another.
+    /// Writing it failed: another starts once a tenth of the entry
+    /// threshold more is applied.
     Failed { error: String },
 }
 
@@ -69,6 +79,8 @@ impl SnapshotSchedule {
             applied_bytes_at_snapshot: 0,
             entries_max,
             log_bytes_max,
+            started_at: 0,
+            retry_at: 0,
         }
     }
 
@@ -89,11 +101,13 @@ impl SnapshotSchedule {
         let since_snapshot = applied.saturating_sub(self.snapshot_index);
         let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
         if self.in_progress
+            || applied < self.retry_at
             || (since_snapshot < self.entries_max && bytes_since_snapshot < self.log_bytes_max)
         {
             return None;
         }
         self.in_progress = true;
+        self.started_at = applied;
         Some(SnapshotStart {
             since_snapshot,
             bytes_since_snapshot,
@@ -121,7 +135,11 @@ impl SnapshotSchedule {
                 self.applied_bytes_at_snapshot = applied_bytes_at_start;
                 Finished::Compact { pairs }
             }
-            Err(error) => Finished::Failed { error },
+            Err(error) => {
+                self.retry_at =
+                    self.started_at + (self.entries_max / FAILED_SNAPSHOT_RETRY_SHARE).max(1);
+                Finished::Failed { error }
+            }
         }
     }
 
@@ -338,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_snapshot_is_retried_at_the_next_check() {
+    fn a_failed_snapshot_is_retried_after_a_tenth_of_the_threshold() {
         let mut schedule = schedule();
         let start = schedule.start_if_due(ENTRIES_MAX).unwrap();
         assert_eq!(
@@ -352,7 +370,11 @@ mod tests {
             }
         );
         assert_eq!(schedule.snapshot_index(), 0, "nothing was compacted");
-        assert_eq!(schedule.start_if_due(ENTRIES_MAX), Some(start));
+        let retry_at = ENTRIES_MAX + ENTRIES_MAX / FAILED_SNAPSHOT_RETRY_SHARE;
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX), None);
+        assert_eq!(schedule.start_if_due(retry_at - 1), None);
+        let again = schedule.start_if_due(retry_at).expect("retried");
+        assert_eq!(again.applied_bytes, start.applied_bytes);
     }
 
     #[test]
