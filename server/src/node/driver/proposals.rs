@@ -101,7 +101,8 @@ impl Proposals {
 }
 
 /// Answers the proposals resolved by one applied batch: the write's
-/// outcome, or that a new leader replaced it.
+/// outcome, or that a new leader replaced it. `outcomes` are in index
+/// order, as `state_machine::apply` returns them.
 pub(super) fn answer(node_id: NodeId, resolved: Resolved, outcomes: &[state_machine::Applied]) {
     for (index, entry_term, proposal) in resolved.proposals {
         let outcome = if entry_term != proposal.term {
@@ -110,10 +111,10 @@ pub(super) fn answer(node_id: NodeId, resolved: Resolved, outcomes: &[state_mach
             ))
         } else {
             tracing::debug!(request_id = proposal.request_id, index, "applied");
+            // Outcomes come in index order (one per applied entry).
             let found = outcomes
-                .iter()
-                .find(|outcome| outcome.index == index)
-                .is_none_or(|outcome| outcome.found);
+                .binary_search_by_key(&index, |outcome| outcome.index)
+                .map_or(true, |position| outcomes[position].found);
             Ok(WriteOutcome {
                 served_by: ServedBy {
                     node_id,
@@ -290,6 +291,29 @@ mod tests {
             }],
         );
         assert!(answer.try_recv().unwrap().unwrap().found);
+    }
+
+    #[test]
+    fn each_proposal_of_a_batch_gets_its_own_outcome() {
+        let mut proposals = Proposals::default();
+        let mut answers: Vec<_> = (5..=9)
+            .map(|index| propose(&mut proposals, index, 3))
+            .collect();
+        let entries: Vec<Entry> = (5..=9).map(|index| entry(index, 3)).collect();
+        let resolved = proposals.resolve(&entries);
+        // Deletes at 6 and 8 found nothing.
+        let outcomes: Vec<Applied> = (5..=9)
+            .map(|index| Applied {
+                index,
+                found: index % 2 == 1,
+            })
+            .collect();
+        super::answer(NODE, resolved, &outcomes);
+        let found: Vec<bool> = answers
+            .iter_mut()
+            .map(|answer| answer.try_recv().unwrap().unwrap().found)
+            .collect();
+        assert_eq!(found, [true, false, true, false, true]);
     }
 
     #[test]
