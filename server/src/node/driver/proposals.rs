@@ -42,6 +42,11 @@ pub(super) struct Resolved {
 
 impl Proposals {
     /// Waits for the entry at `index`, appended in `term`, to commit.
+    ///
+    /// No proposal should wait at `index` already: a leader's log only grows
+    /// while it leads, and losing leadership fails every waiting proposal
+    /// (`fail_all`). Should one wait anyway, its entry was replaced: it is
+    /// answered so, rather than dropped unanswered.
     pub(super) fn insert(
         &mut self,
         index: Index,
@@ -49,14 +54,19 @@ impl Proposals {
         request_id: String,
         reply: WriteReply,
     ) {
-        self.by_index.insert(
-            index,
-            PendingProposal {
-                term,
-                request_id,
-                reply,
-            },
-        );
+        let pending = PendingProposal {
+            term,
+            request_id,
+            reply,
+        };
+        if let Some(replaced) = self.by_index.insert(index, pending) {
+            tracing::error!(
+                index,
+                request_id = replaced.request_id,
+                "a proposal was still waiting at an index proposed again; answering it as replaced"
+            );
+            let _ = replaced.reply.send(Err(replaced_error()));
+        }
     }
 
     /// Takes out the proposals that the committed `entries` settle.
@@ -106,9 +116,7 @@ impl Proposals {
 pub(super) fn answer(node_id: NodeId, resolved: Resolved, outcomes: &[state_machine::Applied]) {
     for (index, entry_term, proposal) in resolved.proposals {
         let outcome = if entry_term != proposal.term {
-            Err(KvError::Unavailable(
-                "a new leader replaced the write before it committed; it was not applied".into(),
-            ))
+            Err(replaced_error())
         } else {
             tracing::debug!(request_id = proposal.request_id, index, "applied");
             // Outcomes come in index order (one per applied entry).
@@ -128,6 +136,14 @@ pub(super) fn answer(node_id: NodeId, resolved: Resolved, outcomes: &[state_mach
         };
         let _ = proposal.reply.send(outcome);
     }
+}
+
+/// The client's error for a write whose entry another leader's replaced:
+/// it was not applied, so a retry is safe.
+fn replaced_error() -> KvError {
+    KvError::Unavailable(
+        "a new leader replaced the write before it committed; it was not applied".into(),
+    )
 }
 
 /// The client's error for a write the core refused to propose.
@@ -314,6 +330,20 @@ mod tests {
             .map(|answer| answer.try_recv().unwrap().unwrap().found)
             .collect();
         assert_eq!(found, [true, false, true, false, true]);
+    }
+
+    #[test]
+    fn a_proposal_still_waiting_at_a_reused_index_is_answered_as_replaced() {
+        let mut proposals = Proposals::default();
+        let mut first = propose(&mut proposals, 7, 3);
+        let _second = propose(&mut proposals, 7, 4);
+        assert_eq!(proposals.len(), 1);
+        match first.try_recv().unwrap() {
+            Err(KvError::Unavailable(message)) => {
+                assert!(message.contains("replaced"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
