@@ -294,7 +294,7 @@ impl Node {
                 reads = batch.len(),
                 "read index asked of the leader"
             );
-            let term = self.status().term;
+            let term = self.shared.status.borrow().term;
             let forwarded = self
                 .shared
                 .leader_link
@@ -332,7 +332,7 @@ impl Node {
             self.shared
                 .metrics
                 .observe_forward(forwarded_operation(&command));
-            let term = self.status().term;
+            let term = self.shared.status.borrow().term;
             let forwarded =
                 self.shared
                     .leader_link

@@ -480,11 +480,6 @@ impl<'s> WriteTxn<'s> {
         })
     }
 
-    /// The revision counters before this transaction.
-    pub fn before(&self) -> Meta {
-        self.before
-    }
-
     fn get_stored(&mut self, stored: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
         match self.pending.get(stored) {
             Some(value) => Ok(value.clone()),
