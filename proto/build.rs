@@ -10,6 +10,10 @@ const PROTO_FILES: &[&str] = &["kvstore/v1/kv.proto", "kvstore/raft/v1/raft.prot
 const INCLUDE_DIRS: &[&str] = &["."];
 const DESCRIPTOR_FILE: &str = "kvstore_descriptor.bin";
 const RAFT_ENTRY_DATA: &str = ".kvstore.raft.v1.Entry.data";
+/// The client API as it was before revisions (issue #22): compiled into its
+/// own module so that tests can prove a client generated from it still
+/// works against today's server.
+const COMPAT_BEFORE_REVISIONS: &str = "fixtures/kv-before-revisions.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTO_FILES {
@@ -31,5 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptor_set)?;
+    println!("cargo:rerun-if-changed={COMPAT_BEFORE_REVISIONS}");
+    let compat_dir = out_dir.join("compat-before-revisions");
+    std::fs::create_dir_all(&compat_dir)?;
+    let compat = protox::compile([COMPAT_BEFORE_REVISIONS], ["fixtures"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .out_dir(&compat_dir)
+        .compile_fds(compat)?;
     Ok(())
 }

@@ -175,6 +175,9 @@ workloads=(
   "get linearizable, $clients clients|$concurrent_via|$concurrent_endpoints|get --consistency linearizable --clients $clients --conns $node_count"
   "get serializable, $clients clients|$concurrent_via|$concurrent_endpoints|get --consistency serializable --clients $clients --conns $node_count"
   "mixed 50% reads, $clients clients|$concurrent_via|$concurrent_endpoints|mixed --ratio 0.5 --clients $clients --conns $node_count"
+  "txn (compare-and-swap), $clients clients|$concurrent_via|$concurrent_endpoints|txn --clients $clients --conns $node_count"
+  "range of 100 keys, $clients clients|$concurrent_via|$concurrent_endpoints|range --range-keys 100 --clients $clients --conns $node_count"
+  "range of 1,000 keys, $clients clients|$concurrent_via|$concurrent_endpoints|range --range-keys 1000 --clients $clients --conns $node_count"
 )
 failed=0
 index=0

@@ -3,10 +3,12 @@
 # for deliberate bugs (--inject-fault / KVSTORE_INJECT_FAULT):
 #   stale-reads  linearizable reads served from local state, without ReadIndex
 #   early-ack    writes acknowledged when proposed, before they are committed
+#   stale-compare  txn compares decided on the answering node's local state
 # Each scenario below is run against nodes started with such a fault (the
 # runner passes --node-env KVSTORE_INJECT_FAULT=...) and MUST FAIL; with
 # `full`, the same scenarios are first run against clean nodes and must pass.
-#   scripts/conformance-faults.sh quick   stale-reads x linearizable-reads-under-partition (part of make conformance)
+#   scripts/conformance-faults.sh quick   stale-reads x linearizable-reads-under-partition and
+#                                         stale-compare x cas-counter-leader-kill (part of make conformance)
 #   scripts/conformance-faults.sh full    every pair below, plus the clean runs (make conformance-faults)
 # Artifacts of the faulty runs: $CONFORMANCE_OUT/faults/FAULT/SCENARIO/.
 set -uo pipefail
@@ -19,6 +21,7 @@ image=${KVSTORE_CONFORMANCE_IMAGE:-kvstore:local}
 # FAULT SCENARIO pairs that must fail (keep in sync with conformance/README.md).
 quick_pairs=(
     "stale-reads linearizable-reads-under-partition"
+    "stale-compare cas-counter-leader-kill"
 )
 full_pairs=(
     "stale-reads linearizable-reads-under-partition"
@@ -26,6 +29,7 @@ full_pairs=(
     "stale-reads concurrent-clients-linearizable"
     "early-ack minority-partition"
     "early-ack concurrent-clients-linearizable"
+    "stale-compare cas-counter-leader-kill"
 )
 case "$mode" in
     quick) pairs=("${quick_pairs[@]}") ;;

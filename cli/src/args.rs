@@ -62,6 +62,90 @@ pub struct Cli {
     pub command: Command,
 }
 
+const TXN_AFTER_HELP: &str = "\
+Syntax (etcdctl's), one item per line:
+  compares:   mod(\"key\") = \"5\"     targets: value, mod, create, version, lease
+              value(\"k\") != \"v\"    operators: = != < >
+  ops:        put KEY VALUE [--prev-kv]
+              get KEY [RANGE_END] [--prefix] [--from-key] [--limit N] [--keys-only]
+                  [--count-only] [--rev N]
+              del KEY [RANGE_END] [--prefix] [--from-key] [--prev-kv]
+Words may be quoted (\"a b\", with \\\" and \\\\ escapes). The parts end with a
+blank line (the last one may end with the input). Prints SUCCESS or FAILURE,
+then each op's output; -w json prints the whole response.
+
+Example (create a lock only if it does not exist):
+  printf 'create(\"lock\") = \"0\"\n\nput lock me\n\nget lock\n' | kvstore-cli txn";
+
+/// Range options of `get` (and of a txn's get).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RangeArgs {
+    /// Every key starting with KEY.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Every key from KEY on.
+    #[arg(long, conflicts_with = "prefix")]
+    pub from_key: bool,
+    /// At most N pairs.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Keys only, no values.
+    #[arg(long)]
+    pub keys_only: bool,
+    /// Only the number of keys.
+    #[arg(long)]
+    pub count_only: bool,
+    /// Read at this revision (it must not be compacted).
+    #[arg(long)]
+    pub rev: Option<i64>,
+    /// Sort by this field.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub sort_by: Option<SortBy>,
+    /// Sort order (ascending by default when --sort-by is given).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub order: Option<SortOrder>,
+}
+
+impl RangeArgs {
+    /// Whether any option asks for a range read rather than a plain get.
+    pub fn any(&self) -> bool {
+        self.prefix
+            || self.from_key
+            || self.limit.is_some()
+            || self.keys_only
+            || self.count_only
+            || self.rev.is_some()
+            || self.sort_by.is_some()
+            || self.order.is_some()
+    }
+}
+
+/// What a range sorts by (etcdctl's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum SortBy {
+    /// The key.
+    Key,
+    /// The create revision.
+    Create,
+    /// The mod revision.
+    Modify,
+    /// The value.
+    Value,
+    /// The version.
+    Version,
+}
+
+/// A sort order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum SortOrder {
+    /// Ascending.
+    Ascend,
+    /// Descending.
+    Descend,
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -91,19 +175,56 @@ pub enum Command {
         key: OsString,
         /// The value; `-` reads it from stdin.
         value: OsString,
+        /// Also print the previous pair (key and value lines).
+        #[arg(long)]
+        prev_kv: bool,
     },
-    /// Print the value of KEY.
+    /// Print the value of KEY; with a range (RANGE_END, --prefix,
+    /// --from-key) or a range option, every pair of the range as etcdctl
+    /// does: the key on one line, the value on the next.
     Get {
-        /// The key.
+        /// The key (the first of the range).
         key: OsString,
+        /// End of the range, excluded.
+        range_end: Option<OsString>,
         /// How fresh the read must be.
         #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
         consistency: Consistency,
+        #[command(flatten)]
+        range: RangeArgs,
     },
-    /// Remove KEY.
+    /// Remove KEY, or every key of a range; prints how many were deleted.
+    #[command(visible_alias = "del")]
     Delete {
-        /// The key.
+        /// The key (the first of the range).
         key: OsString,
+        /// End of the range, excluded.
+        range_end: Option<OsString>,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Every key from KEY on.
+        #[arg(long, conflicts_with = "prefix")]
+        from_key: bool,
+        /// Also print the deleted pairs.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Run a transaction read from stdin in etcdctl's syntax: compares, a
+    /// blank line, the success ops, a blank line, the failure ops.
+    #[command(after_help = TXN_AFTER_HELP)]
+    Txn {
+        /// Prompt for each part (on stderr).
+        #[arg(short, long)]
+        interactive: bool,
+    },
+    /// Drop the history below REVISION: reads below it then fail.
+    Compact {
+        /// The revision.
+        revision: u64,
+        /// Wait until the answering node has dropped the history.
+        #[arg(long)]
+        physical: bool,
     },
     /// Show every endpoint's role, term, leader and log positions.
     Status {
@@ -164,6 +285,12 @@ pub enum Workload {
     Get,
     /// Reads (fraction --ratio) and writes.
     Mixed,
+    /// Compare-and-swap txns on random keys: put if the key exists (its
+    /// mod revision is above 0), else read it.
+    Txn,
+    /// Ranges of --range-keys consecutive keys from a random key, with
+    /// --consistency.
+    Range,
 }
 
 impl Workload {
@@ -173,6 +300,8 @@ impl Workload {
             Workload::Put => "put",
             Workload::Get => "get",
             Workload::Mixed => "mixed",
+            Workload::Txn => "txn",
+            Workload::Range => "range",
         }
     }
 }
@@ -229,6 +358,10 @@ pub struct BenchArgs {
     /// mixed: fraction of requests that are reads, 0.0 to 1.0 [default: 0.5].
     #[arg(long)]
     pub ratio: Option<f64>,
+
+    /// range: keys per range (consecutive keys of the keyspace) [default: 100].
+    #[arg(long)]
+    pub range_keys: Option<u64>,
 
     /// Consistency of reads (get and mixed) [default: linearizable].
     #[arg(long, value_enum)]

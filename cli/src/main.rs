@@ -1,4 +1,5 @@
-//! `kvstore-cli`: put, get, delete, status and bench against a kvstore cluster.
+//! `kvstore-cli`: put, get, delete, txn, compact, status and bench against a
+//! kvstore cluster.
 //!
 //! Every failure is one line on stderr and an exit code (see `--help`); the
 //! program never panics on a network or server error.
@@ -6,7 +7,9 @@
 mod args;
 mod bench;
 mod client;
+mod kv;
 mod output;
+mod txn_syntax;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -21,7 +24,7 @@ use args::{Cli, Command, OutputFormat, EXIT_FAILED, EXIT_KEY_NOT_FOUND, EXIT_OK,
 use client::{with_any_endpoint, Failure};
 
 /// What a command produced: an exit code, having printed its output.
-type Outcome = Result<u8, Failure>;
+pub(crate) type Outcome = Result<u8, Failure>;
 
 fn key_bytes(cli: &Cli, key: &OsString) -> Result<Vec<u8>, Failure> {
     let raw = key.as_bytes();
@@ -48,12 +51,12 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn print_json(value: &Value) -> Result<(), Failure> {
+pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|error| Failure(error.to_string()))?;
     write_stdout(format!("{text}\n").as_bytes())
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(bytes)
@@ -61,13 +64,17 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
         .map_err(|error| Failure(format!("cannot write to stdout: {error}")))
 }
 
-fn print_header(cli: &Cli, endpoint: &str, header: Option<&kvstore_proto::kv::v1::ResponseHeader>) {
+pub(crate) fn print_header(
+    cli: &Cli,
+    endpoint: &str,
+    header: Option<&kvstore_proto::kv::v1::ResponseHeader>,
+) {
     if cli.verbose {
         eprintln!("{}", output::header_line(endpoint, header));
     }
 }
 
-async fn put(cli: &Cli, key: &OsString, value: &OsString) -> Outcome {
+async fn put(cli: &Cli, key: &OsString, value: &OsString, prev_kv: bool) -> Outcome {
     let key = key_bytes(cli, key)?;
     let value = if value.as_bytes() == b"-" {
         let mut value = Vec::new();
@@ -78,7 +85,15 @@ async fn put(cli: &Cli, key: &OsString, value: &OsString) -> Outcome {
     } else {
         value.as_bytes().to_vec()
     };
-    let request = PutRequest { key, value };
+    let request = PutRequest {
+        key,
+        value,
+        prev_kv,
+        ..PutRequest::default()
+    };
+    if prev_kv {
+        return kv::put_prev_kv(cli, request).await;
+    }
     let (endpoint, response) = with_any_endpoint(&cli.endpoints, cli.timeout, |mut client| {
         let request = request.clone();
         async move { client.put(request).await.map(tonic::Response::into_inner) }
@@ -94,12 +109,24 @@ async fn put(cli: &Cli, key: &OsString, value: &OsString) -> Outcome {
     Ok(EXIT_OK)
 }
 
-async fn get(cli: &Cli, key_argument: &OsString, consistency: args::Consistency) -> Outcome {
+async fn get(
+    cli: &Cli,
+    key_argument: &OsString,
+    range_end: Option<&OsString>,
+    consistency: args::Consistency,
+    range: &args::RangeArgs,
+) -> Outcome {
     let key = key_bytes(cli, key_argument)?;
     let consistency = match consistency {
         args::Consistency::Linearizable => Consistency::Linearizable,
         args::Consistency::Serializable => Consistency::Serializable,
     };
+    if range_end.is_some() || range.any() || cli.write_out == OutputFormat::Table {
+        let range_end = range_end.map(|end| key_bytes(cli, end)).transpose()?;
+        let range_end = kv::range_end_for(&key, range_end, range.prefix, range.from_key);
+        let request = kv::range_request(key, range_end, range, consistency);
+        return kv::range(cli, request).await;
+    }
     let request = GetRequest {
         key: key.clone(),
         consistency: consistency as i32,
@@ -143,7 +170,25 @@ async fn get(cli: &Cli, key_argument: &OsString, consistency: args::Consistency)
     }
 }
 
-async fn delete(cli: &Cli, key: &OsString) -> Outcome {
+async fn delete(
+    cli: &Cli,
+    key: &OsString,
+    range_end: Option<&OsString>,
+    prefix: bool,
+    from_key: bool,
+    prev_kv: bool,
+) -> Outcome {
+    if range_end.is_some() || prefix || from_key || prev_kv {
+        let key = key_bytes(cli, key)?;
+        let range_end = range_end.map(|end| key_bytes(cli, end)).transpose()?;
+        let range_end = kv::range_end_for(&key, range_end, prefix, from_key);
+        let request = kvstore_proto::kv::v1::DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv,
+        };
+        return kv::delete_range(cli, request).await;
+    }
     let request = DeleteRequest {
         key: key_bytes(cli, key)?,
     };
@@ -239,9 +284,26 @@ async fn watch_status(cli: &Cli, interval: std::time::Duration, count: Option<u6
 
 async fn run(cli: &Cli) -> Outcome {
     match &cli.command {
-        Command::Put { key, value } => put(cli, key, value).await,
-        Command::Get { key, consistency } => get(cli, key, *consistency).await,
-        Command::Delete { key } => delete(cli, key).await,
+        Command::Put {
+            key,
+            value,
+            prev_kv,
+        } => put(cli, key, value, *prev_kv).await,
+        Command::Get {
+            key,
+            range_end,
+            consistency,
+            range,
+        } => get(cli, key, range_end.as_ref(), *consistency, range).await,
+        Command::Delete {
+            key,
+            range_end,
+            prefix,
+            from_key,
+            prev_kv,
+        } => delete(cli, key, range_end.as_ref(), *prefix, *from_key, *prev_kv).await,
+        Command::Txn { interactive } => kv::txn(cli, *interactive).await,
+        Command::Compact { revision, physical } => kv::compact(cli, *revision, *physical).await,
         Command::Status { watch: false, .. } => status(cli).await,
         Command::Status {
             watch: true,

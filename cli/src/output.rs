@@ -15,6 +15,7 @@ pub fn header_json(header: Option<&ResponseHeader>) -> Value {
         "term": header.term,
         "index": header.index,
         "forwarded_by": header.forwarded_by,
+        "revision": header.revision,
     })
 }
 
@@ -27,8 +28,8 @@ pub fn header_line(endpoint: &str, header: Option<&ResponseHeader>) -> String {
         header.forwarded_by.to_string()
     };
     format!(
-        "endpoint={endpoint} node={} leader={} term={} index={} forwarded_by={forwarded}",
-        header.node_id, header.leader_id, header.term, header.index
+        "endpoint={endpoint} node={} leader={} term={} index={} revision={} forwarded_by={forwarded}",
+        header.node_id, header.leader_id, header.term, header.index, header.revision
     )
 }
 
@@ -143,12 +144,17 @@ fn status_row(
 /// `etcdctl endpoint status -w table`.
 pub fn status_table(statuses: &[EndpointStatus]) -> String {
     let highest_commit = highest_commit(statuses);
-    let rows: Vec<[String; 10]> = statuses
+    let rows: Vec<Vec<String>> = statuses
         .iter()
-        .map(|(endpoint, status)| status_row(endpoint, status, highest_commit))
+        .map(|(endpoint, status)| status_row(endpoint, status, highest_commit).to_vec())
         .collect();
-    let mut widths = STATUS_COLUMNS.map(str::len);
-    for row in &rows {
+    table(&STATUS_COLUMNS, &rows)
+}
+
+/// An aligned table with borders, as etcdctl's `-w table`.
+pub fn table(columns: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|column| column.len()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
@@ -160,15 +166,20 @@ pub fn status_table(statuses: &[EndpointStatus]) -> String {
     let line = |cells: &[String]| -> String {
         let cells: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, width)| format!(" {cell:<width$} "))
             .collect();
         format!("|{}|\n", cells.join("|"))
     };
     let mut table = border.clone();
-    table += &line(&STATUS_COLUMNS.map(String::from));
+    table += &line(
+        &columns
+            .iter()
+            .map(|column| column.to_string())
+            .collect::<Vec<_>>(),
+    );
     table += &border;
-    for row in &rows {
+    for row in rows {
         table += &line(row);
     }
     table += &border;

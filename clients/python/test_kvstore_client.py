@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Drives a running kvstore cluster with a Python client generated from proto/.
+"""Drives a running kvstore cluster with a Python client generated from proto/:
+put, get, delete and status, a compare-and-swap loop on one counter and a
+prefix range.
 
 The stubs come from `make python-client` (grpcio-tools, into
 clients/python/generated/); nothing here is written by hand but the calls.
@@ -85,6 +87,83 @@ def rpc_code(call):
     return grpc.StatusCode.OK
 
 
+def prefix_end(prefix):
+    """The range end of every key starting with `prefix` (etcdctl's --prefix)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+def increment(stub, key):
+    """One compare-and-swap increment: read the counter and its mod revision,
+    then a txn that writes the value plus one only if the key is unchanged.
+    True when it swapped."""
+    read = stub.Range(kv_pb2.RangeRequest(key=key), timeout=TIMEOUT_SECONDS)
+    value, revision = (int(read.kvs[0].value), read.kvs[0].mod_revision) if read.kvs else (0, 0)
+    txn = kv_pb2.TxnRequest(
+        compare=[kv_pb2.Compare(key=key, result=kv_pb2.COMPARE_RESULT_EQUAL,
+                                target=kv_pb2.COMPARE_TARGET_MOD, mod_revision=revision)],
+        success=[kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=key, value=str(value + 1).encode()))],
+    )
+    return stub.Txn(txn, timeout=TIMEOUT_SECONDS).succeeded
+
+
+def cas_loop(checks, clients, endpoints):
+    """Increments one counter through every node in turn, interleaving two
+    clients so that some compare-and-swaps lose and are retried."""
+    key = f"python-counter-{uuid.uuid4().hex[:8]}".encode()
+    stubs_in_turn = [clients[address] for address in endpoints]
+    increments, retries = 20, 0
+    for round_ in range(increments):
+        stub = stubs_in_turn[round_ % len(stubs_in_turn)]
+        # A rival reads the same revision and wins first every third round.
+        if round_ % 3 == 0:
+            read = stub.Range(kv_pb2.RangeRequest(key=key), timeout=TIMEOUT_SECONDS)
+            stale_revision = read.kvs[0].mod_revision if read.kvs else 0
+            stale_value = int(read.kvs[0].value) if read.kvs else 0
+            increment(stubs_in_turn[(round_ + 1) % len(stubs_in_turn)], key)
+            lost = stub.Txn(kv_pb2.TxnRequest(
+                compare=[kv_pb2.Compare(key=key, result=kv_pb2.COMPARE_RESULT_EQUAL,
+                                        target=kv_pb2.COMPARE_TARGET_MOD, mod_revision=stale_revision)],
+                success=[kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(
+                    key=key, value=str(stale_value + 1).encode()))],
+            ), timeout=TIMEOUT_SECONDS)
+            checks.check(f"cas round {round_}: a swap from a stale revision is refused", not lost.succeeded, lost)
+        while not increment(stub, key):
+            retries += 1
+    final = clients[endpoints[0]].Range(kv_pb2.RangeRequest(key=key), timeout=TIMEOUT_SECONDS)
+    rivals = len([r for r in range(increments) if r % 3 == 0])
+    checks.check("cas loop: the counter holds every increment, none lost",
+                 final.kvs and int(final.kvs[0].value) == increments + rivals
+                 and final.kvs[0].version == increments + rivals, final)
+    checks.check("cas loop: the header carries the store revision",
+                 final.header.revision >= final.kvs[0].mod_revision > 0, final.header)
+
+
+def prefix_range(checks, clients, writer):
+    """Writes keys under a prefix and reads them back as one range."""
+    prefix = f"python-range-{uuid.uuid4().hex[:8]}/".encode()
+    for index in range(5):
+        writer.Put(kv_pb2.PutRequest(key=prefix + str(index).encode(), value=str(index).encode()),
+                   timeout=TIMEOUT_SECONDS)
+    writer.Put(kv_pb2.PutRequest(key=prefix[:-1] + b"0", value=b"outside"), timeout=TIMEOUT_SECONDS)
+    for address, stub in clients.items():
+        got = stub.Range(kv_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=3),
+                         timeout=TIMEOUT_SECONDS)
+        checks.check(f"prefix range at {address}: first 3 of 5 keys, count 5, more",
+                     [kv.key for kv in got.kvs] == [prefix + b"0", prefix + b"1", prefix + b"2"]
+                     and got.count == 5 and got.more, got)
+    deleted = writer.DeleteRange(kv_pb2.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix)),
+                                 timeout=TIMEOUT_SECONDS)
+    checks.check("prefix delete: 5 keys deleted", deleted.deleted == 5, deleted)
+    code = rpc_code(lambda: writer.Range(kv_pb2.RangeRequest(key=b"b", range_end=b"a"), timeout=TIMEOUT_SECONDS))
+    checks.check("range_end before key: INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, code)
+
+
 def main():
     endpoints = [e for e in os.environ.get("KVSTORE_ENDPOINTS", "").split(",") if e]
     raft_endpoints = [e for e in os.environ.get("KVSTORE_RAFT_ENDPOINTS", "").split(",") if e]
@@ -137,6 +216,9 @@ def main():
 
     code = rpc_code(lambda: writer.Put(kv_pb2.PutRequest(key=b"", value=b"x"), timeout=TIMEOUT_SECONDS))
     checks.check("empty key: INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, code)
+
+    cas_loop(checks, clients, endpoints)
+    prefix_range(checks, clients, writer)
 
     # The raft port: a stray client (wrong cluster id) is refused and changes nothing.
     for address in raft_endpoints:

@@ -131,6 +131,73 @@ pub enum Request {
         /// Key.
         key: String,
     },
+    /// Put `value` if `key` holds `expected` (`None`: if it does not exist);
+    /// a txn with one compare and one put, reading the key otherwise.
+    Cas {
+        /// Key.
+        key: String,
+        /// The value it must hold.
+        expected: Option<String>,
+        /// The value to store.
+        value: String,
+    },
+    /// Read the integer in `key` (absent: 0), then store it plus one if the
+    /// key's mod revision is still the one read.
+    Increment {
+        /// Key.
+        key: String,
+    },
+    /// Read every account, then move `amount` from `from` to `to` if
+    /// neither changed since (nothing when `from` holds less).
+    Transfer {
+        /// Every account, in order (their prefix is `prefix`).
+        prefix: String,
+        /// Account taken from.
+        from: String,
+        /// Account given to.
+        to: String,
+        /// Amount.
+        amount: u64,
+    },
+    /// Sum every account under `prefix` (a linearizable range).
+    Audit {
+        /// The accounts' common prefix.
+        prefix: String,
+    },
+}
+
+/// The range end of every key starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A txn op that puts `value` under `key`.
+fn put_op(key: &[u8], value: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..pb::PutRequest::default()
+        })),
+    }
+}
+
+/// A compare that `key`'s mod revision is `revision` (0: absent).
+fn mod_is(key: &[u8], revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::CompareResult::Equal as i32,
+        target: pb::CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        target_union: Some(pb::compare::TargetUnion::ModRevision(revision)),
+        range_end: Vec::new(),
+    }
 }
 
 /// Per-request time limits.
@@ -210,10 +277,32 @@ impl Client {
         node: u64,
         request: &Request,
     ) -> Operation {
+        let mut expected = None;
         let (kind, key, value, consistency) = match request {
             Request::Put { key, value } => (OpKind::Put, key, Some(value.clone()), None),
             Request::Get { key, consistency } => (OpKind::Get, key, None, Some(*consistency)),
             Request::Delete { key } => (OpKind::Delete, key, None, None),
+            Request::Cas {
+                key,
+                expected: wanted,
+                value,
+            } => {
+                expected = Some(wanted.clone());
+                (OpKind::Cas, key, Some(value.clone()), None)
+            }
+            Request::Increment { key } => (OpKind::Increment, key, None, None),
+            Request::Transfer {
+                prefix,
+                from,
+                to,
+                amount,
+            } => (
+                OpKind::Transfer,
+                prefix,
+                Some(format!("{amount} {from}->{to}")),
+                None,
+            ),
+            Request::Audit { prefix } => (OpKind::Audit, prefix, None, None),
         };
         let mut operation = Operation {
             id: 0,
@@ -229,6 +318,8 @@ impl Client {
             status: OpStatus::Failed,
             read: None,
             deleted: None,
+            expected,
+            swapped: None,
             served: None,
             error: None,
         };
@@ -249,6 +340,10 @@ impl Client {
                 operation.served = Some(reply.served);
                 operation.read = reply.read;
                 operation.deleted = reply.deleted;
+                operation.swapped = reply.swapped;
+                if let Some(value) = reply.wrote {
+                    operation.value = Some(value);
+                }
             }
             Err((status, error)) => {
                 operation.status = status;
@@ -268,6 +363,7 @@ impl Client {
                         pb::PutRequest {
                             key: key.as_bytes().to_vec(),
                             value: value.as_bytes().to_vec(),
+                            ..pb::PutRequest::default()
                         },
                         deadline,
                     ))
@@ -276,8 +372,7 @@ impl Client {
                     .into_inner();
                 Ok(Reply {
                     served: served(response.header),
-                    read: None,
-                    deleted: None,
+                    ..Reply::default()
                 })
             }
             Request::Get { key, consistency } => {
@@ -302,7 +397,7 @@ impl Client {
                 Ok(Reply {
                     served: served(response.header),
                     read: Some(value),
-                    deleted: None,
+                    ..Reply::default()
                 })
             }
             Request::Delete { key } => {
@@ -318,11 +413,212 @@ impl Client {
                     .into_inner();
                 Ok(Reply {
                     served: served(response.header),
-                    read: None,
                     deleted: Some(response.deleted),
+                    ..Reply::default()
+                })
+            }
+            Request::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let key = key.as_bytes();
+                let compare = match expected {
+                    Some(expected) => pb::Compare {
+                        result: pb::CompareResult::Equal as i32,
+                        target: pb::CompareTarget::Value as i32,
+                        key: key.to_vec(),
+                        target_union: Some(pb::compare::TargetUnion::Value(
+                            expected.as_bytes().to_vec(),
+                        )),
+                        range_end: Vec::new(),
+                    },
+                    None => pb::Compare {
+                        result: pb::CompareResult::Equal as i32,
+                        target: pb::CompareTarget::Create as i32,
+                        key: key.to_vec(),
+                        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                        range_end: Vec::new(),
+                    },
+                };
+                let read = pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                        key: key.to_vec(),
+                        ..pb::RangeRequest::default()
+                    })),
+                };
+                let txn = pb::TxnRequest {
+                    compare: vec![compare],
+                    success: vec![put_op(key, value.as_bytes())],
+                    failure: vec![read],
+                };
+                let response = client
+                    .txn(with_timeout(txn, deadline))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                let read = if response.succeeded {
+                    None
+                } else {
+                    let pairs = match response
+                        .responses
+                        .first()
+                        .and_then(|op| op.response.as_ref())
+                    {
+                        Some(pb::response_op::Response::ResponseRange(range)) => &range.kvs,
+                        _ => {
+                            return Err((
+                                OpStatus::Unknown,
+                                "a txn answered without its range".into(),
+                            ))
+                        }
+                    };
+                    Some(
+                        pairs
+                            .first()
+                            .map(|pair| String::from_utf8_lossy(&pair.value).into_owned()),
+                    )
+                };
+                Ok(Reply {
+                    served: served(response.header),
+                    read,
+                    swapped: Some(response.succeeded),
+                    ..Reply::default()
+                })
+            }
+            Request::Increment { key } => {
+                let key = key.as_bytes();
+                let read = client
+                    .range(with_timeout(
+                        pb::RangeRequest {
+                            key: key.to_vec(),
+                            ..pb::RangeRequest::default()
+                        },
+                        deadline,
+                    ))
+                    .await
+                    // Nothing was written yet: a failed read is a failed increment.
+                    .map_err(|status| (OpStatus::Failed, classify(&status).1))?
+                    .into_inner();
+                let (value, revision) = match read.kvs.first() {
+                    Some(pair) => (
+                        String::from_utf8_lossy(&pair.value)
+                            .parse::<u64>()
+                            .map_err(|_| (OpStatus::Failed, format!("{key:?} is not a counter")))?,
+                        pair.mod_revision,
+                    ),
+                    None => (0, 0),
+                };
+                let next = (value + 1).to_string();
+                let txn = pb::TxnRequest {
+                    compare: vec![mod_is(key, revision)],
+                    success: vec![put_op(key, next.as_bytes())],
+                    failure: Vec::new(),
+                };
+                let response = client
+                    .txn(with_timeout(txn, deadline))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    swapped: Some(response.succeeded),
+                    wrote: Some(next),
+                    ..Reply::default()
+                })
+            }
+            Request::Transfer {
+                prefix,
+                from,
+                to,
+                amount,
+            } => {
+                let balances = self::balances(&mut client, prefix, deadline)
+                    .await
+                    .map_err(|status| (OpStatus::Failed, classify(&status).1))?;
+                let balance = |account: &str| {
+                    balances
+                        .iter()
+                        .find(|(key, _, _)| key == account)
+                        .map(|(_, balance, revision)| (*balance, *revision))
+                        .ok_or_else(|| (OpStatus::Failed, format!("no account {account}")))
+                };
+                let ((from_balance, from_revision), (to_balance, to_revision)) =
+                    (balance(from)?, balance(to)?);
+                if from_balance < *amount {
+                    return Err((
+                        OpStatus::Failed,
+                        format!("{from} holds only {from_balance}"),
+                    ));
+                }
+                let txn = pb::TxnRequest {
+                    compare: vec![
+                        mod_is(from.as_bytes(), from_revision),
+                        mod_is(to.as_bytes(), to_revision),
+                    ],
+                    success: vec![
+                        put_op(
+                            from.as_bytes(),
+                            (from_balance - amount).to_string().as_bytes(),
+                        ),
+                        put_op(to.as_bytes(), (to_balance + amount).to_string().as_bytes()),
+                    ],
+                    failure: Vec::new(),
+                };
+                let response = client
+                    .txn(with_timeout(txn, deadline))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    swapped: Some(response.succeeded),
+                    ..Reply::default()
+                })
+            }
+            Request::Audit { prefix } => {
+                let balances = self::balances(&mut client, prefix, deadline)
+                    .await
+                    .map_err(|status| classify(&status))?;
+                let sum: u64 = balances.iter().map(|(_, balance, _)| balance).sum();
+                Ok(Reply {
+                    read: Some(Some(sum.to_string())),
+                    ..Reply::default()
                 })
             }
         }
+    }
+
+    /// `KV/Range` at `node`, not recorded (for checks that compare nodes).
+    pub async fn range(
+        &self,
+        node: u64,
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, tonic::Status> {
+        let channel = self
+            .channel(node)
+            .ok_or_else(|| tonic::Status::unavailable(format!("node {node} is not running")))?;
+        KvClient::new(channel)
+            .range(with_timeout(request, self.timeouts.request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `KV/Compact` at `node`, waiting for the physical compaction there.
+    pub async fn compact(&self, node: u64, revision: i64) -> Result<(), tonic::Status> {
+        let channel = self
+            .channel(node)
+            .ok_or_else(|| tonic::Status::unavailable(format!("node {node} is not running")))?;
+        KvClient::new(channel)
+            .compact(with_timeout(
+                pb::CompactionRequest {
+                    revision,
+                    physical: true,
+                },
+                self.timeouts.request,
+            ))
+            .await
+            .map(|_| ())
     }
 
     /// `KV/Status` of `node`, within `timeout`.
@@ -349,10 +645,49 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
+#[derive(Default)]
 struct Reply {
     served: Served,
     read: Option<Option<String>>,
     deleted: Option<bool>,
+    swapped: Option<bool>,
+    /// The value a read-modify-write stored (known only once it read).
+    wrote: Option<String>,
+}
+
+/// Every account under `prefix`: key, balance, mod revision (linearizable).
+async fn balances(
+    client: &mut KvClient<Channel>,
+    prefix: &str,
+    deadline: Duration,
+) -> Result<Vec<(String, u64, i64)>, tonic::Status> {
+    let response = client
+        .range(with_timeout(
+            pb::RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix),
+                ..pb::RangeRequest::default()
+            },
+            deadline,
+        ))
+        .await?
+        .into_inner();
+    response
+        .kvs
+        .iter()
+        .map(|pair| {
+            let balance = String::from_utf8_lossy(&pair.value)
+                .parse::<u64>()
+                .map_err(|_| {
+                    tonic::Status::data_loss(format!("{:?} is not a balance", pair.value))
+                })?;
+            Ok((
+                String::from_utf8_lossy(&pair.key).into_owned(),
+                balance,
+                pair.mod_revision,
+            ))
+        })
+        .collect()
 }
 
 fn served(header: Option<pb::ResponseHeader>) -> Served {

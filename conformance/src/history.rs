@@ -14,6 +14,19 @@ pub enum OpKind {
     Get,
     /// `KV/Delete`.
     Delete,
+    /// `KV/Txn` as a compare-and-swap on one key: put `value` if the key's
+    /// value is `expected` (absent: the key must not exist); otherwise read
+    /// it. Checked as a register operation.
+    Cas,
+    /// A counter increment: a linearizable range of the key, then a txn
+    /// that puts the value plus one if the key's mod revision is still the
+    /// one read (not part of the register check: `expect_counter` counts).
+    Increment,
+    /// A bank transfer: a range over every account, then a txn moving an
+    /// amount if neither account changed since (checked by the audits).
+    Transfer,
+    /// A linearizable range over every bank account; `read` is the sum.
+    Audit,
 }
 
 /// How an operation ended, from the client's point of view.
@@ -98,6 +111,17 @@ pub struct Operation {
     /// For an acknowledged delete: whether the key existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<bool>,
+    /// For a compare-and-swap: the value it expected (`null`: absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub expected: Option<Option<String>>,
+    /// For an acknowledged compare-and-swap, increment or transfer: whether
+    /// its compares held (so it wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<bool>,
     /// Who served an acknowledged operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served: Option<Served>,
@@ -124,8 +148,30 @@ impl Operation {
                 _ => format!("get {}", self.key),
             },
             OpKind::Delete => format!("delete {}", self.key),
+            OpKind::Cas => format!(
+                "cas {}: {} -> {}",
+                self.key,
+                match &self.expected {
+                    Some(Some(expected)) => expected.as_str(),
+                    _ => "(absent)",
+                },
+                self.value.as_deref().unwrap_or("")
+            ),
+            OpKind::Increment => format!("increment {}", self.key),
+            OpKind::Transfer => format!(
+                "transfer {} {}",
+                self.key,
+                self.value.as_deref().unwrap_or("")
+            ),
+            OpKind::Audit => format!("audit {}", self.key),
         };
         match self.status {
+            OpStatus::Ok if self.swapped == Some(true) => format!("{call} -> swapped"),
+            OpStatus::Ok if self.swapped == Some(false) => match &self.read {
+                Some(Some(value)) => format!("{call} -> not swapped, read {value}"),
+                Some(None) => format!("{call} -> not swapped, read (absent)"),
+                None => format!("{call} -> not swapped"),
+            },
             OpStatus::Ok => match (&self.read, self.deleted) {
                 (Some(Some(value)), _) => format!("{call} -> {value}"),
                 (Some(None), _) => format!("{call} -> (absent)"),
@@ -203,6 +249,8 @@ mod tests {
             status: OpStatus::Ok,
             read: Some(None),
             deleted: None,
+            expected: None,
+            swapped: None,
             served: None,
             error: None,
         };

@@ -339,6 +339,10 @@ pub struct Mix {
     /// Weight of deletes.
     #[serde(default)]
     pub delete: u32,
+    /// Weight of compare-and-swaps (a txn: put if the key holds the value
+    /// this client last saw there).
+    #[serde(default)]
+    pub cas: u32,
 }
 
 impl Default for Mix {
@@ -347,8 +351,77 @@ impl Default for Mix {
             put: 45,
             get: 45,
             delete: 10,
+            cas: 0,
         }
     }
+}
+
+/// `counter` arguments: clients incrementing one key with
+/// compare-on-mod-revision retries.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterStep {
+    /// Name, for `await` and `expect_counter`.
+    pub name: String,
+    /// Concurrent clients.
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// How long each client keeps going.
+    pub duration: Span,
+    /// Where each attempt goes (`any`: a random node per attempt).
+    #[serde(default = "target_any")]
+    pub at: Target,
+}
+
+/// `bank` arguments: transfers between accounts, and audits of the total.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankStep {
+    /// Name, for `await` and `expect_bank_total`; the accounts are
+    /// `NAME/acct-0` .. `NAME/acct-{accounts-1}`.
+    pub name: String,
+    /// Concurrent transfer clients (one more client audits).
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// How long each client keeps going.
+    pub duration: Span,
+    /// Accounts.
+    #[serde(default = "default_accounts")]
+    pub accounts: u32,
+    /// Each account's opening balance.
+    #[serde(default = "default_balance")]
+    pub balance: u64,
+    /// Where each request goes (`any`: a random node per request).
+    #[serde(default = "target_any")]
+    pub at: Target,
+}
+
+fn default_accounts() -> u32 {
+    5
+}
+
+fn default_balance() -> u64 {
+    100
+}
+
+/// `compact` arguments: compact the history, keeping the last `keep`
+/// revisions.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactStep {
+    /// Revisions kept below the current one.
+    pub keep: u64,
+}
+
+/// `expect_ranges_agree` arguments.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangesAgreeStep {
+    /// The keys compared: every key with this prefix.
+    pub prefix: String,
+    /// How many revisions back from the current one (down to the compacted
+    /// one) are compared.
+    pub revisions: u64,
 }
 
 /// `workload` arguments: N clients for D over K keys.
@@ -577,6 +650,19 @@ pub enum Step {
     ExpectSnapshotCatchUp(Target),
     /// Read these keys (linearizable, retried) into the outcome's final values.
     FinalValues(Vec<String>),
+    /// Clients incrementing a counter with compare-and-swap retries.
+    Counter(CounterStep),
+    /// The counter's final value against the increments acknowledged.
+    ExpectCounter(String),
+    /// Transfers between accounts under audit.
+    Bank(BankStep),
+    /// The bank's total unchanged, by every audit and at the end.
+    ExpectBankTotal(String),
+    /// Compact the history (at the leader, physically).
+    Compact(CompactStep),
+    /// Every running node answers ranges at past revisions as the leader
+    /// does, and refuses the compacted ones.
+    ExpectRangesAgree(RangesAgreeStep),
 }
 
 impl Step {
@@ -671,6 +757,25 @@ impl Step {
                 format!("expect {target} caught up through a snapshot")
             }
             Step::FinalValues(keys) => format!("read final values of {}", keys.join(", ")),
+            Step::Counter(args) => format!(
+                "counter {}: {} clients increment with compare-and-swap, {}, at {}",
+                args.name, args.clients, args.duration, args.at
+            ),
+            Step::ExpectCounter(name) => format!(
+                "expect counter {name} to hold every acknowledged increment and no more than were tried"
+            ),
+            Step::Bank(args) => format!(
+                "bank {}: {} accounts of {}, {} clients transfer, one audits, {}, at {}",
+                args.name, args.accounts, args.balance, args.clients, args.duration, args.at
+            ),
+            Step::ExpectBankTotal(name) => {
+                format!("expect bank {name}'s total unchanged by every audit and at the end")
+            }
+            Step::Compact(args) => format!("compact, keeping the last {} revisions", args.keep),
+            Step::ExpectRangesAgree(args) => format!(
+                "expect every node to answer ranges of {:?} at the last {} revisions as the leader, and to refuse compacted ones",
+                args.prefix, args.revisions
+            ),
         }
     }
 }
@@ -765,6 +870,12 @@ fn parse_step(value: Value) -> Result<Step> {
         "expect_term" => Step::ExpectTerm(args(&kind, required(arguments)?)?),
         "expect_snapshot_catch_up" => Step::ExpectSnapshotCatchUp(target(arguments)?),
         "final_values" => Step::FinalValues(args(&kind, required(arguments)?)?),
+        "counter" => Step::Counter(args(&kind, required(arguments)?)?),
+        "expect_counter" => Step::ExpectCounter(args(&kind, required(arguments)?)?),
+        "bank" => Step::Bank(args(&kind, required(arguments)?)?),
+        "expect_bank_total" => Step::ExpectBankTotal(args(&kind, required(arguments)?)?),
+        "compact" => Step::Compact(args(&kind, required(arguments)?)?),
+        "expect_ranges_agree" => Step::ExpectRangesAgree(args(&kind, required(arguments)?)?),
         other => bail!("unknown step {other:?}"),
     })
 }

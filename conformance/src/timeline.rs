@@ -145,6 +145,10 @@ pub fn render(history: &History, report: &Report) -> String {
                 OpKind::Put => "put",
                 OpKind::Get => "get",
                 OpKind::Delete => "delete",
+                OpKind::Cas => "cas",
+                OpKind::Increment => "increment",
+                OpKind::Transfer => "transfer",
+                OpKind::Audit => "audit",
             },
         ];
         if highlight_key.is_some_and(|key| key != operation.key) {
@@ -431,6 +435,21 @@ fn short_label(operation: &Operation) -> String {
         (OpKind::Get, None, _) => format!("get {}", operation.key),
         (OpKind::Delete, _, Some(deleted)) => format!("del {}→{deleted}", operation.key),
         (OpKind::Delete, _, None) => format!("del {}", operation.key),
+        (OpKind::Cas, _, _) => format!(
+            "{}:{}={}{}",
+            operation.key,
+            match &operation.expected {
+                Some(Some(expected)) => expected.as_str(),
+                _ => "∅",
+            },
+            operation.value.as_deref().unwrap_or(""),
+            match operation.swapped {
+                Some(true) => " ✓",
+                Some(false) => " ✗",
+                None => "",
+            }
+        ),
+        (OpKind::Increment | OpKind::Transfer | OpKind::Audit, _, _) => operation.describe(),
     }
 }
 
@@ -461,6 +480,8 @@ mod tests {
             status,
             read: None,
             deleted: None,
+            expected: None,
+            swapped: None,
             served: None,
             error: None,
         }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +37,69 @@ pub enum InjectedFault {
     StaleReads,
     /// Writes acknowledged when proposed, before they are committed.
     EarlyAck,
+    /// Txn compares decided on the answering node's local state before the
+    /// txn is proposed (the branch taken is then proposed unconditionally):
+    /// two compare-and-swaps from one value can both succeed.
+    StaleCompare,
+}
+
+/// What history to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep everything (the default, as etcd's retention "0").
+    Off,
+    /// Keep the last this many revisions.
+    Revisions(u64),
+    /// Keep what was written within this long.
+    Period(Duration),
+}
+
+/// Parses `--auto-compaction-retention` for `mode`: a revision count in
+/// `revision` mode; in `periodic` mode a duration (`1h`, `30m`, `90s`) or a
+/// number of hours (etcd's plain number). `0` is off.
+pub fn parse_retention(mode: &str, text: &str) -> Result<Retention, String> {
+    let text = text.trim();
+    match mode {
+        "revision" => {
+            let keep: u64 = text.parse().map_err(|_| {
+                format!("--auto-compaction-retention {text:?}: revision mode takes a number of revisions")
+            })?;
+            Ok(if keep == 0 {
+                Retention::Off
+            } else {
+                Retention::Revisions(keep)
+            })
+        }
+        "periodic" => {
+            let duration = match text.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => parse_duration(text).ok_or_else(|| {
+                    format!("--auto-compaction-retention {text:?}: periodic mode takes a duration such as 1h, 30m or 90s, or a number of hours")
+                })?,
+            };
+            Ok(if duration.is_zero() {
+                Retention::Off
+            } else {
+                Retention::Period(duration)
+            })
+        }
+        other => Err(format!(
+            "--auto-compaction-mode {other:?}: periodic or revision"
+        )),
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (amount, unit) = text.split_at(split);
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "h" => Duration::from_secs(amount * 3600),
+        "m" => Duration::from_secs(amount * 60),
+        "s" => Duration::from_secs(amount),
+        "ms" => Duration::from_millis(amount),
+        _ => return None,
+    })
 }
 
 /// kvstore-server: one node of a Raft-replicated key-value store.
@@ -93,6 +157,18 @@ pub struct ServerConfig {
     /// --snapshot-entries comes first: bounds the memory the log holds.
     #[arg(long, env = "KVSTORE_SNAPSHOT_LOG_BYTES", default_value_t = limits::SNAPSHOT_LOG_BYTES_DEFAULT)]
     pub snapshot_log_bytes: u64,
+
+    /// What automatic compaction keeps (etcd's flag): `periodic` keeps a
+    /// time window of history (--auto-compaction-retention 1h), `revision`
+    /// the last N revisions (--auto-compaction-retention 1000).
+    #[arg(long, env = "KVSTORE_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+
+    /// How much history automatic compaction keeps: a duration (`1h`,
+    /// `30m`, or a number of hours) in periodic mode, a revision count in
+    /// revision mode; 0 (the default, as etcd) keeps everything.
+    #[arg(long, env = "KVSTORE_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
 
     /// Longest time, in milliseconds, that applied writes stay in memory
     /// before they are written behind into LevelDB (like etcd's
@@ -236,6 +312,12 @@ fn parse_peer(text: &str) -> Result<Peer, String> {
 }
 
 impl ServerConfig {
+    /// What automatic compaction keeps (checked by [`Self::validate`]).
+    pub fn retention(&self) -> Retention {
+        parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)
+            .unwrap_or(Retention::Off)
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.key_bytes_max == 0 {
@@ -253,6 +335,7 @@ impl ServerConfig {
         if self.snapshot_entries == 0 {
             return Err("--snapshot-entries must be at least 1".into());
         }
+        parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.snapshot_log_bytes == 0 {
             return Err("--snapshot-log-bytes must be at least 1".into());
         }
@@ -327,6 +410,27 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_parses_as_etcd() {
+        assert_eq!(
+            parse_retention("revision", "1000"),
+            Ok(Retention::Revisions(1000))
+        );
+        assert_eq!(parse_retention("revision", "0"), Ok(Retention::Off));
+        assert!(parse_retention("revision", "1h").is_err());
+        assert_eq!(
+            parse_retention("periodic", "1"),
+            Ok(Retention::Period(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_retention("periodic", "30m"),
+            Ok(Retention::Period(Duration::from_secs(1800)))
+        );
+        assert_eq!(parse_retention("periodic", "0"), Ok(Retention::Off));
+        assert!(parse_retention("periodic", "soon").is_err());
+        assert!(parse_retention("hourly", "1").is_err());
+    }
 
     #[test]
     fn peers_parse_and_bad_ones_are_refused() {

@@ -1,6 +1,8 @@
 //! Errors a request can meet, and their gRPC status: the one place where
 //! errors become `tonic::Status`.
 
+use crate::state_machine::kv_encoding::BadRequest;
+use crate::state_machine::Refusal;
 use crate::storage::StoreError;
 
 /// Why a client request failed.
@@ -26,9 +28,34 @@ pub enum KvError {
     /// been applied (the leader was lost mid-request).
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A revision below the compacted one, or one not reached yet; nothing
+    /// was changed.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The cluster cannot serve the request in its present state (its
+    /// storage version is below the one the request needs).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The node's storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+impl From<BadRequest> for KvError {
+    fn from(error: BadRequest) -> Self {
+        KvError::InvalidArgument(error.0)
+    }
+}
+
+impl From<Refusal> for KvError {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::StorageVersion { .. } => KvError::FailedPrecondition(message),
+            Refusal::Revision(_) => KvError::OutOfRange(message),
+            Refusal::Invalid(_) => KvError::InvalidArgument(message),
+        }
+    }
 }
 
 impl KvError {
@@ -40,6 +67,10 @@ impl KvError {
         let never_sent = status.code() == tonic::Code::Unavailable && failed_to_connect(&status);
         match status.code() {
             tonic::Code::InvalidArgument => KvError::InvalidArgument(status.message().to_string()),
+            tonic::Code::OutOfRange => KvError::OutOfRange(status.message().to_string()),
+            tonic::Code::FailedPrecondition => {
+                KvError::FailedPrecondition(status.message().to_string())
+            }
             // Never sent: as good as "not the leader"; retried through the next leader.
             tonic::Code::Unavailable if never_sent => KvError::NotLeader(format!(
                 "cannot reach leader {leader_id}: {}",
@@ -83,6 +114,8 @@ impl From<KvError> for tonic::Status {
             }
             KvError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             KvError::OutcomeUnknown(_) => tonic::Status::unknown(message),
+            KvError::OutOfRange(_) => tonic::Status::out_of_range(message),
+            KvError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             KvError::Storage(StoreError::Closed) => tonic::Status::unavailable(message),
             KvError::Storage(_) => tonic::Status::internal(message),
         }
@@ -108,6 +141,11 @@ mod tests {
                 tonic::Code::DeadlineExceeded,
             ),
             (KvError::OutcomeUnknown("x".into()), tonic::Code::Unknown),
+            (KvError::OutOfRange("x".into()), tonic::Code::OutOfRange),
+            (
+                KvError::FailedPrecondition("x".into()),
+                tonic::Code::FailedPrecondition,
+            ),
             (
                 KvError::Storage(StoreError::Closed),
                 tonic::Code::Unavailable,

@@ -43,15 +43,27 @@ pub enum Operation {
     Delete,
     /// `KV.Status`.
     Status,
+    /// `KV.Range`.
+    Range,
+    /// `KV.DeleteRange`.
+    DeleteRange,
+    /// `KV.Txn`.
+    Txn,
+    /// `KV.Compact`.
+    Compact,
 }
 
 impl Operation {
     /// Every operation, in label order.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 8] = [
         Operation::Put,
         Operation::Get,
         Operation::Delete,
         Operation::Status,
+        Operation::Range,
+        Operation::DeleteRange,
+        Operation::Txn,
+        Operation::Compact,
     ];
 
     /// The label value.
@@ -61,6 +73,10 @@ impl Operation {
             Operation::Get => "get",
             Operation::Delete => "delete",
             Operation::Status => "status",
+            Operation::Range => "range",
+            Operation::DeleteRange => "delete_range",
+            Operation::Txn => "txn",
+            Operation::Compact => "compact",
         }
     }
 }
@@ -417,7 +433,7 @@ impl Metrics {
 
     /// Requests received so far, per operation (every code), in
     /// [`Operation::ALL`] order; and how many of them failed.
-    pub fn request_counts(&self) -> ([(Operation, u64); 4], u64) {
+    pub fn request_counts(&self) -> ([(Operation, u64); Operation::ALL.len()], u64) {
         let mut failed = 0;
         let counts = Operation::ALL.map(|operation| {
             let mut total = 0;

@@ -1,11 +1,22 @@
 //! State-machine snapshots: the file format and the directory that keeps them.
 //!
-//! A snapshot file holds every user key and value as of one applied log index:
+//! A snapshot file holds the state machine as of one applied log index. A
+//! single-version store (storage version 1) is every user key and value:
 //!
 //! ```text
 //! "KVSNAP01" | index u64 | term u64
 //! { key_length u32 | value_length u32 | key | value } *
 //! END_MARKER u32 | pair_count u64 | crc32c u32 (of every byte before it)
+//! ```
+//!
+//! A multi-version store (storage version 2) is its revision and history
+//! records (the store's own keys, `state_machine::mvcc::keys`) at or below
+//! the snapshot's revision, after a header naming that revision:
+//!
+//! ```text
+//! "KVSNAP02" | index u64 | term u64 | revision u64 | compacted u64 | storage_version u32
+//! { key_length u32 | value_length u32 | key | value } *
+//! END_MARKER u32 | pair_count u64 | crc32c u32
 //! ```
 //!
 //! (little-endian). Files are written to a temporary name, fsynced, renamed
@@ -20,10 +31,13 @@ use std::collections::BTreeMap;
 
 use kvstore_raft::SnapshotMetadata;
 
-use crate::state_machine::{self, log_encoding, Command};
+use crate::state_machine::{self, log_encoding, AppliedState, Command};
 use crate::storage::{KeyValue, Store, StoreError};
 
 const MAGIC: &[u8; 8] = b"KVSNAP01";
+const MAGIC_MULTI_VERSION: &[u8; 8] = b"KVSNAP02";
+/// Bytes of a multi-version header after the single-version one.
+const MULTI_VERSION_HEADER_BYTES: usize = 20;
 const END_MARKER: u32 = u32::MAX;
 const FILE_PREFIX: &str = "snapshot-";
 const FILE_SUFFIX: &str = ".snap";
@@ -197,6 +211,26 @@ impl SnapshotWriter {
         directory: &SnapshotDirectory,
         snapshot: SnapshotMetadata,
     ) -> Result<Self, SnapshotError> {
+        Self::start(directory, snapshot, MAGIC)
+    }
+
+    /// Starts the temporary file of a multi-version snapshot of `state`.
+    pub fn create_multi_version(
+        directory: &SnapshotDirectory,
+        state: &AppliedState,
+    ) -> Result<Self, SnapshotError> {
+        let mut writer = Self::start(directory, state.snapshot, MAGIC_MULTI_VERSION)?;
+        writer.write(&state.revision.to_le_bytes())?;
+        writer.write(&state.compacted.to_le_bytes())?;
+        writer.write(&state.storage_version.to_le_bytes())?;
+        Ok(writer)
+    }
+
+    fn start(
+        directory: &SnapshotDirectory,
+        snapshot: SnapshotMetadata,
+        magic: &[u8; 8],
+    ) -> Result<Self, SnapshotError> {
         let path = directory.temporary_path_of(snapshot);
         let file = File::create(&path).map_err(io_error(&path))?;
         let mut writer = Self {
@@ -208,7 +242,7 @@ impl SnapshotWriter {
             pair_count: 0,
             last_key: None,
         };
-        writer.write(MAGIC)?;
+        writer.write(magic)?;
         writer.write(&snapshot.index.to_le_bytes())?;
         writer.write(&snapshot.term.to_le_bytes())?;
         Ok(writer)
@@ -259,6 +293,8 @@ pub struct SnapshotReader {
     path: PathBuf,
     reader: BufReader<File>,
     snapshot: SnapshotMetadata,
+    /// For a multi-version snapshot, the state it records.
+    multi_version: Option<AppliedState>,
     pair_count: u64,
     last_key: Option<Vec<u8>>,
     finished: bool,
@@ -272,17 +308,39 @@ impl SnapshotReader {
         let mut reader = BufReader::with_capacity(FILE_BUFFER_BYTES, file);
         let mut header = [0u8; 24];
         reader.read_exact(&mut header).map_err(io_error(path))?;
-        if &header[..8] != MAGIC {
-            return Err(corrupt(path, "bad magic"));
-        }
+        let multi = match &header[..8] {
+            magic if magic == MAGIC => false,
+            magic if magic == MAGIC_MULTI_VERSION => true,
+            _ => return Err(corrupt(path, "bad magic")),
+        };
         let snapshot = SnapshotMetadata {
             index: u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
             term: u64::from_le_bytes(header[16..24].try_into().expect("8 bytes")),
+        };
+        let multi_version = if multi {
+            let mut more = [0u8; MULTI_VERSION_HEADER_BYTES];
+            reader.read_exact(&mut more).map_err(io_error(path))?;
+            let storage_version = u32::from_le_bytes(more[16..20].try_into().expect("4 bytes"));
+            if storage_version > state_machine::STORAGE_VERSION_MAX {
+                return Err(corrupt(
+                    path,
+                    &format!("storage version {storage_version}: written by a newer release"),
+                ));
+            }
+            Some(AppliedState {
+                snapshot,
+                revision: u64::from_le_bytes(more[..8].try_into().expect("8 bytes")),
+                compacted: u64::from_le_bytes(more[8..16].try_into().expect("8 bytes")),
+                storage_version,
+            })
+        } else {
+            None
         };
         Ok(Self {
             path: path.to_path_buf(),
             reader,
             snapshot,
+            multi_version,
             pair_count: 0,
             last_key: None,
             finished: false,
@@ -292,6 +350,12 @@ impl SnapshotReader {
     /// The snapshot's identity, from the file header.
     pub fn snapshot(&self) -> SnapshotMetadata {
         self.snapshot
+    }
+
+    /// The state a multi-version snapshot records (`None`: a
+    /// single-version one).
+    pub fn multi_version(&self) -> Option<AppliedState> {
+        self.multi_version
     }
 
     fn read_u32(&mut self) -> Result<u32, SnapshotError> {
@@ -374,7 +438,16 @@ pub fn write_merged(
         match log_encoding::decode_entry(entry) {
             Some(Command::Put { key, value }) => changes.insert(key, Some(value)),
             Some(Command::Delete { key }) => changes.insert(key, None),
-            None => None,
+            // Refused in a single-version store (the caller takes a
+            // multi-version snapshot from the store once the storage version
+            // is raised).
+            Some(Command::Txn(_) | Command::Compact { .. }) | None => None,
+            Some(Command::SetStorageVersion { version }) => {
+                return Err(SnapshotError::Store(StoreError::Engine(format!(
+                    "entry {} raises the storage version to {version}: the snapshot must be taken from the store",
+                    entry.index
+                ))))
+            }
         };
     }
     let mut base_pairs = match base {
@@ -450,27 +523,40 @@ pub fn verify_checksum(path: &Path) -> Result<(), SnapshotError> {
 }
 
 /// Replaces the store's state with the snapshot in `path`; on success the
-/// store's applied index is the snapshot's. Returns the pairs restored.
+/// store's applied index is the snapshot's. Returns the state restored
+/// and the pairs.
 pub fn restore_into_store(
     store: &mut dyn Store,
     path: &Path,
-) -> Result<(SnapshotMetadata, u64), SnapshotError> {
+) -> Result<(AppliedState, u64), SnapshotError> {
     let mut reader = SnapshotReader::open(path)?;
     let snapshot = reader.snapshot();
+    let state = reader.multi_version().unwrap_or(AppliedState {
+        snapshot,
+        ..AppliedState::default()
+    });
     state_machine::begin_restore(store, snapshot)?;
     let mut restored = 0u64;
+    let mut last_key = None;
+    let mut restore = |store: &mut dyn Store, chunk: Vec<KeyValue>| {
+        if state.storage_version >= state_machine::STORAGE_VERSION_MVCC {
+            state_machine::restore_records(store, chunk, &mut last_key)
+        } else {
+            state_machine::restore_pairs(store, chunk)
+        }
+    };
     let mut chunk = Vec::with_capacity(state_machine::RESTORE_BATCH_KEYS);
     while let Some(pair) = reader.next_pair()? {
         chunk.push(pair);
         if chunk.len() == state_machine::RESTORE_BATCH_KEYS {
             restored += chunk.len() as u64;
-            state_machine::restore_pairs(store, std::mem::take(&mut chunk))?;
+            restore(store, std::mem::take(&mut chunk))?;
         }
     }
     restored += chunk.len() as u64;
-    state_machine::restore_pairs(store, chunk)?;
-    state_machine::finish_restore(store, snapshot)?;
-    Ok((snapshot, restored))
+    restore(store, chunk)?;
+    state_machine::finish_restore(store, state)?;
+    Ok((state, restored))
 }
 
 /// The identity recorded in a snapshot file's header.
@@ -479,7 +565,7 @@ pub fn peek_metadata(path: &Path) -> Result<SnapshotMetadata, SnapshotError> {
     File::open(path)
         .and_then(|mut file| file.read_exact(&mut header))
         .map_err(io_error(path))?;
-    if &header[..8] != MAGIC {
+    if &header[..8] != MAGIC && &header[..8] != MAGIC_MULTI_VERSION {
         return Err(SnapshotError::Corrupt {
             path: path.to_path_buf(),
             reason: "bad magic".into(),
@@ -579,10 +665,10 @@ mod tests {
 
         state_machine::apply(target, &[put(1, "stale", "x")]).unwrap();
         let (restored, count) = restore_into_store(target, &path).unwrap();
-        assert_eq!((restored, count), (snapshot(2_500), 2_500));
+        assert_eq!((restored.snapshot, count), (snapshot(2_500), 2_500));
         assert_eq!(state_machine::applied(target).unwrap(), snapshot(2_500));
         assert_eq!(state_machine::consistent_at(target).unwrap(), 2_500);
-        assert_eq!(state_machine::get(target, b"stale").unwrap(), None);
+        assert_eq!(state_machine::get(target, b"stale").unwrap().value, None);
         assert_eq!(
             state_machine::scan_data_from(target, b"", usize::MAX).unwrap(),
             applied_state(&entries)

@@ -44,6 +44,7 @@ async fn put_all(address: SocketAddr) {
             .put(PutRequest {
                 key: key(index),
                 value: value(index),
+                ..PutRequest::default()
             })
             .await
             .unwrap();

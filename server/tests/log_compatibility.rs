@@ -131,6 +131,7 @@ async fn put(address: SocketAddr, key: &[u8], value: &[u8]) {
         .put(PutRequest {
             key: key.to_vec(),
             value: value.to_vec(),
+            ..PutRequest::default()
         })
         .await
         .expect("put");
@@ -195,7 +196,8 @@ fn the_wal_and_snapshot_of_4232c83_decode_to_the_recipe() {
         .max()
         .expect("the fixture holds a snapshot");
     let mut store = MemoryStore::new();
-    let (snapshot, _) = restore_into_store(&mut store, &newest_snapshot).unwrap();
+    let (restored, _) = restore_into_store(&mut store, &newest_snapshot).unwrap();
+    let snapshot = restored.snapshot;
     let marker = recovered.snapshot.expect("the WAL records its compaction");
     assert_eq!((marker.index, marker.term), (snapshot.index, snapshot.term));
     let entries: Vec<_> = recovered

@@ -26,6 +26,7 @@ async fn put(address: std::net::SocketAddr, key: &str, value: &str) {
         .put(PutRequest {
             key: key.into(),
             value: value.into(),
+            ..PutRequest::default()
         })
         .await
         .unwrap_or_else(|status| panic!("put {key}: {status}"));

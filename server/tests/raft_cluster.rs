@@ -26,6 +26,7 @@ async fn put(cluster: &Cluster, node_id: u64, key: &str, value: &str) {
         .put(PutRequest {
             key: key.into(),
             value: value.into(),
+            ..PutRequest::default()
         })
         .await
         .unwrap_or_else(|status| {
@@ -184,6 +185,7 @@ async fn the_raft_port_refuses_other_clusters_strangers_and_garbage() {
             from,
             to,
             term: term + 100,
+            storage_version_max: 0,
         }),
         pre_vote: false,
         last_log_index: 1_000_000,

@@ -30,6 +30,7 @@ async fn try_put(
         .put(PutRequest {
             key: key.into(),
             value: value.into(),
+            ..PutRequest::default()
         })
         .await
         .map(|_| ())
@@ -171,6 +172,7 @@ async fn a_write_through_one_follower_is_read_through_the_other() {
         .put(PutRequest {
             key: b"greeting".to_vec(),
             value: b"hello".to_vec(),
+            ..PutRequest::default()
         })
         .await
         .unwrap()
@@ -303,6 +305,7 @@ async fn concurrent_follower_reads_see_every_write_acknowledged_before_them() {
             .put(PutRequest {
                 key: b"counter".to_vec(),
                 value: value.to_string().into_bytes(),
+                ..PutRequest::default()
             })
             .await
             .unwrap();
@@ -408,6 +411,7 @@ async fn put_rounds(
             .put(PutRequest {
                 key: format!("key-{}", index % ROUND_KEYS).into_bytes(),
                 value: index.to_string().into_bytes(),
+                ..PutRequest::default()
             })
             .await
             .unwrap();
@@ -485,6 +489,7 @@ async fn a_lagging_follower_catches_up_through_a_snapshot() {
             from: leader,
             to: lagging,
             term: leader_term,
+            storage_version_max: 0,
         }),
         snapshot: Some(pb::SnapshotMetadata { index, term }),
         offset: 0,
@@ -608,6 +613,7 @@ async fn many_concurrent_largest_values_through_a_follower() {
                 .put(PutRequest {
                     key: format!("large-{index}").into_bytes(),
                     value: vec![index as u8; VALUE_BYTES],
+                    ..PutRequest::default()
                 })
                 .await
         }

@@ -164,6 +164,7 @@ fn binary_keys_and_values_round_trip_through_cli_and_server() {
             .put(PutRequest {
                 key: binary_key.clone(),
                 value: vec![0; 3],
+                ..PutRequest::default()
             })
             .await
             .unwrap();
@@ -189,7 +190,11 @@ fn bad_input_gets_invalid_argument_and_changes_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = server.client().await;
-        let put = |key: Vec<u8>, value: Vec<u8>| PutRequest { key, value };
+        let put = |key: Vec<u8>, value: Vec<u8>| PutRequest {
+            key,
+            value,
+            ..PutRequest::default()
+        };
         let cases = [
             (put(Vec::new(), b"v".to_vec()), "empty"),
             (put(vec![b'k'; 17], b"v".to_vec()), "limit of 16 bytes"),
@@ -280,6 +285,7 @@ fn acknowledged_writes_survive_kill_9_and_restart() {
                 .put(PutRequest {
                     key: format!("key-{index}").into_bytes(),
                     value: index.to_be_bytes().repeat(64),
+                    ..PutRequest::default()
                 })
                 .await
                 .unwrap();
@@ -368,6 +374,7 @@ async fn put_large_values_until_snapshot(
             .put(PutRequest {
                 key: format!("key-{index}").into_bytes(),
                 value: large_value(index),
+                ..PutRequest::default()
             })
             .await
             .unwrap();

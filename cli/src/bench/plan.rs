@@ -29,6 +29,8 @@ pub const VALUE_SIZE_BYTES_MAX: u64 = 1024 * 1024;
 pub const IN_FLIGHT_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// Fraction of reads in `mixed` when `--ratio` is not given.
 pub const READ_RATIO_DEFAULT: f64 = 0.5;
+/// Keys per range of `bench range` by default.
+pub const RANGE_KEYS_DEFAULT: u64 = 100;
 
 /// What ends the measured run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Plan {
     pub keyspace: u64,
     /// Fraction of requests that are reads: 0 for put, 1 for get.
     pub read_ratio: f64,
+    /// range: keys per range.
+    pub range_keys: u64,
     /// Consistency of reads.
     pub consistency: Consistency,
     /// Write every key once before measuring.
@@ -172,12 +176,32 @@ impl Plan {
                 ratio
             }
             (_, Some(_)) => return Err("--ratio applies only to `bench mixed`".into()),
-            (Workload::Put, None) => 0.0,
-            (Workload::Get, None) => 1.0,
+            (Workload::Put | Workload::Txn, None) => 0.0,
+            (Workload::Get | Workload::Range, None) => 1.0,
         };
-        if arguments.workload == Workload::Put && arguments.consistency.is_some() {
-            return Err("--consistency applies to reads: `bench get` or `bench mixed`".into());
+        if matches!(arguments.workload, Workload::Put | Workload::Txn)
+            && arguments.consistency.is_some()
+        {
+            return Err(
+                "--consistency applies to reads: `bench get`, `bench mixed` or `bench range`"
+                    .into(),
+            );
         }
+        let range_keys = match (arguments.workload, arguments.range_keys) {
+            (Workload::Range, keys) => {
+                let keys = keys.unwrap_or(RANGE_KEYS_DEFAULT);
+                // The key after the last one read must exist: below --keyspace.
+                check_range(
+                    "--range-keys",
+                    keys,
+                    1,
+                    arguments.keyspace.saturating_sub(1),
+                )?;
+                keys
+            }
+            (_, Some(_)) => return Err("--range-keys applies only to `bench range`".into()),
+            (_, None) => 0,
+        };
         let prefill = if arguments.prefill {
             true
         } else if arguments.no_prefill {
@@ -198,6 +222,7 @@ impl Plan {
             value_size_bytes: to_usize(arguments.value_size_bytes),
             keyspace: arguments.keyspace,
             read_ratio,
+            range_keys,
             consistency: arguments.consistency.unwrap_or(Consistency::Linearizable),
             prefill,
             seed: arguments.seed,

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 use tonic::{Code, Status};
 
+use crate::args::Workload;
 use crate::bench::api::Connection;
 use crate::bench::keys;
 use crate::bench::plan::Plan;
@@ -157,9 +158,38 @@ impl Client {
         self.put(key, value).await
     }
 
-    /// Reads (with probability `read_ratio`) or writes a random key.
+    /// Reads (with probability `read_ratio`) or writes a random key; or,
+    /// for `txn` and `range`, one compare-and-swap or one range.
     async fn measure(&mut self) -> Option<Code> {
         let plan = &self.plan;
+        match plan.workload {
+            Workload::Txn => {
+                let key = keys::key(
+                    self.random.random_range(0..plan.keyspace),
+                    plan.key_size_bytes,
+                );
+                let value = keys::random_value(&mut self.random, plan.value_size_bytes);
+                let started = Instant::now();
+                let answer = self.connection.cas(key, value).await;
+                let failed = record(&mut self.tally, started, &answer);
+                self.tally.writes += 1;
+                return failed;
+            }
+            Workload::Range => {
+                let first = self.random.random_range(0..plan.keyspace - plan.range_keys);
+                let key = keys::key(first, plan.key_size_bytes);
+                let end = keys::key(first + plan.range_keys, plan.key_size_bytes);
+                let started = Instant::now();
+                let answer = self.connection.range(key, end, plan.consistency).await;
+                let failed = record(&mut self.tally, started, &answer);
+                self.tally.reads += 1;
+                if let Ok(0) = answer {
+                    self.tally.reads_not_found += 1;
+                }
+                return failed;
+            }
+            Workload::Put | Workload::Get | Workload::Mixed => {}
+        }
         let key = keys::key(
             self.random.random_range(0..plan.keyspace),
             plan.key_size_bytes,

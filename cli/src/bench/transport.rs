@@ -368,6 +368,7 @@ mod tests {
             // its own (over 256 bytes), after which it flushes before
             // buffering another frame.
             value: vec![7; 256],
+            ..PutRequest::default()
         }
     }
 

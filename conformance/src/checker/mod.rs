@@ -209,6 +209,25 @@ fn key_ops(operations: &[&Operation]) -> Vec<KeyOp> {
                     _ => Output::Unknown,
                 },
             ),
+            OpKind::Cas => {
+                let expected = intern(
+                    operation
+                        .expected
+                        .as_ref()
+                        .and_then(|expected| expected.as_deref()),
+                );
+                let new = intern(Some(operation.value.as_deref().unwrap_or_default()));
+                let output = match (known, operation.swapped) {
+                    (true, Some(true)) => Output::Swapped,
+                    (true, Some(false)) => Output::NotSwapped(intern(
+                        operation.read.as_ref().and_then(|read| read.as_deref()),
+                    )),
+                    _ => Output::Unknown,
+                };
+                (Input::Cas { expected, new }, output)
+            }
+            // Checked by their own steps (counts and sums), not as registers.
+            OpKind::Increment | OpKind::Transfer | OpKind::Audit => continue,
             OpKind::Get if operation.consistency == Some(Consistency::Serializable) => continue,
             OpKind::Get => {
                 // A get that did not return changed nothing.
@@ -335,6 +354,9 @@ fn shrink(ops: Vec<KeyOp>, deadline: Instant) -> (Vec<KeyOp>, bool) {
                     !((other.output == Output::Read(0) || other.is_known_delete())
                         && may_follow(other))
                 }),
+                // Kept: whether anything observed its write, or relied on
+                // its compare, is not worked out here.
+                Input::Cas { .. } => false,
             };
             if removable {
                 let mut candidate = current.clone();
@@ -426,10 +448,37 @@ mod tests {
                 status,
                 read: None,
                 deleted: None,
+                expected: None,
+                swapped: None,
                 served: None,
                 error: None,
             });
             self.history.operations.last_mut().unwrap()
+        }
+        fn cas(
+            &mut self,
+            key: &str,
+            (expected, value): (Option<&str>, &str),
+            outcome: Option<Result<(), Option<&str>>>,
+            times: (u64, u64),
+        ) -> usize {
+            let status = if outcome.is_some() {
+                OpStatus::Ok
+            } else {
+                OpStatus::Unknown
+            };
+            let op = self.push(OpKind::Cas, key, times, status);
+            op.expected = Some(expected.map(str::to_string));
+            op.value = Some(value.into());
+            match outcome {
+                Some(Ok(())) => op.swapped = Some(true),
+                Some(Err(read)) => {
+                    op.swapped = Some(false);
+                    op.read = Some(read.map(str::to_string));
+                }
+                None => {}
+            }
+            op.id
         }
         fn put(&mut self, key: &str, value: &str, times: (u64, u64), status: OpStatus) -> usize {
             let op = self.push(OpKind::Put, key, times, status);
@@ -456,6 +505,23 @@ mod tests {
 
     fn check_default(history: &History) -> Report {
         check(history, Limits::default())
+    }
+
+    #[test]
+    fn two_swaps_from_one_value_are_a_lost_update() {
+        let mut h = Builder::new();
+        h.put("c", "0", (0, 10), OpStatus::Ok);
+        h.cas("c", (Some("0"), "1"), Some(Ok(())), (20, 30));
+        h.cas("c", (Some("1"), "2"), Some(Ok(())), (40, 50));
+        h.cas("c", (Some("1"), "x"), Some(Err(Some("2"))), (60, 70));
+        h.cas("c", (None, "y"), Some(Err(Some("2"))), (60, 70));
+        h.cas("c", (Some("2"), "3"), None, (80, 90));
+        h.get("c", Some("3"), (100, 110));
+        assert_eq!(check_default(&h.history).verdict, Verdict::Linearizable);
+        // Both swapped from 3: one of them must have seen the other's value.
+        h.cas("c", (Some("3"), "4"), Some(Ok(())), (120, 130));
+        h.cas("c", (Some("3"), "5"), Some(Ok(())), (140, 150));
+        assert_eq!(check_default(&h.history).verdict, Verdict::NotLinearizable);
     }
 
     #[test]
@@ -700,6 +766,7 @@ mod tests {
                         op.deleted = Some(state.is_some());
                         state = None;
                     }
+                    other => unreachable!("the simulation makes no {other:?}"),
                 }
             }
             let report = check_default(&h.history);

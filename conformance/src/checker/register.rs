@@ -12,6 +12,13 @@ pub enum Input {
     Get,
     /// Remove.
     Delete,
+    /// Store `new` if the value is `expected` (0: absent).
+    Cas {
+        /// The value it must be.
+        expected: u32,
+        /// The value stored if so.
+        new: u32,
+    },
 }
 
 /// What the client was told.
@@ -23,6 +30,10 @@ pub enum Output {
     Read(u32),
     /// A delete said whether the key existed.
     Deleted(bool),
+    /// A compare-and-swap stored its value.
+    Swapped,
+    /// A compare-and-swap found this value instead (0 = absent).
+    NotSwapped(u32),
     /// The outcome is unknown: any answer is possible.
     Unknown,
 }
@@ -47,6 +58,14 @@ impl Model for Register {
             (Input::Get, _) => Some(*state),
             (Input::Delete, Output::Deleted(existed)) => (*existed == (*state != 0)).then_some(0),
             (Input::Delete, _) => Some(0),
+            (Input::Cas { expected, new }, Output::Swapped) => (state == expected).then_some(*new),
+            (Input::Cas { expected, .. }, Output::NotSwapped(read)) => {
+                (state != expected && state == read).then_some(*state)
+            }
+            // Unknown: it swapped exactly when the value was the expected one.
+            (Input::Cas { expected, new }, _) => {
+                Some(if state == expected { *new } else { *state })
+            }
         }
     }
 }
@@ -63,6 +82,26 @@ mod tests {
             Some(3)
         );
         assert_eq!(Register.step(&state, &Input::Get, &Output::Read(0)), None);
+    }
+
+    #[test]
+    fn a_cas_swaps_only_from_the_expected_value() {
+        let cas = Input::Cas {
+            expected: 3,
+            new: 4,
+        };
+        assert_eq!(Register.step(&3, &cas, &Output::Swapped), Some(4));
+        assert_eq!(Register.step(&2, &cas, &Output::Swapped), None);
+        assert_eq!(Register.step(&2, &cas, &Output::NotSwapped(2)), Some(2));
+        assert_eq!(Register.step(&3, &cas, &Output::NotSwapped(3)), None);
+        assert_eq!(Register.step(&2, &cas, &Output::NotSwapped(5)), None);
+        assert_eq!(Register.step(&3, &cas, &Output::Unknown), Some(4));
+        assert_eq!(Register.step(&2, &cas, &Output::Unknown), Some(2));
+        let create = Input::Cas {
+            expected: 0,
+            new: 1,
+        };
+        assert_eq!(Register.step(&0, &create, &Output::Swapped), Some(1));
     }
 
     #[test]

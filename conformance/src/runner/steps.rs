@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
-use super::background::{nemesis, workload};
+use super::background::{bank, bank_account, counter, nemesis, workload};
 use super::harness::{Harness, STATUS_TIMEOUT};
 use crate::client::{Recorder, Request};
 use crate::cluster::NodeState;
@@ -34,6 +34,10 @@ pub(super) struct Run<'a> {
     final_values: BTreeMap<String, String>,
     step_process: usize,
     verbose: bool,
+    /// The bank workloads started: name -> (accounts, total).
+    banks: BTreeMap<String, (u32, u64)>,
+    /// The revision of the last `compact` step.
+    compacted: Option<i64>,
 }
 
 impl<'a> Run<'a> {
@@ -52,6 +56,8 @@ impl<'a> Run<'a> {
             named: BTreeMap::new(),
             background: Vec::new(),
             final_values: BTreeMap::new(),
+            banks: BTreeMap::new(),
+            compacted: None,
             step_process: recorder.new_process(),
             recorder,
             verbose,
@@ -231,11 +237,14 @@ impl<'a> Run<'a> {
             .operations
             .iter()
             .filter(|op| {
-                op.key == read.key && op.kind != OpKind::Get && op.status != OpStatus::Failed
+                op.key == read.key
+                    && matches!(op.kind, OpKind::Put | OpKind::Delete | OpKind::Cas)
+                    && op.swapped != Some(false)
+                    && op.status != OpStatus::Failed
             })
             .collect();
         let value_of = |op: &Operation| match op.kind {
-            OpKind::Put => op.value.clone(),
+            OpKind::Put | OpKind::Cas => op.value.clone(),
             _ => None,
         };
         let last = writes
@@ -267,6 +276,30 @@ impl<'a> Run<'a> {
         read.read
             .as_ref()
             .is_some_and(|value| allowed.contains(value))
+    }
+
+    /// Reads `key` linearizably at any node, retrying for a while.
+    async fn read_retried(&mut self, key: &str) -> Result<Option<String>> {
+        let request = Request::Get {
+            key: key.to_string(),
+            consistency: Default::default(),
+        };
+        let deadline = Instant::now() + RETRY_WINDOW;
+        loop {
+            let node = self.resolve_one(&Target::Any).await?;
+            let operation = self
+                .harness
+                .client
+                .execute("steps", self.step_process, node, &request)
+                .await;
+            if let Some(value) = operation.read {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                bail!("cannot read {key}: {}", operation.error.unwrap_or_default());
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     /// Runs one step; returns its result text (`passed`, `done`).
@@ -593,28 +626,223 @@ impl<'a> Run<'a> {
                 }
                 Ok("passed".into())
             }
+            Step::Counter(args) => {
+                let targets = match &args.at {
+                    Target::Any | Target::All => None,
+                    other => Some(self.resolve(other).await?),
+                };
+                let task = tokio::spawn(counter(
+                    self.harness.clone(),
+                    args.clone(),
+                    targets,
+                    self.scenario.seed,
+                ));
+                self.event(format!("counter {} started", args.name));
+                self.background
+                    .push((args.name.clone(), format!("counter {}", args.name), task));
+                Ok("done".into())
+            }
+            Step::Bank(args) => {
+                if args.accounts < 2 {
+                    bail!("a bank needs at least two accounts");
+                }
+                let targets = match &args.at {
+                    Target::Any | Target::All => None,
+                    other => Some(self.resolve(other).await?),
+                };
+                self.banks.insert(
+                    args.name.clone(),
+                    (args.accounts, args.balance * u64::from(args.accounts)),
+                );
+                let task = tokio::spawn(bank(
+                    self.harness.clone(),
+                    args.clone(),
+                    targets,
+                    self.scenario.seed,
+                ));
+                self.event(format!("bank {} started", args.name));
+                self.background
+                    .push((args.name.clone(), format!("bank {}", args.name), task));
+                Ok("done".into())
+            }
+            Step::ExpectCounter(name) => {
+                let value = self.read_retried(name).await?;
+                let value: u64 = match value {
+                    None => 0,
+                    Some(text) => text
+                        .parse()
+                        .map_err(|_| anyhow!("counter {name} holds {text:?}"))?,
+                };
+                let history = self.recorder.snapshot();
+                let increments = history
+                    .operations
+                    .iter()
+                    .filter(|op| op.kind == OpKind::Increment && op.key == *name);
+                let (mut acknowledged, mut unknown) = (0u64, 0u64);
+                for op in increments {
+                    match (op.status, op.swapped) {
+                        (OpStatus::Ok, Some(true)) => acknowledged += 1,
+                        (OpStatus::Unknown, _) => unknown += 1,
+                        _ => {}
+                    }
+                }
+                self.event(format!(
+                    "counter {name}: {value}, {acknowledged} increments acknowledged, {unknown} unknown"
+                ));
+                if value < acknowledged {
+                    bail!("counter {name} holds {value}, but {acknowledged} increments were acknowledged: {} lost", acknowledged - value);
+                }
+                if value > acknowledged + unknown {
+                    bail!("counter {name} holds {value}, more than the {acknowledged} acknowledged and {unknown} unknown increments");
+                }
+                Ok("passed".into())
+            }
+            Step::ExpectBankTotal(name) => {
+                let (accounts, total) = *self
+                    .banks
+                    .get(name)
+                    .ok_or_else(|| anyhow!("no bank {name:?} started before"))?;
+                let (prefix, _) = bank_account(name, 0);
+                let history = self.recorder.snapshot();
+                let audits: Vec<&Operation> = history
+                    .operations
+                    .iter()
+                    .filter(|op| {
+                        op.kind == OpKind::Audit && op.key == prefix && op.status == OpStatus::Ok
+                    })
+                    .collect();
+                if let Some(bad) = audits
+                    .iter()
+                    .find(|op| op.read != Some(Some(total.to_string())))
+                {
+                    bail!("audit #{} read {:?}, not {total}", bad.id, bad.read);
+                }
+                let request = Request::Audit {
+                    prefix: prefix.clone(),
+                };
+                let deadline = Instant::now() + RETRY_WINDOW;
+                let sum = loop {
+                    let node = self.resolve_one(&Target::Any).await?;
+                    let operation = self
+                        .harness
+                        .client
+                        .execute("steps", self.step_process, node, &request)
+                        .await;
+                    if let Some(Some(sum)) = operation.read {
+                        break sum;
+                    }
+                    if Instant::now() > deadline {
+                        bail!(
+                            "cannot audit bank {name}: {}",
+                            operation.error.unwrap_or_default()
+                        );
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                };
+                self.event(format!(
+                    "bank {name}: {} audits during the run, final total {sum} over {accounts} accounts",
+                    audits.len()
+                ));
+                if sum != total.to_string() {
+                    bail!("bank {name} ends with a total of {sum}, not {total}");
+                }
+                if audits.is_empty() {
+                    bail!("no audit of bank {name} succeeded during the run");
+                }
+                Ok("passed".into())
+            }
+            Step::Compact(args) => {
+                let leader = self.harness.leader().await?;
+                let current = self
+                    .harness
+                    .client
+                    .range(leader, range_of("", None, 0))
+                    .await
+                    .map_err(|status| anyhow!("reading the revision: {status}"))?
+                    .header
+                    .map_or(0, |header| header.revision);
+                let revision = current - i64::try_from(args.keep).unwrap_or(i64::MAX);
+                if revision < 2 {
+                    bail!(
+                        "the store is at revision {current}: nothing to compact keeping {}",
+                        args.keep
+                    );
+                }
+                self.harness
+                    .client
+                    .compact(leader, revision)
+                    .await
+                    .map_err(|status| anyhow!("compacting at {revision}: {status}"))?;
+                self.event(format!(
+                    "compacted at revision {revision} (current {current})"
+                ));
+                self.compacted = Some(revision);
+                Ok("done".into())
+            }
+            Step::ExpectRangesAgree(args) => {
+                let leader = self.harness.leader().await?;
+                let client = self.harness.client.clone();
+                let current = client
+                    .range(leader, range_of(&args.prefix, None, 0))
+                    .await
+                    .map_err(|status| anyhow!("reading the revision: {status}"))?
+                    .header
+                    .map_or(0, |header| header.revision);
+                let oldest = (current - i64::try_from(args.revisions).unwrap_or(i64::MAX))
+                    .max(self.compacted.unwrap_or(1))
+                    .max(1);
+                let nodes = self.resolve(&Target::All).await?;
+                let mut compared = 0;
+                for revision in oldest..=current {
+                    let expected = client
+                        .range(leader, range_of(&args.prefix, Some(()), revision))
+                        .await
+                        .map_err(|status| anyhow!("leader at revision {revision}: {status}"))?
+                        .kvs;
+                    for &node in &nodes {
+                        let got = client
+                            .range(node, range_of(&args.prefix, Some(()), revision))
+                            .await
+                            .map_err(|status| {
+                                anyhow!("node {node} at revision {revision}: {status}")
+                            })?
+                            .kvs;
+                        if got != expected {
+                            bail!(
+                                "node {node} at revision {revision}: {} pairs, the leader's {}: {}",
+                                got.len(),
+                                expected.len(),
+                                describe_difference(&got, &expected)
+                            );
+                        }
+                        compared += 1;
+                    }
+                }
+                if let Some(compacted) = self.compacted.filter(|compacted| *compacted > 1) {
+                    for &node in &nodes {
+                        match client
+                            .range(node, range_of(&args.prefix, Some(()), compacted - 1))
+                            .await
+                        {
+                            Err(status) if status.code() == tonic::Code::OutOfRange => {}
+                            Err(status) => bail!(
+                                "node {node} at compacted revision {}: {status}",
+                                compacted - 1
+                            ),
+                            Ok(_) => {
+                                bail!("node {node} served compacted revision {}", compacted - 1)
+                            }
+                        }
+                    }
+                }
+                self.event(format!(
+                    "{compared} ranges compared at revisions {oldest}..={current} on nodes {nodes:?}"
+                ));
+                Ok("passed".into())
+            }
             Step::FinalValues(keys) => {
                 for key in keys {
-                    let request = Request::Get {
-                        key: key.clone(),
-                        consistency: Default::default(),
-                    };
-                    let deadline = Instant::now() + RETRY_WINDOW;
-                    let value = loop {
-                        let node = self.resolve_one(&Target::Any).await?;
-                        let operation = self
-                            .harness
-                            .client
-                            .execute("steps", self.step_process, node, &request)
-                            .await;
-                        if let Some(value) = operation.read {
-                            break value;
-                        }
-                        if Instant::now() > deadline {
-                            bail!("cannot read {key}: {}", operation.error.unwrap_or_default());
-                        }
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    };
+                    let value = self.read_retried(key).await?;
                     self.final_values
                         .insert(key.clone(), value.unwrap_or_else(|| "(absent)".into()));
                 }
@@ -622,4 +850,54 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// A range of every key with `prefix` (`""`: every key); serializable at
+/// `revision` when `serializable` is given (each node answers from its own
+/// state), else linearizable at the current revision.
+fn range_of(prefix: &str, serializable: Option<()>, revision: i64) -> pb::RangeRequest {
+    let (key, range_end) = if prefix.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (
+            prefix.as_bytes().to_vec(),
+            crate::client::prefix_end(prefix),
+        )
+    };
+    pb::RangeRequest {
+        key,
+        range_end,
+        revision,
+        consistency: if serializable.is_some() {
+            pb::Consistency::Serializable
+        } else {
+            pb::Consistency::Linearizable
+        } as i32,
+        ..pb::RangeRequest::default()
+    }
+}
+
+/// The first pair where two range answers differ.
+fn describe_difference(got: &[pb::KeyValue], expected: &[pb::KeyValue]) -> String {
+    let show = |pair: Option<&pb::KeyValue>| match pair {
+        None => "nothing".to_string(),
+        Some(pair) => format!(
+            "{}={} (create {}, mod {}, version {})",
+            String::from_utf8_lossy(&pair.key),
+            String::from_utf8_lossy(&pair.value),
+            pair.create_revision,
+            pair.mod_revision,
+            pair.version
+        ),
+    };
+    let position = got
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(expected.len()));
+    format!(
+        "first difference at pair {position}: {} against {}",
+        show(got.get(position)),
+        show(expected.get(position))
+    )
 }

@@ -4,9 +4,9 @@
 
 use kvstore_raft::NodeId;
 
-use super::{Node, ServedBy};
+use super::{Node, ServedBy, WriteOutcome};
 use crate::errors::KvError;
-use crate::state_machine::Command;
+use crate::state_machine::{Command, Outcome};
 use crate::transport::inbound::ForwardedRequests;
 use crate::transport::leader_link::{BoxFuture, LeaderReply};
 
@@ -16,6 +16,18 @@ fn reply(served_by: ServedBy, found: bool) -> LeaderReply {
         term: served_by.term,
         index: served_by.index,
         found,
+        revision: served_by.revision,
+        txn: None,
+    }
+}
+
+fn write_reply(outcome: WriteOutcome) -> LeaderReply {
+    LeaderReply {
+        txn: match outcome.outcome.map(|outcome| *outcome) {
+            Some(Outcome::Txn(response)) => Some(response),
+            _ => None,
+        },
+        ..reply(outcome.served_by, outcome.found)
     }
 }
 
@@ -28,8 +40,8 @@ impl ForwardedRequests for Node {
     ) -> BoxFuture<'static, Result<LeaderReply, KvError>> {
         let node = self.clone();
         Box::pin(async move {
-            let (served_by, found) = node.write_as_leader(command, &request_id, from).await?;
-            Ok(reply(served_by, found))
+            let outcome = node.write_as_leader(command, &request_id, from).await?;
+            Ok(write_reply(outcome))
         })
     }
 

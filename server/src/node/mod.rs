@@ -5,6 +5,7 @@
 //! port otherwise; serializable reads are served from the local store.
 //! [`driver`] owns the Raft core.
 
+pub mod compactor;
 pub mod driver;
 mod forwarded;
 pub mod persist;
@@ -25,7 +26,9 @@ use crate::config::InjectedFault;
 use crate::errors::KvError;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
-use crate::state_machine::{self, Command};
+use crate::state_machine::mvcc::range::{RangeOutcome, RangeRequest};
+use crate::state_machine::mvcc::txn::{TxnOp, TxnRequest, TxnResponse};
+use crate::state_machine::{self, Command, Outcome, Query, QueryAnswer};
 use crate::status::NodeStatus;
 use crate::storage::actor::StoreHandle;
 use crate::transport::leader_link::LeaderLink;
@@ -45,6 +48,20 @@ pub struct ServedBy {
     pub index: u64,
     /// Node that forwarded the request (0 when not forwarded).
     pub forwarded_by: u64,
+    /// The store revision after the write, or of the state read (0 before
+    /// storage version 2).
+    pub revision: u64,
+}
+
+impl ServedBy {
+    /// This, with the revision `answer` was read at.
+    pub fn with_revision_of(self, answer: &QueryAnswer) -> Self {
+        let revision = match answer {
+            QueryAnswer::Value(read) => read.revision,
+            QueryAnswer::Range { revision, .. } => *revision,
+        };
+        Self { revision, ..self }
+    }
 }
 
 /// How fresh a read must be.
@@ -92,6 +109,10 @@ pub struct NodeParts {
     /// two indexes until the replay passes this one): serializable reads wait
     /// for it.
     pub consistent_at: Index,
+    /// The storage version this node has applied.
+    pub storage_version: watch::Receiver<u32>,
+    /// Physical compaction's progress.
+    pub compaction: Arc<compactor::Compaction>,
 }
 
 /// A handle on the running node.
@@ -116,12 +137,15 @@ impl std::fmt::Debug for Node {
 const LEADER_ATTEMPTS_MAX: usize = 3;
 
 /// The result of a write served by the leader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Where it landed.
     pub served_by: ServedBy,
     /// For a delete, whether the key existed.
     pub found: bool,
+    /// For a txn or a compaction: what it did (never a refusal: that is
+    /// the write's error).
+    pub outcome: Option<Box<Outcome>>,
 }
 
 impl Node {
@@ -191,6 +215,137 @@ impl Node {
         Ok((outcome.served_by, outcome.found))
     }
 
+    /// Waits (up to the leader wait) until this node has applied the
+    /// storage version with revisions: right after a cluster first starts,
+    /// the leader raises it within a heartbeat or two. Refused with
+    /// FAILED_PRECONDITION when it does not come (a member runs an older
+    /// release).
+    pub async fn require_revisions(&self) -> Result<(), KvError> {
+        let mut version = self.shared.storage_version.clone();
+        let reached = |version: &u32| *version >= state_machine::STORAGE_VERSION_MVCC;
+        if reached(&version.borrow()) {
+            return Ok(());
+        }
+        let waited =
+            tokio::time::timeout(self.shared.timings.leader_wait, version.wait_for(reached))
+                .await
+                .is_ok_and(|reached| reached.is_ok());
+        if waited {
+            return Ok(());
+        }
+        let current = *version.borrow();
+        Err(state_machine::Refusal::StorageVersion {
+            current,
+            needed: state_machine::STORAGE_VERSION_MVCC,
+        }
+        .into())
+    }
+
+    /// Runs a txn through the leader (a put with options and a range
+    /// delete are txns of one op).
+    pub async fn txn(
+        &self,
+        request: TxnRequest,
+        request_id: &str,
+    ) -> Result<(ServedBy, TxnResponse), KvError> {
+        self.require_revisions().await?;
+        if self.shared.timings.injected_fault == Some(InjectedFault::StaleCompare) {
+            return self.txn_decided_locally(request, request_id).await;
+        }
+        let outcome = self.write(Command::Txn(request), request_id).await?;
+        txn_outcome(outcome)
+    }
+
+    /// Deliberate bug (--inject-fault stale-compare): decides the compares
+    /// on this node's local state, then proposes the branch taken without
+    /// them.
+    async fn txn_decided_locally(
+        &self,
+        request: TxnRequest,
+        request_id: &str,
+    ) -> Result<(ServedBy, TxnResponse), KvError> {
+        let compares = request.compares.clone();
+        let succeeded = self
+            .shared
+            .store
+            .with(move |store| state_machine::compares_hold(store, &compares))
+            .await?;
+        let branch = TxnRequest {
+            compares: Vec::new(),
+            success: if succeeded {
+                request.success
+            } else {
+                request.failure
+            },
+            failure: Vec::new(),
+        };
+        let outcome = self.write(Command::Txn(branch), request_id).await?;
+        let (served_by, response) = txn_outcome(outcome)?;
+        Ok((
+            served_by,
+            TxnResponse {
+                succeeded,
+                ..response
+            },
+        ))
+    }
+
+    /// One op as a txn of its own; its response.
+    pub async fn single_op(
+        &self,
+        op: TxnOp,
+        request_id: &str,
+    ) -> Result<(ServedBy, state_machine::mvcc::txn::OpResponse), KvError> {
+        let request = TxnRequest {
+            compares: Vec::new(),
+            success: vec![op],
+            failure: Vec::new(),
+        };
+        let (served_by, mut response) = self.txn(request, request_id).await?;
+        match response.responses.pop() {
+            Some(op) if response.responses.is_empty() => Ok((served_by, op)),
+            _ => Err(KvError::Storage(crate::storage::StoreError::Engine(
+                "a one-op txn answered with other than one op".into(),
+            ))),
+        }
+    }
+
+    /// Drops history below `revision` through the leader.
+    pub async fn compact(&self, revision: u64, request_id: &str) -> Result<ServedBy, KvError> {
+        self.require_revisions().await?;
+        let outcome = self
+            .write(Command::Compact { revision }, request_id)
+            .await?;
+        Ok(outcome.served_by)
+    }
+
+    /// Waits until this node's store has dropped the history below
+    /// `revision` (the caller's deadline bounds the wait).
+    pub async fn wait_compacted(&self, revision: u64) -> Result<(), KvError> {
+        let mut done = self.shared.compaction.done();
+        done.wait_for(|done| *done >= revision)
+            .await
+            .map(|_| ())
+            .map_err(|_| KvError::Unavailable("the node is shutting down".into()))
+    }
+
+    /// Reads a range.
+    pub async fn range(
+        &self,
+        request: RangeRequest,
+        consistency: ReadConsistency,
+        request_id: &str,
+    ) -> Result<(ServedBy, RangeOutcome), KvError> {
+        self.require_revisions().await?;
+        let (served_by, answer) = self
+            .read(Query::Range(request), consistency, request_id)
+            .await?;
+        match answer {
+            QueryAnswer::Range { outcome, .. } => Ok((served_by, outcome?)),
+            QueryAnswer::Value(_) => unreachable!("a range query answers a range"),
+        }
+    }
+
     /// Reads `key`.
     pub async fn get(
         &self,
@@ -198,6 +353,20 @@ impl Node {
         consistency: ReadConsistency,
         request_id: &str,
     ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+        let (served_by, answer) = self.read(Query::Get(key), consistency, request_id).await?;
+        match answer {
+            QueryAnswer::Value(read) => Ok((served_by, read.value)),
+            QueryAnswer::Range { .. } => unreachable!("a get answers a value"),
+        }
+    }
+
+    /// Runs a read with the consistency asked.
+    async fn read(
+        &self,
+        query: Query,
+        consistency: ReadConsistency,
+        request_id: &str,
+    ) -> Result<(ServedBy, QueryAnswer), KvError> {
         let stale_reads = self.shared.timings.injected_fault == Some(InjectedFault::StaleReads);
         if consistency == ReadConsistency::Serializable || stale_reads {
             let applied = self.shared.applied_index.load(Ordering::Acquire);
@@ -214,12 +383,12 @@ impl Node {
                 ));
             }
             let store = &self.shared.store;
-            let inline = store.try_read(|store| state_machine::get_if_ready(store, &key));
-            let value = match inline.flatten() {
-                Some(value) => value?,
+            let inline = store.try_read(|store| state_machine::query_if_ready(store, &query));
+            let answer = match inline.flatten() {
+                Some(answer) => answer?,
                 None => {
                     store
-                        .with(move |store| state_machine::get(store, &key))
+                        .with(move |store| state_machine::query(store, &query))
                         .await?
                 }
             };
@@ -229,13 +398,14 @@ impl Node {
                 term: status.term,
                 index: status.applied_index,
                 forwarded_by: 0,
+                revision: 0,
             };
-            return Ok((served_by, value));
+            return Ok((served_by.with_revision_of(&answer), answer));
         }
         for _ in 0..LEADER_ATTEMPTS_MAX {
             let leader_id = self.known_leader().await?;
             if leader_id == self.id() {
-                match self.read_as_leader(key.clone(), request_id).await {
+                match self.read_as_leader(query.clone(), request_id).await {
                     Err(KvError::NotLeader(_)) => continue,
                     result => return result,
                 }
@@ -248,7 +418,7 @@ impl Node {
                 Ok(confirmed) => {
                     return self
                         .read_at(
-                            key,
+                            query,
                             confirmed.index,
                             confirmed.leader_id,
                             confirmed.term,
@@ -324,7 +494,7 @@ impl Node {
             if leader_id == self.id() {
                 match self.write_as_leader(command.clone(), request_id, 0).await {
                     Err(KvError::NotLeader(_)) => continue,
-                    Ok((served_by, found)) => return Ok(WriteOutcome { served_by, found }),
+                    Ok(outcome) => return Ok(outcome),
                     Err(error) => return Err(error),
                 }
             }
@@ -348,8 +518,10 @@ impl Node {
                             term: reply.term,
                             index: reply.index,
                             forwarded_by: self.id(),
+                            revision: reply.revision,
                         },
                         found: reply.found,
+                        outcome: reply.txn.map(|txn| Box::new(Outcome::Txn(txn))),
                     })
                 }
             }
@@ -406,7 +578,7 @@ impl Node {
         command: Command,
         request_id: &str,
         forwarded_by: NodeId,
-    ) -> Result<(ServedBy, bool), KvError> {
+    ) -> Result<WriteOutcome, KvError> {
         self.shared.request_limits.check_command(&command)?;
         let request_id = request_id.to_string();
         let outcome = self
@@ -419,13 +591,13 @@ impl Node {
                 || KvError::OutcomeUnknown("the node stopped before the write was applied".into()),
             )
             .await??;
-        Ok((
-            ServedBy {
+        Ok(WriteOutcome {
+            served_by: ServedBy {
                 forwarded_by,
                 ..outcome.served_by
             },
-            outcome.found,
-        ))
+            ..outcome
+        })
     }
 
     /// The read index for a follower, confirmed by this node, which must lead.
@@ -455,20 +627,20 @@ impl Node {
     /// `leader_id` confirmed in `term`.
     async fn read_at(
         &self,
-        key: Vec<u8>,
+        query: Query,
         index: u64,
         leader_id: NodeId,
         term: u64,
         request_id: &str,
-    ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+    ) -> Result<(ServedBy, QueryAnswer), KvError> {
         // Applied already and the store idle: read here, skipping the
         // driver and the store thread.
         if self.shared.applied_index.load(Ordering::Acquire) >= index {
             let read = self
                 .shared
                 .store
-                .try_read(|store| state_machine::get_if_ready(store, &key));
-            if let Some(value) = read.flatten() {
+                .try_read(|store| state_machine::query_if_ready(store, &query));
+            if let Some(answer) = read.flatten() {
                 tracing::debug!(
                     request_id,
                     read_index = index,
@@ -480,14 +652,16 @@ impl Node {
                     term,
                     index,
                     forwarded_by: 0,
+                    revision: 0,
                 };
-                return Ok((served_by, value?));
+                let answer = answer?;
+                return Ok((served_by.with_revision_of(&answer), answer));
             }
         }
         let request_id = request_id.to_string();
         self.ask_driver(
             |reply| DriverEvent::ReadAt {
-                key,
+                query,
                 index,
                 leader_id,
                 term,
@@ -502,13 +676,13 @@ impl Node {
     /// Reads `key` linearizably on this node, which must lead (ReadIndex).
     async fn read_as_leader(
         &self,
-        key: Vec<u8>,
+        query: Query,
         request_id: &str,
-    ) -> Result<(ServedBy, Option<Vec<u8>>), KvError> {
+    ) -> Result<(ServedBy, QueryAnswer), KvError> {
         let request_id = request_id.to_string();
         self.ask_driver(
             |reply| DriverEvent::Read {
-                key,
+                query,
                 request_id,
                 reply,
             },
@@ -531,6 +705,16 @@ impl Node {
     }
 }
 
+/// What an applied txn returned.
+fn txn_outcome(outcome: WriteOutcome) -> Result<(ServedBy, TxnResponse), KvError> {
+    match outcome.outcome.map(|outcome| *outcome) {
+        Some(Outcome::Txn(response)) => Ok((outcome.served_by, response)),
+        other => Err(KvError::Storage(crate::storage::StoreError::Engine(
+            format!("a txn applied without a txn outcome: {other:?}"),
+        ))),
+    }
+}
+
 fn read_gone() -> KvError {
     KvError::Unavailable("the node stopped before the read was served".into())
 }
@@ -540,5 +724,8 @@ fn forwarded_operation(command: &Command) -> Operation {
     match command {
         Command::Put { .. } => Operation::Put,
         Command::Delete { .. } => Operation::Delete,
+        Command::Txn(_) | Command::Compact { .. } | Command::SetStorageVersion { .. } => {
+            Operation::Txn
+        }
     }
 }

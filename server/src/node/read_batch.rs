@@ -134,6 +134,8 @@ fn duplicate(error: &KvError) -> KvError {
         KvError::Unavailable(message) => KvError::Unavailable(message.clone()),
         KvError::DeadlineExceeded(message) => KvError::DeadlineExceeded(message.clone()),
         KvError::OutcomeUnknown(message) => KvError::OutcomeUnknown(message.clone()),
+        KvError::OutOfRange(message) => KvError::OutOfRange(message.clone()),
+        KvError::FailedPrecondition(message) => KvError::FailedPrecondition(message.clone()),
         KvError::Storage(error) => KvError::Unavailable(error.to_string()),
     }
 }

@@ -4,6 +4,8 @@
 //! client API, a follower's forward, a forged message on the raft port).
 
 use crate::errors::KvError;
+use crate::state_machine::mvcc::compare::CompareTarget;
+use crate::state_machine::mvcc::txn::{self, TxnOp, TxnRequest};
 use crate::state_machine::Command;
 
 /// Size limits on client requests (`--max-key-bytes`, `--max-value-bytes`).
@@ -51,7 +53,54 @@ impl RequestLimits {
                 self.check_value(value)
             }
             Command::Delete { key } => self.check_key(key),
+            Command::Txn(request) => {
+                txn::validate(request)
+                    .map_err(|error| KvError::InvalidArgument(error.to_string()))?;
+                self.check_txn(request)
+            }
+            Command::Compact { .. } | Command::SetStorageVersion { .. } => Ok(()),
         }
+    }
+
+    /// Checks every key and value of a txn (range ends are bounded as keys).
+    fn check_txn(&self, request: &TxnRequest) -> Result<(), KvError> {
+        for compare in &request.compares {
+            self.check_key(&compare.span.key)?;
+            self.check_range_end(&compare.span.range_end)?;
+            if let CompareTarget::Value(value) = &compare.target {
+                self.check_value(value)?;
+            }
+        }
+        for op in request.success.iter().chain(&request.failure) {
+            match op {
+                TxnOp::Range(range) => {
+                    self.check_key(&range.span.key)?;
+                    self.check_range_end(&range.span.range_end)?;
+                }
+                TxnOp::Put { key, value, .. } => {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                }
+                TxnOp::DeleteRange { span } => {
+                    self.check_key(&span.key)?;
+                    self.check_range_end(&span.range_end)?;
+                }
+                TxnOp::Txn(nested) => self.check_txn(nested)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a range end: empty, or within the key limit.
+    pub fn check_range_end(&self, range_end: &[u8]) -> Result<(), KvError> {
+        if range_end.len() > self.key_bytes_max {
+            return Err(KvError::InvalidArgument(format!(
+                "range_end is {} bytes, over the key limit of {} bytes (--max-key-bytes)",
+                range_end.len(),
+                self.key_bytes_max
+            )));
+        }
+        Ok(())
     }
 }
 

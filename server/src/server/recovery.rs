@@ -175,6 +175,8 @@ pub(super) struct StateMachine {
     pub consistent_at: kvstore_raft::Index,
     /// Keys written into memory and not yet into LevelDB (a metric).
     pub backlog: Backlog,
+    /// The storage version applied.
+    pub storage_version: u32,
 }
 
 impl StateMachine {
@@ -219,6 +221,18 @@ pub(super) async fn open_state_machine(
         }
     });
     let applied = recover_state_machine(&handle, &log.snapshots, log.snapshot).await?;
+    let undone = handle.with(state_machine::repair).await?;
+    if undone > 0 {
+        tracing::warn!(
+            undone,
+            applied_index = applied.index,
+            "undid writes LevelDB kept of a write-behind torn by a crash; the log replays them"
+        );
+    }
+    let storage_version = handle
+        .with(|store| state_machine::applied_state(store))
+        .await?
+        .storage_version;
     let consistent_at = handle.with(state_machine::consistent_at).await?;
     if consistent_at > applied.index {
         tracing::warn!(
@@ -233,6 +247,7 @@ pub(super) async fn open_state_machine(
         applied,
         consistent_at,
         backlog,
+        storage_version,
     })
 }
 
@@ -320,8 +335,12 @@ async fn recover_state_machine(
                 .map_err(|error| StoreError::Engine(error.to_string()))
         })
         .await?;
-    tracing::info!(index = restored.index, pairs, "state machine restored");
-    Ok(restored)
+    tracing::info!(
+        index = restored.snapshot.index,
+        pairs,
+        "state machine restored"
+    );
+    Ok(restored.snapshot)
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ use crate::config::ServerConfig;
 use crate::limits;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::node::compactor::Compaction;
 use crate::node::driver::{self, DriverParts, DriverSettings};
 use crate::node::{Node, NodeParts, RequestLimits, Timings};
 use crate::snapshot::SnapshotDirectory;
 use crate::status::{NodeRole, NodeStatus};
 use crate::storage_health::StorageHealth;
-use crate::transport::inbound::PeerInbound;
+use crate::transport::inbound::{PeerInbound, PeerReleases};
 use crate::transport::peers::PeerSet;
 
 /// The wired node, ready to serve.
@@ -51,7 +52,10 @@ pub(super) fn assemble(
 ) -> Result<(Assembled, DriverParts), ServerError> {
     let (events_sender, events) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
     let (peer_sender, peer_messages) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
-    let inbound = PeerInbound::new(peer_sender);
+    let peer_releases = Arc::new(PeerReleases::default());
+    let compaction = Compaction::new();
+    let inbound = PeerInbound::new(peer_sender, peer_releases.clone());
+    let (storage_version, storage_version_receiver) = watch::channel(state_machine.storage_version);
     let applied = state_machine.applied;
     let (status_sender, status_receiver) = watch::channel(NodeStatus {
         id: config.id,
@@ -117,6 +121,8 @@ pub(super) fn assemble(
         request_limits,
         metrics: metrics.clone(),
         consistent_at: state_machine.consistent_at,
+        storage_version: storage_version_receiver,
+        compaction: compaction.clone(),
     });
     let driver = DriverParts {
         core,
@@ -136,7 +142,11 @@ pub(super) fn assemble(
             snapshot_entries: config.snapshot_entries,
             snapshot_log_bytes: config.snapshot_log_bytes,
             injected_fault: config.inject_fault,
+            retention: config.retention(),
         },
+        storage_version: Arc::new(storage_version),
+        peer_releases,
+        compaction,
         applied,
         metrics,
     };

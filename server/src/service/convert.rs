@@ -14,6 +14,7 @@ pub fn header(served_by: ServedBy) -> Option<ResponseHeader> {
         term: served_by.term,
         index: served_by.index,
         forwarded_by: served_by.forwarded_by,
+        revision: i64::try_from(served_by.revision).unwrap_or(i64::MAX),
     })
 }
 

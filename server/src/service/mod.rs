@@ -1,11 +1,15 @@
 //! gRPC services: the client API (`kvstore.v1.KV`) with reflection and health.
 //! Protobuf types stop here: handlers convert them to the node's own types.
 
+mod compact;
 mod convert;
 mod delete;
+mod delete_range;
 mod get;
 mod put;
+mod range;
 pub mod status;
+mod txn;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::kv::v1::kv_server::{Kv, KvServer};
 use kvstore_proto::kv::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, StatusRequest,
-    StatusResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -164,39 +169,48 @@ fn log_outcome<T>(
     }
 }
 
+impl KvService {
+    /// Serves one request: its handler within the deadline, then the log
+    /// line and the metrics.
+    async fn serve<T>(
+        &self,
+        operation: Operation,
+        is_write: bool,
+        context: RequestContext,
+        handler: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = with_deadline(&context, is_write, handler).await;
+        log_outcome(operation.as_str(), &context, started, &result);
+        self.observe(operation, started, &result);
+        result.map(Response::new)
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let started = Instant::now();
         let context = self.context(&request);
         let handler = put::handle(&self.node, request.into_inner(), &context);
-        let result = with_deadline(&context, true, handler).await;
-        log_outcome("put", &context, started, &result);
-        self.observe(Operation::Put, started, &result);
-        result.map(Response::new)
+        self.serve(Operation::Put, true, context.clone(), handler)
+            .await
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let started = Instant::now();
         let context = self.context(&request);
         let handler = get::handle(&self.node, &self.limits, request.into_inner(), &context);
-        let result = with_deadline(&context, false, handler).await;
-        log_outcome("get", &context, started, &result);
-        self.observe(Operation::Get, started, &result);
-        result.map(Response::new)
+        self.serve(Operation::Get, false, context.clone(), handler)
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let started = Instant::now();
         let context = self.context(&request);
         let handler = delete::handle(&self.node, request.into_inner(), &context);
-        let result = with_deadline(&context, true, handler).await;
-        log_outcome("delete", &context, started, &result);
-        self.observe(Operation::Delete, started, &result);
-        result.map(Response::new)
+        self.serve(Operation::Delete, true, context.clone(), handler)
+            .await
     }
 
     async fn status(
@@ -207,6 +221,43 @@ impl Kv for KvService {
         let result = Ok(Response::new(status::handle(&self.node)));
         self.observe(Operation::Status, started, &result);
         result
+    }
+
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let context = self.context(&request);
+        let handler = range::handle(&self.node, &self.limits, request.into_inner(), &context);
+        self.serve(Operation::Range, false, context.clone(), handler)
+            .await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let context = self.context(&request);
+        let handler = delete_range::handle(&self.node, request.into_inner(), &context);
+        self.serve(Operation::DeleteRange, true, context.clone(), handler)
+            .await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let context = self.context(&request);
+        let handler = txn::handle(&self.node, request.into_inner(), &context);
+        self.serve(Operation::Txn, true, context.clone(), handler)
+            .await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let context = self.context(&request);
+        let handler = compact::handle(&self.node, request.into_inner(), &context);
+        self.serve(Operation::Compact, true, context.clone(), handler)
+            .await
     }
 }
 

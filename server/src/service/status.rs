@@ -16,6 +16,7 @@ pub fn handle(node: &Node) -> StatusResponse {
             term: status.term,
             index: status.commit_index,
             forwarded_by: 0,
+            revision: 0,
         }),
         id: status.id,
         role: convert::role(status.role) as i32,

@@ -17,6 +17,7 @@ use kvstore_raft::{Entry, EntryKind};
 use prost::Message;
 
 use super::command::Command;
+use super::kv_encoding;
 
 /// Why entry data is not a command.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum DecodeError {
     /// A command without an operation this release knows.
     #[error("the command carries no operation this release knows")]
     NoOperation,
+    /// A txn that is not a valid request.
+    #[error("a malformed txn: {0}")]
+    MalformedTxn(#[from] kv_encoding::BadRequest),
 }
 
 /// `command` as the wire message, with the id of the request that proposed
@@ -35,6 +39,13 @@ pub fn to_proto(command: Command, request_id: &str) -> pb::Command {
     let operation = match command {
         Command::Put { key, value } => pb::command::Operation::Put(pb::PutOperation { key, value }),
         Command::Delete { key } => pb::command::Operation::Delete(pb::DeleteOperation { key }),
+        Command::Txn(txn) => pb::command::Operation::Txn(kv_encoding::txn_to_proto(&txn)),
+        Command::Compact { revision } => pb::command::Operation::Compact(pb::CompactOperation {
+            revision: i64::try_from(revision).unwrap_or(i64::MAX),
+        }),
+        Command::SetStorageVersion { version } => {
+            pb::command::Operation::StorageVersion(pb::StorageVersionOperation { version })
+        }
     };
     pb::Command {
         operation: Some(operation),
@@ -50,6 +61,13 @@ pub fn from_proto(command: pb::Command) -> Result<(Command, String), DecodeError
             value: put.value,
         },
         pb::command::Operation::Delete(delete) => Command::Delete { key: delete.key },
+        pb::command::Operation::Txn(txn) => Command::Txn(kv_encoding::txn_from_proto(txn)?),
+        pb::command::Operation::Compact(compact) => Command::Compact {
+            revision: u64::try_from(compact.revision).unwrap_or(0),
+        },
+        pb::command::Operation::StorageVersion(set) => Command::SetStorageVersion {
+            version: set.version,
+        },
     };
     Ok((decoded, command.request_id))
 }
@@ -141,6 +159,24 @@ mod tests {
         prop_oneof![
             (bytes(), bytes()).prop_map(|(key, value)| Command::Put { key, value }),
             bytes().prop_map(|key| Command::Delete { key }),
+            any::<u64>().prop_map(|revision| Command::Compact {
+                revision: revision >> 1
+            }),
+            any::<u32>().prop_map(|version| Command::SetStorageVersion { version }),
+            (bytes(), bytes()).prop_filter_map("a txn key is non-empty", |(key, value)| {
+                (!key.is_empty()).then(|| {
+                    Command::Txn(crate::state_machine::mvcc::txn::TxnRequest {
+                        compares: Vec::new(),
+                        success: vec![crate::state_machine::mvcc::txn::TxnOp::Put {
+                            key,
+                            value,
+                            lease: 0,
+                            ignore_value: false,
+                        }],
+                        failure: Vec::new(),
+                    })
+                })
+            }),
         ]
     }
 

@@ -15,22 +15,31 @@
 //! node must apply again before its local state is a state of the log.
 
 pub mod command;
+pub mod kv_encoding;
 pub mod log_encoding;
 pub mod mvcc;
+pub mod view;
 
-pub use command::{Applied, Command};
+pub use command::{
+    Applied, Command, Outcome, Refusal, STORAGE_VERSION_MAX, STORAGE_VERSION_MVCC,
+    STORAGE_VERSION_SINGLE,
+};
 use kvstore_raft::{Entry, Index, SnapshotMetadata};
+use mvcc::store::{self as mvcc_store, KeySpan, Meta, MvccError, WriteTxn};
+use mvcc::Revision;
+use view::{BatchView, Waiting};
 
 use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
 
-/// Prefix of every user key in the store.
+/// Prefix of every user key in a single-version store (storage version 1).
 const DATA_PREFIX: &[u8] = b"d/";
-/// Metadata key: index and term of the last applied entry. It sorts after
-/// every data key: a write-behind store ([`crate::storage::overlay`]) writes
-/// in key order, so the applied index never reaches the engine before the
+/// Metadata key: index and term of the last applied entry, and the storage
+/// version, revision and compacted revision after it. It sorts after every
+/// data key: a write-behind store ([`crate::storage::overlay`]) writes in
+/// key order, so the applied index never reaches the engine before the
 /// data it covers.
 const APPLIED_KEY: &[u8] = b"m/applied";
-/// Metadata key: the applied index again, sorting before every data key, so
+/// Metadata key: the applied record again, sorting before every data key, so
 /// that it reaches the engine before the data it covers (see the module
 /// documentation).
 const APPLIED_AHEAD_KEY: &[u8] = b"0/applied";
@@ -39,8 +48,13 @@ const APPLIED_AHEAD_KEY: &[u8] = b"0/applied";
 const RESTORING_KEY: &[u8] = b"m/restoring";
 /// Keys written per batch while restoring or clearing.
 pub const RESTORE_BATCH_KEYS: usize = 1_000;
+/// Bytes of an applied record of storage version 1 (index, term).
+const APPLIED_RECORD_V1_BYTES: usize = 16;
+/// Bytes of a later applied record (index, term, revision, compacted,
+/// storage version).
+const APPLIED_RECORD_BYTES: usize = 36;
 
-/// The store key of a user key.
+/// The store key of a user key in a single-version store.
 pub fn data_key(key: &[u8]) -> Vec<u8> {
     let mut stored = Vec::with_capacity(DATA_PREFIX.len() + key.len());
     stored.extend_from_slice(DATA_PREFIX);
@@ -53,21 +67,140 @@ pub fn user_key(stored: &[u8]) -> Option<&[u8]> {
     stored.strip_prefix(DATA_PREFIX)
 }
 
+/// A key's value and the store revision it was read at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValueRead {
+    /// The value (`None`: no such key).
+    pub value: Option<Vec<u8>>,
+    /// The store revision (0 before storage version 2).
+    pub revision: u64,
+}
+
 /// Reads a user key.
-pub fn get(store: &mut dyn Store, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    store.get(&data_key(key))
+pub fn get(store: &mut dyn Store, key: &[u8]) -> Result<ValueRead, StoreError> {
+    read_value(store, key, Waiting::Allowed).map(|read| read.expect("waiting is allowed"))
 }
 
 /// Reads a user key unless that means waiting for the storage engine
 /// (see [`Store::get_if_ready`]).
-pub fn get_if_ready(
-    store: &mut dyn Store,
-    key: &[u8],
-) -> Option<Result<Option<Vec<u8>>, StoreError>> {
-    store.get_if_ready(&data_key(key))
+pub fn get_if_ready(store: &mut dyn Store, key: &[u8]) -> Option<Result<ValueRead, StoreError>> {
+    read_value(store, key, Waiting::Refused).transpose()
 }
 
-/// Up to `limit` user pairs with keys at or after `start`, in key order.
+fn read_value(
+    store: &mut dyn Store,
+    key: &[u8],
+    waiting: Waiting,
+) -> Result<Option<ValueRead>, StoreError> {
+    let mut view = BatchView::new(store, waiting);
+    // The multi-version table first; a single-version store has none of
+    // it, and a converted one has no single-version keys left.
+    let value = match mvcc_store::latest(&mut view, key).map_err(store_error)? {
+        Some(record) => Some(record.value),
+        None => view.get(&data_key(key))?,
+    };
+    let revision = match mvcc_store::recorded_revision_if_ready(&mut view) {
+        Some(revision) => revision.map_err(store_error)?,
+        None => 0,
+    };
+    Ok((!view.would_wait()).then_some(ValueRead { value, revision }))
+}
+
+/// A read of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// One key's value.
+    Get(Vec<u8>),
+    /// A range (storage version 2).
+    Range(mvcc::range::RangeRequest),
+}
+
+/// What a [`Query`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryAnswer {
+    /// A key's value.
+    Value(ValueRead),
+    /// A range's pairs, or why the range was refused.
+    Range {
+        /// The pairs (or the refusal: a compacted or future revision, a
+        /// store without revisions).
+        outcome: Result<mvcc::range::RangeOutcome, Refusal>,
+        /// The current store revision.
+        revision: u64,
+    },
+}
+
+/// Runs a read.
+pub fn query(store: &mut dyn Store, query: &Query) -> Result<QueryAnswer, StoreError> {
+    match query {
+        Query::Get(key) => get(store, key).map(QueryAnswer::Value),
+        Query::Range(request) => range(store, request),
+    }
+}
+
+/// Runs a read unless that means waiting for the storage engine (a range
+/// always goes through the store thread: it scans).
+pub fn query_if_ready(
+    store: &mut dyn Store,
+    query: &Query,
+) -> Option<Result<QueryAnswer, StoreError>> {
+    match query {
+        Query::Get(key) => get_if_ready(store, key).map(|read| read.map(QueryAnswer::Value)),
+        Query::Range(_) => None,
+    }
+}
+
+fn range(
+    store: &mut dyn Store,
+    request: &mvcc::range::RangeRequest,
+) -> Result<QueryAnswer, StoreError> {
+    let state = applied_state(store)?;
+    if state.storage_version < STORAGE_VERSION_MVCC {
+        return Ok(QueryAnswer::Range {
+            outcome: Err(Refusal::StorageVersion {
+                current: state.storage_version,
+                needed: STORAGE_VERSION_MVCC,
+            }),
+            revision: 0,
+        });
+    }
+    let options = &request.options;
+    let outcome = match mvcc_store::range_at(
+        store,
+        &request.span,
+        request.revision,
+        options.store_limit(),
+    ) {
+        Ok(read) => Ok(options.select(read.kvs, read.count, read.more)),
+        Err(error) => Err(Refusal::from_mvcc(&error).ok_or_else(|| store_error(error))?),
+    };
+    Ok(QueryAnswer::Range {
+        outcome,
+        revision: state.revision,
+    })
+}
+
+/// Whether `compares` hold on the store's current state (for the
+/// deliberate stale-compare bug: a correct node decides them when it
+/// applies the txn).
+pub fn compares_hold(
+    store: &mut dyn Store,
+    compares: &[mvcc::compare::Compare],
+) -> Result<bool, StoreError> {
+    let mut txn = WriteTxn::begin(store).map_err(store_error)?;
+    mvcc::compare::all_hold(&mut txn, compares).map_err(store_error)
+}
+
+/// An MVCC error that is a storage failure, as one.
+fn store_error(error: MvccError) -> StoreError {
+    match error {
+        MvccError::Store(error) => error,
+        other => StoreError::Engine(other.to_string()),
+    }
+}
+
+/// Up to `limit` user pairs of a single-version store with keys at or after
+/// `start`, in key order.
 pub fn scan_data_from(
     store: &mut dyn Store,
     start: &[u8],
@@ -84,36 +217,97 @@ pub fn scan_data_from(
         .collect())
 }
 
-fn encode_metadata(snapshot: SnapshotMetadata) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(16);
-    bytes.extend_from_slice(&snapshot.index.to_be_bytes());
-    bytes.extend_from_slice(&snapshot.term.to_be_bytes());
-    bytes
+/// What the applied record holds: the last applied entry, and the state
+/// of the store after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedState {
+    /// Index and term of the last applied entry.
+    pub snapshot: SnapshotMetadata,
+    /// The storage version.
+    pub storage_version: u32,
+    /// The store revision (0 at storage version 1).
+    pub revision: u64,
+    /// The compacted revision (0: none).
+    pub compacted: u64,
+}
+
+impl Default for AppliedState {
+    fn default() -> Self {
+        Self {
+            snapshot: SnapshotMetadata::default(),
+            storage_version: STORAGE_VERSION_SINGLE,
+            revision: 0,
+            compacted: 0,
+        }
+    }
+}
+
+impl AppliedState {
+    /// The record's bytes: a storage-version-1 record is the index and the
+    /// term alone, as releases before storage versions wrote it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(APPLIED_RECORD_BYTES);
+        bytes.extend_from_slice(&self.snapshot.index.to_be_bytes());
+        bytes.extend_from_slice(&self.snapshot.term.to_be_bytes());
+        if self.storage_version > STORAGE_VERSION_SINGLE {
+            bytes.extend_from_slice(&self.revision.to_be_bytes());
+            bytes.extend_from_slice(&self.compacted.to_be_bytes());
+            bytes.extend_from_slice(&self.storage_version.to_be_bytes());
+        }
+        bytes
+    }
+
+    /// Reads a record [`AppliedState::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let snapshot = |bytes: &[u8]| SnapshotMetadata {
+            index: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            term: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
+        };
+        match bytes.len() {
+            APPLIED_RECORD_V1_BYTES => Ok(Self {
+                snapshot: snapshot(bytes),
+                ..Self::default()
+            }),
+            APPLIED_RECORD_BYTES => Ok(Self {
+                snapshot: snapshot(bytes),
+                revision: u64_at(16),
+                compacted: u64_at(24),
+                storage_version: u32::from_be_bytes(bytes[32..36].try_into().expect("4 bytes")),
+            }),
+            other => Err(StoreError::Engine(format!(
+                "applied record has {other} bytes, expected {APPLIED_RECORD_V1_BYTES} or {APPLIED_RECORD_BYTES}"
+            ))),
+        }
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            revision: self.revision.max(mvcc_store::FIRST_REVISION),
+            compacted: self.compacted,
+        }
+    }
 }
 
 fn decode_metadata(bytes: &[u8]) -> Result<SnapshotMetadata, StoreError> {
-    if bytes.len() != 16 {
-        return Err(StoreError::Engine(format!(
-            "metadata record has {} bytes, expected 16",
-            bytes.len()
-        )));
-    }
-    Ok(SnapshotMetadata {
-        index: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
-        term: u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
-    })
+    AppliedState::decode(bytes).map(|state| state.snapshot)
 }
 
 /// Index and term of the last applied entry ((0, 0) for a fresh store).
 pub fn applied(store: &mut dyn Store) -> Result<SnapshotMetadata, StoreError> {
+    applied_state(store).map(|state| state.snapshot)
+}
+
+/// The applied record (a fresh store's: nothing applied, version 1).
+pub fn applied_state(store: &mut dyn Store) -> Result<AppliedState, StoreError> {
     applied_from(store.get(APPLIED_KEY)?)
 }
 
-/// The applied index and term in the record under [`APPLIED_KEY`] ((0, 0)
-/// when there is none).
-fn applied_from(record: Option<Vec<u8>>) -> Result<SnapshotMetadata, StoreError> {
-    record.map_or(Ok(SnapshotMetadata::default()), |bytes| {
-        decode_metadata(&bytes)
+/// The applied record under [`APPLIED_KEY`] (the default when there is
+/// none).
+fn applied_from(record: Option<Vec<u8>>) -> Result<AppliedState, StoreError> {
+    record.map_or(Ok(AppliedState::default()), |bytes| {
+        AppliedState::decode(&bytes)
     })
 }
 
@@ -128,6 +322,43 @@ pub fn consistent_at(store: &mut dyn Store) -> Result<Index, StoreError> {
         None => 0,
     };
     Ok(applied.max(ahead))
+}
+
+/// Writes read per step of [`repair`].
+const REPAIR_WRITES_PER_STEP: usize = 1_024;
+
+/// Puts a store that a crash left partly written back to the state of its
+/// applied record, before the log is replayed from there: a write-behind
+/// store keeps a key-order prefix of a batch ([`Store::write`]). Data of a
+/// single-version store is written blind (replaying rewrites the same
+/// values), but a multi-version apply reads what it changes (versions,
+/// compares), so replaying over a half-written batch would diverge. The
+/// revision table sorts first (`mvcc::keys`), so the writes to undo are the
+/// revision records above the recorded revision. Returns how many writes
+/// were undone.
+pub fn repair(store: &mut dyn Store) -> Result<usize, StoreError> {
+    let state = applied_state(store)?;
+    let mut undone = 0;
+    loop {
+        let writes = mvcc_store::writes_after(store, state.revision, REPAIR_WRITES_PER_STEP)
+            .map_err(store_error)?;
+        if writes.is_empty() {
+            break;
+        }
+        let mut batch = WriteBatch::new();
+        for (revision, key) in &writes {
+            let before = mvcc_store::record_at(store, key, state.revision).map_err(store_error)?;
+            mvcc_store::undo_write(&mut batch, key, *revision, before.as_ref());
+        }
+        undone += writes.len();
+        store.write(batch)?;
+    }
+    if state.storage_version >= STORAGE_VERSION_MVCC {
+        let mut batch = WriteBatch::new();
+        mvcc_store::set_meta(&mut batch, state.meta());
+        store.write(batch)?;
+    }
+    Ok(undone)
 }
 
 /// The snapshot whose restore was interrupted, if any.
@@ -147,33 +378,14 @@ pub fn apply(store: &mut dyn Store, entries: &[Entry]) -> Result<Vec<Applied>, S
 }
 
 /// [`apply`], unless it would wait for the storage engine (a read that
-/// misses memory while the engine is busy, or a write that must wait for
-/// the write-behind to catch up): then `None`, with nothing written, and
-/// the caller applies through the store thread instead.
+/// misses memory while the engine is busy, a scan, or a write that must
+/// wait for the write-behind to catch up): then `None`, with nothing
+/// written, and the caller applies through the store thread instead.
 pub fn apply_if_ready(
     store: &mut dyn Store,
     entries: &[Entry],
 ) -> Option<Result<Vec<Applied>, StoreError>> {
     apply_in(store, entries, Waiting::Refused).transpose()
-}
-
-/// Whether an apply may wait for the storage engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    Allowed,
-    Refused,
-}
-
-/// Reads `key`; `Ok(None)` when that would wait and waiting is refused.
-fn read_in(
-    store: &mut dyn Store,
-    key: &[u8],
-    waiting: Waiting,
-) -> Result<Option<Option<Vec<u8>>>, StoreError> {
-    match waiting {
-        Waiting::Allowed => store.get(key).map(Some),
-        Waiting::Refused => store.get_if_ready(key).transpose(),
-    }
 }
 
 /// Applies `entries`; `Ok(None)`, with nothing written, when that would
@@ -183,86 +395,278 @@ fn apply_in(
     entries: &[Entry],
     waiting: Waiting,
 ) -> Result<Option<Vec<Applied>>, StoreError> {
-    let Some(applied_record) = read_in(store, APPLIED_KEY, waiting)? else {
+    let mut view = BatchView::new(store, waiting);
+    let applied_record = view.get(APPLIED_KEY)?;
+    if view.would_wait() {
         return Ok(None);
-    };
-    let mut last = applied_from(applied_record)?;
-    let mut batch = WriteBatch::new();
+    }
+    let mut state = applied_from(applied_record)?;
     let mut outcomes = Vec::with_capacity(entries.len());
-    // Keys written earlier in this batch, to answer "did it exist" correctly.
-    let mut overlay: std::collections::HashMap<Vec<u8>, bool> = std::collections::HashMap::new();
     for entry in entries {
-        if entry.index <= last.index {
+        if entry.index <= state.snapshot.index {
             continue;
         }
         assert_eq!(
             entry.index,
-            last.index + 1,
+            state.snapshot.index + 1,
             "entries must be applied in order without gaps"
         );
-        let mut found = true;
-        match log_encoding::decode_entry(entry) {
-            Some(Command::Put { key, value }) => {
-                batch.put(data_key(&key), value);
-                overlay.insert(key, true);
-            }
-            Some(Command::Delete { key }) => {
-                found = match overlay.get(&key) {
-                    Some(exists) => *exists,
-                    None => match read_in(store, &data_key(&key), waiting)? {
-                        Some(value) => value.is_some(),
-                        None => return Ok(None),
-                    },
-                };
-                batch.delete(data_key(&key));
-                overlay.insert(key, false);
-            }
-            None => {}
+        let outcome = apply_entry(&mut view, &mut state, entry)?;
+        if view.would_wait() {
+            return Ok(None);
         }
-        last = SnapshotMetadata {
+        state.snapshot = SnapshotMetadata {
             index: entry.index,
             term: entry.term,
         };
-        outcomes.push(Applied {
-            index: entry.index,
-            found,
-        });
+        outcomes.push(outcome);
     }
     if !outcomes.is_empty() {
-        batch.put(APPLIED_AHEAD_KEY.to_vec(), encode_metadata(last));
-        batch.put(APPLIED_KEY.to_vec(), encode_metadata(last));
-        if waiting == Waiting::Refused && !store.writes_without_waiting(batch.len()) {
+        let mut batch = WriteBatch::new();
+        batch.put(APPLIED_AHEAD_KEY.to_vec(), state.encode());
+        batch.put(APPLIED_KEY.to_vec(), state.encode());
+        if !view.commit(batch)? {
             return Ok(None);
         }
-        store.write(batch)?;
     }
     Ok(Some(outcomes))
 }
 
-/// Starts replacing the whole state with a snapshot's: marks the restore as
-/// in progress and deletes every user key.
-pub fn begin_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
-    let mut mark = WriteBatch::new();
-    mark.put(RESTORING_KEY.to_vec(), encode_metadata(snapshot));
-    store.write(mark)?;
+/// Applies one entry through `view`, keeping `state`'s counters.
+fn apply_entry(
+    view: &mut BatchView<'_>,
+    state: &mut AppliedState,
+    entry: &Entry,
+) -> Result<Applied, StoreError> {
+    let index = entry.index;
+    let Some(command) = log_encoding::decode_entry(entry) else {
+        return Ok(Applied::simple(index, true, state.revision));
+    };
+    let multi_version = state.storage_version >= STORAGE_VERSION_MVCC;
+    let refused = |state: &AppliedState, refusal: Refusal| Applied {
+        index,
+        found: false,
+        revision: state.revision,
+        outcome: Some(Box::new(Outcome::Refused(refusal))),
+    };
+    match command {
+        Command::Put { key, value } if !multi_version => {
+            view.put(&data_key(&key), &value)?;
+            Ok(Applied::simple(index, true, state.revision))
+        }
+        Command::Delete { key } if !multi_version => {
+            let found = view.get(&data_key(&key))?.is_some();
+            view.delete(&data_key(&key))?;
+            Ok(Applied::simple(index, found, state.revision))
+        }
+        Command::Txn(_) | Command::Compact { .. } if !multi_version => Ok(refused(
+            state,
+            Refusal::StorageVersion {
+                current: state.storage_version,
+                needed: STORAGE_VERSION_MVCC,
+            },
+        )),
+        Command::Put { key, value } => {
+            let done = write_txn(view, state, |txn| txn.put(&key, value, 0))?;
+            Ok(match done {
+                TxnResult::Refused(reason) => refused(state, reason),
+                _ => Applied::simple(index, true, state.revision),
+            })
+        }
+        Command::Delete { key } => {
+            let done = write_txn(view, state, |txn| {
+                txn.delete_range(&KeySpan::single(key))
+                    .map(|deleted| !deleted.is_empty())
+            })?;
+            Ok(match done {
+                TxnResult::Done(found) => Applied::simple(index, found, state.revision),
+                TxnResult::Refused(reason) => refused(state, reason),
+                TxnResult::WouldWait => Applied::simple(index, false, state.revision),
+            })
+        }
+        Command::Txn(request) => {
+            if let Err(invalid) = mvcc::txn::validate(&request) {
+                return Ok(refused(state, invalid.into()));
+            }
+            let done = write_txn(view, state, |txn| mvcc::txn::apply(txn, &request))?;
+            Ok(match done {
+                TxnResult::Done(response) => Applied {
+                    index,
+                    found: true,
+                    revision: state.revision,
+                    outcome: Some(Box::new(Outcome::Txn(response))),
+                },
+                TxnResult::Refused(reason) => refused(state, reason),
+                TxnResult::WouldWait => Applied::simple(index, false, state.revision),
+            })
+        }
+        Command::Compact { revision } => {
+            // The counters are the applied record's (the view's copies are
+            // the same: a store is repaired before it is applied to).
+            match mvcc_store::schedule_compaction(view, revision) {
+                Ok(batch) => {
+                    view.write(batch)?;
+                    state.compacted = revision;
+                    Ok(Applied {
+                        index,
+                        found: true,
+                        revision: state.revision,
+                        outcome: Some(Box::new(Outcome::Compacted)),
+                    })
+                }
+                Err(error) => match Refusal::from_mvcc(&error) {
+                    Some(reason) => Ok(refused(state, reason)),
+                    None => Err(store_error(error)),
+                },
+            }
+        }
+        Command::SetStorageVersion { version } => {
+            if version > STORAGE_VERSION_MAX {
+                crate::fatal::stop(
+                    "the cluster raised its storage version beyond this release's",
+                    format!(
+                        "entry {index} sets storage version {version}, this release applies at most {STORAGE_VERSION_MAX}: upgrade this node's release"
+                    ),
+                );
+            }
+            if version > state.storage_version {
+                convert_to_multi_version(view)?;
+                state.storage_version = version;
+                state.revision = mvcc_store::FIRST_REVISION;
+                state.compacted = 0;
+            }
+            Ok(Applied {
+                outcome: Some(Box::new(Outcome::StorageVersion(state.storage_version))),
+                ..Applied::simple(index, true, state.revision)
+            })
+        }
+    }
+}
+
+/// How a write transaction ended.
+enum TxnResult<T> {
+    /// It ran; its writes are in the view.
+    Done(T),
+    /// It was refused; nothing of it was written.
+    Refused(Refusal),
+    /// A read would have waited: the caller drops the whole batch.
+    WouldWait,
+}
+
+/// Runs `write` in a write transaction over `view` and records its writes
+/// there, all or nothing: an MVCC error that is not a storage failure
+/// (a compacted revision, `ignore_value` on a missing key...) drops them
+/// and refuses the command.
+fn write_txn<T>(
+    view: &mut BatchView<'_>,
+    state: &mut AppliedState,
+    write: impl FnOnce(&mut WriteTxn<'_>) -> Result<T, MvccError>,
+) -> Result<TxnResult<T>, StoreError> {
+    let mut txn = WriteTxn::begin(view).map_err(store_error)?;
+    let result = write(&mut txn);
+    let (batch, meta) = txn.finish();
+    if view.would_wait() {
+        return Ok(TxnResult::WouldWait);
+    }
+    match result {
+        Ok(value) => {
+            view.write(batch)?;
+            state.revision = meta.revision;
+            Ok(TxnResult::Done(value))
+        }
+        Err(error) => match Refusal::from_mvcc(&error) {
+            Some(reason) => Ok(TxnResult::Refused(reason)),
+            None => Err(store_error(error)),
+        },
+    }
+}
+
+/// Converts a single-version store to the multi-version layout: every key
+/// becomes a live record at revision 1 (create = mod = 1, version 1), the
+/// store's revision 1. One atomic write ([`BatchView::require_atomic`]):
+/// a crash keeps all of it or none.
+fn convert_to_multi_version(view: &mut BatchView<'_>) -> Result<(), StoreError> {
+    view.require_atomic();
+    let mut batch = WriteBatch::new();
     let mut start = Vec::new();
+    let mut sub: u32 = 0;
     loop {
-        let pairs = scan_data_from(store, &start, RESTORE_BATCH_KEYS)?;
-        let Some((last_key, _)) = pairs.last() else {
+        let pairs = scan_data_from(view, &start, RESTORE_BATCH_KEYS)?;
+        let Some((last, _)) = pairs.last() else {
             break;
         };
-        start = last_key.clone();
+        start = last.clone();
         start.push(0);
-        let mut batch = WriteBatch::new();
-        for (key, _) in &pairs {
-            batch.delete(data_key(key));
+        for (key, value) in pairs {
+            let record = mvcc::record::KeyRecord {
+                create_revision: mvcc_store::FIRST_REVISION,
+                mod_revision: mvcc_store::FIRST_REVISION,
+                version: 1,
+                lease: 0,
+                value,
+            };
+            let revision = Revision {
+                main: mvcc_store::FIRST_REVISION,
+                sub,
+            };
+            sub = sub.checked_add(1).expect("fewer than 2^32 keys");
+            mvcc_store::import_live(&mut batch, &key, &record, revision);
+            batch.delete(data_key(&key));
         }
-        store.write(batch)?;
+    }
+    mvcc_store::set_meta(
+        &mut batch,
+        Meta {
+            revision: mvcc_store::FIRST_REVISION,
+            compacted: 0,
+        },
+    );
+    view.write(batch)
+}
+
+/// Prefixes of every table a restore clears: the single-version data and
+/// the multi-version tables.
+const DATA_TABLE_PREFIXES: [&[u8]; 4] = [
+    DATA_PREFIX,
+    mvcc::keys::REVISION_PREFIX,
+    mvcc::keys::HISTORY_PREFIX,
+    mvcc::keys::LATEST_PREFIX,
+];
+
+/// Starts replacing the whole state with a snapshot's: marks the restore as
+/// in progress and deletes every user key and every record of them.
+pub fn begin_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
+    let mut mark = WriteBatch::new();
+    mark.put(
+        RESTORING_KEY.to_vec(),
+        AppliedState {
+            snapshot,
+            ..AppliedState::default()
+        }
+        .encode(),
+    );
+    store.write(mark)?;
+    for prefix in DATA_TABLE_PREFIXES {
+        let mut range = KeyRange::prefix(prefix.to_vec());
+        loop {
+            let pairs = store.scan(&range, RESTORE_BATCH_KEYS)?;
+            let Some((last_key, _)) = pairs.last() else {
+                break;
+            };
+            range.start = last_key.clone();
+            range.start.push(0);
+            let mut batch = WriteBatch::new();
+            for (key, _) in &pairs {
+                batch.delete(key.clone());
+            }
+            store.write(batch)?;
+        }
     }
     Ok(())
 }
 
-/// Writes restored pairs (between [`begin_restore`] and [`finish_restore`]).
+/// Writes restored user pairs of a single-version snapshot (between
+/// [`begin_restore`] and [`finish_restore`]).
 pub fn restore_pairs(store: &mut dyn Store, pairs: Vec<KeyValue>) -> Result<(), StoreError> {
     let mut batch = WriteBatch::new();
     for (key, value) in pairs {
@@ -271,13 +675,118 @@ pub fn restore_pairs(store: &mut dyn Store, pairs: Vec<KeyValue>) -> Result<(), 
     store.write(batch)
 }
 
-/// Completes a restore: the state now reflects `snapshot`.
-pub fn finish_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Result<(), StoreError> {
+/// Restores the records of a multi-version snapshot, in the order the
+/// snapshot holds them: each key's latest live record is rebuilt from its
+/// newest history record (the first of the key), `last_key` carrying the
+/// key seen last from one call to the next.
+pub fn restore_records(
+    store: &mut dyn Store,
+    pairs: Vec<KeyValue>,
+    last_key: &mut Option<Vec<u8>>,
+) -> Result<(), StoreError> {
     let mut batch = WriteBatch::new();
-    batch.put(APPLIED_AHEAD_KEY.to_vec(), encode_metadata(snapshot));
-    batch.put(APPLIED_KEY.to_vec(), encode_metadata(snapshot));
+    for (stored, value) in pairs {
+        if let Some((key, _)) = mvcc::keys::parse_history_key(&stored) {
+            if last_key.as_ref() != Some(&key) {
+                if let mvcc::record::HistoryRecord::Live(_) =
+                    mvcc::record::HistoryRecord::decode(&value).map_err(|error| {
+                        StoreError::Engine(format!("a snapshot record: {error}"))
+                    })?
+                {
+                    batch.put(mvcc::keys::latest_key(&key), value.clone());
+                }
+                *last_key = Some(key);
+            }
+        } else if !stored.starts_with(mvcc::keys::REVISION_PREFIX) {
+            return Err(StoreError::Engine(format!(
+                "a multi-version snapshot holds a key outside its tables: {stored:?}"
+            )));
+        }
+        batch.put(stored, value);
+    }
+    store.write(batch)
+}
+
+/// Completes a restore: the state now reflects the snapshot's.
+pub fn finish_restore(store: &mut dyn Store, state: AppliedState) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::new();
+    if state.storage_version >= STORAGE_VERSION_MVCC {
+        mvcc_store::set_meta(&mut batch, state.meta());
+    }
+    batch.put(APPLIED_AHEAD_KEY.to_vec(), state.encode());
+    batch.put(APPLIED_KEY.to_vec(), state.encode());
     batch.delete(RESTORING_KEY.to_vec());
     store.write(batch)
+}
+
+/// Pairs a snapshot of a multi-version store at revision `revision` holds,
+/// read from the live store in key order from `start`: the revision and
+/// history records at or below `revision` (later ones are writes after the
+/// snapshot; the latest-record table is rebuilt on restore). At most
+/// `limit` pairs are looked at; the second value is where the next call
+/// starts (`None`: done). Physical compaction must not run meanwhile (it
+/// could drop a record the snapshot's revision still needs).
+pub fn snapshot_records(
+    store: &mut dyn Store,
+    start: Option<Vec<u8>>,
+    revision: u64,
+    limit: usize,
+) -> Result<(Vec<KeyValue>, Option<Vec<u8>>), StoreError> {
+    let start = start.unwrap_or_else(|| mvcc::keys::REVISION_PREFIX.to_vec());
+    let range = KeyRange {
+        start,
+        end: KeyRange::prefix(mvcc::keys::HISTORY_PREFIX.to_vec()).end,
+    };
+    let scanned = store.scan(&range, limit)?;
+    let next = (scanned.len() == limit).then(|| {
+        let mut next = scanned.last().expect("a full chunk").0.clone();
+        next.push(0);
+        next
+    });
+    let kept = scanned
+        .into_iter()
+        .filter(|(stored, _)| {
+            if let Some(written) = mvcc::keys::parse_revision_key(stored) {
+                written.main <= revision
+            } else if let Some((_, written)) = mvcc::keys::parse_history_key(stored) {
+                written <= revision
+            } else {
+                false
+            }
+        })
+        .collect();
+    Ok((kept, next))
+}
+
+/// Where a physical compaction stands after one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionStep {
+    /// Whether history below the compacted revision is all dropped.
+    pub finished: bool,
+    /// The compacted revision whose history is all dropped (0: none).
+    pub done_through: u64,
+}
+
+/// One step of the physical compaction (at most `revisions_max` writes
+/// looked at); nothing while a snapshot restore is in progress.
+pub fn compaction_step(
+    store: &mut dyn Store,
+    revisions_max: usize,
+) -> Result<CompactionStep, StoreError> {
+    if interrupted_restore(store)?.is_some()
+        || applied_state(store)?.storage_version < STORAGE_VERSION_MVCC
+    {
+        return Ok(CompactionStep {
+            finished: true,
+            done_through: 0,
+        });
+    }
+    let (batch, progress) = mvcc_store::compact_step(store, revisions_max).map_err(store_error)?;
+    store.write(batch)?;
+    Ok(CompactionStep {
+        finished: progress == mvcc_store::CompactionProgress::Done,
+        done_through: mvcc_store::compacted_through(store).map_err(store_error)?,
+    })
 }
 
 /// Log entries for tests.
@@ -303,6 +812,19 @@ pub(crate) mod test_entries {
 
     pub(crate) fn delete(index: Index, key: &str) -> Entry {
         entry(index, Command::Delete { key: key.into() })
+    }
+
+    pub(crate) fn raise_storage_version(index: Index) -> Entry {
+        entry(
+            index,
+            Command::SetStorageVersion {
+                version: super::STORAGE_VERSION_MVCC,
+            },
+        )
+    }
+
+    pub(crate) fn command(index: Index, command: Command) -> Entry {
+        entry(index, command)
     }
 }
 
@@ -343,11 +865,11 @@ mod tests {
         let outcomes = apply(&mut store, &[put(3, "a", "replayed"), put(5, "b", "2")]).unwrap();
         assert_eq!(outcomes.len(), 1);
         assert_eq!(
-            get(&mut store, b"a").unwrap(),
+            get(&mut store, b"a").unwrap().value,
             None,
             "index 3 must not be re-applied"
         );
-        assert_eq!(get(&mut store, b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(get(&mut store, b"b").unwrap().value, Some(b"2".to_vec()));
     }
 
     /// A memory store that can be told that reads or writes would wait.
@@ -394,7 +916,7 @@ mod tests {
             store.writes_wait = writes_wait;
             assert!(apply_if_ready(&mut store, &[put(3, "c", "1")]).is_none());
             assert_eq!(applied(&mut store).unwrap().index, 2);
-            assert_eq!(get(&mut store, b"c").unwrap(), None);
+            assert_eq!(get(&mut store, b"c").unwrap().value, None);
         }
         // A delete must read whether its key existed.
         store.reads_wait_under = Some(DATA_PREFIX);
@@ -433,7 +955,11 @@ mod tests {
         for (key, value) in written {
             store.put(&key, &value).unwrap();
         }
-        assert_eq!(get(&mut store, b"a").unwrap(), Some(b"2".to_vec()), "ahead");
+        assert_eq!(
+            get(&mut store, b"a").unwrap().value,
+            Some(b"2".to_vec()),
+            "ahead"
+        );
         assert_eq!(applied(&mut store).unwrap().index, 2);
         assert_eq!(consistent_at(&mut store).unwrap(), 3);
         // Replaying from the applied index brings both back together.
@@ -457,14 +983,368 @@ mod tests {
         begin_restore(&mut store, snapshot).unwrap();
         assert_eq!(interrupted_restore(&mut store).unwrap(), Some(snapshot));
         restore_pairs(&mut store, vec![(b"keep".to_vec(), b"new".to_vec())]).unwrap();
-        finish_restore(&mut store, snapshot).unwrap();
+        finish_restore(
+            &mut store,
+            AppliedState {
+                snapshot,
+                ..AppliedState::default()
+            },
+        )
+        .unwrap();
         assert_eq!(interrupted_restore(&mut store).unwrap(), None);
         assert_eq!(applied(&mut store).unwrap(), snapshot);
-        assert_eq!(get(&mut store, b"old").unwrap(), None);
-        assert_eq!(get(&mut store, b"keep").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(get(&mut store, b"old").unwrap().value, None);
+        assert_eq!(
+            get(&mut store, b"keep").unwrap().value,
+            Some(b"new".to_vec())
+        );
         assert_eq!(
             scan_data_from(&mut store, b"", 10).unwrap(),
             vec![(b"keep".to_vec(), b"new".to_vec())]
         );
+    }
+
+    mod multi_version {
+        use super::super::*;
+        use crate::state_machine::mvcc::compare::{Compare, CompareResult, CompareTarget};
+        use crate::state_machine::mvcc::range::{RangeOptions, RangeRequest};
+        use crate::state_machine::mvcc::txn::{OpResponse, TxnOp, TxnRequest};
+        use crate::state_machine::test_entries::{command, delete, put, raise_storage_version};
+        use crate::storage::memory::MemoryStore;
+
+        /// A CAS on `key`: put `value` if its mod revision is `expected`.
+        fn cas(key: &str, expected: u64, value: &str) -> Command {
+            Command::Txn(TxnRequest {
+                compares: vec![Compare {
+                    span: KeySpan::single(key),
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Mod(expected),
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.into(),
+                    value: value.into(),
+                    lease: 0,
+                    ignore_value: false,
+                }],
+                failure: Vec::new(),
+            })
+        }
+
+        /// Key, create revision, mod revision, value.
+        type Pair = (Vec<u8>, u64, u64, Vec<u8>);
+
+        fn range_all(store: &mut dyn Store, revision: u64) -> Result<Vec<Pair>, Refusal> {
+            let request = RangeRequest {
+                span: KeySpan::range(vec![0], vec![0]),
+                revision,
+                options: RangeOptions::default(),
+            };
+            match query(store, &Query::Range(request)).unwrap() {
+                QueryAnswer::Range { outcome, .. } => outcome.map(|outcome| {
+                    outcome
+                        .kvs
+                        .into_iter()
+                        .map(|(key, record)| {
+                            (
+                                key,
+                                record.create_revision,
+                                record.mod_revision,
+                                record.value,
+                            )
+                        })
+                        .collect()
+                }),
+                QueryAnswer::Value(_) => unreachable!(),
+            }
+        }
+
+        fn outcome(applied: &Applied) -> &Outcome {
+            applied.outcome.as_deref().expect("an outcome")
+        }
+
+        #[test]
+        fn revisions_come_with_the_storage_version_and_convert_every_key() {
+            let mut store = MemoryStore::new();
+            let applied = apply(
+                &mut store,
+                &[
+                    put(1, "a", "1"),
+                    put(2, "b", "2"),
+                    command(3, cas("a", 0, "x")),
+                ],
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    outcome(&applied[2]),
+                    Outcome::Refused(Refusal::StorageVersion {
+                        current: 1,
+                        needed: 2
+                    })
+                ),
+                "{applied:?}"
+            );
+            assert!(matches!(
+                range_all(&mut store, 0),
+                Err(Refusal::StorageVersion { .. })
+            ));
+            assert_eq!(get(&mut store, b"a").unwrap().revision, 0);
+            let applied = apply(
+                &mut store,
+                &[
+                    raise_storage_version(4),
+                    delete(5, "b"),
+                    command(6, cas("a", 1, "3")),
+                ],
+            )
+            .unwrap();
+            assert_eq!(applied[0].revision, 1);
+            assert!(applied[1].found, "a converted key is found");
+            assert_eq!(applied[1].revision, 2);
+            match outcome(&applied[2]) {
+                Outcome::Txn(response) => {
+                    assert!(response.succeeded, "converted keys are at revision 1")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(applied[2].revision, 3);
+            assert_eq!(
+                range_all(&mut store, 0).unwrap(),
+                [(b"a".to_vec(), 1, 3, b"3".to_vec())]
+            );
+            assert_eq!(
+                range_all(&mut store, 1).unwrap(),
+                [
+                    (b"a".to_vec(), 1, 1, b"1".to_vec()),
+                    (b"b".to_vec(), 1, 1, b"2".to_vec())
+                ]
+            );
+            assert_eq!(
+                get(&mut store, b"a").unwrap(),
+                ValueRead {
+                    value: Some(b"3".to_vec()),
+                    revision: 3
+                }
+            );
+            assert!(
+                scan_data_from(&mut store, b"", 10).unwrap().is_empty(),
+                "no single-version key is left"
+            );
+            let state = applied_state(&mut store).unwrap();
+            assert_eq!(
+                (state.storage_version, state.revision, state.snapshot.index),
+                (2, 3, 6)
+            );
+            // Raising it again changes nothing.
+            let again = apply(&mut store, &[raise_storage_version(7)]).unwrap();
+            assert_eq!(again[0].revision, 3);
+            assert_eq!(range_all(&mut store, 0).unwrap().len(), 1);
+        }
+
+        #[test]
+        fn refused_commands_change_nothing_the_same_way_everywhere() {
+            let mut store = MemoryStore::new();
+            apply(
+                &mut store,
+                &[raise_storage_version(1), put(2, "a", "1"), put(3, "a", "2")],
+            )
+            .unwrap();
+            let ignore_missing = Command::Txn(TxnRequest {
+                compares: Vec::new(),
+                success: vec![
+                    TxnOp::Put {
+                        key: b"b".to_vec(),
+                        value: b"written first".to_vec(),
+                        lease: 0,
+                        ignore_value: false,
+                    },
+                    TxnOp::Put {
+                        key: b"missing".to_vec(),
+                        value: Vec::new(),
+                        lease: 0,
+                        ignore_value: true,
+                    },
+                ],
+                failure: Vec::new(),
+            });
+            let applied = apply(
+                &mut store,
+                &[
+                    command(4, ignore_missing),
+                    command(5, Command::Compact { revision: 9 }),
+                    command(6, Command::Compact { revision: 2 }),
+                    command(7, Command::Compact { revision: 2 }),
+                ],
+            )
+            .unwrap();
+            assert!(
+                matches!(outcome(&applied[0]), Outcome::Refused(Refusal::Invalid(_))),
+                "{applied:?}"
+            );
+            assert!(matches!(
+                outcome(&applied[1]),
+                Outcome::Refused(Refusal::Revision(_))
+            ));
+            assert_eq!(outcome(&applied[2]), &Outcome::Compacted);
+            assert!(matches!(
+                outcome(&applied[3]),
+                Outcome::Refused(Refusal::Revision(_))
+            ));
+            assert_eq!(
+                get(&mut store, b"b").unwrap().value,
+                None,
+                "the refused txn wrote nothing"
+            );
+            assert_eq!(applied_state(&mut store).unwrap().revision, 3);
+            assert_eq!(applied_state(&mut store).unwrap().compacted, 2);
+            assert!(matches!(
+                range_all(&mut store, 1),
+                Err(Refusal::Revision(_))
+            ));
+            assert_eq!(range_all(&mut store, 2).unwrap().len(), 1);
+        }
+
+        #[test]
+        fn an_inline_apply_that_must_scan_writes_nothing() {
+            let mut store = MemoryStore::new();
+            apply(&mut store, &[raise_storage_version(1), put(2, "a", "1")]).unwrap();
+            let scan = Command::Txn(TxnRequest {
+                compares: Vec::new(),
+                success: vec![TxnOp::DeleteRange {
+                    span: KeySpan::range("a", "z"),
+                }],
+                failure: Vec::new(),
+            });
+            assert!(
+                apply_if_ready(&mut store, &[put(3, "b", "1"), command(4, scan.clone())]).is_none()
+            );
+            assert_eq!(applied(&mut store).unwrap().index, 2);
+            assert_eq!(get(&mut store, b"b").unwrap().value, None);
+            let applied = apply(&mut store, &[put(3, "b", "1"), command(4, scan)]).unwrap();
+            match outcome(&applied[1]) {
+                Outcome::Txn(response) => assert!(matches!(
+                    &response.responses[0],
+                    OpResponse::DeleteRange { deleted } if deleted.len() == 2
+                )),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// Entries of every kind over a few keys.
+        fn workload(first: Index, count: u64) -> Vec<Entry> {
+            (first..first + count)
+                .map(|index| {
+                    let key = format!("k{}", index % 5);
+                    match index % 4 {
+                        0 => delete(index, &key),
+                        1 => command(index, cas(&key, index % 7, "cas")),
+                        _ => put(index, &key, &format!("v{index}")),
+                    }
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_crash_in_the_middle_of_a_write_behind_is_repaired_before_replay() {
+            let mut entries = vec![raise_storage_version(1)];
+            entries.extend(workload(2, 40));
+            let mut straight = MemoryStore::new();
+            apply(&mut straight, &entries).unwrap();
+            // Every key-order prefix of the batch after index 20 that a crash
+            // could leave behind.
+            let mut before = MemoryStore::new();
+            apply(&mut before, &entries[..20]).unwrap();
+            let mut after = MemoryStore::new();
+            apply(&mut after, &entries[..20]).unwrap();
+            let batch_start = after.scan(&KeyRange::all(), usize::MAX).unwrap();
+            apply(&mut after, &entries[20..]).unwrap();
+            let mut written: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            let end_state: std::collections::BTreeMap<_, _> = after
+                .scan(&KeyRange::all(), usize::MAX)
+                .unwrap()
+                .into_iter()
+                .collect();
+            let start_state: std::collections::BTreeMap<_, _> = batch_start.into_iter().collect();
+            for key in start_state
+                .keys()
+                .chain(end_state.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                if start_state.get(key) != end_state.get(key) {
+                    written.push((key.clone(), end_state.get(key).cloned()));
+                }
+            }
+            assert!(written.len() > 20);
+            for cut in 0..=written.len() {
+                let mut torn = MemoryStore::new();
+                for (key, value) in &start_state {
+                    torn.put(key, value).unwrap();
+                }
+                for (key, value) in &written[..cut] {
+                    match value {
+                        Some(value) => torn.put(key, value).unwrap(),
+                        None => torn.delete(key).unwrap(),
+                    }
+                }
+                repair(&mut torn).unwrap();
+                apply(&mut torn, &entries).unwrap();
+                assert_eq!(
+                    torn.scan(&KeyRange::all(), usize::MAX).unwrap(),
+                    straight.scan(&KeyRange::all(), usize::MAX).unwrap(),
+                    "cut {cut} of {}",
+                    written.len()
+                );
+            }
+            drop(before);
+        }
+
+        #[test]
+        fn a_snapshot_from_the_store_answers_every_revision_as_the_store() {
+            let mut entries = vec![raise_storage_version(1)];
+            entries.extend(workload(2, 60));
+            entries.push(command(62, Command::Compact { revision: 10 }));
+            let mut source = MemoryStore::new();
+            apply(&mut source, &entries).unwrap();
+            while !compaction_step(&mut source, 3).unwrap().finished {}
+            let state = applied_state(&mut source).unwrap();
+            // Writes after the snapshot point are in the store when it is read.
+            apply(&mut source, &workload(63, 10)).unwrap();
+            let mut pairs = Vec::new();
+            let mut start = None;
+            loop {
+                let (chunk, next) =
+                    snapshot_records(&mut source, start, state.revision, 7).unwrap();
+                pairs.extend(chunk);
+                match next {
+                    Some(next) => start = Some(next),
+                    None => break,
+                }
+            }
+            let mut target = MemoryStore::new();
+            apply(&mut target, &[put(1, "stale", "x")]).unwrap();
+            begin_restore(&mut target, state.snapshot).unwrap();
+            let mut last_key = None;
+            for chunk in pairs.chunks(5) {
+                restore_records(&mut target, chunk.to_vec(), &mut last_key).unwrap();
+            }
+            finish_restore(&mut target, state).unwrap();
+            let mut expected = MemoryStore::new();
+            apply(&mut expected, &entries).unwrap();
+            for revision in 0..=state.revision + 1 {
+                assert_eq!(
+                    range_all(&mut target, revision),
+                    range_all(&mut expected, revision),
+                    "revision {revision}"
+                );
+            }
+            assert_eq!(get(&mut target, b"stale").unwrap().value, None);
+            // Both go on the same way.
+            let next = workload(63, 10);
+            assert_eq!(
+                apply(&mut target, &next).unwrap(),
+                apply(&mut expected, &next).unwrap()
+            );
+            assert_eq!(range_all(&mut target, 0), range_all(&mut expected, 0));
+        }
     }
 }

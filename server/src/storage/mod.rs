@@ -190,6 +190,14 @@ pub trait Store: Send {
     /// of what it had not finished writing.
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
 
+    /// [`Store::write`], kept whole even by a crash: a write-behind store
+    /// writes everything before it and then `batch` as one engine batch.
+    /// For changes that a torn write could not be repaired from (a change
+    /// of the whole layout).
+    fn write_atomic(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write(batch)
+    }
+
     /// Whether a [`Store::write`] of `operations` operations would return
     /// at once, without waiting for I/O or for work in progress: only then
     /// may a caller on an async worker write inline. A store that cannot

@@ -348,14 +348,18 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
         }
     }
 
+    fn write_atomic(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.flush()?;
+        self.shared.engine().write(batch)
+    }
+
     fn write(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         let limits = self.shared.limits;
         if batch.is_empty() {
             return Ok(());
         }
         if batch.len() > limits.direct_batch_ops {
-            self.flush()?;
-            return self.shared.engine().write(batch);
+            return self.write_atomic(batch);
         }
         let mut generations = self.shared.generations();
         generations.check()?;
@@ -399,8 +403,52 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
     /// (snapshot restores), so they pay for the flush rather than every read
     /// paying for a merge.
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        self.flush()?;
-        self.shared.engine().scan(range, limit)
+        if range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(Vec::new());
+        }
+        // The writes held in memory over the range, newest generation on
+        // top; then the engine's pairs, as many more as deletes in memory
+        // could hide. No write lands in between (the owner is here); the
+        // flusher only moves a frozen generation, which wins over the
+        // engine either way.
+        let held: BTreeMap<Vec<u8>, Option<Vec<u8>>> = {
+            let generations = self.shared.generations();
+            generations.check()?;
+            let mut held = BTreeMap::new();
+            let layers = generations
+                .frozen
+                .iter()
+                .map(|frozen| frozen.as_ref())
+                .chain(std::iter::once(&generations.active));
+            for layer in layers {
+                let within = match &range.end {
+                    Some(end) => layer.range(range.start.clone()..end.clone()),
+                    None => layer.range(range.start.clone()..),
+                };
+                for (key, value) in within {
+                    held.insert(key.clone(), value.clone());
+                }
+            }
+            held
+        };
+        let hidden = held.values().filter(|value| value.is_none()).count();
+        let wanted = limit.saturating_add(hidden);
+        let engine_pairs = self.shared.engine().scan(range, wanted)?;
+        let engine_exhausted = engine_pairs.len() < wanted;
+        let engine_last = engine_pairs.last().map(|(key, _)| key.clone());
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = engine_pairs.into_iter().collect();
+        for (key, value) in held {
+            // Past the engine's last pair the engine may hold more: only
+            // what sorts before it is known to be in order.
+            if !engine_exhausted && engine_last.as_ref().is_some_and(|last| key > *last) {
+                continue;
+            }
+            match value {
+                Some(value) => merged.insert(key, value),
+                None => merged.remove(&key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 }
 

@@ -4,6 +4,8 @@
 use kvstore_proto::raft::v1 as pb;
 use kvstore_raft::{Entry, EntryKind, Message, MessageBody, NodeId, SnapshotMetadata, TERM_MAX};
 
+use crate::state_machine::STORAGE_VERSION_MAX;
+
 /// A protobuf message that does not make a valid Raft message.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed peer message: {0}")]
@@ -16,6 +18,7 @@ pub fn header(cluster_id: &str, message: &Message) -> Option<pb::MessageHeader> 
         from: message.from,
         to: message.to,
         term: message.term,
+        storage_version_max: STORAGE_VERSION_MAX,
     })
 }
 
@@ -472,6 +475,7 @@ mod tests {
             from,
             to,
             term: 1,
+            storage_version_max: 0,
         };
         let members = [1, 2, 3];
         assert!(check_header(Some(&header("c", 2, 1)), "c", 1, &members).is_ok());

@@ -13,13 +13,14 @@ use kvstore_raft::{Index, Message, NodeId, Term};
 use super::peers::PeerSet;
 use crate::errors::KvError;
 use crate::membership::Membership;
-use crate::state_machine::{log_encoding, Command};
+use crate::state_machine::mvcc::txn::TxnResponse;
+use crate::state_machine::{kv_encoding, log_encoding, Command, STORAGE_VERSION_MAX};
 
 /// A boxed future, so that the traits here can be used as objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The leader's answer to a forwarded request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderReply {
     /// The leader that served it.
     pub leader_id: NodeId,
@@ -29,6 +30,11 @@ pub struct LeaderReply {
     pub index: Index,
     /// For a delete: whether the key existed (true for other writes).
     pub found: bool,
+    /// The store revision after the write (0 for a read index, and before
+    /// storage version 2).
+    pub revision: u64,
+    /// What a txn did.
+    pub txn: Option<TxnResponse>,
 }
 
 /// Forwards requests from a follower to its leader.
@@ -107,6 +113,7 @@ async fn forward(
             from: membership.id,
             to: leader,
             term,
+            storage_version_max: STORAGE_VERSION_MAX,
         }),
         request_id: request_id.to_string(),
         request: Some(request),
@@ -121,6 +128,8 @@ async fn forward(
                 .unwrap_or_default(),
             index: response.index,
             found: response.found,
+            revision: u64::try_from(response.revision).unwrap_or(0),
+            txn: response.txn.map(kv_encoding::txn_response_from_proto),
         }),
         Err(status) => Err(KvError::from_leader_status(leader, status, is_write)),
     }

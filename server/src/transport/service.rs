@@ -15,7 +15,7 @@ use super::leader_link::LeaderReply;
 use super::reconnect::ReportSchedule;
 use crate::membership::Membership;
 use crate::snapshot::{self, SnapshotDirectory};
-use crate::state_machine::log_encoding;
+use crate::state_machine::{kv_encoding, log_encoding, STORAGE_VERSION_MAX};
 
 /// Full name of the peer service, as reflection lists it.
 pub const RAFT_SERVICE_NAME: &str = "kvstore.raft.v1.Raft";
@@ -223,6 +223,9 @@ async fn receive_stream(
                 break;
             }
             let from = header.map(|header| header.from);
+            if let Some(header) = header {
+                to_driver.record_release(header.from, header.storage_version_max);
+            }
             if peer.is_some_and(|peer| Some(peer) != from) {
                 refusal = Some(Status::failed_precondition(
                     "one stream carries the messages of one sender",
@@ -298,9 +301,16 @@ async fn serve_forwarded(
             from: reply.leader_id,
             to: from,
             term: reply.term,
+            storage_version_max: STORAGE_VERSION_MAX,
         }),
         index: reply.index,
         found: reply.found,
+        revision: i64::try_from(reply.revision).unwrap_or(i64::MAX),
+        // Every previous pair: the follower cuts them to its client's flags.
+        txn: reply
+            .txn
+            .as_ref()
+            .map(|txn| kv_encoding::txn_response_to_proto(txn, &kv_encoding::all_prev_kvs(txn))),
     })
 }
 
@@ -457,6 +467,7 @@ impl Raft for RaftService {
                 from: self.membership.id,
                 to: header.from,
                 term: header.term,
+                storage_version_max: STORAGE_VERSION_MAX,
             }),
             index: 0,
         }))

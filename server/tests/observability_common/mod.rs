@@ -83,6 +83,7 @@ pub async fn traffic(cluster: &Cluster, rounds: usize) {
                 .put(PutRequest {
                     key: key.clone().into(),
                     value: b"v".to_vec(),
+                    ..PutRequest::default()
                 })
                 .await
                 .expect("put");
@@ -107,6 +108,7 @@ pub async fn traffic(cluster: &Cluster, rounds: usize) {
             .put(PutRequest {
                 key: Vec::new(),
                 value: b"v".to_vec(),
+                ..PutRequest::default()
             })
             .await
             .expect_err("an empty key is refused");
@@ -138,6 +140,7 @@ pub fn background_traffic(
                     .put(PutRequest {
                         key: key.clone().into(),
                         value: b"v".to_vec(),
+                        ..PutRequest::default()
                     })
                     .await;
                 let _ = client

@@ -417,7 +417,8 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "nodes did not apply {index} within {timeout:?}: {statuses:#?}"
+                "nodes did not apply {index} within {timeout:?}: {statuses:#?}\n{}",
+                self.logs()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -454,6 +455,22 @@ pub async fn status_of(client_addr: SocketAddr) -> Option<Status> {
         .await
         .ok()
         .map(tonic::Response::into_inner)
+}
+
+/// Waits until the node at `client_addr` serves ranges: the leader has
+/// raised the cluster's storage version (an entry of its own, committed a
+/// heartbeat or two after a fresh cluster's first election).
+pub async fn wait_for_revisions(client_addr: SocketAddr) {
+    let mut client = client_for(client_addr, Duration::from_secs(10))
+        .await
+        .expect("the node answers");
+    client
+        .range(kvstore_proto::kv::v1::RangeRequest {
+            key: b"\0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the cluster reaches the storage version with revisions");
 }
 
 /// A client for `client_addr` with a per-request deadline.

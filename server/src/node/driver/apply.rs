@@ -15,7 +15,7 @@ use crate::fatal::storage_failure;
 use crate::metrics::SnapshotKind;
 use crate::node::ServedBy;
 use crate::snapshot;
-use crate::state_machine;
+use crate::state_machine::{self, QueryAnswer};
 use crate::storage::{Store, StoreError};
 
 impl Driver {
@@ -44,13 +44,19 @@ impl Driver {
             })
             .await;
         match result {
-            Ok((_, pairs)) => tracing::info!(
-                index = snapshot.index,
-                term = snapshot.term,
-                pairs,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "installed the leader's snapshot"
-            ),
+            Ok((state, pairs)) => {
+                tracing::info!(
+                    index = snapshot.index,
+                    term = snapshot.term,
+                    pairs,
+                    storage_version = state.storage_version,
+                    revision = state.revision,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "installed the leader's snapshot"
+                );
+                self.storage_version.send_replace(state.storage_version);
+                self.compaction.wake();
+            }
             Err(error) => storage_failure("restoring a received snapshot failed", error),
         }
         self.metrics.snapshot(SnapshotKind::Installed);
@@ -79,7 +85,24 @@ impl Driver {
         }
         let applied_index = self.applied_index.clone();
         let node_id = self.core.id();
+        let storage_version = self.storage_version.clone();
+        let compaction = self.compaction.clone();
+        let revision = self.revision.clone();
         let finish = move |outcomes: Vec<state_machine::Applied>| {
+            if let Some(last) = outcomes.last() {
+                revision.fetch_max(last.revision, Ordering::AcqRel);
+            }
+            for outcome in &outcomes {
+                match outcome.outcome.as_deref() {
+                    Some(state_machine::Outcome::StorageVersion(version))
+                        if storage_version.send_replace(*version) < *version =>
+                    {
+                        tracing::info!(index = outcome.index, version, "storage version raised");
+                    }
+                    Some(state_machine::Outcome::Compacted) => compaction.wake(),
+                    _ => {}
+                }
+            }
             applied_index.fetch_max(last.index, Ordering::AcqRel);
             proposals::answer(node_id, resolved, &outcomes);
         };
@@ -130,8 +153,9 @@ impl Driver {
             term,
             index: read_index,
             forwarded_by: 0,
+            revision: 0,
         };
-        let answer = move |read: PendingRead, result: Result<Option<Vec<u8>>, StoreError>| {
+        let answer = move |read: PendingRead, result: Result<QueryAnswer, StoreError>| {
             tracing::debug!(
                 request_id = read.request_id,
                 read_index,
@@ -139,7 +163,7 @@ impl Driver {
             );
             let _ = read.reply.send(
                 result
-                    .map(|value| (served_by, value))
+                    .map(|answer| (served_by.with_revision_of(&answer), answer))
                     .map_err(KvError::from),
             );
         };
@@ -149,14 +173,14 @@ impl Driver {
         if self.applied_index.load(Ordering::Acquire) >= read_index {
             let inline = self
                 .store
-                .try_read(|store| state_machine::get_if_ready(store, &read.key));
+                .try_read(|store| state_machine::query_if_ready(store, &read.query));
             if let Some(result) = inline.flatten() {
                 answer(read, result);
                 return;
             }
         }
         let serve = move |store: &mut dyn Store| {
-            let result = state_machine::get(store, &read.key);
+            let result = state_machine::query(store, &read.query);
             answer(read, result);
         };
         let result = self.store.submit(serve);

@@ -16,9 +16,11 @@
 //! store and the snapshot schedule live in the submodules.
 
 mod apply;
+pub mod auto_compaction;
 mod proposals;
 mod reads;
 mod snapshots;
+mod storage_version;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,15 +37,18 @@ use crate::data_dir::CatchUpMarker;
 use crate::errors::KvError;
 use crate::fatal::storage_failure;
 use crate::metrics::Metrics;
+use crate::node::compactor::Compaction;
 use crate::snapshot::SnapshotDirectory;
-use crate::state_machine::{log_encoding, Command};
+use crate::state_machine::{log_encoding, Command, Query, QueryAnswer};
 use crate::status::{FollowerStatus, NodeRole, NodeStatus};
 use crate::storage::actor::StoreHandle;
 use crate::storage_health::StorageHealth;
+use crate::transport::inbound::PeerReleases;
 use crate::transport::leader_link::Outbox;
 use proposals::{propose_error, Proposals};
 use reads::{PendingRead, Reads, UnconfirmedRead};
 use snapshots::{InternalEvent, SnapshotSchedule};
+use storage_version::StorageVersionGate;
 
 /// Inputs taken from the queues before one `Ready` is processed: bounds the
 /// work (and the latency) of one batch.
@@ -72,8 +77,8 @@ pub enum DriverEvent {
     },
     /// A linearizable read on the leader: confirm leadership, then read.
     Read {
-        /// The key.
-        key: Vec<u8>,
+        /// The read.
+        query: Query,
         /// The client request's id, for the logs.
         request_id: String,
         /// Where the value goes.
@@ -87,11 +92,11 @@ pub enum DriverEvent {
         /// Where the confirmed read index goes.
         reply: oneshot::Sender<Result<ServedBy, KvError>>,
     },
-    /// Reads `key` once this node has applied `index` (a read index the
-    /// leader confirmed): the follower side of a linearizable read.
+    /// Reads once this node has applied `index` (a read index the leader
+    /// confirmed): the follower side of a linearizable read.
     ReadAt {
-        /// The key.
-        key: Vec<u8>,
+        /// The read.
+        query: Query,
         /// The confirmed read index.
         index: Index,
         /// Who confirmed it: the leader and its term.
@@ -106,7 +111,7 @@ pub enum DriverEvent {
 }
 
 /// What a linearizable read returns.
-pub type ReadResult = Result<(ServedBy, Option<Vec<u8>>), KvError>;
+pub type ReadResult = Result<(ServedBy, QueryAnswer), KvError>;
 
 /// Settings of the driver.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +125,8 @@ pub struct DriverSettings {
     pub snapshot_log_bytes: u64,
     /// A deliberate bug to switch on (conformance suite self-test only).
     pub injected_fault: Option<InjectedFault>,
+    /// What automatic compaction keeps.
+    pub retention: auto_compaction::Retention,
 }
 
 /// Everything the driver owns.
@@ -151,6 +158,16 @@ pub struct Driver {
     metrics: Arc<Metrics>,
     /// Term and vote last handed to the WAL.
     persisted_term_vote: (Term, Option<NodeId>),
+    /// When to propose a higher storage version.
+    storage_gate: StorageVersionGate,
+    /// The storage version applied (set as entries apply).
+    storage_version: Arc<watch::Sender<u32>>,
+    /// Physical compaction.
+    compaction: Arc<Compaction>,
+    /// When the leader compacts on its own.
+    auto_compaction: auto_compaction::AutoCompaction,
+    /// The store revision after the last applied entry.
+    revision: Arc<AtomicU64>,
 }
 
 /// What the driver needs to start.
@@ -186,6 +203,12 @@ pub struct DriverParts {
     pub applied: SnapshotMetadata,
     /// Where counters and histograms are recorded.
     pub metrics: Arc<Metrics>,
+    /// The storage version applied, published to the node's services.
+    pub storage_version: Arc<watch::Sender<u32>>,
+    /// What peers report of their releases.
+    pub peer_releases: Arc<PeerReleases>,
+    /// Physical compaction (woken when a compaction is applied).
+    pub compaction: Arc<Compaction>,
 }
 
 impl Driver {
@@ -227,12 +250,82 @@ impl Driver {
             ),
             metrics: parts.metrics,
             persisted_term_vote: (hard_state.term, hard_state.vote),
+            storage_gate: StorageVersionGate::new(
+                parts.storage_version.clone(),
+                parts.peer_releases,
+            ),
+            storage_version: parts.storage_version,
+            compaction: parts.compaction,
+            auto_compaction: auto_compaction::AutoCompaction::new(parts.settings.retention),
+            revision: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Proposes a compaction when automatic compaction is due (leader only).
+    fn propose_auto_compaction(&mut self) {
+        let leads = self.core.role() == Role::Leader;
+        let revision = self.revision.load(Ordering::Acquire);
+        let Some(target) = self
+            .auto_compaction
+            .due(std::time::Instant::now(), leads, revision)
+        else {
+            return;
+        };
+        let command = Command::Compact { revision: target };
+        match self
+            .core
+            .propose(log_encoding::encode(command, "auto-compaction"))
+        {
+            Ok((index, _)) => tracing::info!(
+                index,
+                revision = target,
+                current = revision,
+                "automatic compaction proposed"
+            ),
+            Err(error) => tracing::debug!(?error, "automatic compaction not proposed"),
+        }
+    }
+
+    /// Proposes raising the storage version when it is due (see
+    /// [`storage_version`]).
+    fn propose_storage_version(&mut self) {
+        let id = self.core.id();
+        let others: Vec<NodeId> = self
+            .core
+            .voters()
+            .iter()
+            .copied()
+            .filter(|voter| *voter != id)
+            .collect();
+        let leads = self.core.role() == Role::Leader;
+        let Some(version) = self.storage_gate.due(leads, self.core.term(), &others) else {
+            return;
+        };
+        let command = Command::SetStorageVersion { version };
+        match self
+            .core
+            .propose(log_encoding::encode(command, "storage-version"))
+        {
+            Ok((index, term)) => {
+                tracing::info!(
+                    index,
+                    term,
+                    version,
+                    "every member supports storage version {version}: proposed"
+                );
+            }
+            Err(error) => tracing::debug!(?error, "storage version not proposed"),
         }
     }
 
     /// Runs until `shutdown` turns true. A single-member cluster campaigns at once.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.apply_storage_health();
+        tokio::spawn(
+            self.compaction
+                .clone()
+                .run(self.store.clone(), shutdown.clone()),
+        );
         if self.core.voters() == [self.core.id()] {
             self.core.campaign();
         }
@@ -254,6 +347,8 @@ impl Driver {
                         self.apply_storage_health();
                     }
                     self.core.tick();
+                    self.propose_storage_version();
+                    self.propose_auto_compaction();
                 }
                 () = &mut commit_notice, if commit_notice_armed => {
                     commit_notice_armed = false;
@@ -343,10 +438,12 @@ impl Driver {
                         term,
                         index,
                         forwarded_by: 0,
+                        revision: 0,
                     };
                     let _ = reply.send(Ok(WriteOutcome {
                         served_by,
                         found: true,
+                        outcome: None,
                     }));
                 }
                 Ok((index, term)) => {
@@ -364,12 +461,12 @@ impl Driver {
                 }
             },
             DriverEvent::Read {
-                key,
+                query,
                 request_id,
                 reply,
             } => {
                 self.reads.request(UnconfirmedRead::Value(PendingRead {
-                    key,
+                    query,
                     request_id,
                     reply,
                     confirmed_by: None,
@@ -380,7 +477,7 @@ impl Driver {
                     .request(UnconfirmedRead::IndexOnly { request_id, reply });
             }
             DriverEvent::ReadAt {
-                key,
+                query,
                 index,
                 leader_id,
                 term,
@@ -388,7 +485,7 @@ impl Driver {
                 reply,
             } => {
                 let read = PendingRead {
-                    key,
+                    query,
                     request_id,
                     reply,
                     confirmed_by: Some((leader_id, term)),

@@ -120,19 +120,27 @@ pub(super) fn answer(node_id: NodeId, resolved: Resolved, outcomes: &[state_mach
         } else {
             tracing::debug!(request_id = proposal.request_id, index, "applied");
             // Outcomes come in index order (one per applied entry).
-            let found = outcomes
+            let applied = outcomes
                 .binary_search_by_key(&index, |outcome| outcome.index)
-                .map_or(true, |position| outcomes[position].found);
-            Ok(WriteOutcome {
-                served_by: ServedBy {
-                    node_id,
-                    leader_id: node_id,
-                    term: entry_term,
-                    index,
-                    forwarded_by: 0,
-                },
-                found,
-            })
+                .ok()
+                .map(|position| &outcomes[position]);
+            let served_by = ServedBy {
+                node_id,
+                leader_id: node_id,
+                term: entry_term,
+                index,
+                forwarded_by: 0,
+                revision: applied.map_or(0, |applied| applied.revision),
+            };
+            match applied.and_then(|applied| applied.outcome.as_deref()) {
+                // Refused the same way on every replica: the client's error.
+                Some(state_machine::Outcome::Refused(refusal)) => Err(refusal.clone().into()),
+                outcome => Ok(WriteOutcome {
+                    served_by,
+                    found: applied.is_none_or(|applied| applied.found),
+                    outcome: outcome.cloned().map(Box::new),
+                }),
+            }
         };
         let _ = proposal.reply.send(outcome);
     }
@@ -197,14 +205,7 @@ mod tests {
         assert_eq!((resolved.committed, resolved.replaced), (1, 0));
         assert_eq!(proposals.len(), 0);
         // A delete of a missing key: the outcome's `found` must come through.
-        super::answer(
-            NODE,
-            resolved,
-            &[Applied {
-                index: 7,
-                found: false,
-            }],
-        );
+        super::answer(NODE, resolved, &[Applied::simple(7, false, 0)]);
         let outcome = answer.try_recv().unwrap().unwrap();
         assert_eq!(
             outcome,
@@ -215,8 +216,10 @@ mod tests {
                     term: 3,
                     index: 7,
                     forwarded_by: 0,
+                    revision: 0,
                 },
                 found: false,
+                outcome: None,
             }
         );
     }
@@ -228,14 +231,7 @@ mod tests {
         let resolved = proposals.resolve(&[entry(7, 4)]);
         assert_eq!((resolved.committed, resolved.replaced), (0, 1));
         assert_eq!(proposals.len(), 0);
-        super::answer(
-            NODE,
-            resolved,
-            &[Applied {
-                index: 7,
-                found: true,
-            }],
-        );
+        super::answer(NODE, resolved, &[Applied::simple(7, true, 0)]);
         match answer.try_recv().unwrap() {
             Err(KvError::Unavailable(message)) => assert!(
                 message.contains("a new leader replaced the write"),
@@ -298,14 +294,7 @@ mod tests {
         let mut answer = propose(&mut proposals, 7, 3);
         let resolved = proposals.resolve(&[entry(7, 3)]);
         // An outcome for another index only.
-        super::answer(
-            NODE,
-            resolved,
-            &[Applied {
-                index: 6,
-                found: false,
-            }],
-        );
+        super::answer(NODE, resolved, &[Applied::simple(6, false, 0)]);
         assert!(answer.try_recv().unwrap().unwrap().found);
     }
 
@@ -319,10 +308,7 @@ mod tests {
         let resolved = proposals.resolve(&entries);
         // Deletes at 6 and 8 found nothing.
         let outcomes: Vec<Applied> = (5..=9)
-            .map(|index| Applied {
-                index,
-                found: index % 2 == 1,
-            })
+            .map(|index| Applied::simple(index, index % 2 == 1, 0))
             .collect();
         super::answer(NODE, resolved, &outcomes);
         let found: Vec<bool> = answers

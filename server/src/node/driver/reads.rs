@@ -10,10 +10,11 @@ use tokio::sync::oneshot;
 use super::ReadResult;
 use crate::errors::KvError;
 use crate::node::ServedBy;
+use crate::state_machine::Query;
 
 /// A read whose index is known, waiting to be served from the store.
 pub(super) struct PendingRead {
-    pub(super) key: Vec<u8>,
+    pub(super) query: Query,
     pub(super) request_id: String,
     pub(super) reply: oneshot::Sender<ReadResult>,
     /// The leader that confirmed the index and its term; `None` when it was
@@ -124,6 +125,7 @@ impl Reads {
                     term,
                     index: read_state.index,
                     forwarded_by: 0,
+                    revision: 0,
                 }));
                 None
             }
@@ -186,7 +188,7 @@ mod tests {
     fn pending_read(key: &str) -> (PendingRead, oneshot::Receiver<ReadResult>) {
         let (reply, answer) = oneshot::channel();
         let read = PendingRead {
-            key: key.as_bytes().to_vec(),
+            query: Query::Get(key.as_bytes().to_vec()),
             request_id: key.into(),
             reply,
             confirmed_by: None,
@@ -197,7 +199,10 @@ mod tests {
     fn keys(reads: &[(Index, PendingRead)]) -> Vec<(Index, &[u8])> {
         reads
             .iter()
-            .map(|(index, read)| (*index, read.key.as_slice()))
+            .map(|(index, read)| match &read.query {
+                Query::Get(key) => (*index, key.as_slice()),
+                Query::Range(_) => panic!("only gets here"),
+            })
             .collect()
     }
 
@@ -298,6 +303,7 @@ mod tests {
                 term: 5,
                 index: 9,
                 forwarded_by: 0,
+                revision: 0,
             }
         );
     }

@@ -6,7 +6,10 @@ use kvstore_raft::{CompactError, Entry, Index, SnapshotMetadata};
 
 use super::Driver;
 use crate::metrics::SnapshotKind;
-use crate::snapshot;
+use crate::node::compactor::Compaction;
+use crate::snapshot::{self, SnapshotDirectory};
+use crate::state_machine::{self, log_encoding, Command, STORAGE_VERSION_MVCC};
+use crate::storage::actor::StoreHandle;
 
 /// Events the driver sends itself from other threads.
 pub(super) enum InternalEvent {
@@ -222,6 +225,31 @@ impl Driver {
             bytes_since_snapshot,
             "taking a snapshot"
         );
+        // A multi-version store cannot be merged from its commands (a txn's
+        // effect depends on the state): its snapshot is read from the store.
+        let raises_version = entries.iter().any(|entry| {
+            matches!(
+                log_encoding::decode_entry(entry),
+                Some(Command::SetStorageVersion { .. })
+            )
+        });
+        if raises_version || *self.storage_version.borrow() >= STORAGE_VERSION_MVCC {
+            let store = self.store.clone();
+            let compaction = self.compaction.clone();
+            tokio::spawn(async move {
+                let result = write_from_store(&store, &compaction, &directory).await;
+                let (snapshot, result) = match result {
+                    Ok((snapshot, pairs)) => (snapshot, Ok(pairs)),
+                    Err(error) => (target, Err(error)),
+                };
+                let _ = events.send(InternalEvent::SnapshotWritten {
+                    snapshot,
+                    applied_bytes,
+                    result,
+                });
+            });
+            return;
+        }
         tokio::task::spawn_blocking(move || {
             let result =
                 snapshot::write_merged(&directory, base, &entries, target).and_then(|pairs| {
@@ -236,6 +264,61 @@ impl Driver {
             });
         });
     }
+}
+
+/// Pairs read from the store per step of a multi-version snapshot.
+const SNAPSHOT_CHUNK_PAIRS: usize = 1_024;
+
+/// Writes a multi-version snapshot of the store as it stands once every
+/// entry handed to it so far is applied, reading its history a chunk at a
+/// time (applies go on between chunks; physical compaction waits).
+async fn write_from_store(
+    store: &StoreHandle,
+    compaction: &Compaction,
+    directory: &SnapshotDirectory,
+) -> Result<(SnapshotMetadata, u64), String> {
+    let failed = |error: &dyn std::fmt::Display| error.to_string();
+    let _history = compaction.hold_history().await;
+    let state = store
+        .with(|store| state_machine::applied_state(store))
+        .await
+        .map_err(|error| failed(&error))?;
+    if state.storage_version < STORAGE_VERSION_MVCC {
+        return Err(format!(
+            "the store is at storage version {} at index {}",
+            state.storage_version, state.snapshot.index
+        ));
+    }
+    let mut writer = snapshot::SnapshotWriter::create_multi_version(directory, &state)
+        .map_err(|error| failed(&error))?;
+    let mut start = None;
+    loop {
+        let (pairs, next) = store
+            .with(move |store| {
+                state_machine::snapshot_records(store, start, state.revision, SNAPSHOT_CHUNK_PAIRS)
+            })
+            .await
+            .map_err(|error| failed(&error))?;
+        for (key, value) in &pairs {
+            writer.push(key, value).map_err(|error| failed(&error))?;
+        }
+        match next {
+            Some(next) => start = Some(next),
+            None => break,
+        }
+    }
+    let directory = directory.clone();
+    let snapshot = state.snapshot;
+    tokio::task::spawn_blocking(move || {
+        let pairs = writer.finish()?;
+        directory.install(snapshot)?;
+        directory.remove_old()?;
+        Ok::<_, snapshot::SnapshotError>(pairs)
+    })
+    .await
+    .map_err(|error| failed(&error))?
+    .map(|pairs| (snapshot, pairs))
+    .map_err(|error| failed(&error))
 }
 
 #[cfg(test)]

@@ -4,8 +4,15 @@
 //! - `h/<escaped user key><inverted revision>`: every record of the key,
 //!   newest first, so that one forward scan from `h/<key><!R>` meets the
 //!   newest record at or below revision `R`;
-//! - `r/<revision><sub revision>`: which key each revision wrote, in
-//!   revision order (compaction, and watch's catch-up).
+//! - `c/<revision><sub revision>`: which key each revision wrote, in
+//!   revision order (compaction, watch's catch-up, and the repair of a
+//!   write-behind torn by a crash).
+//!
+//! The prefixes sort `c/` < `h/` < `k/` < `m/` on purpose: a write-behind
+//! store that crashes mid-write keeps a key-order prefix of a batch
+//! ([`crate::storage::Store::write`]), so whenever any history or latest
+//! record of a batch reached the engine, all of its `c/` records did, and
+//! `state_machine::repair` finds every write to undo from them.
 //!
 //! The user key inside `h/` is escaped so that the history of one key never
 //! interleaves with the history of a key it prefixes, and keys still sort
@@ -19,7 +26,7 @@ pub const LATEST_PREFIX: &[u8] = b"k/";
 /// Prefix of the history table.
 pub const HISTORY_PREFIX: &[u8] = b"h/";
 /// Prefix of the revision table.
-pub const REVISION_PREFIX: &[u8] = b"r/";
+pub const REVISION_PREFIX: &[u8] = b"c/";
 
 const ESCAPE: u8 = 0x00;
 const ESCAPED_ZERO: u8 = 0xff;
@@ -89,7 +96,7 @@ pub fn parse_history_key(stored: &[u8]) -> Option<(Vec<u8>, u64)> {
     Some((key, !u64::from_be_bytes(inverted)))
 }
 
-/// `r/<main><sub>`, in revision order.
+/// `c/<main><sub>`, in revision order.
 pub fn revision_key(revision: Revision) -> Vec<u8> {
     let mut stored = Vec::with_capacity(REVISION_PREFIX.len() + 12);
     stored.extend_from_slice(REVISION_PREFIX);
@@ -98,7 +105,7 @@ pub fn revision_key(revision: Revision) -> Vec<u8> {
     stored
 }
 
-/// The revision of a `r/` store key.
+/// The revision of a `c/` store key.
 pub fn parse_revision_key(stored: &[u8]) -> Option<Revision> {
     let rest = stored.strip_prefix(REVISION_PREFIX)?;
     let main: [u8; 8] = rest.get(..8)?.try_into().ok()?;
@@ -161,6 +168,6 @@ mod tests {
         assert_eq!(unescape(&[b'a', 0x00]), None);
         assert_eq!(unescape(&[0x00, 0x07]), None);
         assert_eq!(parse_history_key(b"h/a\x00\x00\x01"), None);
-        assert_eq!(parse_revision_key(b"r/\x00\x00"), None);
+        assert_eq!(parse_revision_key(b"c/\x00\x00"), None);
     }
 }

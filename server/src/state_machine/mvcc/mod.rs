@@ -1,10 +1,10 @@
-//! The multi-version store of issue #22, being built (see
-//! `docs/design-22-mvcc.md`): revisions, the key layout in the `Store`, and
-//! (next) apply and reads at a revision. Nothing here is wired into the
-//! server yet.
+//! The multi-version store (storage version 2; `docs/architecture.md`):
+//! revisions, the key layout in the `Store`, transactions and their
+//! compares, reads at a revision, compaction.
 
 pub mod compare;
 pub mod keys;
+pub mod range;
 pub mod record;
 pub mod store;
 pub mod txn;

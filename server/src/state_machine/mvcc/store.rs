@@ -84,6 +84,124 @@ pub fn meta(store: &mut dyn Store) -> Result<Meta, MvccError> {
     })
 }
 
+/// Writes the revision counters (a repair after a crash puts back the
+/// ones recorded with the applied index).
+pub fn set_meta(batch: &mut WriteBatch, meta: Meta) {
+    batch.put(REVISION_KEY.to_vec(), meta.revision.to_be_bytes().to_vec());
+    batch.put(
+        COMPACTED_KEY.to_vec(),
+        meta.compacted.to_be_bytes().to_vec(),
+    );
+}
+
+/// Adds a live record of `key` written at `revision`, as a write
+/// transaction would (the conversion of a single-version store writes
+/// every key this way).
+pub fn import_live(batch: &mut WriteBatch, key: &[u8], record: &KeyRecord, revision: Revision) {
+    let encoded = HistoryRecord::Live(record.clone()).encode();
+    batch.put(keys::latest_key(key), encoded.clone());
+    batch.put(keys::history_key(key, revision.main), encoded);
+    let mut marker = Vec::with_capacity(key.len() + 1);
+    marker.push(0);
+    marker.extend_from_slice(key);
+    batch.put(keys::revision_key(revision), marker);
+}
+
+/// The writes after `revision` (from the revision table): their revision
+/// and key, in revision order, at most `limit`.
+pub fn writes_after(
+    store: &mut dyn Store,
+    revision: u64,
+    limit: usize,
+) -> Result<Vec<(Revision, Vec<u8>)>, MvccError> {
+    let range = KeyRange {
+        start: keys::revision_key(Revision::new(revision.saturating_add(1))),
+        end: KeyRange::prefix(keys::REVISION_PREFIX.to_vec()).end,
+    };
+    store
+        .scan(&range, limit)?
+        .into_iter()
+        .map(|(stored, marker)| {
+            let revision = keys::parse_revision_key(&stored)
+                .ok_or_else(|| CorruptRecord("a malformed revision key".into()))?;
+            let key = marker
+                .get(1..)
+                .ok_or_else(|| CorruptRecord("an empty revision record".into()))?;
+            Ok((revision, key.to_vec()))
+        })
+        .collect()
+}
+
+/// Undoes, in `batch`, one write made after the store's revision: its
+/// history and revision records go, and the key's latest record is set
+/// back to `before` (its newest live record at that revision).
+pub fn undo_write(
+    batch: &mut WriteBatch,
+    key: &[u8],
+    revision: Revision,
+    before: Option<&KeyRecord>,
+) {
+    batch.delete(keys::revision_key(revision));
+    batch.delete(keys::history_key(key, revision.main));
+    match before {
+        Some(record) => batch.put(
+            keys::latest_key(key),
+            HistoryRecord::Live(record.clone()).encode(),
+        ),
+        None => batch.delete(keys::latest_key(key)),
+    };
+}
+
+/// `key`'s live record at `revision` (`None`: absent or deleted then).
+pub fn record_at(
+    store: &mut dyn Store,
+    key: &[u8],
+    revision: u64,
+) -> Result<Option<KeyRecord>, MvccError> {
+    Ok(match newest_at_or_below(store, key, revision)? {
+        Some((_, HistoryRecord::Live(record))) => Some(record),
+        _ => None,
+    })
+}
+
+/// `key`'s latest live record (one point read).
+pub fn latest(store: &mut dyn Store, key: &[u8]) -> Result<Option<KeyRecord>, MvccError> {
+    decode_latest(store.get(&keys::latest_key(key))?)
+}
+
+/// [`latest`], unless reading means waiting for the storage engine.
+pub fn latest_if_ready(
+    store: &mut dyn Store,
+    key: &[u8],
+) -> Option<Result<Option<KeyRecord>, MvccError>> {
+    match store.get_if_ready(&keys::latest_key(key))? {
+        Ok(bytes) => Some(decode_latest(bytes)),
+        Err(error) => Some(Err(error.into())),
+    }
+}
+
+fn decode_latest(bytes: Option<Vec<u8>>) -> Result<Option<KeyRecord>, MvccError> {
+    match bytes {
+        None => Ok(None),
+        Some(bytes) => match HistoryRecord::decode(&bytes)? {
+            HistoryRecord::Live(record) => Ok(Some(record)),
+            HistoryRecord::Tombstone => {
+                Err(CorruptRecord("a tombstone in the latest table".into()).into())
+            }
+        },
+    }
+}
+
+/// The revision recorded in the store, unless reading it means waiting for
+/// the engine: 0 in a store that never had revisions (storage version 1),
+/// where [`meta`] says [`FIRST_REVISION`].
+pub fn recorded_revision_if_ready(store: &mut dyn Store) -> Option<Result<u64, MvccError>> {
+    match store.get_if_ready(REVISION_KEY)? {
+        Ok(bytes) => Some(read_u64(bytes).map_err(MvccError::from)),
+        Err(error) => Some(Err(error.into())),
+    }
+}
+
 fn read_u64(bytes: Option<Vec<u8>>) -> Result<u64, CorruptRecord> {
     match bytes {
         None => Ok(0),
@@ -316,6 +434,11 @@ pub fn schedule_compaction(store: &mut dyn Store, revision: u64) -> Result<Write
     Ok(batch)
 }
 
+/// The compacted revision whose history compaction has all dropped.
+pub fn compacted_through(store: &mut dyn Store) -> Result<u64, MvccError> {
+    Ok(read_u64(store.get(COMPACTION_DONE_KEY)?)?)
+}
+
 /// Where a physical compaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompactionProgress {
@@ -498,6 +621,17 @@ impl<'s> WriteTxn<'s> {
                 }
             },
         }
+    }
+
+    /// The keys of `span` at `revision`, a revision before this
+    /// transaction's (so without its writes), as [`range_at`] reads them.
+    pub fn range_past(
+        &mut self,
+        span: &KeySpan,
+        revision: u64,
+        limit: usize,
+    ) -> Result<RangeResult, MvccError> {
+        range_at(self.store, span, revision, limit)
     }
 
     /// The live keys of `span` as this transaction sees them, in key order.

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use super::compare::{all_hold, Compare};
+use super::range::{RangeOutcome, RangeRequest};
 use super::record::KeyRecord;
 use super::store::{KeySpan, MvccError, WriteTxn};
 
@@ -19,14 +20,9 @@ pub const TXN_OPS_MAX: usize = 128;
 /// One op of a txn's list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    /// Read the live keys of a span (as the txn sees them), at most
-    /// `limit` (0: all).
-    Range {
-        /// The keys.
-        span: KeySpan,
-        /// Most pairs returned.
-        limit: usize,
-    },
+    /// Read the live keys of a span: at the current revision as the txn
+    /// sees them (with the writes of earlier ops), or at a past revision.
+    Range(RangeRequest),
     /// Store a value.
     Put {
         /// The key.
@@ -62,14 +58,7 @@ pub struct TxnRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResponse {
     /// The pairs read, how many matched, whether there were more.
-    Range {
-        /// The pairs.
-        kvs: Vec<(Vec<u8>, KeyRecord)>,
-        /// How many matched.
-        count: u64,
-        /// Whether more matched than were returned.
-        more: bool,
-    },
+    Range(RangeOutcome),
     /// The key's previous record.
     Put {
         /// `None` when the put created the key.
@@ -233,14 +222,17 @@ fn run(txn: &mut WriteTxn<'_>, request: &TxnRequest, path: Path) -> Result<TxnRe
     let mut responses = Vec::with_capacity(list.len());
     for op in list {
         responses.push(match op {
-            TxnOp::Range { span, limit } => {
-                let mut kvs = txn.range(span)?;
-                let count = kvs.len() as u64;
-                let more = *limit > 0 && kvs.len() > *limit;
-                if more {
-                    kvs.truncate(*limit);
+            TxnOp::Range(range) => {
+                let options = &range.options;
+                if range.revision == 0 {
+                    let kvs = txn.range(&range.span)?;
+                    let count = kvs.len() as u64;
+                    OpResponse::Range(options.select(kvs, count, false))
+                } else {
+                    let read =
+                        txn.range_past(&range.span, range.revision, options.store_limit())?;
+                    OpResponse::Range(options.select(read.kvs, read.count, read.more))
                 }
-                OpResponse::Range { kvs, count, more }
             }
             TxnOp::Put {
                 key,
@@ -292,6 +284,14 @@ mod tests {
         }
     }
 
+    fn read(key: &str) -> TxnOp {
+        TxnOp::Range(RangeRequest {
+            span: KeySpan::single(key),
+            revision: 0,
+            options: Default::default(),
+        })
+    }
+
     fn delete(key: &str, end: &str) -> TxnOp {
         TxnOp::DeleteRange {
             span: KeySpan::range(key, end),
@@ -322,10 +322,7 @@ mod tests {
         let request = TxnRequest {
             compares: vec![create_is("lock", 0)],
             success: vec![put("lock", "me"), put("owner", "me")],
-            failure: vec![TxnOp::Range {
-                span: KeySpan::single("lock"),
-                limit: 0,
-            }],
+            failure: vec![read("lock")],
         };
         let first = run_txn(&mut store, &request).unwrap();
         assert!(first.succeeded);
@@ -337,7 +334,9 @@ mod tests {
         let second = run_txn(&mut store, &request).unwrap();
         assert!(!second.succeeded);
         match &second.responses[..] {
-            [OpResponse::Range { kvs, count: 1, .. }] => assert_eq!(kvs[0].1.value, b"me"),
+            [OpResponse::Range(RangeOutcome { kvs, count: 1, .. })] => {
+                assert_eq!(kvs[0].1.value, b"me")
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
@@ -354,10 +353,7 @@ mod tests {
             compares: Vec::new(),
             success: vec![
                 put("a", "1"),
-                TxnOp::Range {
-                    span: KeySpan::single("a"),
-                    limit: 0,
-                },
+                read("a"),
                 TxnOp::Txn(TxnRequest {
                     // "a" did not exist before the txn: this holds.
                     compares: vec![create_is("a", 0)],
@@ -370,7 +366,7 @@ mod tests {
         let response = run_txn(&mut store, &request).unwrap();
         assert!(matches!(
             &response.responses[1],
-            OpResponse::Range { count: 1, .. }
+            OpResponse::Range(RangeOutcome { count: 1, .. })
         ));
         match &response.responses[2] {
             OpResponse::Txn(nested) => assert!(nested.succeeded),
