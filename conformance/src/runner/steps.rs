@@ -278,6 +278,22 @@ impl<'a> Run<'a> {
             .is_some_and(|value| allowed.contains(value))
     }
 
+    /// The nodes a background client picks from (`None`: any running node,
+    /// picked per request).
+    async fn targets_of(&mut self, at: &Target) -> Result<Option<Vec<u64>>> {
+        Ok(match at {
+            Target::Any | Target::All => None,
+            other => Some(self.resolve(other).await?),
+        })
+    }
+
+    /// Keeps `task` running in the background until `await` (or the end).
+    fn start_background(&mut self, kind: &str, name: &str, task: JoinHandle<Result<String>>) {
+        self.event(format!("{kind} {name} started"));
+        self.background
+            .push((name.to_string(), format!("{kind} {name}"), task));
+    }
+
     /// Reads `key` linearizably at any node, retrying for a while.
     async fn read_retried(&mut self, key: &str) -> Result<Option<String>> {
         let request = Request::Get {
@@ -499,10 +515,7 @@ impl<'a> Run<'a> {
                 Ok("done".into())
             }
             Step::Workload(args) => {
-                let targets = match &args.at {
-                    Target::Any | Target::All => None,
-                    other => Some(self.resolve(other).await?),
-                };
+                let targets = self.targets_of(&args.at).await?;
                 let task = tokio::spawn(workload(
                     self.harness.clone(),
                     args.clone(),
@@ -627,29 +640,21 @@ impl<'a> Run<'a> {
                 Ok("passed".into())
             }
             Step::Counter(args) => {
-                let targets = match &args.at {
-                    Target::Any | Target::All => None,
-                    other => Some(self.resolve(other).await?),
-                };
+                let targets = self.targets_of(&args.at).await?;
                 let task = tokio::spawn(counter(
                     self.harness.clone(),
                     args.clone(),
                     targets,
                     self.scenario.seed,
                 ));
-                self.event(format!("counter {} started", args.name));
-                self.background
-                    .push((args.name.clone(), format!("counter {}", args.name), task));
+                self.start_background("counter", &args.name, task);
                 Ok("done".into())
             }
             Step::Bank(args) => {
                 if args.accounts < 2 {
                     bail!("a bank needs at least two accounts");
                 }
-                let targets = match &args.at {
-                    Target::Any | Target::All => None,
-                    other => Some(self.resolve(other).await?),
-                };
+                let targets = self.targets_of(&args.at).await?;
                 self.banks.insert(
                     args.name.clone(),
                     (args.accounts, args.balance * u64::from(args.accounts)),
@@ -660,9 +665,7 @@ impl<'a> Run<'a> {
                     targets,
                     self.scenario.seed,
                 ));
-                self.event(format!("bank {} started", args.name));
-                self.background
-                    .push((args.name.clone(), format!("bank {}", args.name), task));
+                self.start_background("bank", &args.name, task);
                 Ok("done".into())
             }
             Step::ExpectCounter(name) => {

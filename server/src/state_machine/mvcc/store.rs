@@ -449,19 +449,19 @@ pub enum CompactionProgress {
 }
 
 /// One step of the physical compaction: looks at up to `revisions_max`
-/// writes at or below the compacted revision, and drops what no allowed
-/// read needs: the key's older records, the write's revision record when
-/// it is below the compacted revision, and the write itself unless it is
-/// the key's newest at or below the compacted revision and not a
-/// tombstone. Returns the batch to write (it records
-/// the progress too).
+/// writes at or below the compacted revision, in revision order, and drops
+/// each one no allowed read needs: every write but the key's newest at or
+/// below the compacted revision, and that one too when it is a tombstone.
+/// A write kept keeps its revision record, so that the next compaction
+/// looks at it again (a later write may supersede it by then): each
+/// compaction walks the writes kept so far (at most one per key) and the
+/// ones since, one point lookup each. Returns the batch to write (it
+/// records the progress too).
 pub fn compact_step(
     store: &mut dyn Store,
     revisions_max: usize,
 ) -> Result<(WriteBatch, CompactionProgress), MvccError> {
     let compacted = meta(store)?.compacted;
-    // Writes at the compacted revision itself are looked at too: they
-    // supersede older records (an earlier compaction may have kept them).
     let mut batch = WriteBatch::new();
     if read_u64(store.get(COMPACTION_DONE_KEY)?)? >= compacted {
         return Ok((batch, CompactionProgress::Done));
@@ -473,7 +473,7 @@ pub fn compact_step(
         .unwrap_or_else(|| keys::revision_key(Revision::default()));
     let range = KeyRange {
         start,
-        end: Some(end.clone()),
+        end: Some(end),
     };
     let writes = store.scan(&range, revisions_max)?;
     let progress = if writes.len() < revisions_max {
@@ -481,66 +481,37 @@ pub fn compact_step(
     } else {
         CompactionProgress::More
     };
-    // Done: the next compaction looks at the writes of this revision again
-    // (their revision records go once they are below it).
-    let mut resume_at = keys::revision_key(Revision::new(compacted));
     for (stored, marker) in &writes {
         let revision = keys::parse_revision_key(stored)
             .ok_or_else(|| CorruptRecord("a malformed revision key".into()))?;
         let key = marker
             .get(1..)
             .ok_or_else(|| CorruptRecord("an empty revision record".into()))?;
-        // Watches never start below the compacted revision: the revision
-        // record of an older write goes in any case.
-        if revision.main < compacted {
-            batch.delete(stored.clone());
-        }
-        // Records of the key older than this write are superseded (some
-        // may be left by an earlier compaction, which kept them then).
-        for older in older_history(store, key, revision.main)? {
-            batch.delete(older);
-        }
         let newest = newest_at_or_below(store, key, compacted)?;
         let keep = newest.as_ref().is_some_and(|(newest_revision, record)| {
             *newest_revision == revision.main && matches!(record, HistoryRecord::Live(_))
         });
         if !keep {
             batch.delete(keys::history_key(key, revision.main));
-        }
-        if progress == CompactionProgress::More {
-            resume_at = stored.clone();
-            resume_at.push(0);
+            batch.delete(stored.clone());
         }
     }
-    batch.put(COMPACTION_RESUME_KEY.to_vec(), resume_at);
-    if progress == CompactionProgress::Done {
-        batch.put(
-            COMPACTION_DONE_KEY.to_vec(),
-            compacted.to_be_bytes().to_vec(),
-        );
+    match progress {
+        CompactionProgress::More => {
+            let mut resume_at = writes.last().expect("a full step").0.clone();
+            resume_at.push(0);
+            batch.put(COMPACTION_RESUME_KEY.to_vec(), resume_at);
+        }
+        CompactionProgress::Done => {
+            // The next compaction starts over: the writes kept are first.
+            batch.delete(COMPACTION_RESUME_KEY.to_vec());
+            batch.put(
+                COMPACTION_DONE_KEY.to_vec(),
+                compacted.to_be_bytes().to_vec(),
+            );
+        }
     }
     Ok((batch, progress))
-}
-
-/// The store keys of `key`'s history records older than `revision`.
-fn older_history(
-    store: &mut dyn Store,
-    key: &[u8],
-    revision: u64,
-) -> Result<Vec<Vec<u8>>, MvccError> {
-    if revision == 0 {
-        return Ok(Vec::new());
-    }
-    let range = KeyRange {
-        start: keys::history_key(key, revision - 1),
-        end: KeySpan::single(key.to_vec()).history_range().end,
-    };
-    let mut older = Vec::new();
-    scan_each(store, &range, |stored, _| {
-        older.push(stored);
-        Ok(true)
-    })?;
-    Ok(older)
 }
 
 /// The newest record of `key` at or below `revision`, with its revision.
@@ -1004,10 +975,19 @@ mod tests {
                     prop_assert_eq!(live.map(|record| record.mod_revision), Some(written));
                 }
             }
+            // Below it, only the kept records' revision records remain (the
+            // next compaction looks at them again).
             let revisions = store.scan(&KeyRange::prefix(keys::REVISION_PREFIX.to_vec()), usize::MAX).unwrap();
-            for (stored, _) in revisions {
+            for (stored, marker) in revisions {
                 let revision = keys::parse_revision_key(&stored).unwrap();
-                prop_assert!(revision.main >= compacted, "{:?} below {}", revision, compacted);
+                if revision.main < compacted {
+                    let live = states[compacted as usize].get(&marker[1..]);
+                    prop_assert_eq!(
+                        live.map(|record| record.mod_revision),
+                        Some(revision.main),
+                        "{:?} below {}", revision, compacted
+                    );
+                }
             }
             for (start, end, at) in reads {
                 let at = (at as u64).min(states.len() as u64 - 1);
