@@ -460,3 +460,102 @@ async fn automatic_compaction_keeps_a_window_of_history() {
     );
     client.range(range("k", b"", now - 1)).await.unwrap();
 }
+
+/// The CLI's revision commands with etcdctl's habits, against a real node.
+#[test]
+fn the_cli_speaks_ranges_txns_and_compaction_like_etcdctl() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let server = support::ServerProcess::start(directory.path(), &[]);
+    let endpoint = server.endpoint();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoints", endpoint.as_str()];
+        all.extend_from_slice(args);
+        let output = support::cli_str(&all);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::wait_for_revisions(server.client_addr));
+    run(&["put", "app/a", "1"]);
+    run(&["put", "app/b", "2"]);
+    run(&["put", "apples", "3"]);
+    assert_eq!(run(&["get", "app/", "--prefix"]), "app/a\n1\napp/b\n2\n");
+    assert_eq!(
+        run(&[
+            "get",
+            "app/",
+            "--prefix",
+            "--keys-only",
+            "--limit",
+            "1",
+            "--sort-by",
+            "modify",
+            "--order",
+            "DESCEND"
+        ]),
+        "app/b\n"
+    );
+    assert_eq!(run(&["get", "app/", "--prefix", "--count-only"]), "2\n");
+    assert_eq!(run(&["get", "app/a", "app/c"]), "app/a\n1\napp/b\n2\n");
+    let json: serde_json::Value = serde_json::from_str(&run(&[
+        "-w", "json", "get", "app/a", "--rev", "0", "--limit", "5",
+    ]))
+    .unwrap();
+    let revision = json["header"]["revision"].as_i64().unwrap();
+    assert_eq!(json["kvs"][0]["version"], 1);
+    assert_eq!(json["count"], 1);
+    assert_eq!(run(&["put", "app/a", "9", "--prev-kv"]), "OK\napp/a\n1\n");
+    assert_eq!(
+        run(&["get", "app/a", "--rev", &revision.to_string()]),
+        "app/a\n1\n"
+    );
+    let txn = |input: &str| {
+        let args = ["--endpoints", endpoint.as_str(), "txn"].map(std::ffi::OsStr::new);
+        let output = support::cli(&args, input.as_bytes());
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let lock = "create(\"lock\") = \"0\"\n\nput lock me\n\nget lock\n";
+    assert_eq!(txn(lock), "SUCCESS\n\nOK\n");
+    assert_eq!(txn(lock), "FAILURE\n\nlock\nme\n");
+    let bad = support::cli(
+        &["--endpoints", endpoint.as_str(), "txn"].map(std::ffi::OsStr::new),
+        b"mod(\"k\") ~ \"1\"\n",
+    );
+    assert_eq!(bad.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("txn line 1"));
+    assert_eq!(
+        run(&["del", "app/", "--prefix", "--prev-kv"]),
+        "2\napp/a\n9\napp/b\n2\n"
+    );
+    assert_eq!(run(&["get", "app/", "--prefix"]), "");
+    assert_eq!(
+        run(&["compact", &revision.to_string(), "--physical"]),
+        format!("compacted revision {revision}\n")
+    );
+    let compacted = support::cli_str(&[
+        "--endpoints",
+        endpoint.as_str(),
+        "get",
+        "app/a",
+        "--rev",
+        &(revision - 1).to_string(),
+    ]);
+    assert_eq!(compacted.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&compacted.stderr).contains("compacted"));
+    let table = run(&["-w", "table", "get", "apples"]);
+    assert!(
+        table.contains("| KEY") && table.contains("apples"),
+        "{table}"
+    );
+}
