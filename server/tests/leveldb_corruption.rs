@@ -13,12 +13,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest};
+use kvstore_proto::kv::v1::{Consistency, GetRequest, PutRequest, RangeRequest};
 use support::{status_of, Cluster, ServerProcess, TEST_ELECTION_TIMEOUT};
 
 /// Keys written: 400 values of 16 KiB, 6.4 MiB, more than LevelDB's 4 MiB
 /// memtable, so at least one table file is written.
 const KEYS: usize = 400;
+/// Keys written when the damage must be met while running: more blocks
+/// than LevelDB's block cache holds (1,024; a 16 KiB value fills a block),
+/// since the start-up scan of the history (`state_machine::rebuild_latest`)
+/// leaves the newest blocks cached and a read of a cached block never
+/// reaches the file.
+const KEYS_BEYOND_CACHE: usize = 1_300;
 const VALUE_BYTES: usize = 16 * 1024;
 /// Snapshots every 1 MiB of entries: the rebuild needs the snapshot and the
 /// log after it.
@@ -35,11 +41,11 @@ fn value(index: usize) -> Vec<u8> {
     format!("{index:04}").repeat(VALUE_BYTES / 4).into_bytes()
 }
 
-async fn put_all(address: SocketAddr) {
+async fn put_all(address: SocketAddr, keys: usize) {
     let mut client = support::client_for(address, Duration::from_secs(5))
         .await
         .expect("connecting");
-    for index in 0..KEYS {
+    for index in 0..keys {
         client
             .put(PutRequest {
                 key: key(index),
@@ -69,9 +75,47 @@ async fn get(
     Ok(response.found.then_some(response.value))
 }
 
+/// Writes a key outside the workload's; returns the revision it made.
+async fn put_marker(address: SocketAddr) -> i64 {
+    support::wait_for_revisions(address).await;
+    let mut client = support::client_for(address, Duration::from_secs(5))
+        .await
+        .expect("connecting");
+    let response = client
+        .put(PutRequest {
+            key: b"marker".to_vec(),
+            value: b"1".to_vec(),
+            ..PutRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response.header.expect("a header").revision
+}
+
+/// Key `index`'s value at `revision` (a linearizable range of the key).
+async fn value_at(
+    address: SocketAddr,
+    index: usize,
+    revision: i64,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let mut client = support::client_for(address, Duration::from_secs(5))
+        .await
+        .ok_or_else(|| tonic::Status::unavailable("connect failed"))?;
+    let response = client
+        .range(RangeRequest {
+            key: key(index),
+            revision,
+            ..RangeRequest::default()
+        })
+        .await?
+        .into_inner();
+    Ok(response.kvs.into_iter().next().map(|pair| pair.value))
+}
+
 /// Every key reads back, linearizable and serializable, through `address`.
-async fn assert_every_key(address: SocketAddr) {
-    for index in 0..KEYS {
+async fn assert_every_key(address: SocketAddr, keys: usize) {
+    for index in 0..keys {
         for consistency in [Consistency::Linearizable, Consistency::Serializable] {
             let found = get(address, index, consistency).await.expect("read");
             assert!(
@@ -143,11 +187,11 @@ fn stop(server: &mut ServerProcess) {
 async fn a_table_damaged_while_stopped_is_found_at_start_and_rebuilt() {
     let directory = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&directory.path().join("node"), &SERVER_ARGS);
-    put_all(server.client_addr).await;
+    put_all(server.client_addr, KEYS).await;
     stop(&mut server);
     let table = damage_largest_table(&server.data_dir);
     server.restart();
-    assert_every_key(server.client_addr).await;
+    assert_every_key(server.client_addr, KEYS).await;
     assert_rebuilt(&server, &table);
 }
 
@@ -155,14 +199,18 @@ async fn a_table_damaged_while_stopped_is_found_at_start_and_rebuilt() {
 async fn a_table_damaged_while_running_stops_the_node_with_70_and_the_restart_rebuilds() {
     let directory = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&directory.path().join("node"), &SERVER_ARGS);
-    put_all(server.client_addr).await;
+    put_all(server.client_addr, KEYS_BEYOND_CACHE).await;
     // Restarted, so that the keys are read from the table, not from memory.
     stop(&mut server);
     server.restart();
+    // Reads at the current revision come from memory (the latest-record
+    // table is resident); reads at a past revision read the history in
+    // LevelDB.
+    let past = put_marker(server.client_addr).await - 1;
     let table = damage_largest_table(&server.data_dir);
     let mut refused = None;
-    for index in 0..KEYS {
-        match get(server.client_addr, index, Consistency::Linearizable).await {
+    for index in 0..KEYS_BEYOND_CACHE {
+        match value_at(server.client_addr, index, past).await {
             Ok(found) => assert!(
                 found.as_deref() == Some(&value(index)[..]),
                 "key {index}: {}",
@@ -198,7 +246,7 @@ async fn a_table_damaged_while_running_stops_the_node_with_70_and_the_restart_re
     );
     // The same table is found at the next start: rebuilt, not a loop.
     server.restart();
-    assert_every_key(server.client_addr).await;
+    assert_every_key(server.client_addr, KEYS_BEYOND_CACHE).await;
     assert_rebuilt(&server, &table);
 }
 
@@ -208,7 +256,7 @@ async fn a_follower_with_a_damaged_table_is_rebuilt_and_answers_every_key() {
     let mut cluster = Cluster::start(3, &SERVER_ARGS);
     let (leader, _) = cluster.wait_for_leader(20 * TEST_ELECTION_TIMEOUT).await;
     let leader_addr = cluster.node(leader).client_addr;
-    put_all(leader_addr).await;
+    put_all(leader_addr, KEYS).await;
     let commit = status_of(leader_addr).await.unwrap().commit_index;
     cluster
         .wait_for_applied(commit, Duration::from_secs(30))
@@ -219,6 +267,6 @@ async fn a_follower_with_a_damaged_table_is_rebuilt_and_answers_every_key() {
     cluster.node(follower).restart();
     cluster.wait_for_leader(20 * TEST_ELECTION_TIMEOUT).await;
     let follower_addr = cluster.node(follower).client_addr;
-    assert_every_key(follower_addr).await;
+    assert_every_key(follower_addr, KEYS).await;
     assert_rebuilt(cluster.node(follower), &table);
 }

@@ -19,6 +19,7 @@ use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle, StoreThread};
 use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{Backlog, OverlayLimits, OverlayStore};
+use crate::storage::resident::ResidentStore;
 use crate::storage::{recovery, StoreError};
 
 /// The data directory, opened and checked against this node's identity;
@@ -163,6 +164,10 @@ fn log_rejoin_decision(rejoin: Rejoin) {
     }
 }
 
+/// The server's store: the latest-record table in memory, everything else
+/// written behind into LevelDB.
+type ServerStore = ResidentStore<OverlayStore<LevelDbStore>>;
+
 /// The state machine's store, running on its thread, at a consistent
 /// applied position.
 pub(super) struct StateMachine {
@@ -210,16 +215,31 @@ pub(super) async fn open_state_machine(
         freeze_age: Duration::from_millis(config.backend_batch_interval_ms),
         ..OverlayLimits::default()
     };
-    let store = OverlayStore::new(store, overlay_limits);
-    store.on_failure(|reason| {
+    let overlay = OverlayStore::new(store, overlay_limits);
+    overlay.on_failure(|reason| {
         crate::fatal::storage_failure("writing behind into LevelDB failed", reason)
     });
-    let backlog = store.backlog();
-    let (handle, thread) = actor::spawn(store, |store: OverlayStore<LevelDbStore>| {
-        if let Err(error) = store.into_engine().and_then(LevelDbStore::close) {
+    let backlog = overlay.backlog();
+    // The latest-record table lives in memory only, rebuilt from the
+    // history below (`storage::resident`).
+    let store =
+        blocking(move || ResidentStore::open(overlay, state_machine::LATEST_TABLE_PREFIX)).await?;
+    let (handle, thread) = actor::spawn(store, |store: ServerStore| {
+        if let Err(error) = store
+            .into_inner()
+            .into_engine()
+            .and_then(LevelDbStore::close)
+        {
             tracing::error!(%error, "closing the store failed");
         }
     });
+    let rebuild_started = Instant::now();
+    let live = handle.with(state_machine::rebuild_latest).await?;
+    tracing::info!(
+        live_keys = live,
+        elapsed_ms = rebuild_started.elapsed().as_millis() as u64,
+        "rebuilt the latest-record table from the history"
+    );
     let applied = recover_state_machine(&handle, &log.snapshots, log.snapshot).await?;
     let undone = handle.with(state_machine::repair).await?;
     if undone > 0 {

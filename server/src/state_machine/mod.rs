@@ -139,14 +139,20 @@ pub fn query(store: &mut dyn Store, query: &Query) -> Result<QueryAnswer, StoreE
 }
 
 /// Runs a read unless that means waiting for the storage engine (a range
-/// always goes through the store thread: it scans).
+/// at the current revision scans the latest-record table, which the server
+/// holds in memory; one at a past revision scans the history in the engine
+/// and goes through the store thread).
 pub fn query_if_ready(
     store: &mut dyn Store,
     query: &Query,
 ) -> Option<Result<QueryAnswer, StoreError>> {
     match query {
         Query::Get(key) => get_if_ready(store, key).map(|read| read.map(QueryAnswer::Value)),
-        Query::Range(_) => None,
+        Query::Range(request) => {
+            let mut view = BatchView::new(store, Waiting::Refused);
+            let answer = range(&mut view, request);
+            (!view.would_wait()).then_some(answer)
+        }
     }
 }
 
@@ -647,22 +653,27 @@ pub fn begin_restore(store: &mut dyn Store, snapshot: SnapshotMetadata) -> Resul
     );
     store.write(mark)?;
     for prefix in DATA_TABLE_PREFIXES {
-        let mut range = KeyRange::prefix(prefix.to_vec());
-        loop {
-            let pairs = store.scan(&range, RESTORE_BATCH_KEYS)?;
-            let Some((last_key, _)) = pairs.last() else {
-                break;
-            };
-            range.start = last_key.clone();
-            range.start.push(0);
-            let mut batch = WriteBatch::new();
-            for (key, _) in &pairs {
-                batch.delete(key.clone());
-            }
-            store.write(batch)?;
-        }
+        clear_table(store, prefix)?;
     }
     Ok(())
+}
+
+/// Deletes every key starting with `prefix`.
+fn clear_table(store: &mut dyn Store, prefix: &[u8]) -> Result<(), StoreError> {
+    let mut range = KeyRange::prefix(prefix.to_vec());
+    loop {
+        let pairs = store.scan(&range, RESTORE_BATCH_KEYS)?;
+        let Some((last_key, _)) = pairs.last() else {
+            return Ok(());
+        };
+        range.start = last_key.clone();
+        range.start.push(0);
+        let mut batch = WriteBatch::new();
+        for (key, _) in &pairs {
+            batch.delete(key.clone());
+        }
+        store.write(batch)?;
+    }
 }
 
 /// Writes restored user pairs of a single-version snapshot (between
@@ -673,6 +684,74 @@ pub fn restore_pairs(store: &mut dyn Store, pairs: Vec<KeyValue>) -> Result<(), 
         batch.put(data_key(&key), value);
     }
     store.write(batch)
+}
+
+/// The prefix of the latest-record table, which the server holds in memory
+/// only ([`crate::storage::resident`]) and rebuilds with
+/// [`rebuild_latest`] after opening the store.
+pub const LATEST_TABLE_PREFIX: &[u8] = mvcc::keys::LATEST_PREFIX;
+
+/// History records read per step of [`rebuild_latest`].
+const REBUILD_SCAN_RECORDS: usize = 8_192;
+
+/// Adds to `batch` the latest record of the key of history record
+/// `stored` when it is the first (newest) record of its key met in key
+/// order, `last_key` carrying the key met last. Returns whether it was
+/// added (a live record, not a tombstone).
+fn latest_from_history(
+    batch: &mut WriteBatch,
+    stored: &[u8],
+    value: &[u8],
+    last_key: &mut Option<Vec<u8>>,
+) -> Result<bool, StoreError> {
+    let Some((key, _)) = mvcc::keys::parse_history_key(stored) else {
+        return Err(StoreError::Engine(format!(
+            "a malformed history key: {stored:?}"
+        )));
+    };
+    if last_key.as_ref() == Some(&key) {
+        return Ok(false);
+    }
+    let live = matches!(
+        mvcc::record::HistoryRecord::decode(value)
+            .map_err(|error| StoreError::Engine(format!("a history record: {error}")))?,
+        mvcc::record::HistoryRecord::Live(_)
+    );
+    if live {
+        batch.put(mvcc::keys::latest_key(&key), value.to_vec());
+    }
+    *last_key = Some(key);
+    Ok(live)
+}
+
+/// Rebuilds the latest-record table from the history, whose first record
+/// of each key is its newest: after opening a store that holds the table
+/// in memory only. Nothing at storage version 1. Returns how many keys are
+/// live.
+pub fn rebuild_latest(store: &mut dyn Store) -> Result<usize, StoreError> {
+    if applied_state(store)?.storage_version < STORAGE_VERSION_MVCC {
+        return Ok(0);
+    }
+    clear_table(store, mvcc::keys::LATEST_PREFIX)?;
+    let mut range = KeyRange::prefix(mvcc::keys::HISTORY_PREFIX.to_vec());
+    let mut last_key = None;
+    let mut live = 0;
+    loop {
+        let records = store.scan(&range, REBUILD_SCAN_RECORDS)?;
+        let Some((last_stored, _)) = records.last() else {
+            break;
+        };
+        range.start = last_stored.clone();
+        range.start.push(0);
+        let mut batch = WriteBatch::new();
+        for (stored, value) in &records {
+            if latest_from_history(&mut batch, stored, value, &mut last_key)? {
+                live += 1;
+            }
+        }
+        store.write(batch)?;
+    }
+    Ok(live)
 }
 
 /// Restores the records of a multi-version snapshot, in the order the
@@ -686,17 +765,8 @@ pub fn restore_records(
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::new();
     for (stored, value) in pairs {
-        if let Some((key, _)) = mvcc::keys::parse_history_key(&stored) {
-            if last_key.as_ref() != Some(&key) {
-                if let mvcc::record::HistoryRecord::Live(_) =
-                    mvcc::record::HistoryRecord::decode(&value).map_err(|error| {
-                        StoreError::Engine(format!("a snapshot record: {error}"))
-                    })?
-                {
-                    batch.put(mvcc::keys::latest_key(&key), value.clone());
-                }
-                *last_key = Some(key);
-            }
+        if stored.starts_with(mvcc::keys::HISTORY_PREFIX) {
+            latest_from_history(&mut batch, &stored, &value, last_key)?;
         } else if !stored.starts_with(mvcc::keys::REVISION_PREFIX) {
             return Err(StoreError::Engine(format!(
                 "a multi-version snapshot holds a key outside its tables: {stored:?}"
@@ -874,11 +944,13 @@ mod tests {
 
     /// A memory store that can be told that reads or writes would wait.
     #[derive(Default)]
-    struct Slow {
+    pub(super) struct Slow {
         store: MemoryStore,
         /// Reads of keys with this prefix would wait.
-        reads_wait_under: Option<&'static [u8]>,
-        writes_wait: bool,
+        pub(super) reads_wait_under: Option<&'static [u8]>,
+        pub(super) writes_wait: bool,
+        /// Every scan would wait (as the engine's, behind the overlay).
+        pub(super) scans_wait: bool,
     }
 
     impl Store for Slow {
@@ -903,6 +975,14 @@ mod tests {
 
         fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
             self.store.scan(range, limit)
+        }
+
+        fn scan_if_ready(
+            &mut self,
+            range: &KeyRange,
+            limit: usize,
+        ) -> Option<Result<Vec<KeyValue>, StoreError>> {
+            (!self.scans_wait).then(|| self.store.scan(range, limit))
         }
     }
 
@@ -1006,11 +1086,13 @@ mod tests {
 
     mod multi_version {
         use super::super::*;
+        use super::Slow;
         use crate::state_machine::mvcc::compare::{Compare, CompareResult, CompareTarget};
         use crate::state_machine::mvcc::range::{RangeOptions, RangeRequest};
         use crate::state_machine::mvcc::txn::{OpResponse, TxnOp, TxnRequest};
         use crate::state_machine::test_entries::{command, delete, put, raise_storage_version};
         use crate::storage::memory::MemoryStore;
+        use crate::storage::resident::ResidentStore;
 
         /// A CAS on `key`: put `value` if its mod revision is `expected`.
         fn cas(key: &str, expected: u64, value: &str) -> Command {
@@ -1206,7 +1288,10 @@ mod tests {
 
         #[test]
         fn an_inline_apply_that_must_scan_writes_nothing() {
-            let mut store = MemoryStore::new();
+            let mut store = Slow {
+                scans_wait: true,
+                ..Slow::default()
+            };
             apply(&mut store, &[raise_storage_version(1), put(2, "a", "1")]).unwrap();
             let scan = Command::Txn(TxnRequest {
                 compares: Vec::new(),
@@ -1246,6 +1331,18 @@ mod tests {
 
         #[test]
         fn a_crash_in_the_middle_of_a_write_behind_is_repaired_before_replay() {
+            check_every_cut_is_repaired(false);
+        }
+
+        /// As the server runs: the latest-record table is resident, so a
+        /// crash loses it whole and the restart rebuilds it from the torn
+        /// history before repairing.
+        #[test]
+        fn a_crash_with_the_latest_table_resident_is_rebuilt_and_repaired() {
+            check_every_cut_is_repaired(true);
+        }
+
+        fn check_every_cut_is_repaired(resident: bool) {
             let mut entries = vec![raise_storage_version(1)];
             entries.extend(workload(2, 40));
             let mut straight = MemoryStore::new();
@@ -1270,24 +1367,36 @@ mod tests {
                 .chain(end_state.keys())
                 .collect::<std::collections::BTreeSet<_>>()
             {
+                if resident && key.starts_with(LATEST_TABLE_PREFIX) {
+                    continue;
+                }
                 if start_state.get(key) != end_state.get(key) {
                     written.push((key.clone(), end_state.get(key).cloned()));
                 }
             }
             assert!(written.len() > 20);
             for cut in 0..=written.len() {
-                let mut torn = MemoryStore::new();
+                let mut engine = MemoryStore::new();
                 for (key, value) in &start_state {
-                    torn.put(key, value).unwrap();
+                    if !(resident && key.starts_with(LATEST_TABLE_PREFIX)) {
+                        engine.put(key, value).unwrap();
+                    }
                 }
                 for (key, value) in &written[..cut] {
                     match value {
-                        Some(value) => torn.put(key, value).unwrap(),
-                        None => torn.delete(key).unwrap(),
+                        Some(value) => engine.put(key, value).unwrap(),
+                        None => engine.delete(key).unwrap(),
                     }
                 }
-                repair(&mut torn).unwrap();
-                apply(&mut torn, &entries).unwrap();
+                let mut torn: Box<dyn Store> = if resident {
+                    let mut store = ResidentStore::open(engine, LATEST_TABLE_PREFIX).unwrap();
+                    rebuild_latest(&mut store).unwrap();
+                    Box::new(store)
+                } else {
+                    Box::new(engine)
+                };
+                repair(torn.as_mut()).unwrap();
+                apply(torn.as_mut(), &entries).unwrap();
                 assert_eq!(
                     torn.scan(&KeyRange::all(), usize::MAX).unwrap(),
                     straight.scan(&KeyRange::all(), usize::MAX).unwrap(),
@@ -1296,6 +1405,47 @@ mod tests {
                 );
             }
             drop(before);
+        }
+
+        #[test]
+        fn a_reopened_store_rebuilds_its_latest_table_and_ranges_it_inline() {
+            let mut entries = vec![raise_storage_version(1)];
+            entries.extend(workload(2, 60));
+            entries.push(command(62, Command::Compact { revision: 10 }));
+            let mut store = ResidentStore::open(MemoryStore::new(), LATEST_TABLE_PREFIX).unwrap();
+            apply(&mut store, &entries).unwrap();
+            while !compaction_step(&mut store, 3).unwrap().finished {}
+            let state = applied_state(&mut store).unwrap();
+            let live = store.resident_keys();
+            assert!(live > 0);
+            let expected: Vec<_> = (10..=state.revision)
+                .map(|revision| range_all(&mut store, revision))
+                .collect();
+            // A restart: the memory is gone, the engine kept the rest.
+            let engine = Slow {
+                store: store.into_inner(),
+                scans_wait: true,
+                ..Slow::default()
+            };
+            let mut reopened = ResidentStore::open(engine, LATEST_TABLE_PREFIX).unwrap();
+            assert_eq!(range_all(&mut reopened, 0).unwrap(), Vec::new());
+            assert_eq!(rebuild_latest(&mut reopened).unwrap(), live);
+            let rebuilt: Vec<_> = (10..=state.revision)
+                .map(|revision| range_all(&mut reopened, revision))
+                .collect();
+            assert_eq!(rebuilt, expected);
+            // The current revision reads memory only; a past one scans the
+            // (busy) engine and goes to the store thread.
+            let at = |revision| {
+                Query::Range(RangeRequest {
+                    span: KeySpan::range(vec![0], vec![0]),
+                    revision,
+                    options: RangeOptions::default(),
+                })
+            };
+            assert!(query_if_ready(&mut reopened, &at(0)).is_some());
+            assert!(query_if_ready(&mut reopened, &at(state.revision)).is_some());
+            assert!(query_if_ready(&mut reopened, &at(state.revision - 1)).is_none());
         }
 
         #[test]

@@ -133,10 +133,6 @@ impl Store for BatchView<'_> {
     }
 
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        if self.waiting == Waiting::Refused {
-            self.would_wait = true;
-            return Ok(Vec::new());
-        }
         // Enough of the store's pairs that, after the pending deletes drop
         // some, `limit` remain when the store has them.
         let deleted = self
@@ -144,12 +140,19 @@ impl Store for BatchView<'_> {
             .iter()
             .filter(|(key, value)| value.is_none() && range.contains(key))
             .count();
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
-            .store
-            .scan(range, limit.saturating_add(deleted))?
-            .into_iter()
-            .collect();
-        let store_exhausted = merged.len() < limit.saturating_add(deleted);
+        let wanted = limit.saturating_add(deleted);
+        let scanned = match self.waiting {
+            Waiting::Allowed => self.store.scan(range, wanted)?,
+            Waiting::Refused => match self.store.scan_if_ready(range, wanted) {
+                Some(result) => result?,
+                None => {
+                    self.would_wait = true;
+                    return Ok(Vec::new());
+                }
+            },
+        };
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = scanned.into_iter().collect();
+        let store_exhausted = merged.len() < wanted;
         let store_last = merged.keys().next_back().cloned();
         for (key, value) in &self.pending {
             if !range.contains(key) {
@@ -173,6 +176,7 @@ impl Store for BatchView<'_> {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
+    use crate::storage::overlay::{OverlayLimits, OverlayStore};
 
     fn pairs(items: &[(&str, &str)]) -> Vec<KeyValue> {
         items
@@ -227,12 +231,27 @@ mod tests {
 
     #[test]
     fn a_refused_wait_drops_the_batch() {
-        let mut store = MemoryStore::new();
+        // The overlay's scans always go through the store thread.
+        let mut store = OverlayStore::new(MemoryStore::new(), OverlayLimits::default());
         let mut view = BatchView::new(&mut store, Waiting::Refused);
         view.put(b"a", b"1").unwrap();
         view.scan(&KeyRange::all(), 1).unwrap();
         assert!(view.would_wait());
         assert!(!view.commit(WriteBatch::new()).unwrap());
         assert_eq!(store.get(b"a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_scan_that_is_ready_is_merged_without_waiting() {
+        let mut store = MemoryStore::new();
+        store.put(b"a", b"store").unwrap();
+        let mut view = BatchView::new(&mut store, Waiting::Refused);
+        view.put(b"b", b"new").unwrap();
+        assert_eq!(
+            view.scan(&KeyRange::all(), 10).unwrap(),
+            pairs(&[("a", "store"), ("b", "new")])
+        );
+        assert!(!view.would_wait());
+        assert!(view.commit(WriteBatch::new()).unwrap());
     }
 }

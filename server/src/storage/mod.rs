@@ -4,6 +4,8 @@
 //! - [`leveldb::LevelDbStore`]: `rusty-leveldb` on disk.
 //! - [`overlay::OverlayStore`]: write-behind in front of another store; the
 //!   server runs the LevelDB store behind one.
+//! - [`resident::ResidentStore`]: the keys under one prefix in memory only
+//!   (the latest-record table), in front of the overlay.
 //!
 //! [`integrity`] checks LevelDB's files, whose failed checksums rusty-leveldb
 //! does not report; [`recovery`] opens the node's state
@@ -19,6 +21,7 @@ pub mod leveldb;
 pub mod memory;
 pub mod overlay;
 pub mod recovery;
+pub mod resident;
 #[cfg(test)]
 mod suite;
 
@@ -209,6 +212,17 @@ pub trait Store: Send {
 
     /// Up to `limit` pairs of `range`, in ascending key order.
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// [`Store::scan`], unless scanning means waiting for work in progress
+    /// (the engine behind a write-behind overlay): then `None`, and the
+    /// caller scans through the store thread instead.
+    fn scan_if_ready(
+        &mut self,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Option<Result<Vec<KeyValue>, StoreError>> {
+        Some(self.scan(range, limit))
+    }
 
     /// Stores `value` under `key`.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

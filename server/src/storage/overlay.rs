@@ -399,9 +399,17 @@ impl<S: Store + 'static> Store for OverlayStore<S> {
         generations.failure.is_some() || !generations.writers_wait(&limits)
     }
 
-    /// Scans the engine once everything is written behind: scans are rare
-    /// (snapshot restores), so they pay for the flush rather than every read
-    /// paying for a merge.
+    /// A scan merges the engine's pairs: it goes through the store thread.
+    fn scan_if_ready(
+        &mut self,
+        _range: &KeyRange,
+        _limit: usize,
+    ) -> Option<Result<Vec<KeyValue>, StoreError>> {
+        None
+    }
+
+    /// The engine's pairs with the writes held in memory over the range
+    /// merged in.
     fn scan(&mut self, range: &KeyRange, limit: usize) -> Result<Vec<KeyValue>, StoreError> {
         if range.end.as_ref().is_some_and(|end| *end <= range.start) {
             return Ok(Vec::new());
