@@ -21,6 +21,7 @@ use prometheus::{
 
 use crate::status::{NodeRole, NodeStatus, PeerLinkStatus};
 use crate::storage::overlay::Backlog;
+use crate::storage::resident::ResidentSize;
 
 /// Upper bounds (seconds) of the client request latency buckets: from half a
 /// millisecond (a local read) to the longest request deadline.
@@ -169,6 +170,10 @@ pub struct Metrics {
     backend_unflushed_keys: IntGauge,
     /// Where `backend_unflushed_keys` is read from when metrics are encoded.
     backend_backlog: OnceLock<Backlog>,
+    mvcc_keys: IntGauge,
+    mvcc_latest_table_bytes: IntGauge,
+    /// Where the two above are read from when metrics are encoded.
+    latest_table: OnceLock<ResidentSize>,
     requests_total: IntCounterVec,
     request_duration_seconds: HistogramVec,
     forwarded_requests_total: IntCounterVec,
@@ -323,6 +328,17 @@ impl Metrics {
                 "Applied keys held in memory that LevelDB does not hold yet (written behind in batches of --backend-batch-limit keys or every --backend-batch-interval-ms).",
             ),
             backend_backlog: OnceLock::new(),
+            mvcc_keys: gauge(
+                &registry,
+                "kvstore_mvcc_keys",
+                "Live keys in the store (at the current revision).",
+            ),
+            mvcc_latest_table_bytes: gauge(
+                &registry,
+                "kvstore_mvcc_latest_table_bytes",
+                "Bytes of keys and latest records held in memory: every live key with its value and revisions (the history stays in LevelDB).",
+            ),
+            latest_table: OnceLock::new(),
             requests_total: counter_vec(
                 &registry,
                 "kvstore_requests_total",
@@ -482,6 +498,11 @@ impl Metrics {
         self.raft_proposals_failed_total.inc_by(count as u64);
     }
 
+    /// Reports the size of the in-memory latest-record table from now on.
+    pub fn watch_latest_table(&self, size: ResidentSize) {
+        let _ = self.latest_table.set(size);
+    }
+
     /// Reports the write-behind backlog of the state store from now on.
     pub fn watch_backend_backlog(&self, backlog: Backlog) {
         let _ = self.backend_backlog.set(backlog);
@@ -558,6 +579,10 @@ impl Metrics {
     pub fn encode(&self) -> String {
         if let Some(backlog) = self.backend_backlog.get() {
             self.backend_unflushed_keys.set(backlog.keys() as i64);
+        }
+        if let Some(size) = self.latest_table.get() {
+            self.mvcc_keys.set(size.keys() as i64);
+            self.mvcc_latest_table_bytes.set(size.bytes() as i64);
         }
         let mut buffer = Vec::new();
         TextEncoder::new()

@@ -19,7 +19,7 @@ use crate::state_machine;
 use crate::storage::actor::{self, StoreHandle, StoreThread};
 use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{Backlog, OverlayLimits, OverlayStore};
-use crate::storage::resident::ResidentStore;
+use crate::storage::resident::{ResidentSize, ResidentStore};
 use crate::storage::{recovery, StoreError};
 
 /// The data directory, opened and checked against this node's identity;
@@ -180,6 +180,8 @@ pub(super) struct StateMachine {
     pub consistent_at: kvstore_raft::Index,
     /// Keys written into memory and not yet into LevelDB (a metric).
     pub backlog: Backlog,
+    /// The latest-record table held in memory (a metric).
+    pub latest_table: ResidentSize,
     /// The storage version applied.
     pub storage_version: u32,
 }
@@ -224,6 +226,7 @@ pub(super) async fn open_state_machine(
     // history below (`storage::resident`).
     let store =
         blocking(move || ResidentStore::open(overlay, state_machine::LATEST_TABLE_PREFIX)).await?;
+    let latest_table = store.size();
     let (handle, thread) = actor::spawn(store, |store: ServerStore| {
         if let Err(error) = store
             .into_inner()
@@ -267,6 +270,7 @@ pub(super) async fn open_state_machine(
         applied,
         consistent_at,
         backlog,
+        latest_table,
         storage_version,
     })
 }

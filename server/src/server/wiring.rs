@@ -106,6 +106,7 @@ pub(super) fn assemble(
         &config.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
     ));
     metrics.watch_backend_backlog(state_machine.backlog.clone());
+    metrics.watch_latest_table(state_machine.latest_table.clone());
     let request_limits = RequestLimits {
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,

@@ -17,11 +17,33 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
 
 /// Keys under the prefix deleted from the engine per batch at open.
 const PURGE_BATCH_KEYS: usize = 1_000;
+
+/// How many keys a [`ResidentStore`] holds in memory and their bytes,
+/// readable from any thread: for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ResidentSize {
+    keys: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl ResidentSize {
+    /// Keys held in memory now.
+    pub fn keys(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the keys and values held in memory now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
 
 /// A [`Store`] that keeps the keys under one prefix in memory and passes
 /// every other key to `S` (see the module documentation).
@@ -31,6 +53,7 @@ pub struct ResidentStore<S: Store> {
     resident: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Bytes of the resident keys and values.
     bytes: usize,
+    size: ResidentSize,
 }
 
 impl<S: Store> std::fmt::Debug for ResidentStore<S> {
@@ -74,7 +97,13 @@ impl<S: Store> ResidentStore<S> {
             prefix,
             resident: BTreeMap::new(),
             bytes: 0,
+            size: ResidentSize::default(),
         })
+    }
+
+    /// The count and bytes of the resident keys, kept up to date.
+    pub fn size(&self) -> ResidentSize {
+        self.size.clone()
     }
 
     /// The store behind.
@@ -114,6 +143,8 @@ impl<S: Store> ResidentStore<S> {
                 }
             }
         }
+        self.size.keys.store(self.resident.len(), Ordering::Relaxed);
+        self.size.bytes.store(self.bytes, Ordering::Relaxed);
     }
 
     /// Splits a batch into the operations on resident keys and the rest,
@@ -297,6 +328,7 @@ mod tests {
         store.write(batch).unwrap();
         assert_eq!(store.resident_keys(), 1);
         assert_eq!(store.resident_bytes(), 4);
+        assert_eq!((store.size().keys(), store.size().bytes()), (1, 4));
         assert_eq!(
             store
                 .scan_if_ready(&KeyRange::prefix(b"k/".to_vec()), 10)

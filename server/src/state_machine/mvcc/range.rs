@@ -83,10 +83,14 @@ pub struct RangeOutcome {
 }
 
 impl RangeOptions {
-    /// Whether the store may stop reading pairs after `limit` (it must
-    /// still count them): no sort and no filter needs the rest.
+    /// How many pairs the store keeps (0: all; it counts every one either
+    /// way): a sort or a filter needs all, a plain limit that many, and a
+    /// count none (one is kept, since 0 means all), so that counting a
+    /// million keys does not hold a million values.
     pub fn store_limit(&self) -> usize {
-        if self.count_only || self.sorts() || self.filters() {
+        if self.count_only {
+            1
+        } else if self.sorts() || self.filters() {
             0
         } else {
             self.limit
@@ -225,7 +229,8 @@ mod tests {
             limit: 1,
             ..RangeOptions::default()
         };
-        let outcome = options.select(pairs(), 3, true);
+        assert_eq!(options.store_limit(), 1, "a count keeps no pairs");
+        let outcome = options.select(pairs()[..1].to_vec(), 3, true);
         assert!(outcome.kvs.is_empty());
         assert_eq!((outcome.count, outcome.more), (3, false));
     }
