@@ -3,15 +3,21 @@
 //! the whole batch reaches the store at once (with the applied index that
 //! records it).
 //!
-//! When waiting is refused (an apply running inline on an async worker), a
-//! read that would wait for the storage engine, and any scan (a scan of a
-//! write-behind store may wait for its engine), marks the view as *would
-//! wait*; what it returned then is not to be trusted, and the caller drops
-//! the whole batch and applies through the store thread instead.
+//! When waiting is refused (an apply or a read running inline on an async
+//! worker), a read or a scan that would wait for the storage engine
+//! ([`Store::get_if_ready`], [`Store::scan_if_ready`]), or scans past
+//! [`INLINE_SCAN_PAIRS_MAX`] pairs in all, marks the view as *would wait*;
+//! what it returned then is not to be trusted, and the caller drops the
+//! whole batch and goes through the store thread instead.
 
 use std::collections::BTreeMap;
 
 use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
+
+/// Pairs a view that refuses waiting scans in all before it gives up: an
+/// inline range of a million keys would hold an async worker (and the
+/// store) for a second; past this it runs on the store thread.
+pub const INLINE_SCAN_PAIRS_MAX: usize = 10_000;
 
 /// Whether an apply may wait for the storage engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +33,8 @@ pub struct BatchView<'s> {
     store: &'s mut dyn Store,
     waiting: Waiting,
     would_wait: bool,
+    /// Pairs scanned so far (bounded when waiting is refused).
+    scanned: usize,
     /// Store keys written by the batch so far, `None` for deleted, with the
     /// order of first write kept by the batch (`order`).
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -52,6 +60,7 @@ impl<'s> BatchView<'s> {
             store,
             waiting,
             would_wait: false,
+            scanned: 0,
             pending: BTreeMap::new(),
             atomic: false,
         }
@@ -151,6 +160,11 @@ impl Store for BatchView<'_> {
                 }
             },
         };
+        self.scanned = self.scanned.saturating_add(scanned.len());
+        if self.waiting == Waiting::Refused && self.scanned > INLINE_SCAN_PAIRS_MAX {
+            self.would_wait = true;
+            return Ok(Vec::new());
+        }
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = scanned.into_iter().collect();
         let store_exhausted = merged.len() < wanted;
         let store_last = merged.keys().next_back().cloned();
@@ -239,6 +253,31 @@ mod tests {
         assert!(view.would_wait());
         assert!(!view.commit(WriteBatch::new()).unwrap());
         assert_eq!(store.get(b"a").unwrap(), None);
+    }
+
+    #[test]
+    fn an_inline_view_gives_up_past_its_scan_budget() {
+        let mut store = MemoryStore::new();
+        let mut batch = WriteBatch::new();
+        for index in 0..=INLINE_SCAN_PAIRS_MAX {
+            batch.put(format!("{index:06}").into_bytes(), b"v".to_vec());
+        }
+        store.write(batch).unwrap();
+        let mut view = BatchView::new(&mut store, Waiting::Refused);
+        assert_eq!(
+            view.scan(&KeyRange::all(), INLINE_SCAN_PAIRS_MAX)
+                .unwrap()
+                .len(),
+            INLINE_SCAN_PAIRS_MAX
+        );
+        assert!(!view.would_wait());
+        view.scan(&KeyRange::all(), 1).unwrap();
+        assert!(view.would_wait());
+        let mut waiting = BatchView::new(&mut store, Waiting::Allowed);
+        assert_eq!(
+            waiting.scan(&KeyRange::all(), usize::MAX).unwrap().len(),
+            INLINE_SCAN_PAIRS_MAX + 1
+        );
     }
 
     #[test]
