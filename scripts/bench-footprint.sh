@@ -60,7 +60,7 @@ write_every_key() {
 compact_now() {
   local rev
   rev=$(revision)
-  "$cli" --endpoints "$endpoints" compact "$rev" --physical >/dev/null
+  "$cli" --endpoints "$endpoints" --timeout 10m compact "$rev" --physical >/dev/null
   # Every node compacts on its own after applying the Compact entry; give
   # the followers and LevelDB's own compaction time to catch up.
   sleep 20

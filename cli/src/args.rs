@@ -222,7 +222,8 @@ pub enum Command {
     Compact {
         /// The revision.
         revision: u64,
-        /// Wait until the answering node has dropped the history.
+        /// Wait until the answering node has dropped the history (millions of
+        /// revisions take minutes: give a longer --timeout, as `--timeout 10m`).
         #[arg(long)]
         physical: bool,
     },

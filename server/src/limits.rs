@@ -65,8 +65,12 @@ pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Longest a request waits for a leader to be known, in election timeouts.
 pub const LEADER_WAIT_ELECTION_TIMEOUTS: u32 = 3;
-/// Server-side deadline of a client request that names none.
+/// Server-side deadline of a client request that names none, and the
+/// longest one a client may name.
 pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+/// The same for a `Compact` with `physical` set, which waits until the
+/// node has dropped the history (at most 100,000 revisions a second).
+pub const PHYSICAL_COMPACTION_WAIT_MAX_MS: u64 = 60 * 60 * 1_000;
 /// Longest client-supplied request id kept (longer ones are replaced).
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 

@@ -79,6 +79,15 @@ impl KvService {
 
     /// The request id (the client's, or a new one) and deadline of `request`.
     fn context<T>(&self, request: &Request<T>) -> RequestContext {
+        self.context_within(
+            request,
+            Duration::from_millis(limits::REQUEST_TIMEOUT_DEFAULT_MS),
+        )
+    }
+
+    /// [`KvService::context`], with the client's deadline capped at `cap`
+    /// (and `cap` when it names none).
+    fn context_within<T>(&self, request: &Request<T>, cap: Duration) -> RequestContext {
         let request_id = request
             .metadata()
             .get(REQUEST_ID_HEADER)
@@ -89,13 +98,12 @@ impl KvService {
                 let sequence = self.request_counter.fetch_add(1, Ordering::Relaxed);
                 format!("{}-{sequence:x}", self.node.id())
             });
-        let default = Duration::from_millis(limits::REQUEST_TIMEOUT_DEFAULT_MS);
         let deadline = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
-            .map_or(default, |deadline| deadline.min(default));
+            .map_or(cap, |deadline| deadline.min(cap));
         RequestContext {
             request_id,
             deadline,
@@ -254,7 +262,16 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let context = self.context(&request);
+        // A physical compaction of millions of revisions takes longer than
+        // any other request: it waits as long as its client lets it.
+        let context = if request.get_ref().physical {
+            self.context_within(
+                &request,
+                Duration::from_millis(limits::PHYSICAL_COMPACTION_WAIT_MAX_MS),
+            )
+        } else {
+            self.context(&request)
+        };
         let handler = compact::handle(&self.node, request.into_inner(), &context);
         self.serve(Operation::Compact, true, context.clone(), handler)
             .await
