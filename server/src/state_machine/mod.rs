@@ -944,13 +944,13 @@ mod tests {
 
     /// A memory store that can be told that reads or writes would wait.
     #[derive(Default)]
-    pub(super) struct Slow {
+    struct Slow {
         store: MemoryStore,
         /// Reads of keys with this prefix would wait.
-        pub(super) reads_wait_under: Option<&'static [u8]>,
-        pub(super) writes_wait: bool,
+        reads_wait_under: Option<&'static [u8]>,
+        writes_wait: bool,
         /// Every scan would wait (as the engine's, behind the overlay).
-        pub(super) scans_wait: bool,
+        scans_wait: bool,
     }
 
     impl Store for Slow {
@@ -1416,7 +1416,7 @@ mod tests {
             apply(&mut store, &entries).unwrap();
             while !compaction_step(&mut store, 3).unwrap().finished {}
             let state = applied_state(&mut store).unwrap();
-            let live = store.resident_keys();
+            let live = store.size().keys();
             assert!(live > 0);
             let expected: Vec<_> = (10..=state.revision)
                 .map(|revision| range_all(&mut store, revision))

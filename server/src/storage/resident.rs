@@ -111,16 +111,6 @@ impl<S: Store> ResidentStore<S> {
         self.inner
     }
 
-    /// How many keys are held in memory.
-    pub fn resident_keys(&self) -> usize {
-        self.resident.len()
-    }
-
-    /// Bytes of the keys and values held in memory.
-    pub fn resident_bytes(&self) -> usize {
-        self.bytes
-    }
-
     fn is_resident(&self, key: &[u8]) -> bool {
         self.prefix.contains(key)
     }
@@ -326,8 +316,6 @@ mod tests {
             .put(&b"k/b"[..], &b"3"[..])
             .delete(&b"k/b"[..]);
         store.write(batch).unwrap();
-        assert_eq!(store.resident_keys(), 1);
-        assert_eq!(store.resident_bytes(), 4);
         assert_eq!((store.size().keys(), store.size().bytes()), (1, 4));
         assert_eq!(
             store
