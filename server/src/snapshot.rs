@@ -116,6 +116,11 @@ impl SnapshotDirectory {
         ))
     }
 
+    /// The size of the file of `snapshot` (0 when there is none).
+    pub fn bytes_of(&self, snapshot: SnapshotMetadata) -> u64 {
+        std::fs::metadata(self.path_of(snapshot)).map_or(0, |metadata| metadata.len())
+    }
+
     /// A temporary file to receive `snapshot` into before [`Self::install`].
     pub fn temporary_path_of(&self, snapshot: SnapshotMetadata) -> PathBuf {
         let mut path = self.path_of(snapshot).into_os_string();

@@ -5,6 +5,14 @@
 //! large store. Progress is recorded in the store with each batch, so a
 //! restart resumes it. LevelDB reclaims the disk in its own compactions.
 //!
+//! Once a compaction's history is all dropped, the deleted records still
+//! fill LevelDB's files until its compactions carry the deletes down to
+//! the last level, which may never happen in a store that stops growing.
+//! So this task then has LevelDB rewrite the compacted key ranges itself,
+//! a piece of [`RECLAIM_PIECE_KEYS`] live keys at a time with a pause
+//! between, on the engine directly ([`Reclaim`]): the flusher waits for a
+//! piece, applies and reads of the current revision do not.
+//!
 //! A multi-version snapshot reads history while applies go on; it holds
 //! [`Compaction::history`] so that no batch drops a record the snapshot's
 //! revision still needs.
@@ -16,6 +24,7 @@ use tokio::sync::{watch, Mutex, MutexGuard, Notify};
 
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
+use crate::storage::{KeyRange, Reclaim};
 
 /// Writes looked at per compaction batch (etcd's
 /// `--experimental-compaction-batch-limit` default).
@@ -23,8 +32,12 @@ pub const COMPACTION_BATCH_REVISIONS: usize = 1_000;
 /// Pause between two batches, so applies and reads go on between them.
 pub const COMPACTION_BATCH_PAUSE: Duration = Duration::from_millis(10);
 
+/// Live keys per piece of a disk reclaim: about 1 MiB of 256-byte values,
+/// so that one piece rewrites a few LevelDB files per level (the flusher
+/// waits meanwhile).
+pub const RECLAIM_PIECE_KEYS: usize = 4_096;
+
 /// The compaction task's shared state.
-#[derive(Debug)]
 pub struct Compaction {
     /// Held by each batch, and by a snapshot while it reads history.
     history: Mutex<()>,
@@ -32,15 +45,39 @@ pub struct Compaction {
     wake: Notify,
     /// The compacted revision whose history is all dropped.
     done: watch::Sender<u64>,
+    /// Frees the disk of dropped history, when the store can.
+    reclaimer: Option<Arc<dyn Reclaim>>,
+}
+
+impl std::fmt::Debug for Compaction {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Compaction")
+            .field("done", &*self.done.borrow())
+            .field("reclaims", &self.reclaimer.is_some())
+            .finish()
+    }
 }
 
 impl Compaction {
-    /// Nothing compacted yet (the task finds out what the store holds).
+    /// Nothing compacted yet (the task finds out what the store holds);
+    /// dropped history leaves the disk when LevelDB gets to it.
     pub fn new() -> Arc<Self> {
+        Self::build(None)
+    }
+
+    /// As [`Compaction::new`], and once a compaction's history is dropped,
+    /// `reclaimer` frees its disk.
+    pub fn reclaiming(reclaimer: Arc<dyn Reclaim>) -> Arc<Self> {
+        Self::build(Some(reclaimer))
+    }
+
+    fn build(reclaimer: Option<Arc<dyn Reclaim>>) -> Arc<Self> {
         Arc::new(Self {
             history: Mutex::new(()),
             wake: Notify::new(),
             done: watch::channel(0).0,
+            reclaimer,
         })
     }
 
@@ -63,6 +100,7 @@ impl Compaction {
     /// until `shutdown`.
     pub async fn run(self: Arc<Self>, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
         loop {
+            let mut dropped = 0;
             loop {
                 let step = {
                     let _history = self.history.lock().await;
@@ -74,6 +112,7 @@ impl Compaction {
                 };
                 match step {
                     Ok(step) => {
+                        dropped += step.dropped;
                         self.done.send_if_modified(|done| {
                             let raised = step.done_through > *done;
                             *done = (*done).max(step.done_through);
@@ -94,10 +133,77 @@ impl Compaction {
                     _ = shutdown.wait_for(|stopping| *stopping) => return,
                 }
             }
+            let done = *self.done.borrow();
+            if let (Some(reclaimer), true) = (&self.reclaimer, dropped > 0) {
+                if !reclaim(reclaimer, done, &mut shutdown).await {
+                    return;
+                }
+            }
             tokio::select! {
                 () = self.wake.notified() => {}
                 _ = shutdown.wait_for(|stopping| *stopping) => return,
             }
         }
+    }
+}
+
+/// Frees the disk of the history a compaction through `compacted` dropped:
+/// has the engine rewrite each compacted range a piece at a time. Returns
+/// false on `shutdown`. A failure is logged; the next compaction tries again.
+async fn reclaim(
+    reclaimer: &Arc<dyn Reclaim>,
+    compacted: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let started = std::time::Instant::now();
+    let mut pieces = 0u64;
+    let failed = |error: String| {
+        tracing::error!(%error, "freeing the disk of compacted history failed");
+        true
+    };
+    // Compaction's last deletes may still be in the write-behind overlay.
+    if let Err(error) = on_engine(reclaimer, |reclaimer| reclaimer.settle()).await {
+        return failed(error);
+    }
+    for range in state_machine::compacted_ranges(compacted) {
+        let mut rest = Some(range.start.clone());
+        while let Some(start) = rest {
+            let piece = KeyRange {
+                start,
+                end: range.end.clone(),
+            };
+            rest = match on_engine(reclaimer, move |reclaimer| {
+                reclaimer.reclaim_piece(&piece, RECLAIM_PIECE_KEYS)
+            })
+            .await
+            {
+                Ok(rest) => rest,
+                Err(error) => return failed(error),
+            };
+            pieces += 1;
+            tokio::select! {
+                () = tokio::time::sleep(COMPACTION_BATCH_PAUSE) => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return false,
+            }
+        }
+    }
+    tracing::info!(
+        compacted,
+        pieces,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "freed the disk of compacted history"
+    );
+    true
+}
+
+/// Runs `work` on the engine on a blocking thread.
+async fn on_engine<T: Send + 'static>(
+    reclaimer: &Arc<dyn Reclaim>,
+    work: impl FnOnce(&dyn Reclaim) -> Result<T, crate::storage::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let reclaimer = reclaimer.clone();
+    match tokio::task::spawn_blocking(move || work(reclaimer.as_ref())).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }

@@ -4,6 +4,7 @@
 //! ([`open_state_machine`]), and the Raft core rebuilt from them
 //! ([`build_core`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore_raft::{Entry, HardState, RaftCore, SnapshotMetadata};
@@ -20,7 +21,7 @@ use crate::storage::actor::{self, StoreHandle, StoreThread};
 use crate::storage::leveldb::LevelDbStore;
 use crate::storage::overlay::{Backlog, OverlayLimits, OverlayStore};
 use crate::storage::resident::{ResidentSize, ResidentStore};
-use crate::storage::{recovery, StoreError};
+use crate::storage::{recovery, Reclaim, StoreError};
 
 /// The data directory, opened and checked against this node's identity;
 /// with whether the identity was recorded only now (a directory written by
@@ -182,6 +183,8 @@ pub(super) struct StateMachine {
     pub backlog: Backlog,
     /// The latest-record table held in memory (a metric).
     pub latest_table: ResidentSize,
+    /// Frees the disk of compacted history (`node::compactor`).
+    pub reclaimer: Arc<dyn Reclaim>,
     /// The storage version applied.
     pub storage_version: u32,
 }
@@ -222,6 +225,7 @@ pub(super) async fn open_state_machine(
         crate::fatal::storage_failure("writing behind into LevelDB failed", reason)
     });
     let backlog = overlay.backlog();
+    let reclaimer = overlay.reclaimer();
     // The latest-record table lives in memory only, rebuilt from the
     // history below (`storage::resident`).
     let store =
@@ -271,6 +275,7 @@ pub(super) async fn open_state_machine(
         consistent_at,
         backlog,
         latest_table,
+        reclaimer,
         storage_version,
     })
 }

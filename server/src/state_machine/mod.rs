@@ -29,7 +29,7 @@ use mvcc::store::{self as mvcc_store, KeySpan, Meta, MvccError, WriteTxn};
 use mvcc::Revision;
 use view::{BatchView, Waiting};
 
-use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch};
+use crate::storage::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
 
 /// Prefix of every user key in a single-version store (storage version 1).
 const DATA_PREFIX: &[u8] = b"d/";
@@ -835,6 +835,14 @@ pub struct CompactionStep {
     pub finished: bool,
     /// The compacted revision whose history is all dropped (0: none).
     pub done_through: u64,
+    /// History records this step dropped.
+    pub dropped: usize,
+}
+
+/// The key ranges whose records a compaction through `compacted` deleted
+/// (to free their disk, `storage::Reclaim`).
+pub fn compacted_ranges(compacted: u64) -> [KeyRange; 2] {
+    mvcc_store::compacted_ranges(compacted)
 }
 
 /// One step of the physical compaction (at most `revisions_max` writes
@@ -849,13 +857,22 @@ pub fn compaction_step(
         return Ok(CompactionStep {
             finished: true,
             done_through: 0,
+            dropped: 0,
         });
     }
     let (batch, progress) = mvcc_store::compact_step(store, revisions_max).map_err(store_error)?;
+    let dropped = batch
+        .operations()
+        .iter()
+        .filter(|operation| {
+            matches!(operation, WriteOp::Delete { key } if key.starts_with(mvcc::keys::HISTORY_PREFIX))
+        })
+        .count();
     store.write(batch)?;
     Ok(CompactionStep {
         finished: progress == mvcc_store::CompactionProgress::Done,
         done_through: mvcc_store::compacted_through(store).map_err(store_error)?,
+        dropped,
     })
 }
 

@@ -282,4 +282,14 @@ impl Store for LevelDbStore {
         self.check_tables()?;
         Ok(pairs)
     }
+
+    fn compact_span(&mut self, first: &[u8], last: &[u8]) -> Result<(), StoreError> {
+        let compacted = self.db.compact_range(first, last).map_err(engine_error);
+        self.check_tables()?;
+        compacted?;
+        if self.durability == Durability::Fsync {
+            self.sync_all_files()?;
+        }
+        Ok(())
+    }
 }

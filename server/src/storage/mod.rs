@@ -175,6 +175,20 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Frees the disk that deleted records of a key range hold, off the store
+/// thread: a handle to the engine behind a write-behind overlay
+/// ([`overlay::OverlayStore::reclaimer`]), used after physical compaction.
+pub trait Reclaim: Send + Sync {
+    /// Returns once the engine holds every write made before the call.
+    fn settle(&self) -> Result<(), StoreError>;
+
+    /// Rewrites the part of `range` that holds its first `keys` live keys
+    /// (all of it if fewer) with [`Store::compact_span`], holding the
+    /// engine only meanwhile. Returns where the rest starts; `None` once
+    /// the range is done. `range` must have an end.
+    fn reclaim_piece(&self, range: &KeyRange, keys: usize) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
 /// An ordered key-value store owned by one thread.
 pub trait Store: Send {
     /// The value stored under `key`, if any.
@@ -222,6 +236,14 @@ pub trait Store: Send {
         limit: usize,
     ) -> Option<Result<Vec<KeyValue>, StoreError>> {
         Some(self.scan(range, limit))
+    }
+
+    /// Rewrites the engine's files over `first..=last` now, so that what
+    /// deletes hid there leaves the disk (LevelDB's manual compaction). An
+    /// engine that frees space as it deletes does nothing.
+    fn compact_span(&mut self, first: &[u8], last: &[u8]) -> Result<(), StoreError> {
+        let _ = (first, last);
+        Ok(())
     }
 
     /// Stores `value` under `key`.

@@ -41,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{KeyRange, KeyValue, Store, StoreError, WriteBatch, WriteOp};
+use super::{KeyRange, KeyValue, Reclaim, Store, StoreError, WriteBatch, WriteOp};
 use crate::limits;
 
 /// When the active generation is frozen, and how the flusher writes it.
@@ -202,6 +202,67 @@ impl<S> Shared<S> {
             .wait(generations)
             .unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Returns once the engine holds every write made before the call
+    /// (freezing the active generation early if need be).
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut generations = self.generations();
+        let mut frozen_here = false;
+        loop {
+            generations.check()?;
+            if generations.frozen.is_some() {
+                generations = self.wait(generations);
+            } else if generations.active.is_empty() || frozen_here {
+                // What the active generation holds now came after the call
+                // (the generation frozen here has been written).
+                return Ok(());
+            } else {
+                generations.freeze();
+                frozen_here = true;
+                self.changed.notify_all();
+            }
+        }
+    }
+}
+
+/// [`OverlayStore::reclaimer`]: it does not keep the overlay alive, and
+/// fails with [`StoreError::Closed`] once its owner closes it.
+struct EngineReclaimer<S>(std::sync::Weak<Shared<S>>);
+
+impl<S> EngineReclaimer<S> {
+    fn shared(&self) -> Result<Arc<Shared<S>>, StoreError> {
+        let shared = self.0.upgrade().ok_or(StoreError::Closed)?;
+        let closing = shared.generations().closing;
+        if closing {
+            return Err(StoreError::Closed);
+        }
+        Ok(shared)
+    }
+}
+
+impl<S: Store> Reclaim for EngineReclaimer<S> {
+    fn settle(&self) -> Result<(), StoreError> {
+        self.shared()?.flush()
+    }
+
+    fn reclaim_piece(&self, range: &KeyRange, keys: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let end = range.end.as_deref().expect("a range to reclaim has an end");
+        let shared = self.shared()?;
+        let mut engine = shared.engine();
+        let live = engine.scan(range, keys)?;
+        match live.last() {
+            Some((last, _)) if live.len() == keys => {
+                engine.compact_span(&range.start, last)?;
+                let mut rest = last.clone();
+                rest.push(0);
+                Ok(Some(rest))
+            }
+            _ => {
+                engine.compact_span(&range.start, end)?;
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// A [`Store`] that writes behind into `S` (see the module documentation).
@@ -260,28 +321,33 @@ impl<S: Store + 'static> OverlayStore<S> {
 
     /// Returns once the engine holds every write made so far.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let mut generations = self.shared.generations();
-        loop {
-            generations.check()?;
-            if generations.frozen.is_some() {
-                generations = self.shared.wait(generations);
-            } else if generations.active.is_empty() {
-                return Ok(());
-            } else {
-                generations.freeze();
-                self.shared.changed.notify_all();
-            }
-        }
+        self.shared.flush()
+    }
+
+    /// A handle that frees the disk deleted records hold, working on the
+    /// engine directly (between the flusher's chunks), not through the
+    /// thread that owns this overlay.
+    pub fn reclaimer(&self) -> Arc<dyn Reclaim> {
+        Arc::new(EngineReclaimer(Arc::downgrade(&self.shared)))
     }
 
     /// Writes everything behind, stops the flusher and hands the engine back.
     pub fn into_engine(mut self) -> Result<S, StoreError> {
         let flushed = self.flush();
         self.stop_flusher();
-        let shared = self.shared.clone();
+        let mut shared = self.shared.clone();
         drop(self);
-        let shared = Arc::try_unwrap(shared)
-            .unwrap_or_else(|_| unreachable!("the flusher has ended and the owner is gone"));
+        // The flusher has ended and the owner is gone; a reclaimer may be
+        // in the middle of a piece (it starts no other once closing).
+        let shared = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(shared) => break shared,
+                Err(still_shared) => {
+                    shared = still_shared;
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
         flushed.map(|()| {
             shared
                 .engine
@@ -826,6 +892,81 @@ mod tests {
         super::super::suite::run_suite(|| {
             Box::new(OverlayStore::new(MemoryStore::new(), limits(2)))
         });
+    }
+
+    fn directory_bytes(directory: &std::path::Path) -> u64 {
+        std::fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn reclaiming_frees_the_disk_of_deleted_records_and_keeps_the_rest() {
+        use crate::storage::leveldb::{Durability, LevelDbStore};
+        const KEYS: usize = 3_000;
+        const VALUE_BYTES: usize = 4_096;
+        let directory = tempfile::tempdir().unwrap();
+        let engine = LevelDbStore::open(directory.path(), Durability::Flush).unwrap();
+        let mut store = OverlayStore::new(engine, limits(500));
+        let reclaimer = store.reclaimer();
+        let key = |index: usize| format!("h/{index:06}").into_bytes();
+        let value = |index: usize| vec![(index % 251) as u8; VALUE_BYTES];
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+            let mut batch = WriteBatch::new();
+            for &index in chunk {
+                batch.put(key(index), value(index));
+            }
+            store.write(batch).unwrap();
+        }
+        store.flush().unwrap();
+        // Every key but each tenth is deleted: LevelDB keeps the values
+        // under tombstones until a compaction meets both.
+        for chunk in (0..KEYS)
+            .filter(|index| index % 10 != 0)
+            .collect::<Vec<_>>()
+            .chunks(100)
+        {
+            let mut batch = WriteBatch::new();
+            for &index in chunk {
+                batch.delete(key(index));
+            }
+            store.write(batch).unwrap();
+        }
+        reclaimer.settle().unwrap();
+        let before = directory_bytes(directory.path());
+        assert!(
+            before as usize > KEYS * VALUE_BYTES,
+            "{before} bytes before"
+        );
+
+        let range = KeyRange::prefix(b"h/".to_vec());
+        let mut pieces = 0;
+        let mut rest = Some(range.start.clone());
+        while let Some(start) = rest {
+            let piece = KeyRange {
+                start,
+                end: range.end.clone(),
+            };
+            rest = reclaimer.reclaim_piece(&piece, 50).unwrap();
+            pieces += 1;
+        }
+        let after = directory_bytes(directory.path());
+        assert!(pieces > 1, "{pieces} pieces");
+        assert!(
+            after * 3 < before,
+            "{before} bytes before reclaiming, {after} after"
+        );
+        let kept = store.scan(&range, usize::MAX).unwrap();
+        let expected: Vec<KeyValue> = (0..KEYS)
+            .filter(|index| index % 10 == 0)
+            .map(|index| (key(index), value(index)))
+            .collect();
+        assert_eq!(kept, expected);
+        // The reclaimer does not keep the overlay from closing.
+        let mut engine = store.into_engine().unwrap();
+        assert_eq!(engine.scan(&range, usize::MAX).unwrap(), expected);
+        assert!(matches!(reclaimer.settle(), Err(StoreError::Closed)));
     }
 
     proptest::proptest! {

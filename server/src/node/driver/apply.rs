@@ -63,6 +63,8 @@ impl Driver {
         self.applied_index.store(snapshot.index, Ordering::Release);
         self.applied_submitted = snapshot;
         self.snapshot_schedule.installed(snapshot);
+        self.snapshot_schedule
+            .set_snapshot_bytes(self.snapshots.bytes_of(snapshot));
         self.flush_reads_awaiting_apply();
     }
 

@@ -217,11 +217,16 @@ impl Driver {
         let (internal_sender, internal) = mpsc::unbounded_channel();
         let (persisted_sender, persisted) = mpsc::unbounded_channel();
         let hard_state = parts.core.hard_state();
-        let snapshot_index = parts
-            .core
-            .snapshot_metadata()
-            .map(|snapshot| snapshot.index)
-            .unwrap_or(0);
+        let snapshot = parts.core.snapshot_metadata();
+        let snapshot_index = snapshot.map(|snapshot| snapshot.index).unwrap_or(0);
+        let mut snapshot_schedule = SnapshotSchedule::new(
+            snapshot_index,
+            parts.settings.snapshot_entries,
+            parts.settings.snapshot_log_bytes,
+        );
+        if let Some(snapshot) = snapshot {
+            snapshot_schedule.set_snapshot_bytes(parts.snapshots.bytes_of(snapshot));
+        }
         Self {
             core: parts.core,
             cluster_id: parts.cluster_id,
@@ -243,11 +248,7 @@ impl Driver {
             proposals: Proposals::default(),
             reads: Reads::default(),
             applied_submitted: parts.applied,
-            snapshot_schedule: SnapshotSchedule::new(
-                snapshot_index,
-                parts.settings.snapshot_entries,
-                parts.settings.snapshot_log_bytes,
-            ),
+            snapshot_schedule,
             metrics: parts.metrics,
             persisted_term_vote: (hard_state.term, hard_state.vote),
             storage_gate: StorageVersionGate::new(

@@ -42,7 +42,21 @@ pub(super) struct SnapshotSchedule {
     /// After a failed snapshot, none starts before this applied index (a
     /// disk that stays full must not cost a full snapshot per `Ready`).
     retry_at: Index,
+    /// Bytes of the newest snapshot file (0: none, or not known).
+    snapshot_bytes: u64,
 }
+
+/// A snapshot is the whole state (a multi-version one, all of its history),
+/// so on a large store the entry threshold alone would write many times
+/// more snapshot than log: once the last snapshot is larger than
+/// [`SNAPSHOT_RATIO_FLOOR_BYTES`], the entry threshold starts one only when
+/// the log since holds at least `1 / SNAPSHOT_SIZE_RATIO` of its size
+/// (LogCabin's `snapshotRatio`; etcd's snapshot is its database file and
+/// costs nothing to take). The byte threshold, which bounds the log held
+/// in memory, still starts one whatever the size.
+pub(super) const SNAPSHOT_SIZE_RATIO: u64 = 4;
+/// Below this snapshot size the entry threshold alone decides.
+pub(super) const SNAPSHOT_RATIO_FLOOR_BYTES: u64 = 64 * 1024 * 1024;
 
 /// After a failed snapshot, the next one waits for this share of the
 /// entry threshold to be applied (at least one entry).
@@ -84,7 +98,13 @@ impl SnapshotSchedule {
             log_bytes_max,
             started_at: 0,
             retry_at: 0,
+            snapshot_bytes: 0,
         }
+    }
+
+    /// The newest snapshot file (taken or installed) holds `bytes`.
+    pub(super) fn set_snapshot_bytes(&mut self, bytes: u64) {
+        self.snapshot_bytes = bytes;
     }
 
     /// The index of the newest snapshot, taken or installed.
@@ -98,15 +118,17 @@ impl SnapshotSchedule {
     }
 
     /// Starts a snapshot if none is in progress and, with the store handed
-    /// entries up to `applied`, the entries or the bytes since the last one
-    /// reached their limit.
+    /// entries up to `applied`, the bytes since the last one reached their
+    /// limit, or the entries did and the log since is large enough beside
+    /// the last snapshot ([`SNAPSHOT_SIZE_RATIO`]).
     pub(super) fn start_if_due(&mut self, applied: Index) -> Option<SnapshotStart> {
         let since_snapshot = applied.saturating_sub(self.snapshot_index);
         let bytes_since_snapshot = self.applied_bytes - self.applied_bytes_at_snapshot;
-        if self.in_progress
-            || applied < self.retry_at
-            || (since_snapshot < self.entries_max && bytes_since_snapshot < self.log_bytes_max)
-        {
+        let worth_its_size = self.snapshot_bytes < SNAPSHOT_RATIO_FLOOR_BYTES
+            || bytes_since_snapshot.saturating_mul(SNAPSHOT_SIZE_RATIO) >= self.snapshot_bytes;
+        let due = bytes_since_snapshot >= self.log_bytes_max
+            || (since_snapshot >= self.entries_max && worth_its_size);
+        if self.in_progress || applied < self.retry_at || !due {
             return None;
         }
         self.in_progress = true;
@@ -174,6 +196,8 @@ impl Driver {
                     );
                 }
                 Finished::Compact { pairs } => {
+                    self.snapshot_schedule
+                        .set_snapshot_bytes(self.snapshots.bytes_of(snapshot));
                     self.wal.compact(snapshot).await;
                     match self.core.compact(snapshot.index) {
                         Ok(()) | Err(CompactError::AlreadyCompacted { .. }) => {}
@@ -365,6 +389,36 @@ mod tests {
                 applied_bytes: LOG_BYTES_MAX,
             })
         );
+    }
+
+    #[test]
+    fn past_the_floor_the_entry_threshold_waits_for_a_quarter_of_the_snapshot_in_log() {
+        let log_bytes_max = SNAPSHOT_RATIO_FLOOR_BYTES;
+        let mut schedule = SnapshotSchedule::new(0, ENTRIES_MAX, log_bytes_max);
+        let snapshot_bytes = 2 * SNAPSHOT_RATIO_FLOOR_BYTES;
+        schedule.set_snapshot_bytes(snapshot_bytes);
+        let quarter = snapshot_bytes / SNAPSHOT_SIZE_RATIO;
+        schedule.record_applied(quarter - 1);
+        assert_eq!(schedule.start_if_due(10 * ENTRIES_MAX), None);
+        schedule.record_applied(1);
+        assert!(schedule.start_if_due(10 * ENTRIES_MAX).is_some());
+    }
+
+    #[test]
+    fn the_byte_threshold_starts_one_whatever_the_snapshot_size() {
+        let mut schedule = schedule();
+        schedule.set_snapshot_bytes(100 * SNAPSHOT_RATIO_FLOOR_BYTES);
+        schedule.record_applied(LOG_BYTES_MAX - 1);
+        assert_eq!(schedule.start_if_due(ENTRIES_MAX), None);
+        schedule.record_applied(1);
+        assert!(schedule.start_if_due(ENTRIES_MAX).is_some());
+    }
+
+    #[test]
+    fn below_the_floor_the_snapshot_size_does_not_matter() {
+        let mut schedule = schedule();
+        schedule.set_snapshot_bytes(SNAPSHOT_RATIO_FLOOR_BYTES - 1);
+        assert!(schedule.start_if_due(ENTRIES_MAX).is_some());
     }
 
     #[test]

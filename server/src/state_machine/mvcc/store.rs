@@ -439,6 +439,19 @@ pub fn compacted_through(store: &mut dyn Store) -> Result<u64, MvccError> {
     Ok(read_u64(store.get(COMPACTION_DONE_KEY)?)?)
 }
 
+/// The key ranges in which a compaction through `compacted` deleted
+/// records: revision records below it, and histories (anywhere). Their
+/// disk is freed once the engine rewrites them ([`crate::storage::Reclaim`]).
+pub fn compacted_ranges(compacted: u64) -> [KeyRange; 2] {
+    [
+        KeyRange::between(
+            keys::revision_key(Revision::default()),
+            keys::revision_key(Revision::new(compacted + 1)),
+        ),
+        KeyRange::prefix(HISTORY_PREFIX),
+    ]
+}
+
 /// Where a physical compaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompactionProgress {
