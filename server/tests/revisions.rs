@@ -461,6 +461,45 @@ async fn automatic_compaction_keeps_a_window_of_history() {
     client.range(range("k", b"", now - 1)).await.unwrap();
 }
 
+/// A restarted leader compacts the history written before the restart with
+/// no write since (it learns the revision from its election's entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_resumes_after_a_restart_without_writes() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = support::ServerProcess::start(
+        directory.path(),
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "1s",
+        ],
+    );
+    support::wait_for_revisions(server.client_addr).await;
+    let mut client = server.client().await;
+    let first = revision_of(&client.put(put("k", "1")).await.unwrap().into_inner().header);
+    client.put(put("k", "2")).await.unwrap();
+    server.kill();
+    server.restart();
+    let mut client = server.client().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match client.range(range("k", b"", first)).await {
+            Err(status) if status.code() == tonic::Code::OutOfRange => break,
+            Err(status) if status.code() == tonic::Code::Unavailable => {}
+            Err(status) => panic!("{status:?}"),
+            Ok(_) => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision {first} was not compacted within {WAIT:?} of the restart: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The CLI's revision commands with etcdctl's habits, against a real node.
 #[test]
 fn the_cli_speaks_ranges_txns_and_compaction_like_etcdctl() {
