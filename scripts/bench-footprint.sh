@@ -11,13 +11,16 @@
 # usage (the cluster comes from bench-cluster.sh):
 #   scripts/bench-cluster.sh target/release scripts/bench-footprint.sh
 # Environment: FOOTPRINT_KEYS [1000000], FOOTPRINT_ROUNDS [10],
-#   FOOTPRINT_STEADY_ROUNDS [2], FOOTPRINT_CLIENTS [128], KVSTORE_CLI.
+#   FOOTPRINT_STEADY_ROUNDS [2], FOOTPRINT_CLIENTS [128],
+#   FOOTPRINT_SETTLE_SECONDS [20] (the wait after a compaction: the nodes
+#   then free its disk in the background), KVSTORE_CLI.
 set -euo pipefail
 
 keys=${FOOTPRINT_KEYS:-1000000}
 rounds=${FOOTPRINT_ROUNDS:-10}
 steady_rounds=${FOOTPRINT_STEADY_ROUNDS:-2}
 clients=${FOOTPRINT_CLIENTS:-128}
+settle=${FOOTPRINT_SETTLE_SECONDS:-20}
 cli=${KVSTORE_CLI:-target/release/kvstore-cli}
 endpoints=${BENCH_ALL_ENDPOINTS:?run through scripts/bench-cluster.sh}
 [[ ${BENCH_PROTOCOL:-kvstore} == kvstore ]] || { echo "footprint: kvstore only" >&2; exit 1; }
@@ -37,7 +40,8 @@ rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 du_mib() { if [[ -e $1 ]]; then du -sk "$1" | mib; else echo 0; fi; }
 
 revision() {
-  "$cli" --endpoints "$endpoints" -w json get footprint-probe --count-only |
+  # A long timeout: under this load a node can stall for seconds.
+  "$cli" --endpoints "$endpoints" --timeout 60s -w json get footprint-probe --count-only |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["header"]["revision"])'
 }
 
@@ -61,9 +65,9 @@ compact_now() {
   local rev
   rev=$(revision)
   "$cli" --endpoints "$endpoints" --timeout 10m compact "$rev" --physical >/dev/null
-  # Every node compacts on its own after applying the Compact entry; give
-  # the followers and LevelDB's own compaction time to catch up.
-  sleep 20
+  # Every node compacts on its own after applying the Compact entry, then
+  # frees the disk; give the followers and LevelDB time to catch up.
+  sleep "$settle"
 }
 
 write_every_key 1

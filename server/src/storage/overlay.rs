@@ -906,63 +906,68 @@ mod tests {
         use crate::storage::leveldb::{Durability, LevelDbStore};
         const KEYS: usize = 3_000;
         const VALUE_BYTES: usize = 4_096;
+        const ROUNDS: usize = 3;
         let directory = tempfile::tempdir().unwrap();
         let engine = LevelDbStore::open(directory.path(), Durability::Flush).unwrap();
         let mut store = OverlayStore::new(engine, limits(500));
         let reclaimer = store.reclaimer();
         let key = |index: usize| format!("h/{index:06}").into_bytes();
-        let value = |index: usize| vec![(index % 251) as u8; VALUE_BYTES];
-        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
-            let mut batch = WriteBatch::new();
-            for &index in chunk {
-                batch.put(key(index), value(index));
-            }
-            store.write(batch).unwrap();
-        }
-        store.flush().unwrap();
-        // Every key but each tenth is deleted: LevelDB keeps the values
-        // under tombstones until a compaction meets both.
-        for chunk in (0..KEYS)
-            .filter(|index| index % 10 != 0)
-            .collect::<Vec<_>>()
-            .chunks(100)
-        {
-            let mut batch = WriteBatch::new();
-            for &index in chunk {
-                batch.delete(key(index));
-            }
-            store.write(batch).unwrap();
-        }
-        reclaimer.settle().unwrap();
-        let before = directory_bytes(directory.path());
-        assert!(
-            before as usize > KEYS * VALUE_BYTES,
-            "{before} bytes before"
-        );
-
+        let value = |round: usize, index: usize| vec![((round + index) % 251) as u8; VALUE_BYTES];
         let range = KeyRange::prefix(b"h/".to_vec());
-        let mut pieces = 0;
-        let mut rest = Some(range.start.clone());
-        while let Some(start) = rest {
-            let piece = KeyRange {
-                start,
-                end: range.end.clone(),
-            };
-            rest = reclaimer.reclaim_piece(&piece, 50).unwrap();
-            pieces += 1;
+        let mut expected = Vec::new();
+        // Each round writes every key, then deletes all but each tenth:
+        // LevelDB keeps the values under tombstones until a compaction
+        // meets both. Reclaiming pushes each round's records down through
+        // the levels, so later rounds find earlier ones deeper.
+        for round in 0..ROUNDS {
+            for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+                let mut batch = WriteBatch::new();
+                for &index in chunk {
+                    batch.put(key(index), value(round, index));
+                }
+                store.write(batch).unwrap();
+            }
+            store.flush().unwrap();
+            for chunk in (0..KEYS)
+                .filter(|index| index % 10 != 0)
+                .collect::<Vec<_>>()
+                .chunks(100)
+            {
+                let mut batch = WriteBatch::new();
+                for &index in chunk {
+                    batch.delete(key(index));
+                }
+                store.write(batch).unwrap();
+            }
+            reclaimer.settle().unwrap();
+            let before = directory_bytes(directory.path());
+            assert!(
+                before as usize > KEYS * VALUE_BYTES,
+                "{before} bytes before"
+            );
+            let mut pieces = 0;
+            let mut rest = Some(range.start.clone());
+            while let Some(start) = rest {
+                let piece = KeyRange {
+                    start,
+                    end: range.end.clone(),
+                };
+                rest = reclaimer.reclaim_piece(&piece, 50).unwrap();
+                pieces += 1;
+            }
+            let after = directory_bytes(directory.path());
+            assert!(pieces > 1, "{pieces} pieces");
+            // What is left: the tenth kept, at most twice over.
+            assert!(
+                (after as usize) < KEYS * VALUE_BYTES / 5,
+                "round {round}: {before} bytes before reclaiming, {after} after"
+            );
+            expected = (0..KEYS)
+                .filter(|index| index % 10 == 0)
+                .map(|index| (key(index), value(round, index)))
+                .collect();
+            assert_eq!(store.scan(&range, usize::MAX).unwrap(), expected);
         }
-        let after = directory_bytes(directory.path());
-        assert!(pieces > 1, "{pieces} pieces");
-        assert!(
-            after * 3 < before,
-            "{before} bytes before reclaiming, {after} after"
-        );
-        let kept = store.scan(&range, usize::MAX).unwrap();
-        let expected: Vec<KeyValue> = (0..KEYS)
-            .filter(|index| index % 10 == 0)
-            .map(|index| (key(index), value(index)))
-            .collect();
-        assert_eq!(kept, expected);
         // The reclaimer does not keep the overlay from closing.
         let mut engine = store.into_engine().unwrap();
         assert_eq!(engine.scan(&range, usize::MAX).unwrap(), expected);
