@@ -3,7 +3,7 @@
 //! read needs any more, a batch of writes at a time with a pause between
 //! (etcd: 1,000 revisions and 10 ms), so the apply loop never stalls on a
 //! large store. Progress is recorded in the store with each batch, so a
-//! restart resumes it. LevelDB reclaims the disk in its own compactions.
+//! restart resumes it.
 //!
 //! Once a compaction's history is all dropped, the deleted records still
 //! fill LevelDB's files until its compactions carry the deletes down to
