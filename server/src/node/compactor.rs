@@ -24,7 +24,7 @@ use tokio::sync::{watch, Mutex, MutexGuard, Notify};
 
 use crate::state_machine;
 use crate::storage::actor::StoreHandle;
-use crate::storage::{KeyRange, Reclaim};
+use crate::storage::{KeyRange, Reclaim, StoreError};
 
 /// Writes looked at per compaction batch (etcd's
 /// `--experimental-compaction-batch-limit` default).
@@ -149,7 +149,8 @@ impl Compaction {
 
 /// Frees the disk of the history a compaction through `compacted` dropped:
 /// has the engine rewrite each compacted range a piece at a time. Returns
-/// false on `shutdown`. A failure is logged; the next compaction tries again.
+/// false on `shutdown` (or once the store is closed). A failure is logged;
+/// the next compaction tries again.
 async fn reclaim(
     reclaimer: &Arc<dyn Reclaim>,
     compacted: u64,
@@ -157,7 +158,11 @@ async fn reclaim(
 ) -> bool {
     let started = std::time::Instant::now();
     let mut pieces = 0u64;
-    let failed = |error: String| {
+    // The store closing (shutdown) ends the task quietly.
+    let failed = |error: StoreError| {
+        if matches!(error, StoreError::Closed) {
+            return false;
+        }
         tracing::error!(%error, "freeing the disk of compacted history failed");
         true
     };
@@ -199,11 +204,10 @@ async fn reclaim(
 /// Runs `work` on the engine on a blocking thread.
 async fn on_engine<T: Send + 'static>(
     reclaimer: &Arc<dyn Reclaim>,
-    work: impl FnOnce(&dyn Reclaim) -> Result<T, crate::storage::StoreError> + Send + 'static,
-) -> Result<T, String> {
+    work: impl FnOnce(&dyn Reclaim) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     let reclaimer = reclaimer.clone();
-    match tokio::task::spawn_blocking(move || work(reclaimer.as_ref())).await {
-        Ok(result) => result.map_err(|error| error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
+    tokio::task::spawn_blocking(move || work(reclaimer.as_ref()))
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Engine(error.to_string())))
 }
