@@ -9,7 +9,8 @@
 //! fill LevelDB's files until its compactions carry the deletes down to
 //! the last level, which may never happen in a store that stops growing.
 //! So this task then has LevelDB rewrite the compacted key ranges itself,
-//! a piece of [`RECLAIM_PIECE_KEYS`] live keys at a time with a pause
+//! a piece of [`RECLAIM_PIECE_KEYS`] live keys (at most
+//! [`RECLAIM_PIECE_BYTES`]) at a time with a pause
 //! between, on the engine directly ([`Reclaim`]): the flusher waits for a
 //! piece, applies and reads of the current revision do not.
 //!
@@ -36,6 +37,8 @@ pub const COMPACTION_BATCH_PAUSE: Duration = Duration::from_millis(10);
 /// so that one piece rewrites a few LevelDB files per level (the flusher
 /// waits meanwhile).
 pub const RECLAIM_PIECE_KEYS: usize = 4_096;
+/// Bytes of live pairs per piece at most, for large values.
+pub const RECLAIM_PIECE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The compaction task's shared state.
 pub struct Compaction {
@@ -178,7 +181,7 @@ async fn reclaim(
                 end: range.end.clone(),
             };
             rest = match on_engine(reclaimer, move |reclaimer| {
-                reclaimer.reclaim_piece(&piece, RECLAIM_PIECE_KEYS)
+                reclaimer.reclaim_piece(&piece, RECLAIM_PIECE_KEYS, RECLAIM_PIECE_BYTES)
             })
             .await
             {

@@ -183,10 +183,16 @@ pub trait Reclaim: Send + Sync {
     fn settle(&self) -> Result<(), StoreError>;
 
     /// Rewrites the part of `range` that holds its first `keys` live keys
-    /// (all of it if fewer) with [`Store::compact_span`], holding the
-    /// engine only meanwhile. Returns where the rest starts; `None` once
-    /// the range is done. `range` must have an end.
-    fn reclaim_piece(&self, range: &KeyRange, keys: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    /// or `bytes` of live pairs, whichever ends first (all of it if less),
+    /// with [`Store::compact_span`], holding the engine only meanwhile.
+    /// Returns where the rest starts; `None` once the range is done.
+    /// `range` must have an end.
+    fn reclaim_piece(
+        &self,
+        range: &KeyRange,
+        keys: usize,
+        bytes: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// An ordered key-value store owned by one thread.

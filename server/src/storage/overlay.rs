@@ -245,25 +245,49 @@ impl<S: Store> Reclaim for EngineReclaimer<S> {
         self.shared()?.flush()
     }
 
-    fn reclaim_piece(&self, range: &KeyRange, keys: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    fn reclaim_piece(
+        &self,
+        range: &KeyRange,
+        keys: usize,
+        bytes: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let end = range.end.as_deref().expect("a range to reclaim has an end");
         let shared = self.shared()?;
         let mut engine = shared.engine();
-        let live = engine.scan(range, keys)?;
-        match live.last() {
-            Some((last, _)) if live.len() == keys => {
-                engine.compact_span(&range.start, last)?;
-                let mut rest = last.clone();
-                rest.push(0);
-                Ok(Some(rest))
-            }
-            _ => {
+        // Where the piece ends, found a few pairs at a time: values of up to
+        // a megabyte must not all be in memory at once.
+        let (mut seen_keys, mut seen_bytes) = (0, 0);
+        let mut cursor = range.start.clone();
+        loop {
+            let step = engine.scan(
+                &KeyRange {
+                    start: cursor,
+                    end: range.end.clone(),
+                },
+                RECLAIM_SCAN_STEP_PAIRS,
+            )?;
+            if step.len() < RECLAIM_SCAN_STEP_PAIRS {
                 engine.compact_span(&range.start, end)?;
-                Ok(None)
+                return Ok(None);
             }
+            for (key, value) in &step {
+                seen_keys += 1;
+                seen_bytes += key.len() + value.len();
+            }
+            let (last, _) = step.last().expect("a full step has a last pair");
+            let mut rest = last.clone();
+            rest.push(0);
+            if seen_keys >= keys || seen_bytes >= bytes {
+                engine.compact_span(&range.start, last)?;
+                return Ok(Some(rest));
+            }
+            cursor = rest;
         }
     }
 }
+
+/// Pairs read per scan while a reclaim finds the end of its piece.
+const RECLAIM_SCAN_STEP_PAIRS: usize = 32;
 
 /// A [`Store`] that writes behind into `S` (see the module documentation).
 pub struct OverlayStore<S: Store + 'static> {
@@ -952,7 +976,10 @@ mod tests {
                     start,
                     end: range.end.clone(),
                 };
-                rest = reclaimer.reclaim_piece(&piece, 50).unwrap();
+                // Pieces end at 200 KiB of pairs (about 50 keys).
+                rest = reclaimer
+                    .reclaim_piece(&piece, usize::MAX, 200 * 1024)
+                    .unwrap();
                 pieces += 1;
             }
             let after = directory_bytes(directory.path());
