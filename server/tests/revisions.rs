@@ -415,21 +415,21 @@ async fn a_client_generated_from_the_proto_before_revisions_keeps_working() {
     assert_eq!(status.role, old::Role::Leader as i32);
 }
 
+/// Automatic compaction keeping a window of one second.
+const AUTO_COMPACTION_EVERY_SECOND: &[&str] = &[
+    "--auto-compaction-mode",
+    "periodic",
+    "--auto-compaction-retention",
+    "1s",
+];
+
 /// `--auto-compaction-mode periodic --auto-compaction-retention 1s`: the
 /// leader compacts on its own at the revision of one window ago.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_compaction_keeps_a_window_of_history() {
     let _serial = support::serial();
     let directory = tempfile::tempdir().unwrap();
-    let server = support::ServerProcess::start(
-        directory.path(),
-        &[
-            "--auto-compaction-mode",
-            "periodic",
-            "--auto-compaction-retention",
-            "1s",
-        ],
-    );
+    let server = support::ServerProcess::start(directory.path(), AUTO_COMPACTION_EVERY_SECOND);
     support::wait_for_revisions(server.client_addr).await;
     let mut client = server.client().await;
     let first = revision_of(&client.put(put("k", "1")).await.unwrap().into_inner().header);
@@ -467,15 +467,7 @@ async fn automatic_compaction_keeps_a_window_of_history() {
 async fn automatic_compaction_resumes_after_a_restart_without_writes() {
     let _serial = support::serial();
     let directory = tempfile::tempdir().unwrap();
-    let mut server = support::ServerProcess::start(
-        directory.path(),
-        &[
-            "--auto-compaction-mode",
-            "periodic",
-            "--auto-compaction-retention",
-            "1s",
-        ],
-    );
+    let mut server = support::ServerProcess::start(directory.path(), AUTO_COMPACTION_EVERY_SECOND);
     support::wait_for_revisions(server.client_addr).await;
     let mut client = server.client().await;
     let first = revision_of(&client.put(put("k", "1")).await.unwrap().into_inner().header);

@@ -48,8 +48,8 @@ pub struct Compaction {
     wake: Notify,
     /// The compacted revision whose history is all dropped.
     done: watch::Sender<u64>,
-    /// Frees the disk of dropped history, when the store can.
-    reclaimer: Option<Arc<dyn Reclaim>>,
+    /// Frees the disk of dropped history.
+    reclaimer: Arc<dyn Reclaim>,
 }
 
 impl std::fmt::Debug for Compaction {
@@ -57,25 +57,14 @@ impl std::fmt::Debug for Compaction {
         formatter
             .debug_struct("Compaction")
             .field("done", &*self.done.borrow())
-            .field("reclaims", &self.reclaimer.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Compaction {
     /// Nothing compacted yet (the task finds out what the store holds);
-    /// dropped history leaves the disk when LevelDB gets to it.
-    pub fn new() -> Arc<Self> {
-        Self::build(None)
-    }
-
-    /// As [`Compaction::new`], and once a compaction's history is dropped,
-    /// `reclaimer` frees its disk.
-    pub fn reclaiming(reclaimer: Arc<dyn Reclaim>) -> Arc<Self> {
-        Self::build(Some(reclaimer))
-    }
-
-    fn build(reclaimer: Option<Arc<dyn Reclaim>>) -> Arc<Self> {
+    /// once a compaction's history is dropped, `reclaimer` frees its disk.
+    pub fn new(reclaimer: Arc<dyn Reclaim>) -> Arc<Self> {
         Arc::new(Self {
             history: Mutex::new(()),
             wake: Notify::new(),
@@ -137,10 +126,8 @@ impl Compaction {
                 }
             }
             let done = *self.done.borrow();
-            if let (Some(reclaimer), true) = (&self.reclaimer, dropped > 0) {
-                if !reclaim(reclaimer, done, &mut shutdown).await {
-                    return;
-                }
+            if dropped > 0 && !reclaim(&self.reclaimer, done, &mut shutdown).await {
+                return;
             }
             tokio::select! {
                 () = self.wake.notified() => {}

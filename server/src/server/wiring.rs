@@ -53,7 +53,7 @@ pub(super) fn assemble(
     let (events_sender, events) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
     let (peer_sender, peer_messages) = mpsc::channel(driver::EVENT_QUEUE_CAPACITY);
     let peer_releases = Arc::new(PeerReleases::default());
-    let compaction = Compaction::reclaiming(state_machine.reclaimer.clone());
+    let compaction = Compaction::new(state_machine.reclaimer.clone());
     let inbound = PeerInbound::new(peer_sender, peer_releases.clone());
     let (storage_version, storage_version_receiver) = watch::channel(state_machine.storage_version);
     let applied = state_machine.applied;
