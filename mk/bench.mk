@@ -13,8 +13,11 @@ BENCH_OUT        ?= $(TARGET_DIR)/bench
 # bench-compare alternates kvstore and etcd this many times and reports
 # medians: run-to-run spread on a shared VM is tens of percent.
 BENCH_ROUNDS     ?= 3
+# Only the workloads whose name matches this extended regex (e.g. ^put).
+BENCH_ONLY       ?= .
 BENCH_ENV = BENCH_DURATION=$(BENCH_DURATION) BENCH_TOTAL=$(BENCH_TOTAL) BENCH_KEYSPACE=$(BENCH_KEYSPACE) \
-	BENCH_VALUE_SIZE=$(BENCH_VALUE_SIZE) BENCH_CLIENTS=$(BENCH_CLIENTS) BENCH_VIA=$(BENCH_VIA)
+	BENCH_VALUE_SIZE=$(BENCH_VALUE_SIZE) BENCH_CLIENTS=$(BENCH_CLIENTS) BENCH_VIA=$(BENCH_VIA) \
+	BENCH_ONLY='$(BENCH_ONLY)'
 
 .PHONY: bench bench-etcd bench-compare bench-floor etcd-install
 

@@ -28,6 +28,9 @@
 #   BENCH_RESULTS    a directory to copy the JSON results into, for
 #                    scripts/bench-table.py (side-by-side tables) [none]
 #   BENCH_KEEP       1 keeps the data directory, logs and JSON results
+#   BENCH_LOG_LEVEL  the kvstore nodes' --log-level [warn]
+#   BENCH_ONLY       run only the workloads whose name matches this
+#                    extended regex, e.g. '^put' [all of them]
 set -euo pipefail
 
 bin_dir=${1:-target/release}
@@ -97,7 +100,7 @@ start_kvstore_node() {
     [[ $peer == "$id" ]] || echo "$peer=127.0.0.1:$(raft_port "$peer")"
   done | paste -sd, -)
   "$server" --id "$id" --client-addr "$(endpoint "$id")" --raft-addr "127.0.0.1:$(raft_port "$id")" \
-    ${peers:+--peers "$peers"} --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level warn 2>"$work/node-$id.log" &
+    ${peers:+--peers "$peers"} --data-dir "$work/node-$id" --metrics-addr 127.0.0.1:0 --log-level "${BENCH_LOG_LEVEL:-warn}" 2>"$work/node-$id.log" &
 }
 # etcd with its defaults (fsync on every WAL write, 100 ms heartbeat, 1 s
 # election timeout, snapshot every 100,000 entries): what a user runs.
@@ -182,9 +185,10 @@ workloads=(
 failed=0
 index=0
 for workload in "${workloads[@]}"; do
-  index=$((index + 1))
   IFS='|' read -r name workload_via endpoints arguments <<<"$workload"
-  echo "bench: [$index/${#workloads[@]}] $name via $workload_via" >&2
+  [[ $name =~ ${BENCH_ONLY:-.} ]] || continue
+  index=$((index + 1))
+  echo "bench: [$index] $name via $workload_via" >&2
   printf '%s\n%s\n' "$name" "$workload_via" >"$work/result-$index.name"
   # shellcheck disable=SC2086 # the arguments are words on purpose
   if ! "$cli" --endpoints "$endpoints" -w json bench $arguments --protocol "$store" \

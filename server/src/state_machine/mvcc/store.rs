@@ -574,17 +574,26 @@ impl std::fmt::Debug for WriteTxn<'_> {
 }
 
 impl<'s> WriteTxn<'s> {
-    /// Starts a transaction over `store`.
+    /// Starts a transaction over `store`, reading its counters.
     pub fn begin(store: &'s mut dyn Store) -> Result<Self, MvccError> {
         let before = meta(store)?;
-        Ok(Self {
+        Ok(Self::begin_at(store, before))
+    }
+
+    /// Starts a transaction over `store`, whose counters the caller keeps
+    /// (the applier's applied record): no read of the store. Reading them
+    /// was a fifth of the leader's CPU under puts, the compacted revision
+    /// being a LevelDB miss through every level until a compaction wrote
+    /// it (`docs/benchmarks.md`, 2026-12-07 night).
+    pub fn begin_at(store: &'s mut dyn Store, before: Meta) -> Self {
+        Self {
             store,
             before,
             main: before.revision + 1,
             sub: 0,
             pending: BTreeMap::new(),
             written: HashSet::new(),
-        })
+        }
     }
 
     fn get_stored(&mut self, stored: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
@@ -724,7 +733,10 @@ impl<'s> WriteTxn<'s> {
                     None => batch.delete(stored),
                 };
             }
-            batch.put(REVISION_KEY.to_vec(), after.revision.to_be_bytes().to_vec());
+            // Both counters, though only the revision changed: readers
+            // (every range) then find them among recent writes, not as a
+            // LevelDB miss through every level.
+            set_meta(&mut batch, after);
         }
         (batch, after)
     }
