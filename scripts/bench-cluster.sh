@@ -198,6 +198,7 @@ for workload in "${workloads[@]}"; do
   fi
 done
 
+((index > 0)) || { echo "bench: no workload matches BENCH_ONLY='${BENCH_ONLY:-}'" >&2; exit 1; }
 if [[ -n ${BENCH_RESULTS:-} ]]; then
   mkdir -p "$BENCH_RESULTS"
   cp "$work"/result-* "$BENCH_RESULTS"/

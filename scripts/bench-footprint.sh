@@ -13,9 +13,7 @@
 # Environment: FOOTPRINT_KEYS [1000000], FOOTPRINT_ROUNDS [10],
 #   FOOTPRINT_STEADY_ROUNDS [2], FOOTPRINT_CLIENTS [128],
 #   FOOTPRINT_SETTLE_SECONDS [20] (the wait after a compaction: the nodes
-#   then free its disk in the background), FOOTPRINT_BENCH_OUTPUT
-#   [/dev/null] (a file each round's `bench put` summary is appended to),
-#   KVSTORE_CLI.
+#   then free its disk in the background), KVSTORE_CLI.
 set -euo pipefail
 
 keys=${FOOTPRINT_KEYS:-1000000}
@@ -23,7 +21,6 @@ rounds=${FOOTPRINT_ROUNDS:-10}
 steady_rounds=${FOOTPRINT_STEADY_ROUNDS:-2}
 clients=${FOOTPRINT_CLIENTS:-128}
 settle=${FOOTPRINT_SETTLE_SECONDS:-20}
-bench_output=${FOOTPRINT_BENCH_OUTPUT:-/dev/null}
 cli=${KVSTORE_CLI:-target/release/kvstore-cli}
 endpoints=${BENCH_ALL_ENDPOINTS:?run through scripts/bench-cluster.sh}
 [[ ${BENCH_PROTOCOL:-kvstore} == kvstore ]] || { echo "footprint: kvstore only" >&2; exit 1; }
@@ -61,7 +58,7 @@ report() {
 
 write_every_key() {
   "$cli" --endpoints "$endpoints" bench put --conns 3 --keyspace "$keys" --prefill --total 1 \
-    --clients "$clients" --seed "$1" --no-progress >>"$bench_output"
+    --clients "$clients" --seed "$1" --no-progress >/dev/null
 }
 
 compact_now() {
