@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a real kvstore-server on a free loopback port and drives it with a real
 # grpcurl through server reflection only (no .proto files at hand): list,
-# describe, Put, Get, Status, Txn, Range and the health check. Exits non-zero on any miss.
+# describe, Put, Get, Status, Txn, Range, Watch and the health check. Exits non-zero on any miss.
 set -euo pipefail
 
 server_binary=${1:?usage: grpcurl-smoke.sh SERVER_BINARY GRPCURL}
@@ -33,7 +33,7 @@ check() { # check NAME EXPECTED COMMAND...
   echo "ok   $name"; passed=$((passed + 1))
 }
 
-check "list services" "kvstore.v1.KV" "$grpcurl" -plaintext "$address" list
+check "list services" "kvstore.v1.Watch" "$grpcurl" -plaintext "$address" list
 check "describe KV" "rpc Put" "$grpcurl" -plaintext "$address" describe kvstore.v1.KV
 check "put" '"nodeId": "1"' "$grpcurl" -plaintext -d '{"key": "Zm9v", "value": "YmFy"}' "$address" kvstore.v1.KV/Put
 check "get" '"value": "YmFy"' "$grpcurl" -plaintext -d '{"key": "Zm9v"}' "$address" kvstore.v1.KV/Get
@@ -41,6 +41,9 @@ check "status" '"role": "ROLE_' "$grpcurl" -plaintext "$address" kvstore.v1.KV/S
 # foo=bar -> baz if it still holds bar; then the prefix "fo" as a range.
 check "txn (compare-and-swap)" '"succeeded": true' "$grpcurl" -plaintext -d '{"compare": [{"key": "Zm9v", "result": "COMPARE_RESULT_EQUAL", "target": "COMPARE_TARGET_VALUE", "value": "YmFy"}], "success": [{"requestPut": {"key": "Zm9v", "value": "YmF6"}}]}' "$address" kvstore.v1.KV/Txn
 check "range over a prefix" '"value": "YmF6"' "$grpcurl" -plaintext -d '{"key": "Zm8=", "rangeEnd": "ZnA="}' "$address" kvstore.v1.KV/Range
+# A watch of foo from revision 1: its history (the put and the txn's write),
+# streamed until grpcurl's -max-time ends the call.
+check "watch with history" '"value": "YmF6"' "$grpcurl" -plaintext -max-time 2 -d '{"createRequest": {"key": "Zm9v", "startRevision": "1"}}' "$address" kvstore.v1.Watch/Watch
 check "health" '"status": "SERVING"' "$grpcurl" -plaintext "$address" grpc.health.v1.Health/Check
 check "empty key refused" "Code: InvalidArgument" "$grpcurl" -plaintext -d '{"key": ""}' "$address" kvstore.v1.KV/Get
 # The raft port: reflection and health too, and a stranger is refused.

@@ -239,6 +239,32 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Print the events of KEY, or of a range, until interrupted (Ctrl-C):
+    /// etcdctl's lines (PUT or DELETE, [the previous key and value,] the
+    /// key, the value) or, with -w json, one JSON object per event and
+    /// line. When the watched node goes away, the watch resumes on the
+    /// next endpoint from the revision after the last event printed.
+    Watch {
+        /// The key (the first of the range).
+        key: OsString,
+        /// End of the range, excluded.
+        range_end: Option<OsString>,
+        /// Every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Every key from KEY on.
+        #[arg(long, conflicts_with = "prefix")]
+        from_key: bool,
+        /// Start from this revision (the history first, then live).
+        #[arg(long)]
+        rev: Option<i64>,
+        /// Also print each event's previous pair.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Measure throughput and latency of put, get or mixed requests.
     #[command(after_help = BENCH_AFTER_HELP)]
     Bench(BenchArgs),

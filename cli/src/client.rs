@@ -25,19 +25,33 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<KvClient<Chann
 /// Opens one HTTP/2 connection to `endpoint` (`HOST:PORT`, or a full
 /// `http://` URL) with `timeout` for connecting and for every request.
 async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
-    Endpoint::from_shared(endpoint_url(endpoint))
+    open_channel(endpoint, timeout, Some(timeout)).await
+}
+
+/// A connection for long-lived streams (watch, keep-alive): `timeout`
+/// bounds connecting only.
+pub async fn connect_for_streams(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {
+    open_channel(endpoint, timeout, None).await
+}
+
+async fn open_channel(
+    endpoint: &str,
+    timeout: Duration,
+    request_timeout: Option<Duration>,
+) -> Result<Channel, Failure> {
+    let mut builder = Endpoint::from_shared(endpoint_url(endpoint))
         .map_err(|error| Failure(format!("invalid endpoint {endpoint:?}: {error}")))?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|error| {
-            Failure(format!(
-                "cannot connect to {endpoint}: {}",
-                root_cause(&error)
-            ))
-        })
+        .tcp_nodelay(true);
+    if let Some(request_timeout) = request_timeout {
+        builder = builder.timeout(request_timeout);
+    }
+    builder.connect().await.map_err(|error| {
+        Failure(format!(
+            "cannot connect to {endpoint}: {}",
+            root_cause(&error)
+        ))
+    })
 }
 
 /// `endpoint` as a URL: `HOST:PORT` becomes `http://HOST:PORT`; a URL is

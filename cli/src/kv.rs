@@ -67,7 +67,7 @@ pub fn range_request(
     }
 }
 
-fn key_value_json(pair: &pb::KeyValue) -> Value {
+pub(crate) fn key_value_json(pair: &pb::KeyValue) -> Value {
     let mut object = Map::new();
     output::insert_bytes(&mut object, "key", &pair.key);
     object.insert("create_revision".into(), pair.create_revision.into());

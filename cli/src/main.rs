@@ -1,4 +1,4 @@
-//! `kvstore-cli`: put, get, delete, txn, compact, status and bench against a
+//! `kvstore-cli`: put, get, delete, txn, compact, status, watch and bench against a
 //! kvstore cluster.
 //!
 //! Every failure is one line on stderr and an exit code (see `--help`); the
@@ -10,6 +10,7 @@ mod client;
 mod kv;
 mod output;
 mod txn_syntax;
+mod watch;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -310,6 +311,30 @@ async fn run(cli: &Cli) -> Outcome {
             interval,
             count,
         } => watch_status(cli, *interval, *count).await,
+        Command::Watch {
+            key,
+            range_end,
+            prefix,
+            from_key,
+            rev,
+            prev_kv,
+            count,
+        } => {
+            let key = key_bytes(cli, key)?;
+            let range_end = range_end
+                .as_ref()
+                .map(|end| key_bytes(cli, end))
+                .transpose()?;
+            let range_end = kv::range_end_for(&key, range_end, *prefix, *from_key);
+            let args = watch::WatchArgs {
+                key,
+                range_end,
+                start_revision: rev.unwrap_or(0),
+                prev_kv: *prev_kv,
+                count: *count,
+            };
+            watch::run(cli, args).await
+        }
         Command::Bench(arguments) => bench::run(cli, arguments).await,
     }
 }

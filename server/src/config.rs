@@ -259,6 +259,17 @@ pub struct ServerConfig {
     /// it is closed (an HTTP/2 GOAWAY on the gRPC ports).
     #[arg(long, env = "KVSTORE_IDLE_TIMEOUT_MS", default_value_t = limits::IDLE_TIMEOUT_MS_DEFAULT)]
     pub idle_timeout_ms: u64,
+
+    /// Most watches this node serves at once, over all streams; a create
+    /// over it is cancelled at once with a reason naming this flag.
+    #[arg(long = "max-watchers", env = "KVSTORE_MAX_WATCHERS", default_value_t = crate::node::watchers::WATCHERS_MAX_DEFAULT)]
+    pub watchers_max: usize,
+
+    /// Time, in milliseconds, between the progress notifications of a quiet
+    /// watch that asked for them (etcd's 10 minutes by default; at least
+    /// 100).
+    #[arg(long, env = "KVSTORE_WATCH_PROGRESS_NOTIFY_INTERVAL_MS", default_value_t = crate::node::watchers::catchup::PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT)]
+    pub watch_progress_notify_interval_ms: u64,
 }
 
 /// Another member of the cluster.
@@ -361,6 +372,15 @@ impl ServerConfig {
         }
         if self.cluster_id.is_empty() {
             return Err("--cluster-id must not be empty".into());
+        }
+        if self.watchers_max == 0 {
+            return Err("--max-watchers must be at least 1".into());
+        }
+        let interval_min = crate::node::watchers::catchup::PROGRESS_NOTIFY_INTERVAL_MS_MIN;
+        if self.watch_progress_notify_interval_ms < interval_min {
+            return Err(format!(
+                "--watch-progress-notify-interval-ms must be at least {interval_min}"
+            ));
         }
         for peer in &self.peer_metrics_addrs {
             if !self.peers.iter().any(|member| member.id == peer.id) {

@@ -6,12 +6,13 @@
 //! links' counters are refreshed from their sources at scrape time, so the
 //! driver does no extra work for them. Every label has a bounded set of
 //! values: `op` from [`Operation`], `code` from the gRPC codes, `peer` from
-//! the configured members, `kind` from [`SnapshotKind`].
+//! the configured members, `kind` from [`SnapshotKind`], `state` synced or
+//! unsynced.
 //!
 //! Every metric and its help text is documented in `observability/README.md`;
 //! `server/tests/observability.rs` checks that the two agree.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -174,6 +175,14 @@ pub struct Metrics {
     mvcc_latest_table_bytes: IntGauge,
     /// Where the two above are read from when metrics are encoded.
     latest_table: OnceLock<ResidentSize>,
+    watch_streams: IntGauge,
+    watchers: IntGaugeVec,
+    watch_events_sent_total: IntCounter,
+    watch_slow_watchers_total: IntCounter,
+    watch_compacted_cancels_total: IntCounter,
+    watch_catchup_reads_total: IntCounter,
+    /// Where the six above are read from when metrics are encoded.
+    watch_hub: OnceLock<Arc<dyn WatchStats>>,
     requests_total: IntCounterVec,
     request_duration_seconds: HistogramVec,
     forwarded_requests_total: IntCounterVec,
@@ -339,6 +348,38 @@ impl Metrics {
                 "Bytes of keys and latest records held in memory: every live key with its value and revisions (the history stays in LevelDB).",
             ),
             latest_table: OnceLock::new(),
+            watch_streams: gauge(
+                &registry,
+                "kvstore_watch_streams",
+                "Watch streams open on this node.",
+            ),
+            watchers: gauge_vec(
+                &registry,
+                "kvstore_watchers",
+                "Watches this node serves: synced ones get live events, unsynced ones are caught up from the history (they asked for history, or their client did not keep up).",
+                &["state"],
+            ),
+            watch_events_sent_total: counter(
+                &registry,
+                "kvstore_watch_events_sent_total",
+                "Events this node queued for its watch streams.",
+            ),
+            watch_slow_watchers_total: counter(
+                &registry,
+                "kvstore_watch_slow_watchers_total",
+                "Times a synced watch's stream buffer was full, so that the watch left the live path to be caught up from the history.",
+            ),
+            watch_compacted_cancels_total: counter(
+                &registry,
+                "kvstore_watch_compacted_cancels_total",
+                "Watches cancelled because the revisions they needed were compacted.",
+            ),
+            watch_catchup_reads_total: counter(
+                &registry,
+                "kvstore_watch_catchup_reads_total",
+                "History reads that caught unsynced watches up.",
+            ),
+            watch_hub: OnceLock::new(),
             requests_total: counter_vec(
                 &registry,
                 "kvstore_requests_total",
@@ -503,6 +544,11 @@ impl Metrics {
         let _ = self.latest_table.set(size);
     }
 
+    /// Reports the watch hub's watchers and counts from now on.
+    pub fn watch_watch_hub(&self, hub: Arc<dyn WatchStats>) {
+        let _ = self.watch_hub.set(hub);
+    }
+
     /// Reports the write-behind backlog of the state store from now on.
     pub fn watch_backend_backlog(&self, backlog: Backlog) {
         let _ = self.backend_backlog.set(backlog);
@@ -584,12 +630,55 @@ impl Metrics {
             self.mvcc_keys.set(size.keys() as i64);
             self.mvcc_latest_table_bytes.set(size.bytes() as i64);
         }
+        if let Some(hub) = self.watch_hub.get() {
+            let stats = hub.watch_stats();
+            self.watch_streams.set(stats.streams as i64);
+            self.watchers
+                .with_label_values(&["synced"])
+                .set(stats.synced as i64);
+            self.watchers
+                .with_label_values(&["unsynced"])
+                .set(stats.unsynced as i64);
+            for (counter, total) in [
+                (&self.watch_events_sent_total, stats.events_sent),
+                (&self.watch_slow_watchers_total, stats.slow_watchers),
+                (&self.watch_compacted_cancels_total, stats.compacted_cancels),
+                (&self.watch_catchup_reads_total, stats.catchup_reads),
+            ] {
+                catch_up(counter, total);
+            }
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("encoding metrics into memory cannot fail");
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
+}
+
+/// What the watch hub reports, read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStatsSnapshot {
+    /// Open watch streams.
+    pub streams: usize,
+    /// Watchers getting live events.
+    pub synced: usize,
+    /// Watchers being caught up from history.
+    pub unsynced: usize,
+    /// Events queued for streams.
+    pub events_sent: u64,
+    /// Times a synced watcher's buffer was full.
+    pub slow_watchers: u64,
+    /// Watchers cancelled because compaction passed them.
+    pub compacted_cancels: u64,
+    /// History reads of the catch-up task.
+    pub catchup_reads: u64,
+}
+
+/// A source of [`WatchStatsSnapshot`]s (the node's watch hub).
+pub trait WatchStats: Send + Sync {
+    /// The figures now.
+    fn watch_stats(&self) -> WatchStatsSnapshot;
 }
 
 /// The content type of [`Metrics::encode`].

@@ -12,6 +12,7 @@ pub mod persist;
 mod read_batch;
 mod validate;
 pub mod wal_writer;
+pub mod watchers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,6 +114,8 @@ pub struct NodeParts {
     pub storage_version: watch::Receiver<u32>,
     /// Physical compaction's progress.
     pub compaction: Arc<compactor::Compaction>,
+    /// The watchers of this node's applied writes.
+    pub watch_hub: Arc<watchers::WatchHub>,
 }
 
 /// A handle on the running node.
@@ -160,6 +163,16 @@ impl Node {
     /// This node's id, cluster and members.
     pub fn membership(&self) -> &Membership {
         &self.shared.membership
+    }
+
+    /// The state machine's store.
+    pub fn store(&self) -> &StoreHandle {
+        &self.shared.store
+    }
+
+    /// The watchers of this node's applied writes.
+    pub fn watch_hub(&self) -> &Arc<watchers::WatchHub> {
+        &self.shared.watch_hub
     }
 
     /// This node's metrics.

@@ -18,6 +18,9 @@ use crate::connections::{self, CappedListener, FileDescriptorBudget, Http2Settin
 use crate::data_dir::DataDir;
 use crate::http::{self, HttpState};
 use crate::limits;
+use crate::node::watchers::catchup;
+use crate::node::Node;
+use crate::service::watch::{WatchService, WATCH_SERVICE_NAME};
 use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
 
@@ -119,9 +122,11 @@ pub(super) async fn serve(
         stop_signal(stopped.clone(), "metrics"),
     ));
 
-    let client_routes = routes_listing(KV_SERVICE_NAME)
+    start_watch_tasks(config, &node, stopped.clone());
+    let client_routes = routes_listing(&[KV_SERVICE_NAME, WATCH_SERVICE_NAME])
         .await
-        .add_service(KvService::new(node.clone(), request_limits).into_server());
+        .add_service(KvService::new(node.clone(), request_limits).into_server())
+        .add_service(WatchService::new(node.clone(), request_limits).into_server());
     let client_server = connections::serve_grpc(
         CappedListener::grpc(
             listeners.client.0,
@@ -134,7 +139,7 @@ pub(super) async fn serve(
 
     // The last node handle moves into the raft service: once the servers
     // are dropped, no handle keeps the store thread alive.
-    let raft_routes = routes_listing(RAFT_SERVICE_NAME).await.add_service(
+    let raft_routes = routes_listing(&[RAFT_SERVICE_NAME]).await.add_service(
         RaftService::new(
             membership,
             inbound,
@@ -161,15 +166,39 @@ pub(super) async fn serve(
     }
 }
 
-/// The routes of a gRPC port serving `service_name` (added by the caller):
-/// the health service, reporting it serving, and reflection listing exactly
-/// what the port serves.
-async fn routes_listing(service_name: &'static str) -> tonic::service::Routes {
+/// The watch hub's tasks: catch-up from the history and progress
+/// notifications; once the node stops, every watch stream ends (so the
+/// servers' graceful shutdown does not wait for them).
+fn start_watch_tasks(config: &ServerConfig, node: &Node, stopped: watch::Receiver<bool>) {
+    let hub = node.watch_hub().clone();
+    tokio::spawn(catchup::run_catchup(
+        hub.clone(),
+        node.store().clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(catchup::run_progress(
+        hub.clone(),
+        Duration::from_millis(config.watch_progress_notify_interval_ms),
+        stopped.clone(),
+    ));
+    let mut stopped = stopped;
+    tokio::spawn(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+        hub.close();
+    });
+}
+
+/// The routes of a gRPC port serving `service_names` (added by the
+/// caller): the health service, reporting them serving, and reflection
+/// listing exactly what the port serves.
+async fn routes_listing(service_names: &[&'static str]) -> tonic::service::Routes {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
-        .await;
-    let (reflection_v1, reflection_v1alpha) = reflection_services(&[service_name]);
+    for service_name in service_names {
+        health_reporter
+            .set_service_status(*service_name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let (reflection_v1, reflection_v1alpha) = reflection_services(service_names);
     tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

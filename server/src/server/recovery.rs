@@ -187,6 +187,8 @@ pub(super) struct StateMachine {
     pub reclaimer: Arc<dyn Reclaim>,
     /// The storage version applied.
     pub storage_version: u32,
+    /// The store revision at the applied index (where watches start).
+    pub revision: u64,
 }
 
 impl StateMachine {
@@ -256,10 +258,10 @@ pub(super) async fn open_state_machine(
             "undid writes LevelDB kept of a write-behind torn by a crash; the log replays them"
         );
     }
-    let storage_version = handle
+    let applied_state = handle
         .with(|store| state_machine::applied_state(store))
-        .await?
-        .storage_version;
+        .await?;
+    let storage_version = applied_state.storage_version;
     let consistent_at = handle.with(state_machine::consistent_at).await?;
     if consistent_at > applied.index {
         tracing::warn!(
@@ -277,6 +279,7 @@ pub(super) async fn open_state_machine(
         latest_table,
         reclaimer,
         storage_version,
+        revision: applied_state.revision,
     })
 }
 

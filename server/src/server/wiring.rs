@@ -17,6 +17,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::compactor::Compaction;
 use crate::node::driver::{self, DriverParts, DriverSettings};
+use crate::node::watchers::WatchHub;
 use crate::node::{Node, NodeParts, RequestLimits, Timings};
 use crate::snapshot::SnapshotDirectory;
 use crate::status::{NodeRole, NodeStatus};
@@ -111,6 +112,8 @@ pub(super) fn assemble(
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,
     };
+    let watch_hub = WatchHub::new(state_machine.revision, config.watchers_max);
+    metrics.watch_watch_hub(watch_hub.clone());
     let node = Node::new(NodeParts {
         membership: membership.clone(),
         events: events_sender,
@@ -124,6 +127,7 @@ pub(super) fn assemble(
         consistent_at: state_machine.consistent_at,
         storage_version: storage_version_receiver,
         compaction: compaction.clone(),
+        watch_hub: watch_hub.clone(),
     });
     let driver = DriverParts {
         core,
@@ -150,6 +154,7 @@ pub(super) fn assemble(
         compaction,
         applied,
         metrics,
+        watch_hub,
     };
     let assembled = Assembled {
         membership,

@@ -10,6 +10,7 @@ mod put;
 mod range;
 pub mod status;
 mod txn;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 
 use kvstore_raft::Index;
 
-use super::mvcc::store::MvccError;
+use super::mvcc::store::{Change, MvccError};
 use super::mvcc::txn::{InvalidTxn, TxnRequest, TxnResponse};
 
 /// The storage version a store starts at: one value per key, no revisions.
@@ -125,6 +125,9 @@ pub struct Applied {
     pub revision: u64,
     /// For a txn, compaction or refused command: what it did.
     pub outcome: Option<Box<Outcome>>,
+    /// The writes it made, in order (what watchers are told); empty when it
+    /// changed nothing or the store has no revisions.
+    pub changes: Vec<Change>,
 }
 
 impl Applied {
@@ -135,6 +138,7 @@ impl Applied {
             found,
             revision,
             outcome: None,
+            changes: Vec::new(),
         }
     }
 }

@@ -25,7 +25,7 @@ pub use command::{
     STORAGE_VERSION_SINGLE,
 };
 use kvstore_raft::{Entry, Index, SnapshotMetadata};
-use mvcc::store::{self as mvcc_store, KeySpan, Meta, MvccError, WriteTxn};
+use mvcc::store::{self as mvcc_store, Change, KeySpan, Meta, MvccError, WriteTxn};
 use mvcc::Revision;
 use view::{BatchView, Waiting};
 
@@ -444,6 +444,19 @@ fn apply_entry(
     state: &mut AppliedState,
     entry: &Entry,
 ) -> Result<Applied, StoreError> {
+    let mut changes = Vec::new();
+    let mut applied = apply_command(view, state, entry, &mut changes)?;
+    applied.changes = changes;
+    Ok(applied)
+}
+
+/// [`apply_entry`]: the writes made go to `changes`.
+fn apply_command(
+    view: &mut BatchView<'_>,
+    state: &mut AppliedState,
+    entry: &Entry,
+    changes: &mut Vec<Change>,
+) -> Result<Applied, StoreError> {
     let index = entry.index;
     let Some(command) = log_encoding::decode_entry(entry) else {
         return Ok(Applied::simple(index, true, state.revision));
@@ -454,6 +467,7 @@ fn apply_entry(
         found: false,
         revision: state.revision,
         outcome: Some(Box::new(Outcome::Refused(refusal))),
+        changes: Vec::new(),
     };
     match command {
         Command::Put { key, value } if !multi_version => {
@@ -473,14 +487,14 @@ fn apply_entry(
             },
         )),
         Command::Put { key, value } => {
-            let done = write_txn(view, state, |txn| txn.put(&key, value, 0))?;
+            let done = write_txn(view, state, changes, |txn| txn.put(&key, value, 0))?;
             Ok(match done {
                 TxnResult::Refused(reason) => refused(state, reason),
                 _ => Applied::simple(index, true, state.revision),
             })
         }
         Command::Delete { key } => {
-            let done = write_txn(view, state, |txn| {
+            let done = write_txn(view, state, changes, |txn| {
                 txn.delete_range(&KeySpan::single(key))
                     .map(|deleted| !deleted.is_empty())
             })?;
@@ -494,13 +508,14 @@ fn apply_entry(
             if let Err(invalid) = mvcc::txn::validate(&request) {
                 return Ok(refused(state, invalid.into()));
             }
-            let done = write_txn(view, state, |txn| mvcc::txn::apply(txn, &request))?;
+            let done = write_txn(view, state, changes, |txn| mvcc::txn::apply(txn, &request))?;
             Ok(match done {
                 TxnResult::Done(response) => Applied {
                     index,
                     found: true,
                     revision: state.revision,
                     outcome: Some(Box::new(Outcome::Txn(response))),
+                    changes: Vec::new(),
                 },
                 TxnResult::Refused(reason) => refused(state, reason),
                 TxnResult::WouldWait => Applied::simple(index, false, state.revision),
@@ -518,6 +533,7 @@ fn apply_entry(
                         found: true,
                         revision: state.revision,
                         outcome: Some(Box::new(Outcome::Compacted)),
+                        changes: Vec::new(),
                     })
                 }
                 Err(error) => match Refusal::from_mvcc(&error) {
@@ -566,6 +582,7 @@ enum TxnResult<T> {
 fn write_txn<T>(
     view: &mut BatchView<'_>,
     state: &mut AppliedState,
+    changes: &mut Vec<Change>,
     write: impl FnOnce(&mut WriteTxn<'_>) -> Result<T, MvccError>,
 ) -> Result<TxnResult<T>, StoreError> {
     let before = state.meta();
@@ -581,6 +598,7 @@ fn write_txn<T>(
     }
     let mut txn = WriteTxn::begin_at(view, before);
     let result = write(&mut txn);
+    let written = txn.take_changes();
     let (batch, meta) = txn.finish();
     if view.would_wait() {
         return Ok(TxnResult::WouldWait);
@@ -588,6 +606,7 @@ fn write_txn<T>(
     match result {
         Ok(value) => {
             view.write(batch)?;
+            *changes = written;
             state.revision = meta.revision;
             Ok(TxnResult::Done(value))
         }

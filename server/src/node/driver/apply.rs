@@ -56,6 +56,7 @@ impl Driver {
                 );
                 self.storage_version.send_replace(state.storage_version);
                 self.compaction.wake();
+                self.watch_hub.reset_to(state.revision);
             }
             Err(error) => storage_failure("restoring a received snapshot failed", error),
         }
@@ -90,7 +91,12 @@ impl Driver {
         let storage_version = self.storage_version.clone();
         let compaction = self.compaction.clone();
         let revision = self.revision.clone();
+        let watch_hub = self.watch_hub.clone();
         let finish = move |outcomes: Vec<state_machine::Applied>| {
+            // Before the clients are answered: a client that saw its write
+            // acknowledged and then watches from the next revision misses
+            // nothing.
+            watch_hub.publish(&outcomes);
             if let Some(last) = outcomes.last() {
                 revision.fetch_max(last.revision, Ordering::AcqRel);
             }

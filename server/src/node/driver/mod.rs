@@ -168,6 +168,8 @@ pub struct Driver {
     auto_compaction: auto_compaction::AutoCompaction,
     /// The store revision after the last applied entry.
     revision: Arc<AtomicU64>,
+    /// Told of every applied write.
+    watch_hub: Arc<crate::node::watchers::WatchHub>,
 }
 
 /// What the driver needs to start.
@@ -209,6 +211,8 @@ pub struct DriverParts {
     pub peer_releases: Arc<PeerReleases>,
     /// Physical compaction (woken when a compaction is applied).
     pub compaction: Arc<Compaction>,
+    /// Told of every applied write (watchers).
+    pub watch_hub: Arc<crate::node::watchers::WatchHub>,
 }
 
 impl Driver {
@@ -259,6 +263,7 @@ impl Driver {
             compaction: parts.compaction,
             auto_compaction: auto_compaction::AutoCompaction::new(parts.settings.retention),
             revision: Arc::new(AtomicU64::new(0)),
+            watch_hub: parts.watch_hub,
         }
     }
 

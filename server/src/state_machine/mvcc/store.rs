@@ -118,8 +118,17 @@ pub fn writes_after(
         start: keys::revision_key(Revision::new(revision.saturating_add(1))),
         end: KeyRange::prefix(keys::REVISION_PREFIX.to_vec()).end,
     };
+    writes_in(store, &range, limit)
+}
+
+/// The writes of the revision table's `range`, at most `limit`.
+fn writes_in(
+    store: &mut dyn Store,
+    range: &KeyRange,
+    limit: usize,
+) -> Result<Vec<(Revision, Vec<u8>)>, MvccError> {
     store
-        .scan(&range, limit)?
+        .scan(range, limit)?
         .into_iter()
         .map(|(stored, marker)| {
             let revision = keys::parse_revision_key(&stored)
@@ -404,6 +413,89 @@ pub fn range_at(
     Ok(result)
 }
 
+/// Writes read from the history by [`history_after`], as watchers see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryBatch {
+    /// The compacted revision when it was read: writes at or below it may
+    /// be gone.
+    pub compacted: u64,
+    /// Every write from the start revision through this one is in
+    /// `changes` (those of keys the caller wanted).
+    pub through: u64,
+    /// The writes, in revision order.
+    pub changes: Vec<Change>,
+}
+
+/// The writes from revision `from` on (from above the compacted revision,
+/// if that is later), whole revisions only, about `writes_max` of them (a
+/// single revision with more writes is read whole), with the records of
+/// the keys `wanted` (and their previous records when `with_previous`).
+/// Watchers catch up from here (`node::watch`).
+pub fn history_after(
+    store: &mut dyn Store,
+    from: u64,
+    writes_max: usize,
+    wanted: impl Fn(&[u8]) -> bool,
+    with_previous: bool,
+) -> Result<HistoryBatch, MvccError> {
+    let meta = meta(store)?;
+    let from = from.max(meta.compacted + 1);
+    let mut batch = HistoryBatch {
+        compacted: meta.compacted,
+        through: meta.revision,
+        changes: Vec::new(),
+    };
+    if from > meta.revision {
+        return Ok(batch);
+    }
+    let mut writes = writes_after(store, from - 1, writes_max.max(1))?;
+    if writes.len() >= writes_max.max(1) {
+        let last = writes.last().expect("a full read").0.main;
+        if writes[0].0.main == last {
+            // One revision holds them all: read it whole.
+            let revision = KeyRange::between(
+                keys::revision_key(Revision::new(last)),
+                keys::revision_key(Revision::new(last + 1)),
+            );
+            writes = writes_in(store, &revision, usize::MAX)?;
+            batch.through = last;
+        } else {
+            writes.retain(|(revision, _)| revision.main < last);
+            batch.through = last - 1;
+        }
+    }
+    for (revision, key) in writes {
+        if !wanted(&key) {
+            continue;
+        }
+        let record = match newest_at_or_below(store, &key, revision.main)? {
+            Some((written, HistoryRecord::Live(record))) if written == revision.main => {
+                Some(record)
+            }
+            Some((written, HistoryRecord::Tombstone)) if written == revision.main => None,
+            _ => {
+                return Err(CorruptRecord(format!(
+                    "the revision table names a write at {} the history does not hold",
+                    revision.main
+                ))
+                .into())
+            }
+        };
+        let previous = if with_previous {
+            record_at(store, &key, revision.main - 1)?
+        } else {
+            None
+        };
+        batch.changes.push(Change {
+            key,
+            revision,
+            record,
+            previous,
+        });
+    }
+    Ok(batch)
+}
+
 /// Metadata key: the compacted revision whose history is all dropped (the
 /// physical part of compaction).
 const COMPACTION_DONE_KEY: &[u8] = b"m/compact_done";
@@ -548,6 +640,20 @@ fn newest_at_or_below(
     }
 }
 
+/// One write of a transaction, as a watcher sees it: what the key became
+/// and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The write's revision (main: the transaction's; sub: its place in it).
+    pub revision: Revision,
+    /// The key's record after the write (`None`: deleted).
+    pub record: Option<KeyRecord>,
+    /// The key's live record before the write (`None`: it did not exist).
+    pub previous: Option<KeyRecord>,
+}
+
 /// A write transaction: every write gets the same main revision (the
 /// store's plus one) and its own sub revision; its reads see its own
 /// earlier writes. Nothing reaches the store until [`WriteTxn::finish`]
@@ -561,6 +667,8 @@ pub struct WriteTxn<'s> {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// User keys written so far (each at most once).
     written: HashSet<Vec<u8>>,
+    /// The writes so far, in sub-revision order.
+    changes: Vec<Change>,
 }
 
 impl std::fmt::Debug for WriteTxn<'_> {
@@ -593,6 +701,7 @@ impl<'s> WriteTxn<'s> {
             sub: 0,
             pending: BTreeMap::new(),
             written: HashSet::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -701,7 +810,13 @@ impl<'s> WriteTxn<'s> {
             lease,
             value,
         };
-        self.record(key, revision, &HistoryRecord::Live(record));
+        self.record(key, revision, &HistoryRecord::Live(record.clone()));
+        self.changes.push(Change {
+            key: key.to_vec(),
+            revision,
+            record: Some(record),
+            previous: previous.clone(),
+        });
         Ok(previous)
     }
 
@@ -713,11 +828,22 @@ impl<'s> WriteTxn<'s> {
         if let Some((key, _)) = deleted.iter().find(|(key, _)| self.written.contains(key)) {
             return Err(MvccError::DuplicateKey { key: key.clone() });
         }
-        for (key, _) in &deleted {
+        for (key, previous) in &deleted {
             let revision = self.claim(key)?;
             self.record(key, revision, &HistoryRecord::Tombstone);
+            self.changes.push(Change {
+                key: key.clone(),
+                revision,
+                record: None,
+                previous: Some(previous.clone()),
+            });
         }
         Ok(deleted)
+    }
+
+    /// The writes so far, in the order they were made (watchers' events).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     /// The writes to hand to the store, and the counters after them: the
