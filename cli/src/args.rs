@@ -318,6 +318,11 @@ pub enum Workload {
     /// Ranges of --range-keys consecutive keys from a random key, with
     /// --consistency.
     Range,
+    /// Writes, as put, while --watchers watches of single keys and
+    /// --prefix-watchers watches of the benchmark's key prefix receive the
+    /// events: events delivered per second, and the time from a put being
+    /// sent to its event arriving.
+    Watch,
 }
 
 impl Workload {
@@ -329,6 +334,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Txn => "txn",
             Workload::Range => "range",
+            Workload::Watch => "watch",
         }
     }
 }
@@ -416,6 +422,24 @@ pub struct BenchArgs {
     /// API (to run the same workloads against etcd for comparison).
     #[arg(long, value_enum, default_value_t = Protocol::Kvstore)]
     pub protocol: Protocol,
+
+    /// watch: watches of one key each, keys 0, 1, ... of the keyspace
+    /// [default: the keyspace, every key watched once].
+    #[arg(long)]
+    pub watchers: Option<u64>,
+
+    /// watch: watches of the whole key prefix (each gets every event).
+    #[arg(long, default_value_t = 0)]
+    pub prefix_watchers: u64,
+
+    /// watch: streams the watches are spread over (round-robin over the
+    /// endpoints).
+    #[arg(long, default_value_t = 16)]
+    pub watch_streams: u64,
+
+    /// watch: longest wait for the events after the last write.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub watch_drain: Duration,
 }
 
 /// Which server API `bench` drives.

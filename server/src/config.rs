@@ -41,6 +41,9 @@ pub enum InjectedFault {
     /// txn is proposed (the branch taken is then proposed unconditionally):
     /// two compare-and-swaps from one value can both succeed.
     StaleCompare,
+    /// A watch created with a start revision starts one revision later: a
+    /// client resuming after the last revision it saw misses one.
+    WatchResumeLate,
 }
 
 /// What history to keep.

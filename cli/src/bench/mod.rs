@@ -10,6 +10,7 @@ pub mod progress;
 pub mod runner;
 pub mod summary;
 pub mod transport;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -87,6 +88,11 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
         }
     }
 
+    let watchers = match plan.watch {
+        Some(watch) => Some(watch::Watchers::start(&plan, watch, cli.timeout).await?),
+        None => None,
+    };
+    let writes_started = std::time::Instant::now();
     let counters = Arc::new(Counters::default());
     let scale = match plan.bound {
         Bound::Operations => Scale::Operations(plan.operations_max),
@@ -101,6 +107,14 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
     let (tally, elapsed, stop_reason) = runner::measure(&plan, &connections, &counters).await?;
     drop(progress);
 
+    let watched = match watchers {
+        Some(watchers) => Some(
+            watchers
+                .finish(tally.succeeded(), plan.keyspace, writes_started)
+                .await,
+        ),
+        None => None,
+    };
     let summary = Summary {
         plan: Plan::clone(&plan),
         tally,
@@ -108,8 +122,27 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
         stop_reason,
     };
     match cli.write_out {
-        OutputFormat::Json => crate::print_json(&summary.json())?,
-        OutputFormat::Text | OutputFormat::Table => crate::write_stdout(summary.text().as_bytes())?,
+        OutputFormat::Json => {
+            let mut json = summary.json();
+            if let Some(watched) = &watched {
+                json["watch"] = watched.json();
+            }
+            crate::print_json(&json)?
+        }
+        OutputFormat::Text | OutputFormat::Table => {
+            let mut text = summary.text();
+            if let Some(watched) = &watched {
+                text += &watched.text();
+            }
+            crate::write_stdout(text.as_bytes())?
+        }
+    }
+    if watched
+        .as_ref()
+        .is_some_and(watch::WatchSummary::lost_events)
+    {
+        eprintln!("kvstore-cli: bench: some events never arrived (see the events line)");
+        return Ok(EXIT_FAILED);
     }
     if summary.every_request_failed() {
         eprintln!(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::args::{BenchArgs, Consistency, Protocol, Workload};
 use crate::bench::keys;
+use crate::bench::watch::{self, WatchPlan};
 
 /// Most concurrent clients (tasks with a request in flight). Each holds a
 /// latency histogram of some tens of KiB.
@@ -80,6 +81,63 @@ pub struct Plan {
     pub protocol: Protocol,
     /// Settings that are allowed but likely unintended, to print on stderr.
     pub warnings: Vec<String>,
+    /// watch: the watches.
+    pub watch: Option<WatchPlan>,
+}
+
+/// Most watches of a `bench watch` run.
+const WATCHERS_MAX: u64 = 1_000_000;
+/// Most watch streams of a run.
+const WATCH_STREAMS_MAX: u64 = 10_000;
+
+/// The watches of `bench watch`, checked; None for other workloads.
+fn watch_plan(arguments: &BenchArgs) -> Result<Option<WatchPlan>, String> {
+    let given = arguments.watchers.is_some()
+        || arguments.prefix_watchers > 0
+        || arguments.watch_streams != 16;
+    if arguments.workload != Workload::Watch {
+        if given {
+            return Err(
+                "--watchers, --prefix-watchers and --watch-streams apply only to `bench watch`"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    let watchers = arguments.watchers.unwrap_or(arguments.keyspace);
+    check_range(
+        "--watchers",
+        watchers,
+        0,
+        arguments.keyspace.min(WATCHERS_MAX),
+    )?;
+    check_range(
+        "--prefix-watchers",
+        arguments.prefix_watchers,
+        0,
+        WATCHERS_MAX,
+    )?;
+    check_range(
+        "--watch-streams",
+        arguments.watch_streams,
+        1,
+        WATCH_STREAMS_MAX,
+    )?;
+    if watchers + arguments.prefix_watchers == 0 {
+        return Err("bench watch needs --watchers or --prefix-watchers above 0".into());
+    }
+    if (arguments.value_size_bytes as usize) < watch::STAMP_BYTES {
+        return Err(format!(
+            "bench watch needs --value-size of at least {} (the send time)",
+            watch::STAMP_BYTES
+        ));
+    }
+    Ok(Some(WatchPlan {
+        watchers,
+        prefix_watchers: arguments.prefix_watchers,
+        streams: arguments.watch_streams,
+        drain: arguments.watch_drain,
+    }))
 }
 
 impl Plan {
@@ -176,11 +234,13 @@ impl Plan {
                 ratio
             }
             (_, Some(_)) => return Err("--ratio applies only to `bench mixed`".into()),
-            (Workload::Put | Workload::Txn, None) => 0.0,
+            (Workload::Put | Workload::Txn | Workload::Watch, None) => 0.0,
             (Workload::Get | Workload::Range, None) => 1.0,
         };
-        if matches!(arguments.workload, Workload::Put | Workload::Txn)
-            && arguments.consistency.is_some()
+        if matches!(
+            arguments.workload,
+            Workload::Put | Workload::Txn | Workload::Watch
+        ) && arguments.consistency.is_some()
         {
             return Err(
                 "--consistency applies to reads: `bench get`, `bench mixed` or `bench range`"
@@ -207,8 +267,9 @@ impl Plan {
         } else if arguments.no_prefill {
             false
         } else {
-            arguments.workload != Workload::Put
+            !matches!(arguments.workload, Workload::Put | Workload::Watch)
         };
+        let watch = watch_plan(arguments)?;
 
         Ok(Plan {
             workload: arguments.workload,
@@ -229,6 +290,7 @@ impl Plan {
             progress_hidden: arguments.no_progress,
             protocol: arguments.protocol,
             warnings,
+            watch,
         })
     }
 

@@ -188,7 +188,7 @@ impl Client {
                 }
                 return failed;
             }
-            Workload::Put | Workload::Get | Workload::Mixed => {}
+            Workload::Put | Workload::Get | Workload::Mixed | Workload::Watch => {}
         }
         let key = keys::key(
             self.random.random_range(0..plan.keyspace),
@@ -205,7 +205,10 @@ impl Client {
             }
             failed
         } else {
-            let value = keys::random_value(&mut self.random, plan.value_size_bytes);
+            let mut value = keys::random_value(&mut self.random, plan.value_size_bytes);
+            if plan.workload == Workload::Watch {
+                crate::bench::watch::stamp(&mut value);
+            }
             self.put(key, value).await
         }
     }

@@ -112,7 +112,11 @@ pub(super) fn assemble(
         key_bytes_max: config.key_bytes_max,
         value_bytes_max: config.value_bytes_max,
     };
-    let watch_hub = WatchHub::new(state_machine.revision, config.watchers_max);
+    let watch_hub = WatchHub::new(
+        state_machine.revision,
+        config.watchers_max,
+        config.inject_fault == Some(crate::config::InjectedFault::WatchResumeLate),
+    );
     metrics.watch_watch_hub(watch_hub.clone());
     let node = Node::new(NodeParts {
         membership: membership.clone(),

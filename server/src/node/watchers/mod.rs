@@ -190,6 +190,9 @@ pub struct WatchCounters {
 pub struct WatchHub {
     state: Mutex<HubState>,
     watchers_max: usize,
+    /// A deliberate bug (`--inject-fault watch-resume-late`): watches start
+    /// one revision after the one asked for.
+    resume_late: bool,
     /// Wakes the catch-up task.
     catchup: Notify,
     /// Counters for `/metrics`.
@@ -198,14 +201,16 @@ pub struct WatchHub {
 
 impl WatchHub {
     /// A hub whose store is at `revision`, serving at most `watchers_max`
-    /// watchers.
-    pub fn new(revision: u64, watchers_max: usize) -> Arc<Self> {
+    /// watchers (`resume_late`: the deliberate bug of
+    /// `--inject-fault watch-resume-late`).
+    pub fn new(revision: u64, watchers_max: usize, resume_late: bool) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(HubState {
                 published: revision,
                 ..HubState::default()
             }),
             watchers_max,
+            resume_late,
             catchup: Notify::new(),
             counters: WatchCounters::default(),
         })
@@ -311,6 +316,8 @@ impl WatchHub {
         stream_state.watches.insert(watch_id);
         let next = if spec.start_revision == 0 {
             published + 1
+        } else if self.resume_late {
+            spec.start_revision + 1
         } else {
             spec.start_revision
         };
