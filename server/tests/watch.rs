@@ -641,3 +641,97 @@ async fn quiet_watches_get_progress_notifications_and_progress_requests_are_answ
         .await
         .is_none());
 }
+
+/// A metric's value in a scrape of `/metrics` at `address` (a series is
+/// named with its labels, as `kvstore_snapshots_total{kind="installed"}`).
+fn metric(address: SocketAddr, series: &str) -> f64 {
+    let scraped = support::http_get(address, "/metrics").expect("metrics");
+    scraped
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A follower frozen while the leader moves on far enough to compact its
+/// log, so that it catches up by installing a snapshot: revisions that came
+/// without events. Its watcher gets every one of them from the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_a_follower_that_installs_a_snapshot_misses_nothing() {
+    let _serial = support::serial();
+    let mut cluster = Cluster::start_observed(3, &["--snapshot-entries", "50"]);
+    let (leader, _) = cluster.wait_for_leader(WAIT).await;
+    support::wait_for_revisions(cluster.node(leader).client_addr).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut kv = cluster.node(leader).client().await;
+    let start = revision_of(
+        &kv.put(put("n/start", "0"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header,
+    ) + 1;
+    let mut stream = WatchStream::open(cluster.node(follower).client_addr).await;
+    stream
+        .create(pb::WatchCreateRequest {
+            start_revision: start,
+            ..prefix("n/")
+        })
+        .await;
+    let mut seen = Vec::new();
+    let mut last = 0;
+    for round in 0..10 {
+        last = revision_of(
+            &kv.put(put("n/a", &round.to_string()))
+                .await
+                .unwrap()
+                .into_inner()
+                .header,
+        );
+    }
+    seen.extend(stream.events_through(last).await);
+    cluster.node(follower).signal("STOP");
+    for round in 0..400 {
+        let key = format!("n/{}", round % 5);
+        last = revision_of(
+            &kv.put(put(&key, &round.to_string()))
+                .await
+                .unwrap()
+                .into_inner()
+                .header,
+        );
+    }
+    cluster.node(follower).signal("CONT");
+    seen.extend(stream.events_through(last).await);
+    assert_each_revision_once(&seen, start, last, "the follower's watch");
+    let metrics = cluster
+        .node(follower)
+        .metrics_addr
+        .expect("an observed node");
+    assert!(
+        metric(metrics, "kvstore_snapshots_total{kind=\"installed\"}") >= 1.0,
+        "the follower caught up without a snapshot: this test proves nothing"
+    );
+}
+
+/// A node stopping gracefully ends its watch streams with UNAVAILABLE
+/// (clients resume elsewhere) instead of waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_open_watch_streams() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&directory.path().join("node"), &[]);
+    support::wait_for_revisions(server.client_addr).await;
+    let mut stream = WatchStream::open(server.client_addr).await;
+    stream.create(prefix("g/")).await;
+    let started = Instant::now();
+    server.signal("TERM");
+    let ended = tokio::time::timeout(WAIT, stream.responses.message())
+        .await
+        .expect("the stream ends when the node stops");
+    let status = ended.expect_err("an error status, not a clean end");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(server.wait_exit(WAIT), Some(0));
+    eprintln!("stopped in {:?} with a watch open", started.elapsed());
+}
