@@ -33,9 +33,13 @@ pub enum KvError {
     #[error("{0}")]
     OutOfRange(String),
     /// The cluster cannot serve the request in its present state (its
-    /// storage version is below the one the request needs).
+    /// storage version is below the one the request needs, a lease id in
+    /// use).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the request names does not exist (a lease).
+    #[error("{0}")]
+    NotFound(String),
     /// The node's storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -54,6 +58,8 @@ impl From<Refusal> for KvError {
             Refusal::StorageVersion { .. } => KvError::FailedPrecondition(message),
             Refusal::Revision(_) => KvError::OutOfRange(message),
             Refusal::Invalid(_) => KvError::InvalidArgument(message),
+            Refusal::LeaseNotFound(_) => KvError::NotFound(message),
+            Refusal::LeaseExists(_) => KvError::FailedPrecondition(message),
         }
     }
 }
@@ -71,6 +77,7 @@ impl KvError {
             tonic::Code::FailedPrecondition => {
                 KvError::FailedPrecondition(status.message().to_string())
             }
+            tonic::Code::NotFound => KvError::NotFound(status.message().to_string()),
             // Never sent: as good as "not the leader"; retried through the next leader.
             tonic::Code::Unavailable if never_sent => KvError::NotLeader(format!(
                 "cannot reach leader {leader_id}: {}",
@@ -116,6 +123,7 @@ impl From<KvError> for tonic::Status {
             KvError::OutcomeUnknown(_) => tonic::Status::unknown(message),
             KvError::OutOfRange(_) => tonic::Status::out_of_range(message),
             KvError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            KvError::NotFound(_) => tonic::Status::not_found(message),
             KvError::Storage(StoreError::Closed) => tonic::Status::unavailable(message),
             KvError::Storage(_) => tonic::Status::internal(message),
         }

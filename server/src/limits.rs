@@ -107,3 +107,7 @@ pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_se
 pub const STORAGE_FILE_DESCRIPTORS_RESERVE: u64 = 1024 + 128;
 /// File descriptors kept per peer for the connections this node opens to it.
 pub const FILE_DESCRIPTORS_PER_PEER: u64 = 4;
+
+/// Longest lease time to live, in seconds (etcd's `MaxLeaseTTL`, about
+/// 285 years): a grant above it fails with OUT_OF_RANGE.
+pub const LEASE_TTL_SECONDS_MAX: u64 = 9_000_000_000;

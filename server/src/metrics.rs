@@ -53,11 +53,15 @@ pub enum Operation {
     Txn,
     /// `KV.Compact`.
     Compact,
+    /// `Lease.LeaseGrant`.
+    LeaseGrant,
+    /// `Lease.LeaseRevoke`.
+    LeaseRevoke,
 }
 
 impl Operation {
     /// Every operation, in label order.
-    pub const ALL: [Operation; 8] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Put,
         Operation::Get,
         Operation::Delete,
@@ -66,6 +70,8 @@ impl Operation {
         Operation::DeleteRange,
         Operation::Txn,
         Operation::Compact,
+        Operation::LeaseGrant,
+        Operation::LeaseRevoke,
     ];
 
     /// The label value.
@@ -78,6 +84,8 @@ impl Operation {
             Operation::Range => "range",
             Operation::DeleteRange => "delete_range",
             Operation::Txn => "txn",
+            Operation::LeaseGrant => "lease_grant",
+            Operation::LeaseRevoke => "lease_revoke",
             Operation::Compact => "compact",
         }
     }

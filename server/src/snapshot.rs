@@ -446,7 +446,14 @@ pub fn write_merged(
             // Refused in a single-version store (the caller takes a
             // multi-version snapshot from the store once the storage version
             // is raised).
-            Some(Command::Txn(_) | Command::Compact { .. }) | None => None,
+            Some(
+                Command::Txn(_)
+                | Command::Compact { .. }
+                | Command::LeaseGrant { .. }
+                | Command::LeaseRevoke { .. }
+                | Command::LeaseCheckpoint { .. },
+            )
+            | None => None,
             Some(Command::SetStorageVersion { version }) => {
                 return Err(SnapshotError::Store(StoreError::Engine(format!(
                     "entry {} raises the storage version to {version}: the snapshot must be taken from the store",

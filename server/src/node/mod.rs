@@ -737,8 +737,12 @@ fn forwarded_operation(command: &Command) -> Operation {
     match command {
         Command::Put { .. } => Operation::Put,
         Command::Delete { .. } => Operation::Delete,
-        Command::Txn(_) | Command::Compact { .. } | Command::SetStorageVersion { .. } => {
-            Operation::Txn
-        }
+        Command::LeaseGrant { .. } => Operation::LeaseGrant,
+        Command::LeaseRevoke { .. } => Operation::LeaseRevoke,
+        // The leader's own (never forwarded).
+        Command::Txn(_)
+        | Command::Compact { .. }
+        | Command::SetStorageVersion { .. }
+        | Command::LeaseCheckpoint { .. } => Operation::Txn,
     }
 }

@@ -136,6 +136,7 @@ fn duplicate(error: &KvError) -> KvError {
         KvError::OutcomeUnknown(message) => KvError::OutcomeUnknown(message.clone()),
         KvError::OutOfRange(message) => KvError::OutOfRange(message.clone()),
         KvError::FailedPrecondition(message) => KvError::FailedPrecondition(message.clone()),
+        KvError::NotFound(message) => KvError::NotFound(message.clone()),
         KvError::Storage(error) => KvError::Unavailable(error.to_string()),
     }
 }

@@ -4,6 +4,7 @@
 //! client API, a follower's forward, a forged message on the raft port).
 
 use crate::errors::KvError;
+use crate::limits;
 use crate::state_machine::mvcc::compare::CompareTarget;
 use crate::state_machine::mvcc::txn::{self, TxnOp, TxnRequest};
 use crate::state_machine::Command;
@@ -58,7 +59,11 @@ impl RequestLimits {
                     .map_err(|error| KvError::InvalidArgument(error.to_string()))?;
                 self.check_txn(request)
             }
-            Command::Compact { .. } | Command::SetStorageVersion { .. } => Ok(()),
+            Command::LeaseGrant { ttl_seconds, .. } => check_lease_ttl(*ttl_seconds),
+            Command::Compact { .. }
+            | Command::SetStorageVersion { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint { .. } => Ok(()),
         }
     }
 
@@ -102,6 +107,23 @@ impl RequestLimits {
         }
         Ok(())
     }
+}
+
+/// A lease's time to live: at least a second, at most
+/// [`limits::LEASE_TTL_SECONDS_MAX`].
+pub fn check_lease_ttl(ttl_seconds: u64) -> Result<(), KvError> {
+    if ttl_seconds == 0 {
+        return Err(KvError::InvalidArgument(
+            "lease TTL must be at least 1 second".into(),
+        ));
+    }
+    if ttl_seconds > limits::LEASE_TTL_SECONDS_MAX {
+        return Err(KvError::OutOfRange(format!(
+            "etcdserver: too large lease TTL: {ttl_seconds} s, at most {} s",
+            limits::LEASE_TTL_SECONDS_MAX
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,8 +12,11 @@ use super::mvcc::txn::{InvalidTxn, TxnRequest, TxnResponse};
 pub const STORAGE_VERSION_SINGLE: u32 = 1;
 /// The multi-version store: revisions, ranges, transactions.
 pub const STORAGE_VERSION_MVCC: u32 = 2;
+/// Leases: the lease table, keys attached to leases (no conversion: a
+/// version-2 store is a version-3 store without leases).
+pub const STORAGE_VERSION_LEASES: u32 = 3;
 /// The highest storage version this release can apply.
-pub const STORAGE_VERSION_MAX: u32 = STORAGE_VERSION_MVCC;
+pub const STORAGE_VERSION_MAX: u32 = STORAGE_VERSION_LEASES;
 
 /// One client write, as the log carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,26 @@ pub enum Command {
         /// The new version.
         version: u32,
     },
+    /// Grant a lease. Needs [`STORAGE_VERSION_LEASES`].
+    LeaseGrant {
+        /// The lease id (0: the applier picks one from the entry's index).
+        id: u64,
+        /// Its time to live, in seconds (checked when proposed).
+        ttl_seconds: u64,
+    },
+    /// Revoke a lease: its keys are deleted at one revision. Needs
+    /// [`STORAGE_VERSION_LEASES`].
+    LeaseRevoke {
+        /// The lease.
+        id: u64,
+    },
+    /// Record the remaining time to live of leases, so that a new leader
+    /// restarts them from there rather than from their full TTL. Needs
+    /// [`STORAGE_VERSION_LEASES`].
+    LeaseCheckpoint {
+        /// (lease, remaining seconds).
+        checkpoints: Vec<(u64, u64)>,
+    },
 }
 
 impl Command {
@@ -51,7 +74,12 @@ impl Command {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Command::Put { key, .. } | Command::Delete { key } => Some(key),
-            Command::Txn(_) | Command::Compact { .. } | Command::SetStorageVersion { .. } => None,
+            Command::Txn(_)
+            | Command::Compact { .. }
+            | Command::SetStorageVersion { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseCheckpoint { .. } => None,
         }
     }
 }
@@ -77,6 +105,16 @@ pub enum Refusal {
     /// key (gRPC INVALID_ARGUMENT).
     #[error("{0}")]
     Invalid(String),
+    /// The lease does not exist: never granted, expired or revoked (gRPC
+    /// NOT_FOUND, etcd's message).
+    #[error(
+        "etcdserver: requested lease not found (lease {0:x}: never granted, or expired or revoked)"
+    )]
+    LeaseNotFound(u64),
+    /// A lease with this id exists already (gRPC FAILED_PRECONDITION, etcd's
+    /// message).
+    #[error("etcdserver: lease already exists (lease {0:x})")]
+    LeaseExists(u64),
 }
 
 impl From<InvalidTxn> for Refusal {
@@ -97,6 +135,7 @@ impl Refusal {
             MvccError::DuplicateKey { .. }
             | MvccError::InvalidRange
             | MvccError::KeyNotFound { .. } => Some(Refusal::Invalid(error.to_string())),
+            MvccError::LeaseNotFound { lease } => Some(Refusal::LeaseNotFound(*lease)),
         }
     }
 }
@@ -110,6 +149,22 @@ pub enum Outcome {
     Compacted,
     /// The storage version is now this one.
     StorageVersion(u32),
+    /// A lease was granted.
+    LeaseGranted {
+        /// Its id.
+        id: u64,
+        /// Its time to live, in seconds.
+        ttl_seconds: u64,
+    },
+    /// A lease was revoked (its keys deleted at the entry's revision).
+    LeaseRevoked {
+        /// The lease.
+        id: u64,
+        /// Keys deleted with it.
+        deleted: u64,
+    },
+    /// Lease checkpoints were recorded.
+    LeaseCheckpointed,
     /// The command changed nothing, for this reason.
     Refused(Refusal),
 }

@@ -141,20 +141,20 @@ pub fn put_from_proto(request: pb::PutRequest) -> Result<TxnOp, BadRequest> {
     if request.key.is_empty() {
         return Err(bad("key is not provided"));
     }
-    if request.lease != 0 {
-        return Err(bad(format!(
-            "lease {} not found: leases come with a later release",
-            request.lease
-        )));
-    }
+    let lease = u64::try_from(request.lease)
+        .map_err(|_| bad(format!("lease {} is negative", request.lease)))?;
     if request.ignore_value && !request.value.is_empty() {
         return Err(bad("value is provided with ignore_value"));
+    }
+    if request.ignore_lease && lease != 0 {
+        return Err(bad("etcdserver: lease is provided (with ignore_lease)"));
     }
     Ok(TxnOp::Put {
         key: request.key,
         value: request.value,
-        lease: 0,
+        lease,
         ignore_value: request.ignore_value,
+        ignore_lease: request.ignore_lease,
     })
 }
 
@@ -299,13 +299,14 @@ fn op_to_proto(op: &TxnOp, prev_kv: bool) -> pb::RequestOp {
             value,
             lease,
             ignore_value,
+            ignore_lease,
         } => Request::RequestPut(pb::PutRequest {
             key: key.clone(),
             value: value.clone(),
             lease: signed(*lease),
             prev_kv,
             ignore_value: *ignore_value,
-            ignore_lease: false,
+            ignore_lease: *ignore_lease,
         }),
         TxnOp::DeleteRange { span } => Request::RequestDeleteRange(pb::DeleteRangeRequest {
             key: span.key.clone(),
@@ -545,6 +546,7 @@ mod tests {
                     value: if ignore_value { Vec::new() } else { value },
                     lease: 0,
                     ignore_value,
+                    ignore_lease: false,
                 }),
             (key.clone(), 0usize..3, 0u64..5, any::<bool>()).prop_map(
                 |(key, limit, revision, keys_only)| TxnOp::Range(RangeRequest {

@@ -46,6 +46,23 @@ pub fn to_proto(command: Command, request_id: &str) -> pb::Command {
         Command::SetStorageVersion { version } => {
             pb::command::Operation::StorageVersion(pb::StorageVersionOperation { version })
         }
+        Command::LeaseGrant { id, ttl_seconds } => {
+            pb::command::Operation::LeaseGrant(pb::LeaseGrantOperation { id, ttl_seconds })
+        }
+        Command::LeaseRevoke { id } => {
+            pb::command::Operation::LeaseRevoke(pb::LeaseRevokeOperation { id })
+        }
+        Command::LeaseCheckpoint { checkpoints } => {
+            pb::command::Operation::LeaseCheckpoint(pb::LeaseCheckpointOperation {
+                checkpoints: checkpoints
+                    .into_iter()
+                    .map(|(id, remaining_seconds)| pb::LeaseCheckpoint {
+                        id,
+                        remaining_seconds,
+                    })
+                    .collect(),
+            })
+        }
     };
     pb::Command {
         operation: Some(operation),
@@ -67,6 +84,18 @@ pub fn from_proto(command: pb::Command) -> Result<(Command, String), DecodeError
         },
         pb::command::Operation::StorageVersion(set) => Command::SetStorageVersion {
             version: set.version,
+        },
+        pb::command::Operation::LeaseGrant(grant) => Command::LeaseGrant {
+            id: grant.id,
+            ttl_seconds: grant.ttl_seconds,
+        },
+        pb::command::Operation::LeaseRevoke(revoke) => Command::LeaseRevoke { id: revoke.id },
+        pb::command::Operation::LeaseCheckpoint(checkpoint) => Command::LeaseCheckpoint {
+            checkpoints: checkpoint
+                .checkpoints
+                .into_iter()
+                .map(|checkpoint| (checkpoint.id, checkpoint.remaining_seconds))
+                .collect(),
         },
     };
     Ok((decoded, command.request_id))
@@ -172,6 +201,7 @@ mod tests {
                             value,
                             lease: 0,
                             ignore_value: false,
+                            ignore_lease: false,
                         }],
                         failure: Vec::new(),
                     })

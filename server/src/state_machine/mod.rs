@@ -16,13 +16,14 @@
 
 pub mod command;
 pub mod kv_encoding;
+pub mod lease;
 pub mod log_encoding;
 pub mod mvcc;
 pub mod view;
 
 pub use command::{
-    Applied, Command, Outcome, Refusal, STORAGE_VERSION_MAX, STORAGE_VERSION_MVCC,
-    STORAGE_VERSION_SINGLE,
+    Applied, Command, Outcome, Refusal, STORAGE_VERSION_LEASES, STORAGE_VERSION_MAX,
+    STORAGE_VERSION_MVCC, STORAGE_VERSION_SINGLE,
 };
 use kvstore_raft::{Entry, Index, SnapshotMetadata};
 use mvcc::store::{self as mvcc_store, Change, KeySpan, Meta, MvccError, WriteTxn};
@@ -486,6 +487,93 @@ fn apply_command(
                 needed: STORAGE_VERSION_MVCC,
             },
         )),
+        Command::LeaseGrant { .. }
+        | Command::LeaseRevoke { .. }
+        | Command::LeaseCheckpoint { .. }
+            if state.storage_version < STORAGE_VERSION_LEASES =>
+        {
+            Ok(refused(
+                state,
+                Refusal::StorageVersion {
+                    current: state.storage_version,
+                    needed: STORAGE_VERSION_LEASES,
+                },
+            ))
+        }
+        Command::LeaseGrant { id, ttl_seconds } => {
+            // No revision: a grant changes no key (as etcd).
+            view.require_atomic();
+            let id = if id == 0 {
+                lease::pick_id(view, index)?
+            } else if lease::get(view, id)?.is_some() {
+                return Ok(refused(state, Refusal::LeaseExists(id)));
+            } else {
+                id
+            };
+            let mut batch = WriteBatch::new();
+            lease::put(
+                &mut batch,
+                id,
+                lease::LeaseRecord {
+                    ttl_seconds,
+                    remaining_seconds: 0,
+                },
+            );
+            view.write(batch)?;
+            Ok(Applied {
+                outcome: Some(Box::new(Outcome::LeaseGranted { id, ttl_seconds })),
+                ..Applied::simple(index, true, state.revision)
+            })
+        }
+        Command::LeaseRevoke { id } => {
+            view.require_atomic();
+            if lease::get(view, id)?.is_none() {
+                return Ok(refused(state, Refusal::LeaseNotFound(id)));
+            }
+            // Every attached key is deleted at one revision (none: no new
+            // revision), then the lease.
+            let attached = lease::attached_keys(view, id)?;
+            let done = write_txn(view, state, changes, |txn| {
+                let mut deleted = 0u64;
+                for key in &attached {
+                    deleted += txn.delete_range(&KeySpan::single(key.clone()))?.len() as u64;
+                }
+                Ok(deleted)
+            })?;
+            let deleted = match done {
+                TxnResult::Done(deleted) => deleted,
+                TxnResult::Refused(reason) => return Ok(refused(state, reason)),
+                TxnResult::WouldWait => return Ok(Applied::simple(index, false, state.revision)),
+            };
+            let mut batch = WriteBatch::new();
+            batch.delete(mvcc::keys::lease_key(id));
+            view.write(batch)?;
+            Ok(Applied {
+                outcome: Some(Box::new(Outcome::LeaseRevoked { id, deleted })),
+                ..Applied::simple(index, true, state.revision)
+            })
+        }
+        Command::LeaseCheckpoint { checkpoints } => {
+            view.require_atomic();
+            let mut batch = WriteBatch::new();
+            for (id, remaining_seconds) in checkpoints {
+                if let Some(record) = lease::get(view, id)? {
+                    lease::put(
+                        &mut batch,
+                        id,
+                        lease::LeaseRecord {
+                            remaining_seconds,
+                            ..record
+                        },
+                    );
+                }
+            }
+            view.write(batch)?;
+            Ok(Applied {
+                outcome: Some(Box::new(Outcome::LeaseCheckpointed)),
+                ..Applied::simple(index, true, state.revision)
+            })
+        }
         Command::Put { key, value } => {
             let done = write_txn(view, state, changes, |txn| txn.put(&key, value, 0))?;
             Ok(match done {
@@ -552,10 +640,14 @@ fn apply_command(
                 );
             }
             if version > state.storage_version {
-                convert_to_multi_version(view)?;
+                // Only the step to revisions converts the store; leases
+                // need nothing from a multi-version one.
+                if state.storage_version < STORAGE_VERSION_MVCC {
+                    convert_to_multi_version(view)?;
+                    state.revision = mvcc_store::FIRST_REVISION;
+                    state.compacted = 0;
+                }
                 state.storage_version = version;
-                state.revision = mvcc_store::FIRST_REVISION;
-                state.compacted = 0;
             }
             Ok(Applied {
                 outcome: Some(Box::new(Outcome::StorageVersion(state.storage_version))),
@@ -599,7 +691,13 @@ fn write_txn<T>(
     let mut txn = WriteTxn::begin_at(view, before);
     let result = write(&mut txn);
     let written = txn.take_changes();
+    let touches_leases = txn.touches_leases();
     let (batch, meta) = txn.finish();
+    if touches_leases {
+        // The attachment index carries no revision: a torn write of it
+        // could not be repaired (`mvcc::keys`).
+        view.require_atomic();
+    }
     if view.would_wait() {
         return Ok(TxnResult::WouldWait);
     }
@@ -662,11 +760,13 @@ fn convert_to_multi_version(view: &mut BatchView<'_>) -> Result<(), StoreError> 
 
 /// Prefixes of every table a restore clears: the single-version data and
 /// the multi-version tables.
-const DATA_TABLE_PREFIXES: [&[u8]; 4] = [
+const DATA_TABLE_PREFIXES: [&[u8]; 6] = [
     DATA_PREFIX,
     mvcc::keys::REVISION_PREFIX,
     mvcc::keys::HISTORY_PREFIX,
     mvcc::keys::LATEST_PREFIX,
+    mvcc::keys::LEASE_PREFIX,
+    mvcc::keys::ATTACHED_PREFIX,
 ];
 
 /// Starts replacing the whole state with a snapshot's: marks the restore as
@@ -742,11 +842,19 @@ fn latest_from_history(
     if last_key.as_ref() == Some(&key) {
         return Ok(false);
     }
-    let live = matches!(
-        mvcc::record::HistoryRecord::decode(value)
-            .map_err(|error| StoreError::Engine(format!("a history record: {error}")))?,
-        mvcc::record::HistoryRecord::Live(_)
-    );
+    let record = mvcc::record::HistoryRecord::decode(value)
+        .map_err(|error| StoreError::Engine(format!("a history record: {error}")))?;
+    let live = match record {
+        mvcc::record::HistoryRecord::Live(record) => {
+            // The attachment index follows the live records (a snapshot
+            // does not carry it).
+            if record.lease != 0 {
+                batch.put(mvcc::keys::attached_key(record.lease, &key), Vec::new());
+            }
+            true
+        }
+        mvcc::record::HistoryRecord::Tombstone => false,
+    };
     if live {
         batch.put(mvcc::keys::latest_key(&key), value.to_vec());
     }
@@ -797,7 +905,9 @@ pub fn restore_records(
     for (stored, value) in pairs {
         if stored.starts_with(mvcc::keys::HISTORY_PREFIX) {
             latest_from_history(&mut batch, &stored, &value, last_key)?;
-        } else if !stored.starts_with(mvcc::keys::REVISION_PREFIX) {
+        } else if !stored.starts_with(mvcc::keys::REVISION_PREFIX)
+            && !stored.starts_with(mvcc::keys::LEASE_PREFIX)
+        {
             return Err(StoreError::Engine(format!(
                 "a multi-version snapshot holds a key outside its tables: {stored:?}"
             )));
@@ -856,6 +966,17 @@ pub fn snapshot_records(
         })
         .collect();
     Ok((kept, next))
+}
+
+/// The lease table as a snapshot holds it, after the history (`l/` sorts
+/// after `h/`). It carries no revision: read it at the snapshot's index,
+/// with the applied record. The attachment index is not in a snapshot:
+/// [`restore_records`] rebuilds it from the live records.
+pub fn snapshot_leases(store: &mut dyn Store) -> Result<Vec<KeyValue>, StoreError> {
+    Ok(lease::all(store)?
+        .into_iter()
+        .map(|(id, record)| (mvcc::keys::lease_key(id), record.encode()))
+        .collect())
 }
 
 /// Where a physical compaction stands after one step.
@@ -1154,6 +1275,7 @@ mod tests {
                     value: value.into(),
                     lease: 0,
                     ignore_value: false,
+                    ignore_lease: false,
                 }],
                 failure: Vec::new(),
             })
@@ -1286,12 +1408,14 @@ mod tests {
                         value: b"written first".to_vec(),
                         lease: 0,
                         ignore_value: false,
+                        ignore_lease: false,
                     },
                     TxnOp::Put {
                         key: b"missing".to_vec(),
                         value: Vec::new(),
                         lease: 0,
                         ignore_value: true,
+                        ignore_lease: false,
                     },
                 ],
                 failure: Vec::new(),
@@ -1331,6 +1455,226 @@ mod tests {
                 Err(Refusal::Revision(_))
             ));
             assert_eq!(range_all(&mut store, 2).unwrap().len(), 1);
+        }
+
+        /// A txn that puts `value` under `key` attached to `lease`.
+        fn leased_put(key: &str, value: &str, lease: u64) -> Command {
+            Command::Txn(TxnRequest {
+                compares: Vec::new(),
+                success: vec![TxnOp::Put {
+                    key: key.into(),
+                    value: value.into(),
+                    lease,
+                    ignore_value: false,
+                    ignore_lease: false,
+                }],
+                failure: Vec::new(),
+            })
+        }
+
+        fn raise_to_leases(index: Index) -> kvstore_raft::Entry {
+            command(
+                index,
+                Command::SetStorageVersion {
+                    version: STORAGE_VERSION_LEASES,
+                },
+            )
+        }
+
+        /// Every entry of the attachment index, as (lease, key).
+        fn attachments(store: &mut dyn Store) -> Vec<(u64, Vec<u8>)> {
+            store
+                .scan(
+                    &KeyRange::prefix(mvcc::keys::ATTACHED_PREFIX.to_vec()),
+                    1_000,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|(stored, _)| {
+                    let rest = &stored[mvcc::keys::ATTACHED_PREFIX.len()..];
+                    (
+                        u64::from_be_bytes(rest[..8].try_into().unwrap()),
+                        rest[8..].to_vec(),
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_revoke_deletes_the_keys_of_its_lease_at_one_revision() {
+            let mut store = MemoryStore::new();
+            // From storage version 1 straight to leases: the store converts.
+            apply(&mut store, &[put(1, "a", "1"), raise_to_leases(2)]).unwrap();
+            assert_eq!(applied_state(&mut store).unwrap().revision, 1);
+            assert_eq!(range_all(&mut store, 0).unwrap().len(), 1);
+            let applied = apply(
+                &mut store,
+                &[
+                    command(
+                        3,
+                        Command::LeaseGrant {
+                            id: 0,
+                            ttl_seconds: 10,
+                        },
+                    ),
+                    command(
+                        4,
+                        Command::LeaseGrant {
+                            id: 3,
+                            ttl_seconds: 5,
+                        },
+                    ),
+                    command(5, leased_put("x", "1", 3)),
+                    command(6, leased_put("y", "2", 3)),
+                    command(7, leased_put("z", "3", 99)),
+                    command(8, leased_put("y", "detached", 0)),
+                    command(9, Command::LeaseRevoke { id: 3 }),
+                    command(10, Command::LeaseRevoke { id: 3 }),
+                ],
+            )
+            .unwrap();
+            assert_eq!(
+                outcome(&applied[0]),
+                &Outcome::LeaseGranted {
+                    id: 3,
+                    ttl_seconds: 10
+                },
+                "an id from the entry's index"
+            );
+            assert_eq!(
+                outcome(&applied[1]),
+                &Outcome::Refused(Refusal::LeaseExists(3))
+            );
+            assert_eq!(applied[1].revision, 1, "a grant changes no revision");
+            assert_eq!(
+                outcome(&applied[4]),
+                &Outcome::Refused(Refusal::LeaseNotFound(99)),
+                "a put to an unknown lease is refused"
+            );
+            assert_eq!(
+                applied[4].revision, applied[3].revision,
+                "and writes nothing"
+            );
+            assert_eq!(
+                outcome(&applied[6]),
+                &Outcome::LeaseRevoked { id: 3, deleted: 1 }
+            );
+            let revoked_at = applied[6].revision;
+            assert_eq!(revoked_at, applied[5].revision + 1, "one revision");
+            let deleted: Vec<_> = applied[6]
+                .changes
+                .iter()
+                .map(|change| (change.key.clone(), change.record.is_none()))
+                .collect();
+            assert_eq!(
+                deleted,
+                vec![(b"x".to_vec(), true)],
+                "watchers see the delete"
+            );
+            assert_eq!(
+                outcome(&applied[7]),
+                &Outcome::Refused(Refusal::LeaseNotFound(3))
+            );
+            let keys: Vec<Vec<u8>> = range_all(&mut store, 0)
+                .unwrap()
+                .into_iter()
+                .map(|pair| pair.0)
+                .collect();
+            assert_eq!(keys, vec![b"a".to_vec(), b"y".to_vec()]);
+            assert!(lease::all(&mut store).unwrap().is_empty());
+            assert!(attachments(&mut store).is_empty());
+        }
+
+        #[test]
+        fn a_version_2_store_raised_to_leases_keeps_its_revisions() {
+            let mut store = MemoryStore::new();
+            apply(
+                &mut store,
+                &[raise_storage_version(1), put(2, "a", "1"), put(3, "a", "2")],
+            )
+            .unwrap();
+            let before = range_all(&mut store, 0).unwrap();
+            let applied = apply(
+                &mut store,
+                &[
+                    command(
+                        4,
+                        Command::LeaseGrant {
+                            id: 7,
+                            ttl_seconds: 1,
+                        },
+                    ),
+                    raise_to_leases(5),
+                ],
+            )
+            .unwrap();
+            assert!(matches!(
+                outcome(&applied[0]),
+                Outcome::Refused(Refusal::StorageVersion { needed: 3, .. })
+            ));
+            assert_eq!(applied_state(&mut store).unwrap().revision, 3);
+            assert_eq!(range_all(&mut store, 0).unwrap(), before);
+            assert_eq!(range_all(&mut store, 2).unwrap().len(), 1);
+        }
+
+        #[test]
+        fn leases_and_their_keys_survive_a_snapshot() {
+            let mut source = MemoryStore::new();
+            let entries = [
+                raise_to_leases(1),
+                command(
+                    2,
+                    Command::LeaseGrant {
+                        id: 0,
+                        ttl_seconds: 60,
+                    },
+                ),
+                command(
+                    3,
+                    Command::LeaseGrant {
+                        id: 50,
+                        ttl_seconds: 9,
+                    },
+                ),
+                command(4, leased_put("p", "1", 2)),
+                command(5, leased_put("q", "1", 50)),
+                command(
+                    6,
+                    Command::LeaseCheckpoint {
+                        checkpoints: vec![(2, 41), (77, 3)],
+                    },
+                ),
+            ];
+            apply(&mut source, &entries).unwrap();
+            let state = applied_state(&mut source).unwrap();
+            let (mut pairs, next) =
+                snapshot_records(&mut source, None, state.revision, 1_000).unwrap();
+            assert!(next.is_none());
+            pairs.extend(snapshot_leases(&mut source).unwrap());
+            let mut target = MemoryStore::new();
+            begin_restore(&mut target, state.snapshot).unwrap();
+            let mut last_key = None;
+            restore_records(&mut target, pairs, &mut last_key).unwrap();
+            finish_restore(&mut target, state).unwrap();
+            assert_eq!(
+                lease::all(&mut target).unwrap(),
+                lease::all(&mut source).unwrap()
+            );
+            assert_eq!(
+                lease::get(&mut target, 2)
+                    .unwrap()
+                    .unwrap()
+                    .remaining_seconds,
+                41
+            );
+            assert_eq!(attachments(&mut target), attachments(&mut source));
+            // Both revoke the same keys at the same revision.
+            let next = [command(7, Command::LeaseRevoke { id: 50 })];
+            assert_eq!(
+                apply(&mut target, &next).unwrap(),
+                apply(&mut source, &next).unwrap()
+            );
+            assert_eq!(range_all(&mut target, 0), range_all(&mut source, 0));
         }
 
         #[test]

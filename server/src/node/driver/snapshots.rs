@@ -303,8 +303,15 @@ async fn write_from_store(
 ) -> Result<(SnapshotMetadata, u64), String> {
     let failed = |error: &dyn std::fmt::Display| error.to_string();
     let _history = compaction.hold_history().await;
-    let state = store
-        .with(|store| state_machine::applied_state(store))
+    // The lease table carries no revision: it is read here, with the
+    // applied record, at the snapshot's index (the history is filtered by
+    // revision as it is read below, while applies go on).
+    let (state, leases) = store
+        .with(|store| {
+            let state = state_machine::applied_state(store)?;
+            let leases = state_machine::snapshot_leases(store)?;
+            Ok((state, leases))
+        })
         .await
         .map_err(|error| failed(&error))?;
     if state.storage_version < STORAGE_VERSION_MVCC {
@@ -330,6 +337,10 @@ async fn write_from_store(
             Some(next) => start = Some(next),
             None => break,
         }
+    }
+    // After the history: `l/` sorts after `h/`.
+    for (key, value) in &leases {
+        writer.push(key, value).map_err(|error| failed(&error))?;
     }
     let directory = directory.clone();
     let snapshot = state.snapshot;

@@ -8,6 +8,11 @@
 //!   revision order (compaction, watch's catch-up, and the repair of a
 //!   write-behind torn by a crash).
 //!
+//! - `l/<lease id>`: the lease table; `a/<lease id><user key>`: the keys
+//!   attached to each lease. A batch that writes either is written
+//!   atomically (`BatchView::require_atomic`): they carry no revision, so
+//!   the repair below could not undo a torn part of them.
+//!
 //! The prefixes sort `c/` < `h/` < `k/` < `m/` on purpose: a write-behind
 //! store that crashes mid-write keeps a key-order prefix of a batch
 //! ([`crate::storage::Store::write`]), so whenever any history or latest
@@ -27,6 +32,41 @@ pub const LATEST_PREFIX: &[u8] = b"k/";
 pub const HISTORY_PREFIX: &[u8] = b"h/";
 /// Prefix of the revision table.
 pub const REVISION_PREFIX: &[u8] = b"c/";
+/// Prefix of the lease table: `l/<lease id, 8 bytes big-endian>`.
+pub const LEASE_PREFIX: &[u8] = b"l/";
+/// Prefix of the attachment index: `a/<lease id, 8 bytes big-endian><user
+/// key>` for every live key attached to a lease (revoking a lease finds its
+/// keys here).
+pub const ATTACHED_PREFIX: &[u8] = b"a/";
+
+/// The lease table's key of lease `id`.
+pub fn lease_key(id: u64) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(LEASE_PREFIX.len() + 8);
+    stored.extend_from_slice(LEASE_PREFIX);
+    stored.extend_from_slice(&id.to_be_bytes());
+    stored
+}
+
+/// The lease id of a lease-table key.
+pub fn parse_lease_key(stored: &[u8]) -> Option<u64> {
+    let id = stored.strip_prefix(LEASE_PREFIX)?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// The attachment index's prefix of lease `id`.
+pub fn attached_prefix(id: u64) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(ATTACHED_PREFIX.len() + 8);
+    stored.extend_from_slice(ATTACHED_PREFIX);
+    stored.extend_from_slice(&id.to_be_bytes());
+    stored
+}
+
+/// The attachment index's entry of `key` attached to lease `id`.
+pub fn attached_key(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut stored = attached_prefix(id);
+    stored.extend_from_slice(key);
+    stored
+}
 
 const ESCAPE: u8 = 0x00;
 const ESCAPED_ZERO: u8 = 0xff;

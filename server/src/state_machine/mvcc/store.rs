@@ -60,6 +60,12 @@ pub enum MvccError {
         /// The key.
         key: Vec<u8>,
     },
+    /// A put attaching a key to a lease that does not exist.
+    #[error("etcdserver: requested lease not found (lease {lease:x})")]
+    LeaseNotFound {
+        /// The lease.
+        lease: u64,
+    },
 }
 
 /// The store's revision counters.
@@ -669,6 +675,9 @@ pub struct WriteTxn<'s> {
     written: HashSet<Vec<u8>>,
     /// The writes so far, in sub-revision order.
     changes: Vec<Change>,
+    /// Whether the attachment index changed (the batch must then be
+    /// written atomically: see `keys`).
+    leases_touched: bool,
 }
 
 impl std::fmt::Debug for WriteTxn<'_> {
@@ -702,7 +711,29 @@ impl<'s> WriteTxn<'s> {
             pending: BTreeMap::new(),
             written: HashSet::new(),
             changes: Vec::new(),
+            leases_touched: false,
         }
+    }
+
+    /// Whether the transaction changed which keys are attached to leases.
+    pub fn touches_leases(&self) -> bool {
+        self.leases_touched
+    }
+
+    /// Moves `key`'s entry in the attachment index from lease `before` to
+    /// lease `after` (0: none).
+    fn attach(&mut self, key: &[u8], before: u64, after: u64) {
+        if before == after {
+            return;
+        }
+        if before != 0 {
+            self.pending.insert(keys::attached_key(before, key), None);
+        }
+        if after != 0 {
+            self.pending
+                .insert(keys::attached_key(after, key), Some(Vec::new()));
+        }
+        self.leases_touched = true;
     }
 
     fn get_stored(&mut self, stored: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
@@ -799,8 +830,16 @@ impl<'s> WriteTxn<'s> {
         value: Vec<u8>,
         lease: u64,
     ) -> Result<Option<KeyRecord>, MvccError> {
+        if lease != 0 && self.get_stored(&keys::lease_key(lease))?.is_none() {
+            return Err(MvccError::LeaseNotFound { lease });
+        }
         let previous = self.latest(key)?;
         let revision = self.claim(key)?;
+        self.attach(
+            key,
+            previous.as_ref().map_or(0, |previous| previous.lease),
+            lease,
+        );
         let record = KeyRecord {
             create_revision: previous
                 .as_ref()
@@ -830,6 +869,7 @@ impl<'s> WriteTxn<'s> {
         }
         for (key, previous) in &deleted {
             let revision = self.claim(key)?;
+            self.attach(key, previous.lease, 0);
             self.record(key, revision, &HistoryRecord::Tombstone);
             self.changes.push(Change {
                 key: key.clone(),

@@ -33,6 +33,9 @@ pub enum TxnOp {
         lease: u64,
         /// Keep the key's current value (the key must exist).
         ignore_value: bool,
+        /// Keep the key's current lease (the key must exist; `lease` must
+        /// be 0).
+        ignore_lease: bool,
     },
     /// Delete the live keys of a span.
     DeleteRange {
@@ -102,6 +105,9 @@ pub enum InvalidTxn {
     /// A put with `ignore_value` carries a value.
     #[error("a put with ignore_value must not carry a value")]
     ValueWithIgnoreValue,
+    /// A put with `ignore_lease` names a lease (etcd's message).
+    #[error("etcdserver: lease is provided (a put with ignore_lease must not name a lease)")]
+    LeaseWithIgnoreLease,
 }
 
 /// What a list writes: the keys it puts and the spans it deletes.
@@ -165,10 +171,14 @@ fn validate_list(ops: &[TxnOp], nested_max: usize) -> Result<Writes, InvalidTxn>
                 key,
                 value,
                 ignore_value,
-                ..
+                lease,
+                ignore_lease,
             } => {
                 if *ignore_value && !value.is_empty() {
                     return Err(InvalidTxn::ValueWithIgnoreValue);
+                }
+                if *ignore_lease && *lease != 0 {
+                    return Err(InvalidTxn::LeaseWithIgnoreLease);
                 }
                 single.puts.insert(key.clone());
             }
@@ -239,17 +249,29 @@ fn run(txn: &mut WriteTxn<'_>, request: &TxnRequest, path: Path) -> Result<TxnRe
                 value,
                 lease,
                 ignore_value,
+                ignore_lease,
             } => {
-                let value = if *ignore_value {
+                let current = if *ignore_value || *ignore_lease {
                     match txn.latest(key)? {
-                        Some(record) => record.value,
+                        Some(record) => Some(record),
                         None => return Err(MvccError::KeyNotFound { key: key.clone() }),
                     }
                 } else {
-                    value.clone()
+                    None
+                };
+                let (value, lease) = match current {
+                    Some(record) => (
+                        if *ignore_value {
+                            record.value
+                        } else {
+                            value.clone()
+                        },
+                        if *ignore_lease { record.lease } else { *lease },
+                    ),
+                    None => (value.clone(), *lease),
                 };
                 OpResponse::Put {
-                    previous: txn.put(key, value, *lease)?,
+                    previous: txn.put(key, value, lease)?,
                 }
             }
             TxnOp::DeleteRange { span } => OpResponse::DeleteRange {
@@ -273,7 +295,7 @@ mod tests {
     use super::super::store::{meta, range_at};
     use super::*;
     use crate::storage::memory::MemoryStore;
-    use crate::storage::Store;
+    use crate::storage::{Store, WriteBatch};
 
     fn put(key: &str, value: &str) -> TxnOp {
         TxnOp::Put {
@@ -281,6 +303,7 @@ mod tests {
             value: value.into(),
             lease: 0,
             ignore_value: false,
+            ignore_lease: false,
         }
     }
 
@@ -448,9 +471,21 @@ mod tests {
                 value: Vec::new(),
                 lease: 5,
                 ignore_value: true,
+                ignore_lease: false,
             }],
             ..TxnRequest::default()
         };
+        // Lease 5 must exist to attach a key to it.
+        let mut grant = WriteBatch::new();
+        crate::state_machine::lease::put(
+            &mut grant,
+            5,
+            crate::state_machine::lease::LeaseRecord {
+                ttl_seconds: 10,
+                remaining_seconds: 0,
+            },
+        );
+        store.write(grant).unwrap();
         run_txn(&mut store, &touch("a")).unwrap();
         let now = range_at(&mut store, &KeySpan::single("a"), 0, 0).unwrap();
         assert_eq!(
