@@ -44,6 +44,9 @@ pub enum InjectedFault {
     /// A watch created with a start revision starts one revision later: a
     /// client resuming after the last revision it saw misses one.
     WatchResumeLate,
+    /// A new leader expires every lease at once instead of extending it:
+    /// keys of a lease disappear before its TTL after a leader change.
+    LeaseEarlyExpiry,
 }
 
 /// What history to keep.

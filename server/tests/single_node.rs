@@ -502,6 +502,7 @@ fn reflection_and_health_are_served() {
         let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
         assert!(names.contains(&"kvstore.v1.KV".to_string()), "{names:?}");
         assert!(names.contains(&"kvstore.v1.Watch".to_string()), "{names:?}");
+        assert!(names.contains(&"kvstore.v1.Lease".to_string()), "{names:?}");
         assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
         let mut alpha =

@@ -8,7 +8,7 @@ use super::{Node, ServedBy, WriteOutcome};
 use crate::errors::KvError;
 use crate::state_machine::{Command, Outcome};
 use crate::transport::inbound::ForwardedRequests;
-use crate::transport::leader_link::{BoxFuture, LeaderReply};
+use crate::transport::leader_link::{BoxFuture, LeaderReply, LeaseReply};
 
 fn reply(served_by: ServedBy, found: bool) -> LeaderReply {
     LeaderReply {
@@ -18,16 +18,27 @@ fn reply(served_by: ServedBy, found: bool) -> LeaderReply {
         found,
         revision: served_by.revision,
         txn: None,
+        lease: None,
     }
 }
 
 fn write_reply(outcome: WriteOutcome) -> LeaderReply {
-    LeaderReply {
-        txn: match outcome.outcome.map(|outcome| *outcome) {
-            Some(Outcome::Txn(response)) => Some(response),
-            _ => None,
+    let base = reply(outcome.served_by, outcome.found);
+    match outcome.outcome.map(|outcome| *outcome) {
+        Some(Outcome::Txn(response)) => LeaderReply {
+            txn: Some(response),
+            ..base
         },
-        ..reply(outcome.served_by, outcome.found)
+        Some(Outcome::LeaseGranted { id, ttl_seconds }) => LeaderReply {
+            lease: Some(LeaseReply {
+                id,
+                found: true,
+                ttl_seconds,
+                remaining_seconds: ttl_seconds,
+            }),
+            ..base
+        },
+        _ => base,
     }
 }
 
@@ -54,6 +65,30 @@ impl ForwardedRequests for Node {
         Box::pin(async move {
             let served_by = node.read_index_as_leader(&request_id, from).await?;
             Ok(reply(served_by, false))
+        })
+    }
+
+    fn lease(
+        &self,
+        id: u64,
+        keep_alive: bool,
+        request_id: String,
+    ) -> BoxFuture<'static, Result<LeaderReply, KvError>> {
+        let node = self.clone();
+        Box::pin(async move {
+            let leader = node.id();
+            if node.status().leader_id != leader {
+                return Err(KvError::NotLeader(format!("node {leader} does not lead")));
+            }
+            let (served_by, lease) = node.lease_query(id, keep_alive, &request_id).await?;
+            if served_by.node_id != leader {
+                // Leadership moved meanwhile: the follower asks the new one.
+                return Err(KvError::NotLeader(format!("node {leader} no longer leads")));
+            }
+            Ok(LeaderReply {
+                lease: Some(lease),
+                ..reply(served_by, lease.found)
+            })
         })
     }
 }

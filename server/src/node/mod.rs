@@ -8,6 +8,7 @@
 pub mod compactor;
 pub mod driver;
 mod forwarded;
+pub mod lessor;
 pub mod persist;
 mod read_batch;
 mod validate;
@@ -27,12 +28,13 @@ use crate::config::InjectedFault;
 use crate::errors::KvError;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Operation};
+use crate::state_machine::lease::LeaseRecord;
 use crate::state_machine::mvcc::range::{RangeOutcome, RangeRequest};
 use crate::state_machine::mvcc::txn::{TxnOp, TxnRequest, TxnResponse};
 use crate::state_machine::{self, Command, Outcome, Query, QueryAnswer};
 use crate::status::NodeStatus;
 use crate::storage::actor::StoreHandle;
-use crate::transport::leader_link::LeaderLink;
+use crate::transport::leader_link::{LeaderLink, LeaseReply};
 use driver::DriverEvent;
 use read_batch::{BatchResult, ConfirmedIndex, ReadBatches, RestartOnPanic};
 
@@ -60,6 +62,7 @@ impl ServedBy {
         let revision = match answer {
             QueryAnswer::Value(read) => read.revision,
             QueryAnswer::Range { revision, .. } => *revision,
+            QueryAnswer::Leases(_) | QueryAnswer::LeaseKeys { .. } => self.revision,
         };
         Self { revision, ..self }
     }
@@ -116,6 +119,10 @@ pub struct NodeParts {
     pub compaction: Arc<compactor::Compaction>,
     /// The watchers of this node's applied writes.
     pub watch_hub: Arc<watchers::WatchHub>,
+    /// The leases (deadlines on the leader).
+    pub lessor: Arc<std::sync::Mutex<lessor::Lessor>>,
+    /// The shortest lease TTL granted (shorter ones are raised to it).
+    pub lease_ttl_min_seconds: u64,
 }
 
 /// A handle on the running node.
@@ -138,6 +145,9 @@ impl std::fmt::Debug for Node {
 
 /// Attempts to reach the leader before a request gives up.
 const LEADER_ATTEMPTS_MAX: usize = 3;
+/// Wait for a newly elected leader to take over the leases' deadlines (its
+/// driver does on its next tick).
+const LESSOR_TAKEOVER_WAIT: Duration = Duration::from_millis(100);
 
 /// The result of a write served by the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,8 +244,19 @@ impl Node {
     /// FAILED_PRECONDITION when it does not come (a member runs an older
     /// release).
     pub async fn require_revisions(&self) -> Result<(), KvError> {
+        self.require_storage_version(state_machine::STORAGE_VERSION_MVCC)
+            .await
+    }
+
+    /// [`Node::require_revisions`] for leases (storage version 3).
+    pub async fn require_leases(&self) -> Result<(), KvError> {
+        self.require_storage_version(state_machine::STORAGE_VERSION_LEASES)
+            .await
+    }
+
+    async fn require_storage_version(&self, needed: u32) -> Result<(), KvError> {
         let mut version = self.shared.storage_version.clone();
-        let reached = |version: &u32| *version >= state_machine::STORAGE_VERSION_MVCC;
+        let reached = |version: &u32| *version >= needed;
         if reached(&version.borrow()) {
             return Ok(());
         }
@@ -247,11 +268,7 @@ impl Node {
             return Ok(());
         }
         let current = *version.borrow();
-        Err(state_machine::Refusal::StorageVersion {
-            current,
-            needed: state_machine::STORAGE_VERSION_MVCC,
-        }
-        .into())
+        Err(state_machine::Refusal::StorageVersion { current, needed }.into())
     }
 
     /// Runs a txn through the leader (a put with options and a range
@@ -355,7 +372,7 @@ impl Node {
             .await?;
         match answer {
             QueryAnswer::Range { outcome, .. } => Ok((served_by, outcome?)),
-            QueryAnswer::Value(_) => unreachable!("a range query answers a range"),
+            _ => unreachable!("a range query answers a range"),
         }
     }
 
@@ -369,7 +386,7 @@ impl Node {
         let (served_by, answer) = self.read(Query::Get(key), consistency, request_id).await?;
         match answer {
             QueryAnswer::Value(read) => Ok((served_by, read.value)),
-            QueryAnswer::Range { .. } => unreachable!("a get answers a value"),
+            _ => unreachable!("a get answers a value"),
         }
     }
 
@@ -534,7 +551,14 @@ impl Node {
                             revision: reply.revision,
                         },
                         found: reply.found,
-                        outcome: reply.txn.map(|txn| Box::new(Outcome::Txn(txn))),
+                        outcome: match (reply.txn, reply.lease) {
+                            (Some(txn), _) => Some(Box::new(Outcome::Txn(txn))),
+                            (None, Some(lease)) => Some(Box::new(Outcome::LeaseGranted {
+                                id: lease.id,
+                                ttl_seconds: lease.ttl_seconds,
+                            })),
+                            (None, None) => None,
+                        },
                     })
                 }
             }
@@ -542,6 +566,166 @@ impl Node {
         Err(KvError::NoLeader(
             "leadership kept changing while the write was retried".into(),
         ))
+    }
+
+    /// Grants a lease of `ttl_seconds` (raised to the shortest TTL the
+    /// cluster grants); `id` 0 lets the cluster pick one. Returns the
+    /// lease's id and TTL.
+    pub async fn lease_grant(
+        &self,
+        id: u64,
+        ttl_seconds: u64,
+        request_id: &str,
+    ) -> Result<(ServedBy, u64, u64), KvError> {
+        validate::check_lease_ttl(ttl_seconds)?;
+        self.require_leases().await?;
+        let ttl_seconds = ttl_seconds.max(self.shared.lease_ttl_min_seconds);
+        let outcome = self
+            .write(Command::LeaseGrant { id, ttl_seconds }, request_id)
+            .await?;
+        match outcome.outcome.as_deref() {
+            Some(Outcome::LeaseGranted { id, ttl_seconds }) => {
+                Ok((outcome.served_by, *id, *ttl_seconds))
+            }
+            other => Err(KvError::Storage(crate::storage::StoreError::Engine(
+                format!("a grant applied without a grant outcome: {other:?}"),
+            ))),
+        }
+    }
+
+    /// Revokes a lease: its keys are deleted at one revision.
+    pub async fn lease_revoke(&self, id: u64, request_id: &str) -> Result<ServedBy, KvError> {
+        self.require_leases().await?;
+        let outcome = self.write(Command::LeaseRevoke { id }, request_id).await?;
+        Ok(outcome.served_by)
+    }
+
+    /// What the leader knows of lease `id` (asked of the leader when this
+    /// node does not lead), renewed first when `keep_alive` is set: a
+    /// keep-alive. `found` is false for a lease that expired, was revoked
+    /// or never existed.
+    pub async fn lease_query(
+        &self,
+        id: u64,
+        keep_alive: bool,
+        request_id: &str,
+    ) -> Result<(ServedBy, LeaseReply), KvError> {
+        self.require_leases().await?;
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            let leader_id = self.known_leader().await?;
+            let term = self.shared.status.borrow().term;
+            if leader_id == self.id() {
+                let answer = {
+                    let mut lessor = self
+                        .shared
+                        .lessor
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let now = Instant::now();
+                    if keep_alive {
+                        lessor.keep_alive(id, now).map(|ttl| LeaseReply {
+                            id,
+                            found: true,
+                            ttl_seconds: ttl,
+                            remaining_seconds: ttl,
+                        })
+                    } else {
+                        lessor.time_to_live(id, now).map(|ttl| LeaseReply {
+                            id,
+                            found: true,
+                            ttl_seconds: ttl.granted_seconds,
+                            remaining_seconds: ttl.remaining_seconds,
+                        })
+                    }
+                };
+                let served_by = ServedBy {
+                    node_id: self.id(),
+                    leader_id,
+                    term,
+                    ..ServedBy::default()
+                };
+                match answer {
+                    Ok(reply) => return Ok((served_by, reply)),
+                    Err(lessor::LeaseRefusal::NotFound) => {
+                        return Ok((
+                            served_by,
+                            LeaseReply {
+                                id,
+                                found: false,
+                                ttl_seconds: 0,
+                                remaining_seconds: 0,
+                            },
+                        ))
+                    }
+                    // Elected, deadlines not taken over yet (next tick).
+                    Err(lessor::LeaseRefusal::NotPrimary) => {
+                        tokio::time::sleep(LESSOR_TAKEOVER_WAIT).await;
+                        continue;
+                    }
+                }
+            }
+            let forwarded = self
+                .shared
+                .leader_link
+                .lease(leader_id, term, id, keep_alive, request_id);
+            match forwarded.await {
+                Err(KvError::NotLeader(_)) => self.wait_for_leader_change(leader_id).await,
+                Err(error) => return Err(error),
+                Ok(reply) => {
+                    let served_by = ServedBy {
+                        node_id: reply.leader_id,
+                        leader_id: reply.leader_id,
+                        term: reply.term,
+                        forwarded_by: self.id(),
+                        ..ServedBy::default()
+                    };
+                    let lease = reply.lease.ok_or_else(|| {
+                        KvError::Unavailable(format!(
+                            "leader {leader_id} answered a lease query without the lease"
+                        ))
+                    })?;
+                    return Ok((served_by, lease));
+                }
+            }
+        }
+        Err(KvError::NoLeader(
+            "leadership kept changing while the lease request was retried".into(),
+        ))
+    }
+
+    /// Every lease, read linearizably.
+    pub async fn lease_list(
+        &self,
+        request_id: &str,
+    ) -> Result<(ServedBy, Vec<(u64, LeaseRecord)>), KvError> {
+        self.require_leases().await?;
+        let (served_by, answer) = self
+            .read(Query::Leases, ReadConsistency::Linearizable, request_id)
+            .await?;
+        match answer {
+            QueryAnswer::Leases(leases) => Ok((served_by, leases)),
+            _ => unreachable!("a lease list answers leases"),
+        }
+    }
+
+    /// Lease `id` and its keys, read linearizably (`None`: no such lease).
+    pub async fn lease_keys(
+        &self,
+        id: u64,
+        request_id: &str,
+    ) -> Result<(ServedBy, Option<LeaseRecord>, Vec<Vec<u8>>), KvError> {
+        self.require_leases().await?;
+        let (served_by, answer) = self
+            .read(
+                Query::LeaseKeys(id),
+                ReadConsistency::Linearizable,
+                request_id,
+            )
+            .await?;
+        match answer {
+            QueryAnswer::LeaseKeys { record, keys } => Ok((served_by, record, keys)),
+            _ => unreachable!("a lease-keys query answers keys"),
+        }
     }
 
     /// Waits (up to a share of the leader wait) until this node knows a leader

@@ -20,6 +20,7 @@ use crate::http::{self, HttpState};
 use crate::limits;
 use crate::node::watchers::catchup;
 use crate::node::Node;
+use crate::service::lease::{LeaseService, LEASE_SERVICE_NAME};
 use crate::service::watch::{WatchService, WATCH_SERVICE_NAME};
 use crate::service::{KvService, KV_SERVICE_NAME};
 use crate::transport::service::{RaftService, RAFT_SERVICE_NAME};
@@ -123,9 +124,11 @@ pub(super) async fn serve(
     ));
 
     start_watch_tasks(config, &node, stopped.clone());
-    let client_routes = routes_listing(&[KV_SERVICE_NAME, WATCH_SERVICE_NAME])
+    let kv_service = KvService::new(node.clone(), request_limits);
+    let client_routes = routes_listing(&[KV_SERVICE_NAME, WATCH_SERVICE_NAME, LEASE_SERVICE_NAME])
         .await
-        .add_service(KvService::new(node.clone(), request_limits).into_server())
+        .add_service(kv_service.clone().into_server())
+        .add_service(LeaseService::new(kv_service).into_server())
         .add_service(WatchService::new(node.clone(), request_limits).into_server());
     let client_server = connections::serve_grpc(
         CappedListener::grpc(

@@ -189,6 +189,8 @@ pub(super) struct StateMachine {
     pub storage_version: u32,
     /// The store revision at the applied index (where watches start).
     pub revision: u64,
+    /// The lease table at the applied index.
+    pub leases: Vec<(u64, state_machine::lease::LeaseRecord)>,
 }
 
 impl StateMachine {
@@ -261,6 +263,7 @@ pub(super) async fn open_state_machine(
     let applied_state = handle
         .with(|store| state_machine::applied_state(store))
         .await?;
+    let leases = handle.with(state_machine::lease::all).await?;
     let storage_version = applied_state.storage_version;
     let consistent_at = handle.with(state_machine::consistent_at).await?;
     if consistent_at > applied.index {
@@ -280,6 +283,7 @@ pub(super) async fn open_state_machine(
         reclaimer,
         storage_version,
         revision: applied_state.revision,
+        leases,
     })
 }
 

@@ -17,6 +17,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::node::compactor::Compaction;
 use crate::node::driver::{self, DriverParts, DriverSettings};
+use crate::node::lessor::Lessor;
 use crate::node::watchers::WatchHub;
 use crate::node::{Node, NodeParts, RequestLimits, Timings};
 use crate::snapshot::SnapshotDirectory;
@@ -118,6 +119,14 @@ pub(super) fn assemble(
         config.inject_fault == Some(crate::config::InjectedFault::WatchResumeLate),
     );
     metrics.watch_watch_hub(watch_hub.clone());
+    let mut lessor = Lessor::new(
+        state_machine.leases.clone(),
+        Duration::from_millis(config.election_timeout_ms),
+    );
+    if config.inject_fault == Some(crate::config::InjectedFault::LeaseEarlyExpiry) {
+        lessor.inject_early_expiry();
+    }
+    let lessor = Arc::new(std::sync::Mutex::new(lessor));
     let node = Node::new(NodeParts {
         membership: membership.clone(),
         events: events_sender,
@@ -132,6 +141,8 @@ pub(super) fn assemble(
         storage_version: storage_version_receiver,
         compaction: compaction.clone(),
         watch_hub: watch_hub.clone(),
+        lessor: lessor.clone(),
+        lease_ttl_min_seconds: lease_ttl_min_seconds(config.election_timeout_ms),
     });
     let driver = DriverParts {
         core,
@@ -159,6 +170,7 @@ pub(super) fn assemble(
         applied,
         metrics,
         watch_hub,
+        lessor,
     };
     let assembled = Assembled {
         membership,
@@ -169,4 +181,11 @@ pub(super) fn assemble(
         snapshots: log.snapshots,
     };
     Ok((assembled, driver))
+}
+
+/// The shortest lease TTL granted, in seconds: one and a half election
+/// timeouts, rounded up (etcd's minimum), so that a lease outlives a
+/// leader change; a shorter TTL asked for is raised to it, as etcd does.
+fn lease_ttl_min_seconds(election_timeout_ms: u64) -> u64 {
+    (election_timeout_ms * 3 / 2).div_ceil(1_000).max(1)
 }

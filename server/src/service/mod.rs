@@ -6,6 +6,7 @@ mod convert;
 mod delete;
 mod delete_range;
 mod get;
+pub mod lease;
 mod put;
 mod range;
 pub mod status;

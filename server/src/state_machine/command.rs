@@ -163,8 +163,9 @@ pub enum Outcome {
         /// Keys deleted with it.
         deleted: u64,
     },
-    /// Lease checkpoints were recorded.
-    LeaseCheckpointed,
+    /// Lease checkpoints were recorded: (lease, remaining seconds) of the
+    /// leases that exist.
+    LeaseCheckpointed(Vec<(u64, u64)>),
     /// The command changed nothing, for this reason.
     Refused(Refusal),
 }

@@ -114,6 +114,10 @@ pub enum Query {
     Get(Vec<u8>),
     /// A range (storage version 2).
     Range(mvcc::range::RangeRequest),
+    /// Every lease (storage version 3).
+    Leases,
+    /// One lease and the keys attached to it (storage version 3).
+    LeaseKeys(u64),
 }
 
 /// What a [`Query`] returned.
@@ -129,6 +133,15 @@ pub enum QueryAnswer {
         /// The current store revision.
         revision: u64,
     },
+    /// Every lease, in id order.
+    Leases(Vec<(u64, lease::LeaseRecord)>),
+    /// One lease (`None`: it does not exist) and its keys, in key order.
+    LeaseKeys {
+        /// The lease.
+        record: Option<lease::LeaseRecord>,
+        /// Its keys.
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// Runs a read.
@@ -136,6 +149,15 @@ pub fn query(store: &mut dyn Store, query: &Query) -> Result<QueryAnswer, StoreE
     match query {
         Query::Get(key) => get(store, key).map(QueryAnswer::Value),
         Query::Range(request) => range(store, request),
+        Query::Leases => lease::all(store).map(QueryAnswer::Leases),
+        Query::LeaseKeys(id) => {
+            let record = lease::get(store, *id)?;
+            let keys = match record {
+                Some(_) => lease::attached_keys(store, *id)?,
+                None => Vec::new(),
+            };
+            Ok(QueryAnswer::LeaseKeys { record, keys })
+        }
     }
 }
 
@@ -149,9 +171,9 @@ pub fn query_if_ready(
 ) -> Option<Result<QueryAnswer, StoreError>> {
     match query {
         Query::Get(key) => get_if_ready(store, key).map(|read| read.map(QueryAnswer::Value)),
-        Query::Range(request) => {
+        Query::Range(_) | Query::Leases | Query::LeaseKeys(_) => {
             let mut view = BatchView::new(store, Waiting::Refused);
-            let answer = range(&mut view, request);
+            let answer = self::query(&mut view, query);
             (!view.would_wait()).then_some(answer)
         }
     }
@@ -556,8 +578,10 @@ fn apply_command(
         Command::LeaseCheckpoint { checkpoints } => {
             view.require_atomic();
             let mut batch = WriteBatch::new();
+            let mut recorded = Vec::with_capacity(checkpoints.len());
             for (id, remaining_seconds) in checkpoints {
                 if let Some(record) = lease::get(view, id)? {
+                    recorded.push((id, remaining_seconds));
                     lease::put(
                         &mut batch,
                         id,
@@ -570,7 +594,7 @@ fn apply_command(
             }
             view.write(batch)?;
             Ok(Applied {
-                outcome: Some(Box::new(Outcome::LeaseCheckpointed)),
+                outcome: Some(Box::new(Outcome::LeaseCheckpointed(recorded))),
                 ..Applied::simple(index, true, state.revision)
             })
         }
@@ -1305,7 +1329,7 @@ mod tests {
                         })
                         .collect()
                 }),
-                QueryAnswer::Value(_) => unreachable!(),
+                _ => unreachable!(),
             }
         }
 

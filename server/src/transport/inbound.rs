@@ -91,6 +91,15 @@ pub trait ForwardedRequests: Send + Sync + 'static {
         request_id: String,
         from: NodeId,
     ) -> BoxFuture<'static, Result<LeaderReply, KvError>>;
+
+    /// Answers what this leader knows of lease `id`, renewing it first when
+    /// `keep_alive` is set.
+    fn lease(
+        &self,
+        id: u64,
+        keep_alive: bool,
+        request_id: String,
+    ) -> BoxFuture<'static, Result<LeaderReply, KvError>>;
 }
 
 /// The node as the peer service holds it.

@@ -35,6 +35,43 @@ pub struct LeaderReply {
     pub revision: u64,
     /// What a txn did.
     pub txn: Option<TxnResponse>,
+    /// A granted lease, or the answer to a lease query.
+    pub lease: Option<LeaseReply>,
+}
+
+/// What the leader knows of one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseReply {
+    /// The lease.
+    pub id: u64,
+    /// Whether it exists (neither expired nor revoked).
+    pub found: bool,
+    /// Its granted time to live, in seconds.
+    pub ttl_seconds: u64,
+    /// Its remaining time to live, in seconds.
+    pub remaining_seconds: u64,
+}
+
+impl LeaseReply {
+    /// The wire form.
+    pub fn to_proto(self) -> pb::LeaseAnswer {
+        pb::LeaseAnswer {
+            id: self.id,
+            found: self.found,
+            ttl_seconds: self.ttl_seconds,
+            remaining_seconds: self.remaining_seconds,
+        }
+    }
+
+    /// From the wire form.
+    pub fn from_proto(answer: pb::LeaseAnswer) -> Self {
+        Self {
+            id: answer.id,
+            found: answer.found,
+            ttl_seconds: answer.ttl_seconds,
+            remaining_seconds: answer.remaining_seconds,
+        }
+    }
 }
 
 /// Forwards requests from a follower to its leader.
@@ -54,6 +91,17 @@ pub trait LeaderLink: Send + Sync + std::fmt::Debug {
         &'a self,
         leader: NodeId,
         term: Term,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<LeaderReply, KvError>>;
+
+    /// Asks `leader` for lease `id`'s time to live, renewing it first when
+    /// `keep_alive` is set (the answer is in [`LeaderReply::lease`]).
+    fn lease<'a>(
+        &'a self,
+        leader: NodeId,
+        term: Term,
+        id: u64,
+        keep_alive: bool,
         request_id: &'a str,
     ) -> BoxFuture<'a, Result<LeaderReply, KvError>>;
 }
@@ -93,6 +141,18 @@ impl LeaderLink for PeerSet {
         let request = pb::forward_request::Request::ReadIndex(true);
         Box::pin(forward(self, leader, term, request, request_id))
     }
+
+    fn lease<'a>(
+        &'a self,
+        leader: NodeId,
+        term: Term,
+        id: u64,
+        keep_alive: bool,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<LeaderReply, KvError>> {
+        let request = pb::forward_request::Request::Lease(pb::LeaseQuery { id, keep_alive });
+        Box::pin(forward(self, leader, term, request, request_id))
+    }
 }
 
 async fn forward(
@@ -130,6 +190,7 @@ async fn forward(
             found: response.found,
             revision: u64::try_from(response.revision).unwrap_or(0),
             txn: response.txn.map(kv_encoding::txn_response_from_proto),
+            lease: response.lease.map(LeaseReply::from_proto),
         }),
         Err(status) => Err(KvError::from_leader_status(leader, status, is_write)),
     }

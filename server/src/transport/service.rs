@@ -293,6 +293,11 @@ async fn serve_forwarded(
         Some(pb::forward_request::Request::ReadIndex(_)) => {
             forwarded.read_index(request.request_id, from).await?
         }
+        Some(pb::forward_request::Request::Lease(query)) => {
+            forwarded
+                .lease(query.id, query.keep_alive, request.request_id)
+                .await?
+        }
         None => return Err(Status::invalid_argument("forwarded request is empty")),
     };
     Ok(pb::ForwardResponse {
@@ -311,6 +316,7 @@ async fn serve_forwarded(
             .txn
             .as_ref()
             .map(|txn| kv_encoding::txn_response_to_proto(txn, &kv_encoding::all_prev_kvs(txn))),
+        lease: reply.lease.map(|lease| lease.to_proto()),
     })
 }
 

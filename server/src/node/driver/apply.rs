@@ -39,12 +39,17 @@ impl Driver {
         let result = self
             .store
             .with(move |store| {
-                snapshot::restore_into_store(store, &path)
-                    .map_err(|error| StoreError::Engine(error.to_string()))
+                let restored = snapshot::restore_into_store(store, &path)
+                    .map_err(|error| StoreError::Engine(error.to_string()))?;
+                Ok((restored, state_machine::lease::all(store)?))
             })
             .await;
         match result {
-            Ok((state, pairs)) => {
+            Ok(((state, pairs), leases)) => {
+                self.lessor
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .reload_at(leases, Instant::now());
                 tracing::info!(
                     index = snapshot.index,
                     term = snapshot.term,
@@ -92,6 +97,7 @@ impl Driver {
         let compaction = self.compaction.clone();
         let revision = self.revision.clone();
         let watch_hub = self.watch_hub.clone();
+        let lessor = self.lessor.clone();
         let finish = move |outcomes: Vec<state_machine::Applied>| {
             // Before the clients are answered: a client that saw its write
             // acknowledged and then watches from the next revision misses
@@ -108,6 +114,18 @@ impl Driver {
                         tracing::info!(index = outcome.index, version, "storage version raised");
                     }
                     Some(state_machine::Outcome::Compacted) => compaction.wake(),
+                    Some(state_machine::Outcome::LeaseGranted { id, ttl_seconds }) => lessor
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .granted(*id, *ttl_seconds, std::time::Instant::now()),
+                    Some(state_machine::Outcome::LeaseRevoked { id, .. }) => lessor
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .revoked(*id),
+                    Some(state_machine::Outcome::LeaseCheckpointed(checkpoints)) => lessor
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .checkpointed(checkpoints),
                     _ => {}
                 }
             }

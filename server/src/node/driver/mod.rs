@@ -23,7 +23,7 @@ mod snapshots;
 mod storage_version;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use kvstore_raft::{Index, Message, NodeId, RaftCore, Ready, Role, SnapshotMetadata, Term};
@@ -170,6 +170,8 @@ pub struct Driver {
     revision: Arc<AtomicU64>,
     /// Told of every applied write.
     watch_hub: Arc<crate::node::watchers::WatchHub>,
+    /// The leases.
+    lessor: Arc<std::sync::Mutex<crate::node::lessor::Lessor>>,
 }
 
 /// What the driver needs to start.
@@ -213,6 +215,9 @@ pub struct DriverParts {
     pub compaction: Arc<Compaction>,
     /// Told of every applied write (watchers).
     pub watch_hub: Arc<crate::node::watchers::WatchHub>,
+    /// The leases: told of applied lease commands; on the leader, asked
+    /// which to revoke and checkpoint.
+    pub lessor: Arc<std::sync::Mutex<crate::node::lessor::Lessor>>,
 }
 
 impl Driver {
@@ -264,6 +269,47 @@ impl Driver {
             auto_compaction: auto_compaction::AutoCompaction::new(parts.settings.retention),
             revision: Arc::new(AtomicU64::new(0)),
             watch_hub: parts.watch_hub,
+            lessor: parts.lessor,
+        }
+    }
+
+    /// The lessor follows this node's leadership; as leader, proposes the
+    /// revokes of expired leases and the checkpoints that are due.
+    fn drive_leases(&mut self) {
+        let leads = self.core.role() == Role::Leader;
+        let now = std::time::Instant::now();
+        let (expired, checkpoints) = {
+            let mut lessor = self.lessor.lock().unwrap_or_else(PoisonError::into_inner);
+            if leads && !lessor.is_primary() {
+                lessor.promote(now);
+                tracing::info!(leases = lessor.len(), "took over the leases' deadlines");
+            } else if !leads && lessor.is_primary() {
+                lessor.demote();
+            }
+            (lessor.expired(now), lessor.checkpoints_due(now))
+        };
+        for id in expired {
+            let command = Command::LeaseRevoke { id };
+            match self
+                .core
+                .propose(log_encoding::encode(command, "lease-expiry"))
+            {
+                Ok((index, _)) => {
+                    tracing::info!(lease = id, index, "lease expired: revoke proposed")
+                }
+                Err(error) => tracing::debug!(?error, lease = id, "lease revoke not proposed"),
+            }
+        }
+        if !checkpoints.is_empty() {
+            let count = checkpoints.len();
+            let command = Command::LeaseCheckpoint { checkpoints };
+            match self
+                .core
+                .propose(log_encoding::encode(command, "lease-checkpoint"))
+            {
+                Ok((index, _)) => tracing::debug!(count, index, "lease checkpoints proposed"),
+                Err(error) => tracing::debug!(?error, "lease checkpoints not proposed"),
+            }
         }
     }
 
@@ -355,6 +401,7 @@ impl Driver {
                     self.core.tick();
                     self.propose_storage_version();
                     self.propose_auto_compaction();
+                    self.drive_leases();
                 }
                 () = &mut commit_notice, if commit_notice_armed => {
                     commit_notice_armed = false;

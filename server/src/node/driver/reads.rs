@@ -201,7 +201,7 @@ mod tests {
             .iter()
             .map(|(index, read)| match &read.query {
                 Query::Get(key) => (*index, key.as_slice()),
-                Query::Range(_) => panic!("only gets here"),
+                _ => panic!("only gets here"),
             })
             .collect()
     }
