@@ -178,6 +178,11 @@ pub enum Command {
         /// Also print the previous pair (key and value lines).
         #[arg(long)]
         prev_kv: bool,
+        /// Attach the key to this lease (its id in hex, as `lease grant`
+        /// prints it): the key is deleted when the lease expires or is
+        /// revoked.
+        #[arg(long)]
+        lease: Option<String>,
     },
     /// Print the value of KEY; with a range (RANGE_END, --prefix,
     /// --from-key) or a range option, every pair of the range as etcdctl
@@ -265,9 +270,78 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Leases: keys that disappear when their owner stops renewing them.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Take the lock NAME (etcd's recipe: a session lease and a key
+    /// NAME/<lease id> ordered by create revision). With COMMAND, run it while
+    /// holding the lock, then release it and exit with its code; the lock
+    /// key is in KVSTORE_LOCK_KEY and its create revision, a fencing token
+    /// that grows from one holder to the next, in KVSTORE_LOCK_REVISION.
+    /// Without, print the key and hold the lock until Ctrl-C.
+    Lock {
+        /// The lock's name (a key prefix).
+        name: OsString,
+        /// The command to run while holding the lock.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+        /// The session's lease TTL, in seconds: how long the lock outlives
+        /// this process if it dies.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
+    /// Campaign for leadership of NAME with PROPOSAL (etcd's recipe): print
+    /// the leader key and the proposal once elected, lead until Ctrl-C. With
+    /// -l, print the current leader's proposal and every change instead.
+    Elect {
+        /// The election's name (a key prefix).
+        name: OsString,
+        /// This candidate's value.
+        proposal: Option<OsString>,
+        /// Observe the election instead of campaigning.
+        #[arg(short, long)]
+        listen: bool,
+        /// The session's lease TTL, in seconds.
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+    },
     /// Measure throughput and latency of put, get or mixed requests.
     #[command(after_help = BENCH_AFTER_HELP)]
     Bench(BenchArgs),
+}
+
+/// `lease` subcommands (ids in hex, as etcdctl).
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL seconds; prints its id.
+    Grant {
+        /// Time to live, in seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease: its keys are deleted.
+    Revoke {
+        /// The lease id (hex).
+        id: String,
+    },
+    /// Keep a lease alive (a renewal every third of its TTL) until Ctrl-C;
+    /// exit code 3 once the lease is gone.
+    KeepAlive {
+        /// The lease id (hex).
+        id: String,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show a lease's granted and remaining TTL.
+    Timetolive {
+        /// The lease id (hex).
+        id: String,
+        /// Also list the keys attached to it.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List every lease.
+    List,
 }
 
 const BENCH_AFTER_HELP: &str = "\

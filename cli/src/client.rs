@@ -28,6 +28,28 @@ async fn connect_channel(endpoint: &str, timeout: Duration) -> Result<Channel, F
     open_channel(endpoint, timeout, Some(timeout)).await
 }
 
+/// A connection to the first of `endpoints` that accepts one (for the
+/// lease, watch and recipe commands), with its endpoint; `request_timeout`
+/// bounds each call (None: streams, which live long).
+pub async fn first_channel(
+    endpoints: &[String],
+    timeout: Duration,
+    request_timeout: Option<Duration>,
+) -> Result<(String, Channel), Failure> {
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        match open_channel(endpoint, timeout, request_timeout).await {
+            Ok(channel) => return Ok((endpoint.clone(), channel)),
+            Err(failure) => errors.push(failure.0),
+        }
+    }
+    Err(Failure(match errors.len() {
+        0 => "no endpoints given".to_string(),
+        1 => errors.remove(0),
+        _ => format!("no endpoint answered: {}", errors.join("; ")),
+    }))
+}
+
 /// A connection for long-lived streams (watch, keep-alive): `timeout`
 /// bounds connecting only.
 pub async fn connect_for_streams(endpoint: &str, timeout: Duration) -> Result<Channel, Failure> {

@@ -1,4 +1,5 @@
-//! `kvstore-cli`: put, get, delete, txn, compact, status, watch and bench against a
+//! `kvstore-cli`: put, get, delete, txn, compact, status, watch, lease, lock,
+//! elect and bench against a
 //! kvstore cluster.
 //!
 //! Every failure is one line on stderr and an exit code (see `--help`); the
@@ -8,7 +9,9 @@ mod args;
 mod bench;
 mod client;
 mod kv;
+mod lease;
 mod output;
+mod recipes;
 mod txn_syntax;
 mod watch;
 
@@ -52,6 +55,24 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Completes when the user interrupts (Ctrl-C) or the process is asked to
+/// terminate (SIGTERM): long-running commands then clean up (a lock is
+/// released, a candidate resigns) and exit.
+pub(crate) async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
 pub(crate) fn print_json(value: &Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|error| Failure(error.to_string()))?;
     write_stdout(format!("{text}\n").as_bytes())
@@ -75,7 +96,7 @@ pub(crate) fn print_header(
     }
 }
 
-async fn put(cli: &Cli, key: &OsString, value: &OsString, prev_kv: bool) -> Outcome {
+async fn put(cli: &Cli, key: &OsString, value: &OsString, prev_kv: bool, lease: i64) -> Outcome {
     let key = key_bytes(cli, key)?;
     let value = if value.as_bytes() == b"-" {
         let mut value = Vec::new();
@@ -90,6 +111,7 @@ async fn put(cli: &Cli, key: &OsString, value: &OsString, prev_kv: bool) -> Outc
         key,
         value,
         prev_kv,
+        lease,
         ..PutRequest::default()
     };
     if prev_kv {
@@ -289,7 +311,29 @@ async fn run(cli: &Cli) -> Outcome {
             key,
             value,
             prev_kv,
-        } => put(cli, key, value, *prev_kv).await,
+            lease,
+        } => {
+            let lease = lease.as_deref().map(lease::parse_id).transpose()?;
+            put(cli, key, value, *prev_kv, lease.unwrap_or(0)).await
+        }
+        Command::Lease(command) => lease::run(cli, command).await,
+        Command::Lock { name, command, ttl } => {
+            recipes::lock(cli, &key_bytes(cli, name)?, command, *ttl).await
+        }
+        Command::Elect {
+            name, listen: true, ..
+        } => recipes::observe(cli, &key_bytes(cli, name)?).await,
+        Command::Elect {
+            name,
+            proposal,
+            ttl,
+            ..
+        } => {
+            let proposal = proposal
+                .as_ref()
+                .ok_or_else(|| Failure("elect: give a PROPOSAL, or -l to observe".into()))?;
+            recipes::campaign(cli, &key_bytes(cli, name)?, proposal.as_bytes(), *ttl).await
+        }
         Command::Get {
             key,
             range_end,

@@ -107,7 +107,7 @@ async fn watch_on(
     loop {
         let response = tokio::select! {
             response = responses.message() => response,
-            _ = tokio::signal::ctrl_c() => return Ok(StreamEnd::Finished),
+            _ = crate::interrupted() => return Ok(StreamEnd::Finished),
         };
         let response = match response {
             Ok(Some(response)) => response,

@@ -377,3 +377,95 @@ async fn a_lease_whose_leader_dies_lasts_at_least_its_ttl_then_expires() {
     );
     eprintln!("a 3 s lease whose leader died 1 s in was gone after {gone_at:?}");
 }
+
+/// `kvstore-cli lock` run by three processes at once: their commands run
+/// one at a time, each with a fencing token above the previous holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_lock_runs_commands_one_at_a_time_with_growing_fencing_tokens() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&directory.path().join("node"), &[]);
+    wait_for_leases(server.client_addr).await;
+    let endpoint = server.client_addr.to_string();
+    let log = directory.path().join("lock.log");
+    let script = format!(
+        "echo start $KVSTORE_LOCK_REVISION >> {log}; sleep 0.3; echo end $KVSTORE_LOCK_REVISION >> {log}",
+        log = log.display()
+    );
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let (endpoint, script) = (endpoint.clone(), script.clone());
+            std::thread::spawn(move || {
+                support::cli_str(&[
+                    "--endpoints",
+                    &endpoint,
+                    "lock",
+                    "ci-lock",
+                    "--ttl",
+                    "5",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+            })
+        })
+        .collect();
+    for holder in holders {
+        let output = holder.join().unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut last_token = 0;
+    for pair in lines.chunks(2) {
+        let token: i64 = pair[0].strip_prefix("start ").unwrap().parse().unwrap();
+        assert_eq!(
+            pair[1],
+            format!("end {token}"),
+            "overlapping holders: {lines:?}"
+        );
+        assert!(token > last_token, "tokens must grow: {lines:?}");
+        last_token = token;
+    }
+    // Every holder released its lock (revoked its session).
+    let mut kv = server.client().await;
+    assert!(keys_under(&mut kv, "ci-lock/").await.is_empty());
+    // The lease commands, as etcdctl's.
+    let granted = support::cli_str(&["--endpoints", &endpoint, "lease", "grant", "30"]);
+    let text = String::from_utf8_lossy(&granted.stdout).into_owned();
+    let id = text
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID granted ...")
+        .to_string();
+    assert!(text.ends_with("granted with TTL(30s)\n"), "{text}");
+    let put = support::cli_str(&[
+        "--endpoints",
+        &endpoint,
+        "put",
+        "--lease",
+        &id,
+        "owned",
+        "v",
+    ]);
+    assert!(put.status.success(), "{put:?}");
+    let ttl = support::cli_str(&[
+        "--endpoints",
+        &endpoint,
+        "lease",
+        "timetolive",
+        &id,
+        "--keys",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ttl.stdout).contains("attached keys([owned])"),
+        "{ttl:?}"
+    );
+    let revoked = support::cli_str(&["--endpoints", &endpoint, "lease", "revoke", &id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert!(keys_under(&mut kv, "owned").await.is_empty());
+}
