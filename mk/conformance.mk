@@ -11,8 +11,9 @@ CONFORMANCE_BIN   := target/release/kvstore-conformance
 CONFORMANCE_OUT   ?= conformance/out
 # Scenario names for conformance-run (empty: all of scenarios/).
 SCENARIOS         ?=
-# Self-check depth for conformance-faults: quick (stale-reads on the partition
-# scenario) or full (every fault against every scenario meant to catch it).
+# Self-check depth for conformance-faults: quick (the pairs `make conformance`
+# runs: stale-reads, stale-compare, watch-resume-late) or full (every fault
+# against every scenario meant to catch it).
 FAULTS            ?= full
 PYTHON_CLIENT_DIR := clients/python
 PYTHON_GENERATED  := $(PYTHON_CLIENT_DIR)/generated
@@ -24,7 +25,7 @@ CONFORMANCE_ENV = CONFORMANCE_BIN='$(CURDIR)/$(CONFORMANCE_BIN)' CONFORMANCE_OUT
 .PHONY: conformance conformance-run conformance-snapshots conformance-faults conformance-clients \
 	conformance-cleanup python-client
 
-conformance: image python-client tools ## Conformance suite: every scenario in docker + snapshots + stale-reads self-check + Python/grpcurl clients
+conformance: image python-client tools ## Conformance suite: every scenario in docker + snapshots + fault self-checks + Python/grpcurl clients
 	@$(CONFORMANCE_ENV) scripts/conformance.sh
 
 conformance-run: image ## Run scenarios only, no snapshot check (SCENARIOS="leader-kill ...")

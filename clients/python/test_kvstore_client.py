@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives a running kvstore cluster with a Python client generated from proto/:
-put, get, delete and status, a compare-and-swap loop on one counter and a
-prefix range.
+put, get, delete and status, a compare-and-swap loop on one counter, a
+prefix range, and a watch on a prefix (live events, then history from a
+start revision on another node).
 
 The stubs come from `make python-client` (grpcio-tools, into
 clients/python/generated/); nothing here is written by hand but the calls.
@@ -19,6 +20,7 @@ Exit code 0 when every check passed, 1 otherwise.
 """
 
 import os
+import queue
 import sys
 import time
 import uuid
@@ -164,6 +166,82 @@ def prefix_range(checks, clients, writer):
     checks.check("range_end before key: INVALID_ARGUMENT", code == grpc.StatusCode.INVALID_ARGUMENT, code)
 
 
+class WatchStream:
+    """One Watch stream: requests go through a queue, responses come back in
+    order. The call's deadline bounds every wait."""
+
+    def __init__(self, address, deadline_seconds=10.0):
+        self._requests = queue.Queue()
+        stub = kv_pb2_grpc.WatchStub(grpc.insecure_channel(address))
+        self._responses = stub.Watch(iter(self._requests.get, None), timeout=deadline_seconds)
+
+    def create(self, **fields):
+        self._requests.put(kv_pb2.WatchRequest(create_request=kv_pb2.WatchCreateRequest(**fields)))
+        return next(self._responses)
+
+    def events(self, count):
+        """The next `count` events (whatever responses carry them), or fewer
+        when the stream ends first (its deadline passed)."""
+        events = []
+        try:
+            while len(events) < count:
+                events.extend(next(self._responses).events)
+        except grpc.RpcError as error:
+            print(f"     the watch stream ended: {error.code()}")
+        return events
+
+    def close(self):
+        self._requests.put(None)
+        self._responses.cancel()
+
+
+def seen(events):
+    """Events as (type, key, value, revision), what the checks compare."""
+    return [(event.type, event.kv.key, event.kv.value, event.kv.mod_revision) for event in events]
+
+
+def watch_prefix(checks, clients, writer, watcher_address, resume_address):
+    """Watches a prefix at one node, writes through the KV service of
+    another, and checks the events: each write once, in revision order, at
+    the revision its response header named, nothing outside the prefix.
+    Then a watch at another node from the second write's revision gets the
+    same events from there on, out of the history."""
+    prefix = f"python-watch-{uuid.uuid4().hex[:8]}/".encode()
+    stream = WatchStream(watcher_address)
+    try:
+        created = stream.create(key=prefix, range_end=prefix_end(prefix))
+        checks.check(f"watch at {watcher_address}: created, served by that node",
+                     created.created and not created.canceled
+                     and created.header.node_id == status_of(clients[watcher_address]).id, created)
+        expected = []
+        for index in range(4):
+            key, value = prefix + str(index % 3).encode(), f"value-{index}".encode()
+            put = writer.Put(kv_pb2.PutRequest(key=key, value=value), timeout=TIMEOUT_SECONDS)
+            expected.append((kv_pb2.EVENT_TYPE_PUT, key, value, put.header.revision))
+        writer.Put(kv_pb2.PutRequest(key=prefix[:-1] + b"0", value=b"outside"), timeout=TIMEOUT_SECONDS)
+        deleted = writer.Delete(kv_pb2.DeleteRequest(key=prefix + b"1"), timeout=TIMEOUT_SECONDS)
+        expected.append((kv_pb2.EVENT_TYPE_DELETE, prefix + b"1", b"", deleted.header.revision))
+        got = seen(stream.events(len(expected)))
+        checks.check("watch: every put and the delete once, in order, at the revisions their headers named",
+                     got == expected, f"got {got}, expected {expected}")
+        revisions = [revision for _, _, _, revision in got]
+        checks.check("watch: revisions strictly increase",
+                     all(a < b for a, b in zip(revisions, revisions[1:])), revisions)
+    finally:
+        stream.close()
+
+    resumed = WatchStream(resume_address)
+    try:
+        created = resumed.create(key=prefix, range_end=prefix_end(prefix), start_revision=expected[1][3])
+        checks.check(f"watch at {resume_address} from revision {expected[1][3]}: created",
+                     created.created and not created.canceled, created)
+        got = seen(resumed.events(len(expected) - 1))
+        checks.check("watch from a start revision: the history from there on, nothing before",
+                     got == expected[1:], f"got {got}, expected {expected[1:]}")
+    finally:
+        resumed.close()
+
+
 def main():
     endpoints = [e for e in os.environ.get("KVSTORE_ENDPOINTS", "").split(",") if e]
     raft_endpoints = [e for e in os.environ.get("KVSTORE_RAFT_ENDPOINTS", "").split(",") if e]
@@ -219,6 +297,10 @@ def main():
 
     cas_loop(checks, clients, endpoints)
     prefix_range(checks, clients, writer)
+    # Any node serves watches: watch at a follower, write through the leader,
+    # then read the history at another node.
+    watch_prefix(checks, clients, clients[leader_address],
+                 followers[0] if followers else leader_address, endpoints[-1])
 
     # The raft port: a stray client (wrong cluster id) is refused and changes nothing.
     for address in raft_endpoints:

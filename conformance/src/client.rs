@@ -24,10 +24,13 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::kv::v1 as pb;
 use kvstore_proto::kv::v1::kv_client::KvClient;
+use kvstore_proto::kv::v1::watch_client::WatchClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::history::{Consistency, Event, History, OpKind, OpStatus, Operation, Served};
+use crate::history::{
+    Consistency, Event, History, OpKind, OpStatus, Operation, Served, WatchEvent,
+};
 
 /// The host address of every node's client port (`None`: not running).
 #[derive(Debug, Clone, Default)]
@@ -67,6 +70,7 @@ impl Recorder {
                 seed,
                 operations: Vec::new(),
                 events: Vec::new(),
+                watch_events: Vec::new(),
             }),
             next_process: AtomicUsize::new(0),
         })
@@ -100,6 +104,15 @@ impl Recorder {
         operation.id = history.operations.len();
         history.operations.push(operation.clone());
         operation
+    }
+
+    /// Adds what the background watchers received.
+    pub fn add_watch_events(&self, events: impl IntoIterator<Item = WatchEvent>) {
+        self.history
+            .lock()
+            .expect("history lock")
+            .watch_events
+            .extend(events);
     }
 
     /// A copy of everything recorded so far, operations in completion order
@@ -621,6 +634,47 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Opens a `Watch/Watch` stream at `node` on a connection of its own,
+    /// with HTTP/2 keepalive, so that a node that dies without closing the
+    /// connection (SIGKILL behind a published port) still ends the stream.
+    pub async fn open_watch(&self, node: u64) -> Result<WatchStream, tonic::Status> {
+        let address = self
+            .endpoints
+            .get(node)
+            .ok_or_else(|| tonic::Status::unavailable(format!("node {node} is not running")))?;
+        let opening = async {
+            let channel = Endpoint::from_shared(format!("http://{address}"))
+                .expect("a socket address is a valid URI")
+                .connect_timeout(self.timeouts.connect)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(WATCH_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(WATCH_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect()
+                .await
+                .map_err(|error| {
+                    tonic::Status::unavailable(format!("cannot connect to node {node}: {error}"))
+                })?;
+            let (requests, outgoing) = futures::channel::mpsc::unbounded();
+            let responses = WatchClient::new(channel)
+                .watch(outgoing)
+                .await?
+                .into_inner();
+            Ok(WatchStream {
+                requests,
+                responses,
+            })
+        };
+        let limit = self.timeouts.request + self.timeouts.grace;
+        tokio::time::timeout(limit, opening)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no watch stream from node {node} within {limit:?}"
+                )))
+            })
+    }
+
     /// `KV/Status` of `node`, within `timeout`.
     pub async fn status(&self, node: u64, timeout: Duration) -> Result<pb::StatusResponse, String> {
         let channel = self
@@ -637,6 +691,20 @@ impl Client {
             Err(_) => Err("timeout".into()),
         }
     }
+}
+
+/// How often a watch connection is pinged, and how long a ping may go
+/// unanswered before the connection counts as dead.
+const WATCH_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const WATCH_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One open watch stream: requests go in, responses come out.
+#[derive(Debug)]
+pub struct WatchStream {
+    /// Create, cancel and progress requests.
+    pub requests: futures::channel::mpsc::UnboundedSender<pb::WatchRequest>,
+    /// The server's responses.
+    pub responses: tonic::Streaming<pb::WatchResponse>,
 }
 
 fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -698,6 +766,7 @@ fn served(header: Option<pb::ResponseHeader>) -> Served {
         term: header.term,
         index: header.index,
         forwarded_by: header.forwarded_by,
+        revision: header.revision,
     }
 }
 

@@ -68,6 +68,10 @@ pub struct Served {
     pub index: u64,
     /// Node that forwarded the request to `node_id` (0: not forwarded).
     pub forwarded_by: u64,
+    /// Store revision the response reflects: for a write that changed
+    /// something, its own revision (0: the server reported none).
+    #[serde(default)]
+    pub revision: i64,
 }
 
 /// One client operation, invoke to completion.
@@ -193,6 +197,58 @@ pub struct Event {
     pub text: String,
 }
 
+/// What a watch event did to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The key was written.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One event a background watcher received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The watcher's name (the `watch` step's `name`).
+    pub watch: String,
+    /// Node whose stream delivered it.
+    pub node: u64,
+    /// Microseconds since the scenario started, when it arrived.
+    pub at_us: u64,
+    /// The revision of the write (the event's `mod_revision`).
+    pub revision: i64,
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key (UTF-8, lossy).
+    pub key: String,
+    /// A put's value (none for a delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The revision of the key's previous pair (`prev_kv`), none when the
+    /// key did not exist before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<i64>,
+}
+
+impl EventKind {
+    /// `put k=v @R` or `delete k @R`.
+    pub fn describe(self, key: &str, value: Option<&str>, revision: i64) -> String {
+        match self {
+            EventKind::Put => format!("put {key}={} @{revision}", value.unwrap_or("")),
+            EventKind::Delete => format!("delete {key} @{revision}"),
+        }
+    }
+}
+
+impl WatchEvent {
+    /// `put k=v @R` or `delete k @R`.
+    pub fn describe(&self) -> String {
+        self.kind
+            .describe(&self.key, self.value.as_deref(), self.revision)
+    }
+}
+
 /// Everything recorded for one scenario run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
@@ -204,6 +260,9 @@ pub struct History {
     pub operations: Vec<Operation>,
     /// Faults and other runner actions.
     pub events: Vec<Event>,
+    /// Every event of the background watchers, per watcher in arrival order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_events: Vec<WatchEvent>,
 }
 
 impl History {

@@ -424,6 +424,36 @@ pub struct RangesAgreeStep {
     pub revisions: u64,
 }
 
+/// `watch` arguments: a background watcher of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchStep {
+    /// Name, for the outcome and the history.
+    pub name: String,
+    /// The node the watch is created at (resolved when the step runs).
+    pub node: Target,
+    /// The watched keys: every key with this prefix (`""`: every key).
+    pub prefix: String,
+}
+
+/// `expect_watches_match_history` arguments.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchCheckStep {
+    /// How long each watcher may take to receive everything up to the
+    /// final read's revision.
+    #[serde(default = "default_wait")]
+    pub timeout: Span,
+}
+
+impl Default for WatchCheckStep {
+    fn default() -> Self {
+        WatchCheckStep {
+            timeout: default_wait(),
+        }
+    }
+}
+
 /// `workload` arguments: N clients for D over K keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -663,6 +693,12 @@ pub enum Step {
     /// Every running node answers ranges at past revisions as the leader
     /// does, and refuses the compacted ones.
     ExpectRangesAgree(RangesAgreeStep),
+    /// A background watcher of a prefix that resumes elsewhere when its
+    /// stream fails.
+    Watch(WatchStep),
+    /// Every watcher's events against the client history and the store's
+    /// history.
+    ExpectWatchesMatchHistory(WatchCheckStep),
 }
 
 impl Step {
@@ -776,6 +812,11 @@ impl Step {
                 "expect every node to answer ranges of {:?} at the last {} revisions as the leader, and to refuse compacted ones",
                 args.prefix, args.revisions
             ),
+            Step::Watch(args) => format!(
+                "watch {:?} at {} as {}, resuming elsewhere from the next revision when its stream fails",
+                args.prefix, args.node, args.name
+            ),
+            Step::ExpectWatchesMatchHistory(_) => "expect every watcher's events to be the committed writes: in revision order, once each, every acknowledged write at its revision, nothing failed or unknown to the history, exactly the store's changes".into(),
         }
     }
 }
@@ -876,6 +917,10 @@ fn parse_step(value: Value) -> Result<Step> {
         "expect_bank_total" => Step::ExpectBankTotal(args(&kind, required(arguments)?)?),
         "compact" => Step::Compact(args(&kind, required(arguments)?)?),
         "expect_ranges_agree" => Step::ExpectRangesAgree(args(&kind, required(arguments)?)?),
+        "watch" => Step::Watch(args(&kind, required(arguments)?)?),
+        "expect_watches_match_history" => {
+            Step::ExpectWatchesMatchHistory(args_or_default(&kind, arguments)?)
+        }
         other => bail!("unknown step {other:?}"),
     })
 }
@@ -989,11 +1034,13 @@ steps:
   - expect_term: {max_increase: 1}
   - expect_snapshot_catch_up: victim
   - final_values: [a]
+  - watch: {name: w, node: a follower, prefix: "w/"}
+  - expect_watches_match_history
 "#;
         let scenario = Scenario::parse(text, "demo").unwrap();
         assert_eq!(scenario.name, "demo");
         assert_eq!(scenario.seed, 7);
-        assert_eq!(scenario.steps.len(), 20);
+        assert_eq!(scenario.steps.len(), 22);
         assert_eq!(
             scenario.steps[0],
             Step::WaitForLeader(WaitLeaderStep::default())
@@ -1009,6 +1056,18 @@ steps:
         assert_eq!(
             scenario.steps[10],
             Step::Cut(Target::Node(1), Target::Node(2))
+        );
+        assert_eq!(
+            scenario.steps[20],
+            Step::Watch(WatchStep {
+                name: "w".into(),
+                node: Target::Follower,
+                prefix: "w/".into(),
+            })
+        );
+        assert_eq!(
+            scenario.steps[21],
+            Step::ExpectWatchesMatchHistory(WatchCheckStep::default())
         );
         assert_eq!(
             scenario.steps[3].describe(),

@@ -51,11 +51,12 @@ fn tooltip(operation: &Operation) -> String {
     if let Some(served) = &operation.served {
         let _ = write!(
             text,
-            "\nserved by node {} (leader {}, term {}, index {}{})",
+            "\nserved by node {} (leader {}, term {}, index {}, revision {}{})",
             served.node_id,
             served.leader_id,
             served.term,
             served.index,
+            served.revision,
             if served.forwarded_by != 0 {
                 format!(", forwarded by {}", served.forwarded_by)
             } else {
@@ -504,6 +505,7 @@ mod tests {
                 at_us: 150_000,
                 text: "kill node 1 (leader)".into(),
             }],
+            watch_events: Vec::new(),
         };
         let report = check(&history, Limits::default());
         let page = render(&history, &report);

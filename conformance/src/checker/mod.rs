@@ -21,6 +21,7 @@
 //! of leaving operations out.
 
 pub mod register;
+pub mod watch;
 pub mod wgl;
 
 use std::collections::{BTreeMap, HashMap};

@@ -380,7 +380,7 @@ pub(super) async fn nemesis(
     Ok(format!("{injected} faults injected"))
 }
 
-fn hash(text: &str) -> u64 {
+pub(super) fn hash(text: &str) -> u64 {
     // FNV-1a: stable across runs and platforms (std's hasher is not).
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)

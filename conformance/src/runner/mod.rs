@@ -4,11 +4,13 @@
 //! - `harness`: observing the cluster (who leads, who caught up) and the
 //!   faults that combine several container actions;
 //! - `steps`: the scenario steps;
-//! - `background`: workloads and the nemesis, which run while steps go on.
+//! - `background`: workloads and the nemesis, which run while steps go on;
+//! - `watcher`: background watchers that resume elsewhere, and their check.
 
 mod background;
 mod harness;
 mod steps;
+mod watcher;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use testcontainers::bollard::Docker;
 
+use crate::checker::watch::WatchChecks;
 use crate::checker::{self, Limits, Report, Verdict};
 use crate::client::{Client, Endpoints, Recorder, Timeouts};
 use crate::cluster::{Cluster, ClusterConfig, NAME_PREFIX};
@@ -95,6 +98,10 @@ pub struct Checks {
     pub linearizable: bool,
     /// At least one client operation was acknowledged.
     pub operations_acknowledged: bool,
+    /// Per watcher, what `expect_watches_match_history` found (absent in
+    /// scenarios without watchers).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub watches: BTreeMap<String, WatchChecks>,
 }
 
 impl Outcome {
@@ -195,6 +202,7 @@ pub async fn run_scenario(
     let mut steps: Vec<StepOutcome> = Vec::new();
     let mut failure: Option<String> = None;
     let mut final_values = BTreeMap::new();
+    let mut watches = BTreeMap::new();
     let mut logs: BTreeMap<u64, String> = BTreeMap::new();
 
     match Cluster::start(docker.clone(), config, endpoints).await {
@@ -257,6 +265,8 @@ pub async fn run_scenario(
                 }
             }
             final_values = run.take_final_values();
+            watches = run.take_watch_checks();
+            recorder.add_watch_events(run.watch_events());
             drop(run);
             for id in cluster.ids() {
                 logs.insert(id, cluster.logs(id).await);
@@ -305,6 +315,7 @@ pub async fn run_scenario(
         checks: Checks {
             linearizable: report.verdict == Verdict::Linearizable,
             operations_acknowledged: acknowledged,
+            watches,
         },
         final_values,
     };
@@ -442,6 +453,7 @@ mod tests {
             checks: Checks {
                 linearizable: true,
                 operations_acknowledged: true,
+                watches: BTreeMap::new(),
             },
             final_values: BTreeMap::from([("a".into(), "1".into())]),
         };

@@ -12,9 +12,11 @@ use tokio::task::JoinHandle;
 
 use super::background::{bank, bank_account, counter, nemesis, workload};
 use super::harness::{Harness, STATUS_TIMEOUT};
+use super::watcher::{self, Watcher};
+use crate::checker::watch::WatchChecks;
 use crate::client::{Recorder, Request};
 use crate::cluster::NodeState;
-use crate::history::{OpKind, OpStatus, Operation};
+use crate::history::{OpKind, OpStatus, Operation, WatchEvent};
 use crate::scenario::{Expect, LeaderChange, Scenario, Step, Target, TermStep};
 
 /// How long a step's client operation is retried while it must succeed.
@@ -38,6 +40,11 @@ pub(super) struct Run<'a> {
     banks: BTreeMap<String, (u32, u64)>,
     /// The revision of the last `compact` step.
     compacted: Option<i64>,
+    /// The background watchers, by name (kept after they stop: their events
+    /// go into the history).
+    watchers: BTreeMap<String, Watcher>,
+    /// The checks of `expect_watches_match_history`, per watcher.
+    watch_checks: BTreeMap<String, WatchChecks>,
 }
 
 impl<'a> Run<'a> {
@@ -58,23 +65,40 @@ impl<'a> Run<'a> {
             final_values: BTreeMap::new(),
             banks: BTreeMap::new(),
             compacted: None,
+            watchers: BTreeMap::new(),
+            watch_checks: BTreeMap::new(),
             step_process: recorder.new_process(),
             recorder,
             verbose,
         }
     }
 
-    /// The background tasks still running: (label, handle).
+    /// The background tasks still running: (label, handle). Watchers still
+    /// running are told to stop first.
     pub(super) fn take_background(&mut self) -> Vec<(String, JoinHandle<Result<String>>)> {
-        std::mem::take(&mut self.background)
-            .into_iter()
-            .map(|(_, label, handle)| (label, handle))
-            .collect()
+        let mut tasks: Vec<(String, JoinHandle<Result<String>>)> =
+            watcher::stop_all(&mut self.watchers);
+        tasks.extend(
+            std::mem::take(&mut self.background)
+                .into_iter()
+                .map(|(_, label, handle)| (label, handle)),
+        );
+        tasks
     }
 
     /// The values read by `final_values` steps.
     pub(super) fn take_final_values(&mut self) -> BTreeMap<String, String> {
         std::mem::take(&mut self.final_values)
+    }
+
+    /// The checks of `expect_watches_match_history`, per watcher.
+    pub(super) fn take_watch_checks(&mut self) -> BTreeMap<String, WatchChecks> {
+        std::mem::take(&mut self.watch_checks)
+    }
+
+    /// Every event the watchers received.
+    pub(super) fn watch_events(&self) -> Vec<WatchEvent> {
+        watcher::events(&self.watchers)
     }
     fn event(&self, text: String) {
         if self.verbose {
@@ -843,6 +867,39 @@ impl<'a> Run<'a> {
                 ));
                 Ok("passed".into())
             }
+            Step::Watch(args) => {
+                if self.watchers.contains_key(&args.name) {
+                    bail!("a watcher named {:?} already runs", args.name);
+                }
+                let node = self.resolve_one(&args.node).await?;
+                let watcher = Watcher::start(
+                    self.harness.clone(),
+                    &args.name,
+                    &args.prefix,
+                    node,
+                    self.scenario.seed,
+                    self.verbose,
+                )
+                .await?;
+                let start = watcher.log.lock().expect("watch log lock").start;
+                self.event(format!(
+                    "watch {} of {:?} created at node {node} from revision {start}",
+                    args.name, args.prefix
+                ));
+                self.watchers.insert(args.name.clone(), watcher);
+                Ok("done".into())
+            }
+            Step::ExpectWatchesMatchHistory(args) => {
+                let (checks, result) = watcher::check_watchers(
+                    &self.harness,
+                    &mut self.watchers,
+                    &self.recorder,
+                    args.timeout.0,
+                )
+                .await;
+                self.watch_checks.extend(checks);
+                result
+            }
             Step::FinalValues(keys) => {
                 for key in keys {
                     let value = self.read_retried(key).await?;
@@ -858,7 +915,7 @@ impl<'a> Run<'a> {
 /// A range of every key with `prefix` (`""`: every key); serializable at
 /// `revision` when `serializable` is given (each node answers from its own
 /// state), else linearizable at the current revision.
-fn range_of(prefix: &str, serializable: Option<()>, revision: i64) -> pb::RangeRequest {
+pub(super) fn range_of(prefix: &str, serializable: Option<()>, revision: i64) -> pb::RangeRequest {
     let (key, range_end) = if prefix.is_empty() {
         (vec![0], vec![0])
     } else {
