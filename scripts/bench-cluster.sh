@@ -181,6 +181,7 @@ workloads=(
   "txn (compare-and-swap), $clients clients|$concurrent_via|$concurrent_endpoints|txn --clients $clients --conns $node_count"
   "range of 100 keys, $clients clients|$concurrent_via|$concurrent_endpoints|range --range-keys 100 --clients $clients --conns $node_count"
   "range of 1,000 keys, $clients clients|$concurrent_via|$concurrent_endpoints|range --range-keys 1000 --clients $clients --conns $node_count"
+  "lease keep-alive, $clients clients|$concurrent_via|$concurrent_endpoints|keepalive --clients $clients --conns $node_count"
 )
 failed=0
 index=0

@@ -392,6 +392,9 @@ pub enum Workload {
     /// Ranges of --range-keys consecutive keys from a random key, with
     /// --consistency.
     Range,
+    /// Lease renewals: each client grants itself a lease and renews it on
+    /// its own keep-alive stream and connection.
+    Keepalive,
     /// Writes, as put, while --watchers watches of single keys and
     /// --prefix-watchers watches of the benchmark's key prefix receive the
     /// events: events delivered per second, and the time from a put being
@@ -409,6 +412,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::Range => "range",
             Workload::Watch => "watch",
+            Workload::Keepalive => "keepalive",
         }
     }
 }

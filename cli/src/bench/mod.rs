@@ -4,6 +4,7 @@
 //! A benchmark, not a test: nothing here asserts a speed.
 
 pub mod api;
+pub mod keepalive;
 pub mod keys;
 pub mod plan;
 pub mod progress;

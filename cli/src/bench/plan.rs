@@ -234,7 +234,7 @@ impl Plan {
                 ratio
             }
             (_, Some(_)) => return Err("--ratio applies only to `bench mixed`".into()),
-            (Workload::Put | Workload::Txn | Workload::Watch, None) => 0.0,
+            (Workload::Put | Workload::Txn | Workload::Watch | Workload::Keepalive, None) => 0.0,
             (Workload::Get | Workload::Range, None) => 1.0,
         };
         if matches!(
@@ -267,7 +267,10 @@ impl Plan {
         } else if arguments.no_prefill {
             false
         } else {
-            !matches!(arguments.workload, Workload::Put | Workload::Watch)
+            !matches!(
+                arguments.workload,
+                Workload::Put | Workload::Watch | Workload::Keepalive
+            )
         };
         let watch = watch_plan(arguments)?;
 

@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 
 use crate::args::Workload;
 use crate::bench::api::Connection;
+use crate::bench::keepalive::KeepAlive;
 use crate::bench::keys;
 use crate::bench::plan::Plan;
 use crate::bench::summary::{StopReason, Tally};
@@ -92,6 +93,10 @@ fn merged(tallies: &[Tally]) -> Tally {
     total
 }
 
+/// How long a keepalive client may take to connect, grant its lease and
+/// open its stream.
+const KEEP_ALIVE_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Counts the answer to a request sent at `started`; returns its error code
 /// if it failed.
 fn record<T>(tally: &mut Tally, started: Instant, answer: &Result<T, Status>) -> Option<Code> {
@@ -122,6 +127,9 @@ struct Client {
     connection: Connection,
     random: StdRng,
     tally: Tally,
+    /// keepalive: the client's endpoint, and its lease stream once open.
+    endpoint: String,
+    keep_alive: Option<KeepAlive>,
 }
 
 impl Client {
@@ -188,6 +196,31 @@ impl Client {
                 }
                 return failed;
             }
+            Workload::Keepalive => {
+                if self.keep_alive.is_none() {
+                    // Its lease and stream, before the first measured renewal.
+                    let opened =
+                        KeepAlive::open(plan.protocol, &self.endpoint, KEEP_ALIVE_OPEN_TIMEOUT)
+                            .await;
+                    match opened {
+                        Ok(opened) => self.keep_alive = Some(opened),
+                        Err(status) => {
+                            self.tally.record_error(grpc_code_name(status.code()));
+                            return Some(status.code());
+                        }
+                    }
+                }
+                let keep_alive = self.keep_alive.as_mut().expect("opened above");
+                let started = Instant::now();
+                let answer = keep_alive.renew().await;
+                if answer.is_err() {
+                    // A fresh lease and stream next time.
+                    self.keep_alive = None;
+                }
+                let failed = record(&mut self.tally, started, &answer);
+                self.tally.writes += 1;
+                return failed;
+            }
             Workload::Put | Workload::Get | Workload::Mixed | Workload::Watch => {}
         }
         let key = keys::key(
@@ -240,6 +273,8 @@ async fn run_clients(
             connection: client_of(plan, connections, client),
             random: client_random(plan.seed, client),
             tally: Tally::default(),
+            endpoint: plan.connection_endpoints[client % plan.connection_endpoints.len()].clone(),
+            keep_alive: None,
         };
         tasks.spawn(task.run(phase, Arc::clone(counters), limit, deadline));
     }
