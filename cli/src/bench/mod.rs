@@ -12,6 +12,7 @@ pub mod runner;
 pub mod summary;
 pub mod transport;
 pub mod watch;
+pub mod watch_decode;
 
 use std::sync::Arc;
 

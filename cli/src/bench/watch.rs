@@ -23,6 +23,7 @@ use crate::bench::api::etcd;
 use crate::bench::keys;
 use crate::bench::plan::Plan;
 use crate::bench::summary::{latency_histogram, milliseconds_text};
+use crate::bench::watch_decode::LiteWatchResponse;
 use crate::client::{self, Failure};
 use kvstore_proto::kv::v1 as pb;
 
@@ -45,14 +46,13 @@ pub fn stamp(value: &mut [u8]) {
     }
 }
 
-/// Time since the stamp in `value`.
-fn since_stamp(value: &[u8]) -> Option<Duration> {
-    let stamped = u64::from_be_bytes(value.get(..STAMP_BYTES)?.try_into().ok()?);
+/// Time since `stamped` (nanoseconds since the UNIX epoch).
+fn since_stamp(stamped: u64) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .ok()?
+        .unwrap_or_default()
         .as_nanos() as u64;
-    Some(Duration::from_nanos(now.saturating_sub(stamped)))
+    Duration::from_nanos(now.saturating_sub(stamped))
 }
 
 /// The watches of a run.
@@ -111,43 +111,35 @@ fn stream_watches(plan: &Plan, watch: &WatchPlan, stream: u64) -> Vec<(Vec<u8>, 
         .collect()
 }
 
-/// A watch response as the bench reads it, whichever API sent it.
-struct Seen {
-    created: bool,
-    canceled: Option<String>,
-    values: Vec<Vec<u8>>,
-}
+type SeenStream = tonic::Streaming<LiteWatchResponse>;
 
-impl From<pb::WatchResponse> for Seen {
-    fn from(response: pb::WatchResponse) -> Self {
-        Seen {
-            created: response.created,
-            canceled: response.canceled.then_some(response.cancel_reason),
-            values: response
-                .events
-                .into_iter()
-                .filter_map(|event| event.kv.map(|kv| kv.value))
-                .collect(),
-        }
+/// Opens a watch stream at `path` whose requests are `requests`, decoding
+/// the responses with [`LiteWatchResponse`].
+async fn open_with<R: prost::Message + Default + Send + Sync + 'static>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    requests: Vec<R>,
+) -> Result<SeenStream, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    // Every create is sent before the call: a grpc-go server (etcd) sends
+    // no response headers before its first answer. The request side stays
+    // open (both servers keep watches after it closes, too).
+    let (sender, outgoing) = mpsc::channel(requests.len().max(1));
+    for request in requests {
+        let _ = sender.try_send(request);
     }
+    let stream =
+        futures::StreamExt::chain(ReceiverStream::new(outgoing), futures::stream::pending());
+    let codec = tonic_prost::ProstCodec::<R, LiteWatchResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    Ok(grpc
+        .streaming(tonic::Request::new(stream), path, codec)
+        .await?
+        .into_inner())
 }
-
-impl From<etcd::WatchResponse> for Seen {
-    fn from(response: etcd::WatchResponse) -> Self {
-        Seen {
-            created: response.created,
-            canceled: response.canceled.then_some(response.cancel_reason),
-            values: response
-                .events
-                .into_iter()
-                .filter_map(|event| event.kv.map(|kv| kv.value))
-                .collect(),
-        }
-    }
-}
-
-type SeenStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Seen, tonic::Status>> + Send>>;
 
 /// Opens one stream on `endpoint` and creates `watches` on it.
 async fn open_stream(
@@ -156,58 +148,40 @@ async fn open_stream(
     timeout: Duration,
     watches: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<SeenStream, Failure> {
-    use futures::StreamExt;
     let channel = client::connect_for_streams(endpoint, timeout).await?;
-    let failed = |status: tonic::Status| client::describe_status(endpoint, &status);
-    Ok(match protocol {
+    let opened = match protocol {
         Protocol::Kvstore => {
-            let (requests, outgoing) = mpsc::channel(watches.len().max(1));
-            for (key, range_end) in watches {
-                let create = pb::WatchCreateRequest {
-                    key: key.clone(),
-                    range_end: range_end.clone(),
-                    ..pb::WatchCreateRequest::default()
-                };
-                let _ = requests.try_send(pb::WatchRequest {
-                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
-                });
-            }
-            let responses = pb::watch_client::WatchClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .watch(ReceiverStream::new(outgoing))
-                .await
-                .map_err(failed)?
-                .into_inner();
-            // The request side stays open as long as the stream.
-            Box::pin(responses.map(move |response| {
-                let _open = &requests;
-                response.map(Seen::from)
-            }))
+            let creates = watches
+                .iter()
+                .map(|(key, range_end)| pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                        pb::WatchCreateRequest {
+                            key: key.clone(),
+                            range_end: range_end.clone(),
+                            ..pb::WatchCreateRequest::default()
+                        },
+                    )),
+                })
+                .collect();
+            open_with(channel, "/kvstore.v1.Watch/Watch", creates).await
         }
         Protocol::Etcd => {
-            let (requests, outgoing) = mpsc::channel(watches.len().max(1));
-            for (key, range_end) in watches {
-                let create = etcd::WatchCreateRequest {
-                    key: key.clone(),
-                    range_end: range_end.clone(),
-                    ..etcd::WatchCreateRequest::default()
-                };
-                let _ = requests.try_send(etcd::WatchRequest {
-                    request_union: Some(etcd::watch_request::RequestUnion::CreateRequest(create)),
-                });
-            }
-            let responses = etcd::watch_client::WatchClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .watch(ReceiverStream::new(outgoing))
-                .await
-                .map_err(failed)?
-                .into_inner();
-            Box::pin(responses.map(move |response| {
-                let _open = &requests;
-                response.map(Seen::from)
-            }))
+            let creates = watches
+                .iter()
+                .map(|(key, range_end)| etcd::WatchRequest {
+                    request_union: Some(etcd::watch_request::RequestUnion::CreateRequest(
+                        etcd::WatchCreateRequest {
+                            key: key.clone(),
+                            range_end: range_end.clone(),
+                            ..etcd::WatchCreateRequest::default()
+                        },
+                    )),
+                })
+                .collect();
+            open_with(channel, "/etcdserverpb.Watch/Watch", creates).await
         }
-    })
+    };
+    opened.map_err(|status| client::describe_status(endpoint, &status))
 }
 
 impl Watchers {
@@ -237,10 +211,10 @@ impl Watchers {
                         ))
                     })?;
                 match next {
-                    Some(Ok(seen)) if seen.canceled.is_some() => {
+                    Some(Ok(seen)) if seen.canceled => {
                         return Err(Failure(format!(
                             "{endpoint}: a watch was refused: {}",
-                            seen.canceled.unwrap_or_default()
+                            seen.cancel_reason
                         )))
                     }
                     Some(Ok(seen)) if seen.created => created += 1,
@@ -264,16 +238,15 @@ impl Watchers {
                     };
                     match next {
                         Some(Ok(seen)) => {
-                            for value in &seen.values {
-                                if let Some(latency) = since_stamp(value) {
-                                    let _ =
-                                        tally.latency_us.record(latency.as_micros().max(1) as u64);
-                                }
+                            for stamp in &seen.stamps {
+                                let latency = since_stamp(*stamp);
+                                let _ = tally.latency_us.record(latency.as_micros().max(1) as u64);
                             }
-                            events.fetch_add(seen.values.len() as u64, Ordering::Relaxed);
+                            events.fetch_add(seen.events, Ordering::Relaxed);
                             *last_event.lock().expect("not poisoned") = Some(Instant::now());
-                            if let Some(reason) = seen.canceled {
-                                tally.error = Some(format!("a watch was cancelled: {reason}"));
+                            if seen.canceled {
+                                tally.error =
+                                    Some(format!("a watch was cancelled: {}", seen.cancel_reason));
                                 break;
                             }
                         }

@@ -12,7 +12,6 @@ use kvstore_proto::kv::v1::{
     Event, EventType, KeyValue, ResponseHeader, WatchCreateRequest, WatchFilterType, WatchRequest,
     WatchResponse,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::limits;
@@ -95,11 +94,124 @@ impl Watch for WatchService {
         });
         let guard = StreamGuard { hub, stream };
         let node_id = self.node.id();
-        let responses = ReceiverStream::new(news).map(move |news| {
+        let responses = Coalesced::new(news).map(move |news| {
             let _alive = &guard;
             to_response(node_id, news)
         });
         Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// Most news taken from a stream's channel at once to be coalesced.
+const COALESCE_NEWS_MAX: usize = 4_096;
+/// Most key and value bytes in one coalesced response (clients refuse
+/// messages above 4 MiB by default).
+const COALESCE_BYTES_MAX: usize = 1024 * 1024;
+
+/// A stream's news, with the events of one watch that are ready together
+/// merged into one response: a client that fell behind (its channel holds
+/// many revisions) then gets one response per watch rather than one per
+/// watch and revision, which is what the per-message costs (headers,
+/// gRPC and HTTP/2 frames, the client's decoding) scale with. Events stay
+/// in revision order within each watch; nothing waits for more to come;
+/// anything but events (created, cancelled, progress) is a barrier no
+/// event is moved across.
+struct Coalesced {
+    receiver: tokio::sync::mpsc::Receiver<WatchNews>,
+    ready: std::collections::VecDeque<WatchNews>,
+}
+
+impl Coalesced {
+    fn new(receiver: tokio::sync::mpsc::Receiver<WatchNews>) -> Self {
+        Self {
+            receiver,
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Merges `taken` into `self.ready`.
+    fn coalesce(&mut self, taken: Vec<WatchNews>) {
+        // Where each watch's open response is in `ready`, and its bytes.
+        let mut open: std::collections::HashMap<i64, (usize, usize)> =
+            std::collections::HashMap::new();
+        for news in taken {
+            match news {
+                WatchNews::Events {
+                    watch_id,
+                    revision,
+                    events,
+                    prev_kv,
+                } => {
+                    let bytes: usize = events.iter().map(|change| change_bytes(change)).sum();
+                    if let Some((at, size)) = open.get_mut(&watch_id) {
+                        if *size + bytes <= COALESCE_BYTES_MAX {
+                            if let Some(WatchNews::Events {
+                                revision: merged_revision,
+                                events: merged,
+                                ..
+                            }) = self.ready.get_mut(*at)
+                            {
+                                merged.extend(events);
+                                *merged_revision = revision;
+                                *size += bytes;
+                                continue;
+                            }
+                        }
+                    }
+                    open.insert(watch_id, (self.ready.len(), bytes));
+                    self.ready.push_back(WatchNews::Events {
+                        watch_id,
+                        revision,
+                        events,
+                        prev_kv,
+                    });
+                }
+                other => {
+                    open.clear();
+                    self.ready.push_back(other);
+                }
+            }
+        }
+    }
+}
+
+/// Key and value bytes of a change, as a response carries them.
+fn change_bytes(change: &Change) -> usize {
+    let record = change
+        .record
+        .as_ref()
+        .map_or(0, |record| record.value.len());
+    let previous = change
+        .previous
+        .as_ref()
+        .map_or(0, |record| record.value.len());
+    2 * change.key.len() + record + previous
+}
+
+impl Stream for Coalesced {
+    type Item = WatchNews;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchNews>> {
+        if let Some(news) = self.ready.pop_front() {
+            return std::task::Poll::Ready(Some(news));
+        }
+        let mut taken = Vec::new();
+        match self.receiver.poll_recv(context) {
+            std::task::Poll::Ready(Some(news)) => taken.push(news),
+            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+        while taken.len() < COALESCE_NEWS_MAX {
+            match self.receiver.try_recv() {
+                Ok(news) => taken.push(news),
+                Err(_) => break,
+            }
+        }
+        self.coalesce(taken);
+        std::task::Poll::Ready(self.ready.pop_front())
     }
 }
 
@@ -253,5 +365,83 @@ fn to_event(change: &Change, prev_kv: bool) -> Event {
                     .map(|previous| key_value_to_proto(&change.key, previous))
             })
             .flatten(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::state_machine::mvcc::record::KeyRecord;
+    use crate::state_machine::mvcc::Revision;
+
+    fn events(watch_id: i64, revision: u64, value_bytes: usize) -> WatchNews {
+        WatchNews::Events {
+            watch_id,
+            revision,
+            events: vec![Arc::new(Change {
+                key: b"k".to_vec(),
+                revision: Revision::new(revision),
+                record: Some(KeyRecord {
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                    lease: 0,
+                    value: vec![0; value_bytes],
+                }),
+                previous: None,
+            })],
+            prev_kv: false,
+        }
+    }
+
+    /// (watch id, revisions) of each response, or the kind of the others.
+    fn shape(news: &std::collections::VecDeque<WatchNews>) -> Vec<(i64, Vec<u64>)> {
+        news.iter()
+            .map(|news| match news {
+                WatchNews::Events {
+                    watch_id, events, ..
+                } => (
+                    *watch_id,
+                    events.iter().map(|change| change.revision.main).collect(),
+                ),
+                WatchNews::Progress { .. } => (-1, Vec::new()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ready_events_of_a_watch_merge_in_order_and_never_across_a_barrier() {
+        let (_, receiver) = tokio::sync::mpsc::channel(1);
+        let mut coalesced = Coalesced::new(receiver);
+        coalesced.coalesce(vec![
+            events(1, 5, 1),
+            events(2, 5, 1),
+            events(1, 6, 1),
+            events(2, 6, 1),
+            WatchNews::Progress {
+                watch_id: -1,
+                revision: 6,
+            },
+            events(1, 7, 1),
+            // Over the byte bound: a response of its own.
+            events(1, 8, COALESCE_BYTES_MAX),
+        ]);
+        assert_eq!(
+            shape(&coalesced.ready),
+            vec![
+                (1, vec![5, 6]),
+                (2, vec![5, 6]),
+                (-1, vec![]),
+                (1, vec![7]),
+                (1, vec![8]),
+            ]
+        );
+        match &coalesced.ready[0] {
+            WatchNews::Events { revision, .. } => assert_eq!(*revision, 6),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -98,11 +98,11 @@ impl Driver {
         let revision = self.revision.clone();
         let watch_hub = self.watch_hub.clone();
         let lessor = self.lessor.clone();
-        let finish = move |outcomes: Vec<state_machine::Applied>| {
+        let finish = move |mut outcomes: Vec<state_machine::Applied>| {
             // Before the clients are answered: a client that saw its write
             // acknowledged and then watches from the next revision misses
             // nothing.
-            watch_hub.publish(&outcomes);
+            watch_hub.publish(&mut outcomes);
             if let Some(last) = outcomes.last() {
                 revision.fetch_max(last.revision, Ordering::AcqRel);
             }

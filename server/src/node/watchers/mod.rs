@@ -409,25 +409,27 @@ impl WatchHub {
         }
     }
 
-    /// Hands the hub the outcomes of one applied batch, in order: every
-    /// synced watcher gets its events of each revision, or, when its
-    /// stream's buffer is full, goes to catch-up. Never waits.
-    pub fn publish(&self, outcomes: &[Applied]) {
-        let Some(last) = outcomes.last() else {
+    /// Hands the hub the outcomes of one applied batch, in order (it takes
+    /// their changes): every synced watcher gets its events of each
+    /// revision, or, when its stream's buffer is full, goes to catch-up.
+    /// Never waits.
+    pub fn publish(&self, outcomes: &mut [Applied]) {
+        let Some(last) = outcomes.last().map(|last| last.revision) else {
             return;
         };
         let mut state = self.lock();
         if state.watchers.is_empty() {
-            state.published = state.published.max(last.revision);
+            state.published = state.published.max(last);
             return;
         }
         for applied in outcomes {
             if applied.changes.is_empty() || applied.revision <= state.published {
                 continue;
             }
-            state.publish_revision(applied, &self.counters, &self.catchup);
+            let changes = std::mem::take(&mut applied.changes);
+            state.publish_revision(applied.revision, changes, &self.counters, &self.catchup);
         }
-        state.published = state.published.max(last.revision);
+        state.published = state.published.max(last);
     }
 
     /// A snapshot replaced the store: its revisions came without events,
@@ -580,21 +582,35 @@ struct CatchupPick {
 
 impl HubState {
     /// Sends every synced watcher its events of `applied`'s revision.
-    fn publish_revision(&mut self, applied: &Applied, counters: &WatchCounters, catchup: &Notify) {
-        let revision = applied.revision;
-        let mut matched: HashMap<WatcherKey, Vec<Arc<Change>>> = HashMap::new();
-        for change in &applied.changes {
-            let change = Arc::new(change.clone());
-            if let Some(keys) = self.synced_keys.get(&change.key) {
-                for key in keys {
-                    matched.entry(*key).or_default().push(change.clone());
-                }
-            }
-            for (span, keys) in &self.synced_spans {
-                if span.contains(&change.key) {
-                    for key in keys {
-                        matched.entry(*key).or_default().push(change.clone());
-                    }
+    fn publish_revision(
+        &mut self,
+        revision: u64,
+        changes: Vec<Change>,
+        counters: &WatchCounters,
+        catchup: &Notify,
+    ) {
+        // Each synced watcher with its events of this revision, in order. A
+        // watcher is indexed once, so a revision of one write (the common
+        // case) needs no map to group them.
+        let mut matched: Vec<(WatcherKey, Vec<Arc<Change>>)> = Vec::new();
+        let mut position: HashMap<WatcherKey, usize> = HashMap::new();
+        let grouped = changes.len() > 1;
+        for change in changes {
+            let change = Arc::new(change);
+            let by_key = self.synced_keys.get(&change.key).into_iter().flatten();
+            let by_span = self
+                .synced_spans
+                .iter()
+                .filter(|(span, _)| span.contains(&change.key))
+                .flat_map(|(_, keys)| keys);
+            for key in by_key.chain(by_span) {
+                if !grouped {
+                    matched.push((*key, vec![change.clone()]));
+                } else if let Some(at) = position.get(key) {
+                    matched[*at].1.push(change.clone());
+                } else {
+                    position.insert(*key, matched.len());
+                    matched.push((*key, vec![change.clone()]));
                 }
             }
         }
