@@ -515,6 +515,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub watch_streams: u64,
 
+    /// watch: create the watches after the writes, from revision 1: every
+    /// event then comes from the history (a fresh cluster's whole history),
+    /// and events/s measures delivery alone, from the creation to the last
+    /// event.
+    #[arg(long)]
+    pub watch_history: bool,
+
     /// watch: longest wait for the events after the last write.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watch_drain: Duration,

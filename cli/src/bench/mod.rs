@@ -91,8 +91,10 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
     }
 
     let watchers = match plan.watch {
-        Some(watch) => Some(watch::Watchers::start(&plan, watch, cli.timeout).await?),
-        None => None,
+        Some(watch) if !watch.history => {
+            Some(watch::Watchers::start(&plan, watch, cli.timeout).await?)
+        }
+        _ => None,
     };
     let writes_started = std::time::Instant::now();
     let counters = Arc::new(Counters::default());
@@ -109,13 +111,23 @@ pub async fn run(cli: &Cli, arguments: &BenchArgs) -> Result<u8, Failure> {
     let (tally, elapsed, stop_reason) = runner::measure(&plan, &connections, &counters).await?;
     drop(progress);
 
-    let watched = match watchers {
-        Some(watchers) => Some(
+    let watched = match (watchers, plan.watch) {
+        (Some(watchers), _) => Some(
             watchers
                 .finish(tally.succeeded(), plan.keyspace, writes_started)
                 .await,
         ),
-        None => None,
+        // From the history: the watches start once the writes are done.
+        (None, Some(watch)) => {
+            let created = std::time::Instant::now();
+            let watchers = watch::Watchers::start(&plan, watch, cli.timeout).await?;
+            Some(
+                watchers
+                    .finish(tally.succeeded(), plan.keyspace, created)
+                    .await,
+            )
+        }
+        (None, None) => None,
     };
     let summary = Summary {
         plan: Plan::clone(&plan),

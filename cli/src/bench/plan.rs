@@ -93,12 +93,13 @@ const WATCH_STREAMS_MAX: u64 = 10_000;
 /// The watches of `bench watch`, checked; None for other workloads.
 fn watch_plan(arguments: &BenchArgs) -> Result<Option<WatchPlan>, String> {
     let given = arguments.watchers.is_some()
+        || arguments.watch_history
         || arguments.prefix_watchers > 0
         || arguments.watch_streams != 16;
     if arguments.workload != Workload::Watch {
         if given {
             return Err(
-                "--watchers, --prefix-watchers and --watch-streams apply only to `bench watch`"
+                "--watchers, --prefix-watchers, --watch-streams and --watch-history apply only to `bench watch`"
                     .into(),
             );
         }
@@ -137,6 +138,7 @@ fn watch_plan(arguments: &BenchArgs) -> Result<Option<WatchPlan>, String> {
         prefix_watchers: arguments.prefix_watchers,
         streams: arguments.watch_streams,
         drain: arguments.watch_drain,
+        history: arguments.watch_history,
     }))
 }
 

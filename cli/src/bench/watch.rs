@@ -66,6 +66,8 @@ pub struct WatchPlan {
     pub streams: u64,
     /// Longest wait for the events after the writes.
     pub drain: Duration,
+    /// Create the watches after the writes, from revision 1.
+    pub history: bool,
 }
 
 /// What the watchers of one stream counted.
@@ -141,12 +143,18 @@ async fn open_with<R: prost::Message + Default + Send + Sync + 'static>(
         .into_inner())
 }
 
+/// The start revision of the watches: 1 (the whole history) or the next.
+fn start_revision(history: bool) -> i64 {
+    i64::from(history)
+}
+
 /// Opens one stream on `endpoint` and creates `watches` on it.
 async fn open_stream(
     protocol: Protocol,
     endpoint: &str,
     timeout: Duration,
     watches: &[(Vec<u8>, Vec<u8>)],
+    history: bool,
 ) -> Result<SeenStream, Failure> {
     let channel = client::connect_for_streams(endpoint, timeout).await?;
     let opened = match protocol {
@@ -158,6 +166,7 @@ async fn open_stream(
                         pb::WatchCreateRequest {
                             key: key.clone(),
                             range_end: range_end.clone(),
+                            start_revision: start_revision(history),
                             ..pb::WatchCreateRequest::default()
                         },
                     )),
@@ -173,6 +182,7 @@ async fn open_stream(
                         etcd::WatchCreateRequest {
                             key: key.clone(),
                             range_end: range_end.clone(),
+                            start_revision: start_revision(history),
                             ..etcd::WatchCreateRequest::default()
                         },
                     )),
@@ -199,7 +209,8 @@ impl Watchers {
             }
             let endpoints = &plan.connection_endpoints;
             let endpoint = &endpoints[stream as usize % endpoints.len()];
-            let mut responses = open_stream(plan.protocol, endpoint, timeout, &watches).await?;
+            let mut responses =
+                open_stream(plan.protocol, endpoint, timeout, &watches, watch.history).await?;
             let mut created = 0;
             let deadline = tokio::time::Instant::now() + CREATE_WAIT;
             while created < watches.len() {
@@ -217,8 +228,15 @@ impl Watchers {
                             seen.cancel_reason
                         )))
                     }
-                    Some(Ok(seen)) if seen.created => created += 1,
-                    Some(Ok(_)) => {}
+                    Some(Ok(seen)) => {
+                        // From the history, events may come before the
+                        // last watch of the stream is created.
+                        created += usize::from(seen.created);
+                        if seen.events > 0 {
+                            events.fetch_add(seen.events, Ordering::Relaxed);
+                            *last_event.lock().expect("not poisoned") = Some(Instant::now());
+                        }
+                    }
                     Some(Err(status)) => return Err(client::describe_status(endpoint, &status)),
                     None => return Err(Failure(format!("{endpoint}: the watch stream ended"))),
                 }
@@ -226,6 +244,8 @@ impl Watchers {
             let events = Arc::clone(&events);
             let last_event = Arc::clone(&last_event);
             let mut stopped = stopped.clone();
+            // Events from the history are as old as their writes: no latency.
+            let timed = !watch.history;
             tasks.spawn(async move {
                 let mut tally = StreamTally {
                     latency_us: latency_histogram(),
@@ -238,7 +258,7 @@ impl Watchers {
                     };
                     match next {
                         Some(Ok(seen)) => {
-                            for stamp in &seen.stamps {
+                            for stamp in seen.stamps.iter().filter(|_| timed) {
                                 let latency = since_stamp(*stamp);
                                 let _ = tally.latency_us.record(latency.as_micros().max(1) as u64);
                             }
@@ -342,8 +362,13 @@ impl WatchSummary {
         let expected = self
             .expected
             .map_or_else(String::new, |expected| format!(" of {expected} expected"));
+        let from = if plan.history {
+            " (from the history, after the writes)"
+        } else {
+            ""
+        };
         let mut text = format!(
-            "watches          {} on single keys, {} on the prefix, over {} streams\n\
+            "watches          {} on single keys, {} on the prefix, over {} streams{from}\n\
              events           {}{expected} in {:.2} s: {:.0} events/s\n\
              put to event     p50 {} ms, p99 {} ms, max {} ms\n",
             plan.watchers,
