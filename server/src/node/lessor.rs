@@ -213,8 +213,12 @@ impl Lessor {
     }
 
     /// A keep-alive: the lease lives its full TTL from `now`. Returns the
-    /// TTL in seconds.
-    pub fn keep_alive(&mut self, id: u64, now: Instant) -> Result<u64, LeaseRefusal> {
+    /// TTL in seconds, and whether the lease had a checkpoint, which the
+    /// caller must then clear through Raft (a checkpoint of 0): else a new
+    /// leader would restart the lease from that older, shorter remaining
+    /// TTL and expire it before the TTL this keep-alive promised (etcd
+    /// clears it the same way).
+    pub fn keep_alive(&mut self, id: u64, now: Instant) -> Result<(u64, bool), LeaseRefusal> {
         if !self.primary {
             return Err(LeaseRefusal::NotPrimary);
         }
@@ -226,7 +230,8 @@ impl Lessor {
             return Err(LeaseRefusal::NotFound);
         }
         lease.expiry = Some(now + lease.ttl);
-        Ok(lease.ttl.as_secs())
+        let checkpointed = !std::mem::take(&mut lease.checkpointed).is_zero();
+        Ok((lease.ttl.as_secs(), checkpointed))
     }
 
     /// A lease's granted and remaining TTL (leader only).
@@ -279,8 +284,10 @@ impl Lessor {
     }
 
     /// The checkpoints to propose now (leader only, every
-    /// [`CHECKPOINT_INTERVAL`]): the remaining TTL of every lease that has
-    /// run for a while, at most [`CHECKPOINT_BATCH_MAX`].
+    /// [`CHECKPOINT_INTERVAL`]): the remaining TTL of every lease longer
+    /// than the interval that has run for a while, at most
+    /// [`CHECKPOINT_BATCH_MAX`] (a shorter lease restarting its TTL after a
+    /// failover costs less than checkpointing it).
     pub fn checkpoints_due(&mut self, now: Instant) -> Vec<(u64, u64)> {
         if !self.primary || self.next_checkpoint.is_none_or(|due| now < due) {
             return Vec::new();
@@ -288,6 +295,7 @@ impl Lessor {
         self.next_checkpoint = Some(now + CHECKPOINT_INTERVAL);
         self.leases
             .iter()
+            .filter(|(_, lease)| lease.ttl > CHECKPOINT_INTERVAL)
             .filter_map(|(id, lease)| {
                 let remaining = lease.expiry?.saturating_duration_since(now);
                 (!remaining.is_zero() && remaining < lease.ttl).then(|| (*id, seconds(remaining)))
@@ -317,7 +325,7 @@ mod tests {
         assert_eq!(lessor.keep_alive(1, start), Err(LeaseRefusal::NotPrimary));
         assert!(lessor.expired(start + Duration::from_secs(100)).is_empty());
         lessor.promote(start);
-        assert_eq!(lessor.keep_alive(1, start), Ok(10));
+        assert_eq!(lessor.keep_alive(1, start), Ok((10, false)));
         assert_eq!(lessor.keep_alive(2, start), Err(LeaseRefusal::NotFound));
         let ttl = lessor
             .time_to_live(1, start + Duration::from_millis(2_500))
@@ -371,6 +379,15 @@ mod tests {
             .checkpoints_due(start + CHECKPOINT_INTERVAL)
             .is_empty());
         lessor.checkpointed(&due);
+        // A keep-alive after a checkpoint asks for it to be cleared, once.
+        assert_eq!(
+            lessor.keep_alive(7, start + CHECKPOINT_INTERVAL),
+            Ok((3_600, true))
+        );
+        assert_eq!(
+            lessor.keep_alive(7, start + CHECKPOINT_INTERVAL),
+            Ok((3_600, false))
+        );
         // A follower that takes over later starts from the checkpoint.
         let mut follower = Lessor::new(vec![(7, record(3_600, due[0].1))], EXTENSION);
         let later = start + CHECKPOINT_INTERVAL;

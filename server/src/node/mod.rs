@@ -593,6 +593,22 @@ impl Node {
         }
     }
 
+    /// Records, through Raft, that lease `id` has no checkpoint any more
+    /// (it was renewed to its full TTL), without waiting: a new leader
+    /// restarts it from its full TTL then, never from a shorter
+    /// checkpointed one.
+    fn clear_lease_checkpoint(&self, id: u64) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let command = Command::LeaseCheckpoint {
+                checkpoints: vec![(id, 0)],
+            };
+            if let Err(error) = node.write(command, "lease-checkpoint-clear").await {
+                tracing::debug!(%error, lease = id, "clearing a lease's checkpoint failed");
+            }
+        });
+    }
+
     /// Revokes a lease: its keys are deleted at one revision.
     pub async fn lease_revoke(&self, id: u64, request_id: &str) -> Result<ServedBy, KvError> {
         self.require_leases().await?;
@@ -623,11 +639,16 @@ impl Node {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let now = Instant::now();
                     if keep_alive {
-                        lessor.keep_alive(id, now).map(|ttl| LeaseReply {
-                            id,
-                            found: true,
-                            ttl_seconds: ttl,
-                            remaining_seconds: ttl,
+                        lessor.keep_alive(id, now).map(|(ttl, checkpointed)| {
+                            if checkpointed {
+                                self.clear_lease_checkpoint(id);
+                            }
+                            LeaseReply {
+                                id,
+                                found: true,
+                                ttl_seconds: ttl,
+                                remaining_seconds: ttl,
+                            }
                         })
                     } else {
                         lessor.time_to_live(id, now).map(|ttl| LeaseReply {
