@@ -182,7 +182,13 @@ async fn wait_for_event(cli: &Cli, create: pb::WatchCreateRequest) -> Result<(),
     let mut responses = open_watch(cli, create).await?;
     loop {
         match responses.message().await {
-            Ok(Some(response)) if response.canceled || !response.events.is_empty() => return Ok(()),
+            Ok(Some(response)) if response.canceled => {
+                // Compacted past, or refused: the caller looks again, not
+                // at once.
+                tokio::time::sleep(RETRY_PAUSE).await;
+                return Ok(());
+            }
+            Ok(Some(response)) if !response.events.is_empty() => return Ok(()),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -206,32 +212,74 @@ async fn wait_for_delete(cli: &Cli, key: &[u8], from: i64) -> Result<(), Failure
     .await
 }
 
+/// Checks, after the wait, that this contender's key is still the one it
+/// created (etcd's `ErrSessionExpired`): if its session expired while it
+/// waited, the key is gone (a later contender may hold the lock) and it
+/// holds nothing.
+async fn check_own_key(cli: &Cli, key: &[u8], revision: i64) -> Result<(), Failure> {
+    let (endpoint, mut kv) = kv_client(cli).await?;
+    let own = kv
+        .range(pb::RangeRequest {
+            key: key.to_vec(),
+            ..pb::RangeRequest::default()
+        })
+        .await
+        .map_err(|status| client::describe_status(&endpoint, &status))?
+        .into_inner();
+    match own.kvs.first() {
+        Some(kv) if kv.create_revision == revision => Ok(()),
+        _ => Err(Failure(
+            "session expired: the contender's key is gone (its lease expired while it waited)"
+                .into(),
+        )),
+    }
+}
+
+/// Creates this contender's key and waits for its turn; fails if the
+/// session was lost meanwhile (or it is interrupted: `Ok(None)`). The
+/// key's create revision.
+async fn contend(
+    cli: &Cli,
+    session: &mut Session,
+    key: &[u8],
+    value: &[u8],
+    prefix: &[u8],
+) -> Result<Option<i64>, Failure> {
+    let lease = session.lease;
+    let turn = async {
+        let revision = create_own_key(cli, key, value, lease).await?;
+        wait_for_turn(cli, prefix, revision).await?;
+        check_own_key(cli, key, revision).await?;
+        Ok::<_, Failure>(revision)
+    };
+    tokio::select! {
+        turn = turn => turn.map(Some),
+        reason = &mut session.lost => Err(Failure(format!(
+            "session lost while waiting: {}",
+            reason.unwrap_or_default()
+        ))),
+        _ = crate::interrupted() => Ok(None),
+    }
+}
+
 /// `lock NAME [COMMAND...]`.
 pub async fn lock(cli: &Cli, name: &[u8], command: &[OsString], ttl: i64) -> Outcome {
-    let session = Session::start(cli, ttl).await?;
+    let mut session = Session::start(cli, ttl).await?;
     let mut key = name.to_vec();
     key.extend_from_slice(format!("/{:x}", session.lease).as_bytes());
     let mut prefix = name.to_vec();
     prefix.push(b'/');
-    let acquired = async {
-        let revision = create_own_key(cli, &key, b"", session.lease).await?;
-        wait_for_turn(cli, &prefix, revision).await?;
-        Ok::<_, Failure>(revision)
-    };
-    let revision = tokio::select! {
-        acquired = acquired => match acquired {
-            Ok(revision) => revision,
-            Err(failure) => {
-                session.close(cli).await;
-                return Err(failure);
-            }
-        },
-        _ = crate::interrupted() => {
+    let revision = match contend(cli, &mut session, &key, b"", &prefix).await {
+        Ok(Some(revision)) => revision,
+        Ok(None) => {
             session.close(cli).await;
             return Ok(EXIT_OK);
         }
+        Err(failure) => {
+            session.close(cli).await;
+            return Err(failure);
+        }
     };
-    let mut session = session;
     let code = if command.is_empty() {
         write_stdout(&[key.as_slice(), b"\n"].concat())?;
         tokio::select! {
@@ -256,6 +304,11 @@ async fn run_holding(
     revision: i64,
     lost: &mut oneshot::Receiver<String>,
 ) -> Result<u8, Failure> {
+    if let Ok(reason) = lost.try_recv() {
+        return Err(Failure(format!(
+            "lock lost before the command ran: {reason}"
+        )));
+    }
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("KVSTORE_LOCK_KEY", String::from_utf8_lossy(key).as_ref())
@@ -287,20 +340,15 @@ pub async fn campaign(cli: &Cli, name: &[u8], proposal: &[u8], ttl: i64) -> Outc
     key.extend_from_slice(format!("/{:x}", session.lease).as_bytes());
     let mut prefix = name.to_vec();
     prefix.push(b'/');
-    let elected = async {
-        let revision = create_own_key(cli, &key, proposal, session.lease).await?;
-        wait_for_turn(cli, &prefix, revision).await
-    };
-    tokio::select! {
-        elected = elected => {
-            if let Err(failure) = elected {
-                session.close(cli).await;
-                return Err(failure);
-            }
-        }
-        _ = crate::interrupted() => {
+    match contend(cli, &mut session, &key, proposal, &prefix).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
             session.close(cli).await;
             return Ok(EXIT_OK);
+        }
+        Err(failure) => {
+            session.close(cli).await;
+            return Err(failure);
         }
     }
     write_stdout(&[key.as_slice(), b"\n", proposal, b"\n"].concat())?;

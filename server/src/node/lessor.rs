@@ -32,10 +32,13 @@ pub const REVOKE_RETRY: Duration = Duration::from_secs(5);
 struct Lease {
     /// Granted time to live.
     ttl: Duration,
-    /// Remaining TTL at the last checkpoint (zero: none).
+    /// Remaining TTL at the last checkpoint applied (zero: none).
     checkpointed: Duration,
     /// When it expires (leader only).
     expiry: Option<Instant>,
+    /// When the leader last proposed to correct its checkpoint (leader
+    /// only; see [`Lessor::stale_checkpoints`]).
+    correction_proposed: Option<Instant>,
 }
 
 /// Why a lease request was not served.
@@ -52,7 +55,7 @@ pub enum LeaseRefusal {
 pub struct TimeToLive {
     /// Granted, in seconds.
     pub granted_seconds: u64,
-    /// Remaining, in whole seconds (rounded up, as etcd's).
+    /// Remaining, in whole seconds (truncated, as etcd's).
     pub remaining_seconds: u64,
 }
 
@@ -125,6 +128,7 @@ impl Lessor {
                         ttl: Duration::from_secs(record.ttl_seconds),
                         checkpointed: Duration::from_secs(record.remaining_seconds),
                         expiry: None,
+                        correction_proposed: None,
                     },
                 )
             })
@@ -193,6 +197,7 @@ impl Lessor {
                 ttl,
                 checkpointed: Duration::ZERO,
                 expiry,
+                correction_proposed: None,
             },
         );
     }
@@ -208,17 +213,15 @@ impl Lessor {
         for (id, remaining) in checkpoints {
             if let Some(lease) = self.leases.get_mut(id) {
                 lease.checkpointed = Duration::from_secs(*remaining);
+                lease.correction_proposed = None;
             }
         }
     }
 
     /// A keep-alive: the lease lives its full TTL from `now`. Returns the
-    /// TTL in seconds, and whether the lease had a checkpoint, which the
-    /// caller must then clear through Raft (a checkpoint of 0): else a new
-    /// leader would restart the lease from that older, shorter remaining
-    /// TTL and expire it before the TTL this keep-alive promised (etcd
-    /// clears it the same way).
-    pub fn keep_alive(&mut self, id: u64, now: Instant) -> Result<(u64, bool), LeaseRefusal> {
+    /// TTL in seconds. A checkpoint it had is now too short: the next tick
+    /// clears it ([`Lessor::stale_checkpoints`]).
+    pub fn keep_alive(&mut self, id: u64, now: Instant) -> Result<u64, LeaseRefusal> {
         if !self.primary {
             return Err(LeaseRefusal::NotPrimary);
         }
@@ -230,8 +233,34 @@ impl Lessor {
             return Err(LeaseRefusal::NotFound);
         }
         lease.expiry = Some(now + lease.ttl);
-        let checkpointed = !std::mem::take(&mut lease.checkpointed).is_zero();
-        Ok((lease.ttl.as_secs(), checkpointed))
+        Ok(lease.ttl.as_secs())
+    }
+
+    /// Checkpoints to clear (leader only): a lease whose applied checkpoint
+    /// is shorter than its remaining TTL (a keep-alive came after it, or
+    /// a checkpoint proposed before a keep-alive was applied after it)
+    /// would restart from it after a failover and expire before the TTL a
+    /// keep-alive promised. Each is cleared (a checkpoint of 0: the full
+    /// TTL) through Raft, again after [`REVOKE_RETRY`] if not applied, as
+    /// etcd's Renew clears it.
+    pub fn stale_checkpoints(&mut self, now: Instant) -> Vec<(u64, u64)> {
+        if !self.primary {
+            return Vec::new();
+        }
+        let mut stale = Vec::new();
+        for (id, lease) in &mut self.leases {
+            let Some(expiry) = lease.expiry else { continue };
+            let remaining = expiry.saturating_duration_since(now);
+            let short = !lease.checkpointed.is_zero() && lease.checkpointed < remaining;
+            let due = lease
+                .correction_proposed
+                .is_none_or(|proposed| now.saturating_duration_since(proposed) >= REVOKE_RETRY);
+            if short && due {
+                lease.correction_proposed = Some(now);
+                stale.push((*id, 0));
+            }
+        }
+        stale
     }
 
     /// A lease's granted and remaining TTL (leader only).
@@ -248,7 +277,7 @@ impl Lessor {
         }
         Ok(TimeToLive {
             granted_seconds: lease.ttl.as_secs(),
-            remaining_seconds: seconds(remaining),
+            remaining_seconds: remaining.as_secs(),
         })
     }
 
@@ -325,12 +354,12 @@ mod tests {
         assert_eq!(lessor.keep_alive(1, start), Err(LeaseRefusal::NotPrimary));
         assert!(lessor.expired(start + Duration::from_secs(100)).is_empty());
         lessor.promote(start);
-        assert_eq!(lessor.keep_alive(1, start), Ok((10, false)));
+        assert_eq!(lessor.keep_alive(1, start), Ok(10));
         assert_eq!(lessor.keep_alive(2, start), Err(LeaseRefusal::NotFound));
         let ttl = lessor
             .time_to_live(1, start + Duration::from_millis(2_500))
             .unwrap();
-        assert_eq!((ttl.granted_seconds, ttl.remaining_seconds), (10, 8));
+        assert_eq!((ttl.granted_seconds, ttl.remaining_seconds), (10, 7));
         assert!(lessor.expired(start + Duration::from_secs(9)).is_empty());
         assert_eq!(lessor.expired(start + Duration::from_secs(10)), vec![1]);
         // Proposed once; an expired lease refuses keep-alives meanwhile.
@@ -379,15 +408,18 @@ mod tests {
             .checkpoints_due(start + CHECKPOINT_INTERVAL)
             .is_empty());
         lessor.checkpointed(&due);
-        // A keep-alive after a checkpoint asks for it to be cleared, once.
-        assert_eq!(
-            lessor.keep_alive(7, start + CHECKPOINT_INTERVAL),
-            Ok((3_600, true))
-        );
-        assert_eq!(
-            lessor.keep_alive(7, start + CHECKPOINT_INTERVAL),
-            Ok((3_600, false))
-        );
+        let after = start + CHECKPOINT_INTERVAL;
+        assert!(lessor.stale_checkpoints(after).is_empty(), "it is current");
+        // A keep-alive makes it too short: cleared once, again after a
+        // while if the clear was not applied, no more once it was.
+        assert_eq!(lessor.keep_alive(7, after), Ok(3_600));
+        assert_eq!(lessor.stale_checkpoints(after), vec![(7, 0)]);
+        assert!(lessor.stale_checkpoints(after).is_empty());
+        assert_eq!(lessor.stale_checkpoints(after + REVOKE_RETRY), vec![(7, 0)]);
+        lessor.checkpointed(&[(7, 0)]);
+        assert!(lessor
+            .stale_checkpoints(after + 2 * REVOKE_RETRY)
+            .is_empty());
         // A follower that takes over later starts from the checkpoint.
         let mut follower = Lessor::new(vec![(7, record(3_600, due[0].1))], EXTENSION);
         let later = start + CHECKPOINT_INTERVAL;

@@ -145,9 +145,9 @@ impl std::fmt::Debug for Node {
 
 /// Attempts to reach the leader before a request gives up.
 const LEADER_ATTEMPTS_MAX: usize = 3;
-/// Wait for a newly elected leader to take over the leases' deadlines (its
-/// driver does on its next tick).
-const LESSOR_TAKEOVER_WAIT: Duration = Duration::from_millis(100);
+/// Pause between looks at whether a newly elected leader took over the
+/// leases (it does once it has applied its predecessors' entries).
+const LESSOR_TAKEOVER_WAIT: Duration = Duration::from_millis(50);
 
 /// The result of a write served by the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,22 +593,6 @@ impl Node {
         }
     }
 
-    /// Records, through Raft, that lease `id` has no checkpoint any more
-    /// (it was renewed to its full TTL), without waiting: a new leader
-    /// restarts it from its full TTL then, never from a shorter
-    /// checkpointed one.
-    fn clear_lease_checkpoint(&self, id: u64) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let command = Command::LeaseCheckpoint {
-                checkpoints: vec![(id, 0)],
-            };
-            if let Err(error) = node.write(command, "lease-checkpoint-clear").await {
-                tracing::debug!(%error, lease = id, "clearing a lease's checkpoint failed");
-            }
-        });
-    }
-
     /// Revokes a lease: its keys are deleted at one revision.
     pub async fn lease_revoke(&self, id: u64, request_id: &str) -> Result<ServedBy, KvError> {
         self.require_leases().await?;
@@ -627,7 +611,12 @@ impl Node {
         request_id: &str,
     ) -> Result<(ServedBy, LeaseReply), KvError> {
         self.require_leases().await?;
-        for _ in 0..LEADER_ATTEMPTS_MAX {
+        // A new leader serves leases once it has applied its predecessors'
+        // entries; waiting for that does not count as an attempt.
+        let takeover_deadline = Instant::now() + self.shared.timings.leader_wait;
+        let mut attempts = 0;
+        while attempts < LEADER_ATTEMPTS_MAX {
+            attempts += 1;
             let leader_id = self.known_leader().await?;
             let term = self.shared.status.borrow().term;
             if leader_id == self.id() {
@@ -639,16 +628,11 @@ impl Node {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let now = Instant::now();
                     if keep_alive {
-                        lessor.keep_alive(id, now).map(|(ttl, checkpointed)| {
-                            if checkpointed {
-                                self.clear_lease_checkpoint(id);
-                            }
-                            LeaseReply {
-                                id,
-                                found: true,
-                                ttl_seconds: ttl,
-                                remaining_seconds: ttl,
-                            }
+                        lessor.keep_alive(id, now).map(|ttl| LeaseReply {
+                            id,
+                            found: true,
+                            ttl_seconds: ttl,
+                            remaining_seconds: ttl,
                         })
                     } else {
                         lessor.time_to_live(id, now).map(|ttl| LeaseReply {
@@ -678,10 +662,16 @@ impl Node {
                             },
                         ))
                     }
-                    // Elected, deadlines not taken over yet (next tick).
-                    Err(lessor::LeaseRefusal::NotPrimary) => {
+                    // Elected, deadlines not taken over yet.
+                    Err(lessor::LeaseRefusal::NotPrimary) if Instant::now() < takeover_deadline => {
+                        attempts -= 1;
                         tokio::time::sleep(LESSOR_TAKEOVER_WAIT).await;
                         continue;
+                    }
+                    Err(lessor::LeaseRefusal::NotPrimary) => {
+                        return Err(KvError::Unavailable(
+                            "this node was elected leader but has not applied its predecessors' entries yet: retry".into(),
+                        ))
                     }
                 }
             }

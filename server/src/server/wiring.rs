@@ -119,9 +119,12 @@ pub(super) fn assemble(
         config.inject_fault == Some(crate::config::InjectedFault::WatchResumeLate),
     );
     metrics.watch_watch_hub(watch_hub.clone());
+    // Two election timeouts: a deposed leader may answer keep-alives until
+    // its quorum check fails (up to two election timeouts without a
+    // majority), and its successor is elected after one.
     let mut lessor = Lessor::new(
         state_machine.leases.clone(),
-        Duration::from_millis(config.election_timeout_ms),
+        Duration::from_millis(2 * config.election_timeout_ms),
     );
     if config.inject_fault == Some(crate::config::InjectedFault::LeaseEarlyExpiry) {
         lessor.inject_early_expiry();

@@ -172,6 +172,9 @@ pub struct Driver {
     watch_hub: Arc<crate::node::watchers::WatchHub>,
     /// The leases.
     lessor: Arc<std::sync::Mutex<crate::node::lessor::Lessor>>,
+    /// The term and first index this leader committed in it: its lessor
+    /// takes over once that index is applied.
+    lease_takeover_at: Option<(Term, Index)>,
 }
 
 /// What the driver needs to start.
@@ -270,6 +273,7 @@ impl Driver {
             revision: Arc::new(AtomicU64::new(0)),
             watch_hub: parts.watch_hub,
             lessor: parts.lessor,
+            lease_takeover_at: None,
         }
     }
 
@@ -278,15 +282,18 @@ impl Driver {
     fn drive_leases(&mut self) {
         let leads = self.core.role() == Role::Leader;
         let now = std::time::Instant::now();
+        let ready_to_take_over = leads && self.applied_this_terms_start();
         let (expired, checkpoints) = {
             let mut lessor = self.lessor.lock().unwrap_or_else(PoisonError::into_inner);
-            if leads && !lessor.is_primary() {
+            if ready_to_take_over && !lessor.is_primary() {
                 lessor.promote(now);
                 tracing::info!(leases = lessor.len(), "took over the leases' deadlines");
             } else if !leads && lessor.is_primary() {
                 lessor.demote();
             }
-            (lessor.expired(now), lessor.checkpoints_due(now))
+            let mut checkpoints = lessor.checkpoints_due(now);
+            checkpoints.extend(lessor.stale_checkpoints(now));
+            (lessor.expired(now), checkpoints)
         };
         for id in expired {
             let command = Command::LeaseRevoke { id };
@@ -311,6 +318,26 @@ impl Driver {
                 Err(error) => tracing::debug!(?error, "lease checkpoints not proposed"),
             }
         }
+    }
+
+    /// Whether this leader has applied every entry up to the first it
+    /// committed in its term, so that its lease mirror holds every grant,
+    /// revoke and checkpoint the previous leaders committed (etcd promotes
+    /// its lessor at the same point). Until then it serves no keep-alive.
+    fn applied_this_terms_start(&mut self) -> bool {
+        let term = self.core.term();
+        let commit = self.core.commit_index();
+        if self.core.term_at(commit) != Some(term) {
+            return false;
+        }
+        let start = match self.lease_takeover_at {
+            Some((taken_term, index)) if taken_term == term => index,
+            _ => {
+                self.lease_takeover_at = Some((term, commit));
+                commit
+            }
+        };
+        self.applied_index.load(Ordering::Acquire) >= start
     }
 
     /// Proposes a compaction when automatic compaction is due (leader only).

@@ -305,7 +305,13 @@ impl WatchHub {
                 id += 1;
             }
             id
-        } else if spec.watch_id < 0 || stream_state.watches.contains(&spec.watch_id) {
+        } else if spec.watch_id < 0 {
+            permit.send(refuse(format!(
+                "watch_id {} is negative (0 lets the server pick one)",
+                spec.watch_id
+            )));
+            return;
+        } else if stream_state.watches.contains(&spec.watch_id) {
             permit.send(refuse(
                 "mvcc: duplicate watch ID provided on the WatchStream".into(),
             ));
@@ -436,6 +442,13 @@ impl WatchHub {
     /// so every synced watcher behind it is caught up from the history.
     pub fn reset_to(&self, revision: u64) {
         let mut state = self.lock();
+        // A synced watcher has every revision published so far, matched or
+        // not: it needs only those after (else a quiet watcher would be
+        // caught up from its creation, and cancelled if that was compacted).
+        let published = state.published;
+        for watcher in state.watchers.values_mut().filter(|watcher| watcher.synced) {
+            watcher.next = watcher.next.max(published + 1);
+        }
         state.published = state.published.max(revision);
         let behind: Vec<WatcherKey> = state
             .watchers
@@ -746,5 +759,75 @@ impl HubState {
                 stream_state.progress_requested = false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::mvcc::record::KeyRecord;
+    use crate::state_machine::mvcc::Revision;
+
+    fn spec(key: &str) -> WatchSpec {
+        WatchSpec {
+            span: KeySpan::single(key),
+            start_revision: 0,
+            no_put: false,
+            no_delete: false,
+            prev_kv: false,
+            progress_notify: false,
+            watch_id: 0,
+        }
+    }
+
+    /// The outcome of a put of `key` at `revision`.
+    fn put(key: &str, revision: u64) -> Applied {
+        Applied {
+            changes: vec![Change {
+                key: key.into(),
+                revision: Revision::new(revision),
+                record: Some(KeyRecord {
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                    lease: 0,
+                    value: Vec::new(),
+                }),
+                previous: None,
+            }],
+            ..Applied::simple(revision, true, revision)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_sends_watchers_to_catch_up_from_what_they_lack_only() {
+        let hub = WatchHub::new(100, 10, false);
+        let (stream, mut news) = hub.open_stream().unwrap();
+        hub.create(stream, spec("quiet")).await;
+        hub.create(stream, spec("busy")).await;
+        assert!(matches!(news.recv().await, Some(WatchNews::Created { .. })));
+        assert!(matches!(news.recv().await, Some(WatchNews::Created { .. })));
+        // Revisions 101..=200, none of the quiet watcher's key.
+        let mut outcomes: Vec<Applied> =
+            (101..=200).map(|revision| put("busy", revision)).collect();
+        hub.publish(&mut outcomes);
+        for _ in 101..=200 {
+            assert!(matches!(news.recv().await, Some(WatchNews::Events { .. })));
+        }
+        // A snapshot at 300: both need 201 on, not their creation's 101.
+        hub.reset_to(300);
+        let mut picks = hub.pick_for_catchup();
+        picks.sort_by_key(|pick| pick.key);
+        let next: Vec<u64> = picks.iter().map(|pick| pick.next).collect();
+        assert_eq!(next, vec![201, 201]);
+        // A history batch compacted at 150 cancels neither.
+        let batch = HistoryBatch {
+            compacted: 150,
+            through: 300,
+            changes: Vec::new(),
+        };
+        assert!(hub.deliver_history(&picks, &batch));
+        assert_eq!(hub.watch_stats().synced, 2);
+        assert!(news.try_recv().is_err(), "no cancellation, no event");
     }
 }

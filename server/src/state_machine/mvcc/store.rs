@@ -419,6 +419,11 @@ pub fn range_at(
     Ok(result)
 }
 
+/// Key and value bytes a [`history_after`] batch stops after (at the end of
+/// the revision that passes it): a catch-up response stays far below the
+/// 4 MiB clients accept by default, unless one revision alone is larger.
+pub const HISTORY_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
 /// Writes read from the history by [`history_after`], as watchers see them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryBatch {
@@ -434,7 +439,8 @@ pub struct HistoryBatch {
 
 /// The writes from revision `from` on (from above the compacted revision,
 /// if that is later), whole revisions only, about `writes_max` of them (a
-/// single revision with more writes is read whole), with the records of
+/// single revision with more writes is read whole) and at most about
+/// [`HISTORY_BATCH_BYTES_MAX`] of keys and values, with the records of
 /// the keys `wanted` (and their previous records when `with_previous`).
 /// Watchers catch up from here (`node::watch`).
 pub fn history_after(
@@ -470,7 +476,18 @@ pub fn history_after(
             batch.through = last - 1;
         }
     }
+    // Bytes of keys and values read so far: past `HISTORY_BATCH_BYTES_MAX`,
+    // the batch ends with the revision it is in.
+    let mut bytes = 0usize;
+    let mut current = None;
     for (revision, key) in writes {
+        if current != Some(revision.main) {
+            if bytes >= HISTORY_BATCH_BYTES_MAX {
+                batch.through = current.expect("a revision read before");
+                break;
+            }
+            current = Some(revision.main);
+        }
         if !wanted(&key) {
             continue;
         }
@@ -492,6 +509,9 @@ pub fn history_after(
         } else {
             None
         };
+        bytes += key.len()
+            + record.as_ref().map_or(0, |record| record.value.len())
+            + previous.as_ref().map_or(0, |record| record.value.len());
         batch.changes.push(Change {
             key,
             revision,
@@ -1201,5 +1221,39 @@ mod tests {
                 prop_assert_eq!(result.kvs, expected);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    #[test]
+    fn a_history_batch_ends_with_the_revision_that_passes_its_byte_bound() {
+        let mut store = MemoryStore::new();
+        let big = vec![7u8; HISTORY_BATCH_BYTES_MAX / 2 + 1];
+        for key in ["a", "b", "c"] {
+            let mut txn = WriteTxn::begin(&mut store).unwrap();
+            txn.put(key.as_bytes(), big.clone(), 0).unwrap();
+            let (batch, _) = txn.finish();
+            store.write(batch).unwrap();
+        }
+        let first = FIRST_REVISION + 1;
+        let batch = history_after(&mut store, first, 1_000, |_| true, false).unwrap();
+        let keys: Vec<&[u8]> = batch
+            .changes
+            .iter()
+            .map(|change| change.key.as_slice())
+            .collect();
+        assert_eq!(keys, vec![b"a".as_slice(), b"b".as_slice()]);
+        assert_eq!(
+            batch.through,
+            first + 1,
+            "the batch ends after b's revision"
+        );
+        let rest = history_after(&mut store, batch.through + 1, 1_000, |_| true, false).unwrap();
+        assert_eq!(rest.changes.len(), 1);
+        assert_eq!(rest.through, first + 2);
     }
 }
