@@ -12,8 +12,8 @@ CONFORMANCE_OUT   ?= conformance/out
 # Scenario names for conformance-run (empty: all of scenarios/).
 SCENARIOS         ?=
 # Self-check depth for conformance-faults: quick (the pairs `make conformance`
-# runs: stale-reads, stale-compare, watch-resume-late) or full (every fault
-# against every scenario meant to catch it).
+# runs: stale-reads, stale-compare, watch-resume-late, lease-early-expiry) or
+# full (every fault against every scenario meant to catch it).
 FAULTS            ?= full
 PYTHON_CLIENT_DIR := clients/python
 PYTHON_GENERATED  := $(PYTHON_CLIENT_DIR)/generated

@@ -4,7 +4,9 @@
 #     `make python-client` (grpcio-tools) does put/get/delete/status, a
 #     compare-and-swap loop, a prefix range, a watch on a prefix (events in
 #     order at the revisions the puts' headers named, then from a start
-#     revision at another node) and a refused call on the raft port;
+#     revision at another node), a lease kept alive over its stream past its
+#     TTL then left to expire with its key, and a refused call on the raft
+#     port;
 #   - scripts/grpcurl-cluster.sh: grpcurl lists, describes and calls the
 #     services of both the client and the raft port through reflection.
 # Without KVSTORE_ENDPOINTS it starts a fresh 3-node docker cluster of

@@ -6,6 +6,8 @@
 #   stale-compare  txn compares decided on the answering node's local state
 #   watch-resume-late  a watch created with start_revision > 0 starts one
 #                  revision later (a resumed watch misses a revision)
+#   lease-early-expiry  a new leader expires every lease at once instead of
+#                  extending it
 # Each scenario below is run against nodes started with such a fault (the
 # runner passes --node-env KVSTORE_INJECT_FAULT=...) and MUST FAIL; when a
 # pair names a reason (a grep -E pattern after the scenario), the run's
@@ -13,8 +15,9 @@
 # to catch it. With `full`, the same scenarios are first run against clean
 # nodes and must pass.
 #   scripts/conformance-faults.sh quick   stale-reads x linearizable-reads-under-partition,
-#                                         stale-compare x cas-counter-leader-kill and
-#                                         watch-resume-late x watch-across-leader-kill (part of make conformance)
+#                                         stale-compare x cas-counter-leader-kill,
+#                                         watch-resume-late x watch-across-leader-kill and
+#                                         lease-early-expiry x lease-expiry-owner-dies (part of make conformance)
 #   scripts/conformance-faults.sh full    every pair below, plus the clean runs (make conformance-faults)
 # Artifacts of the faulty runs: $CONFORMANCE_OUT/faults/FAULT/SCENARIO/.
 set -uo pipefail
@@ -28,10 +31,14 @@ image=${KVSTORE_CONFORMANCE_IMAGE:-kvstore:local}
 # Only watch-across-leader-kill watches, so only it can catch watch-resume-late;
 # the reason pins the check: a revision the resumed watch never delivered.
 watch_pair="watch-resume-late watch-across-leader-kill missed revision"
+# Only lease-expiry-owner-dies kills a leader while a lease's keys are read;
+# the reason pins the check: a read before the TTL ran out saw them gone.
+lease_pair="lease-early-expiry lease-expiry-owner-dies keys gone before the deadline"
 quick_pairs=(
     "stale-reads linearizable-reads-under-partition"
     "stale-compare cas-counter-leader-kill"
     "$watch_pair"
+    "$lease_pair"
 )
 full_pairs=(
     "stale-reads linearizable-reads-under-partition"
@@ -41,6 +48,7 @@ full_pairs=(
     "early-ack concurrent-clients-linearizable"
     "stale-compare cas-counter-leader-kill"
     "$watch_pair"
+    "$lease_pair"
 )
 case "$mode" in
     quick) pairs=("${quick_pairs[@]}") ;;
@@ -77,7 +85,7 @@ for pair in "${pairs[@]}"; do
         && ! grep -q 'start the cluster' "$outcome" \
         && { [ -z "$reason" ] || grep -qE "$reason" "$log"; }; then
         echo "ok   $fault caught by $scenario:"
-        grep -E '^   FAIL|^    #|none of|^      watch ' "$log" | sed 's/^/       /'
+        grep -E '^   FAIL|^    #|none of|^      watch |^      keys gone' "$log" | sed 's/^/       /'
         passed=$((passed + 1))
     else
         echo "FAIL $fault NOT caught by $scenario${reason:+ for the reason \"$reason\"} (exit $rc):"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Drives a running kvstore cluster with a Python client generated from proto/:
 put, get, delete and status, a compare-and-swap loop on one counter, a
-prefix range, and a watch on a prefix (live events, then history from a
-start revision on another node).
+prefix range, a watch on a prefix (live events, then history from a
+start revision on another node), and a lease kept alive over its stream past
+its TTL, then left to expire with its key.
 
 The stubs come from `make python-client` (grpcio-tools, into
 clients/python/generated/); nothing here is written by hand but the calls.
@@ -242,6 +243,99 @@ def watch_prefix(checks, clients, writer, watcher_address, resume_address):
         resumed.close()
 
 
+class KeepAliveStream:
+    """One LeaseKeepAlive stream: a renewal in, its answer out."""
+
+    def __init__(self, address, deadline_seconds=30.0):
+        self._requests = queue.Queue()
+        stub = kv_pb2_grpc.LeaseStub(grpc.insecure_channel(address))
+        self._responses = stub.LeaseKeepAlive(iter(self._requests.get, None), timeout=deadline_seconds)
+
+    def renew(self, lease_id):
+        self._requests.put(kv_pb2.LeaseKeepAliveRequest(id=lease_id))
+        return next(self._responses)
+
+    def close(self):
+        self._requests.put(None)
+        self._responses.cancel()
+
+
+def wait_for_leases(stub, deadline_seconds=15.0):
+    """A fresh cluster serves leases once its leader raised the storage
+    version (FAILED_PRECONDITION until then)."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            return stub.LeaseLeases(kv_pb2.LeaseLeasesRequest(), timeout=TIMEOUT_SECONDS)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def lease_keep_alive(checks, clients, granter_address, renewer_address, reader):
+    """Grants a lease of 2 s at one node, attaches a key, renews it on a
+    keep-alive stream at another node every half second for 5 s (past two
+    TTLs), checks the key survives; then stops renewing and checks the key
+    disappears no earlier than the TTL after the last renewal was sent, and
+    no later than the TTL plus a few seconds; a renewal after that is
+    answered with TTL 0 and an error on the same stream."""
+    ttl_seconds = 2
+    granter = kv_pb2_grpc.LeaseStub(grpc.insecure_channel(granter_address))
+    wait_for_leases(granter)
+    granted = granter.LeaseGrant(kv_pb2.LeaseGrantRequest(ttl=ttl_seconds), timeout=TIMEOUT_SECONDS)
+    checks.check(f"lease grant at {granter_address}: an id and the TTL asked",
+                 granted.id > 0 and granted.ttl == ttl_seconds, granted)
+    key = f"python-lease-{uuid.uuid4().hex[:8]}".encode()
+    reader.Put(kv_pb2.PutRequest(key=key, value=b"alive", lease=granted.id), timeout=TIMEOUT_SECONDS)
+    attached = granter.LeaseTimeToLive(kv_pb2.LeaseTimeToLiveRequest(id=granted.id, keys=True),
+                                       timeout=TIMEOUT_SECONDS)
+    checks.check("lease time to live lists the key attached",
+                 list(attached.keys) == [key] and 0 < attached.ttl <= ttl_seconds, attached)
+
+    stream = KeepAliveStream(renewer_address)
+    try:
+        answers = []
+        last_sent = time.monotonic()
+        until = last_sent + 2.5 * ttl_seconds
+        while time.monotonic() < until:
+            last_sent = time.monotonic()
+            answers.append(stream.renew(granted.id))
+            time.sleep(0.5)
+        checks.check(f"keep-alive at {renewer_address}: {len(answers)} renewals over 2.5 TTLs, each the full TTL",
+                     len(answers) >= 8 and all(a.id == granted.id and a.ttl == ttl_seconds and not a.error
+                                               for a in answers), answers[-1])
+        got = reader.Get(kv_pb2.GetRequest(key=key), timeout=TIMEOUT_SECONDS)
+        checks.check("the key survives past its TTL while renewed", got.found and got.value == b"alive", got)
+
+        # The owner stops renewing: the key must stay until the TTL has run
+        # out since the last renewal was sent, then go.
+        early = None
+        gone_at = None
+        while time.monotonic() < last_sent + ttl_seconds + 5.0:
+            started = time.monotonic()
+            got = reader.Get(kv_pb2.GetRequest(key=key), timeout=TIMEOUT_SECONDS)
+            done = time.monotonic()
+            if not got.found:
+                if done < last_sent + ttl_seconds:
+                    early = done - last_sent
+                gone_at = started - last_sent
+                break
+            time.sleep(0.05)
+        checks.check("the key stays until the TTL since the last renewal", early is None,
+                     f"gone {early:.2f}s after the last renewal" if early is not None else "")
+        checks.check("the key is gone within the TTL + 5 s of the last renewal"
+                     + (f" ({gone_at:.2f} s after it)" if gone_at is not None else ""),
+                     gone_at is not None, "still there")
+        expired = stream.renew(granted.id)
+        checks.check("a renewal of the expired lease: TTL 0 and an error, on the same stream",
+                     expired.ttl == 0 and expired.error, expired)
+    finally:
+        stream.close()
+    gone = granter.LeaseTimeToLive(kv_pb2.LeaseTimeToLiveRequest(id=granted.id), timeout=TIMEOUT_SECONDS)
+    checks.check("lease time to live of the expired lease: -1", gone.ttl == -1, gone)
+
+
 def main():
     endpoints = [e for e in os.environ.get("KVSTORE_ENDPOINTS", "").split(",") if e]
     raft_endpoints = [e for e in os.environ.get("KVSTORE_RAFT_ENDPOINTS", "").split(",") if e]
@@ -301,6 +395,10 @@ def main():
     # then read the history at another node.
     watch_prefix(checks, clients, clients[leader_address],
                  followers[0] if followers else leader_address, endpoints[-1])
+
+    # Leases: granted at a follower, renewed at another node, read anywhere.
+    lease_keep_alive(checks, clients, followers[0] if followers else leader_address,
+                     endpoints[-1], clients[leader_address])
 
     # The raft port: a stray client (wrong cluster id) is refused and changes nothing.
     for address in raft_endpoints:

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use kvstore_proto::kv::v1 as pb;
 use kvstore_proto::kv::v1::kv_client::KvClient;
+use kvstore_proto::kv::v1::lease_client::LeaseClient;
 use kvstore_proto::kv::v1::watch_client::WatchClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -99,7 +100,9 @@ impl Recorder {
             });
     }
 
-    fn record(&self, mut operation: Operation) -> Operation {
+    /// Records an operation the runner made itself (a renewal on a
+    /// stream); its id is its position.
+    pub fn record(&self, mut operation: Operation) -> Operation {
         let mut history = self.history.lock().expect("history lock");
         operation.id = history.operations.len();
         history.operations.push(operation.clone());
@@ -176,6 +179,53 @@ pub enum Request {
     Audit {
         /// The accounts' common prefix.
         prefix: String,
+    },
+    /// Read every key under `prefix` (a linearizable range).
+    Range {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Put `key` = `value` attached to lease `lease`.
+    LeasedPut {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// The lease.
+        lease: i64,
+    },
+    /// Create `key` = `value` attached to lease `lease` unless it exists
+    /// (a txn on `create_revision == 0`, reading the key otherwise): the
+    /// lock recipe's first step. Recorded as a compare-and-swap from absent.
+    Create {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// The lease.
+        lease: i64,
+    },
+    /// Store `token` under `key` if the key's value is below it bytewise
+    /// (a txn with a VALUE LESS compare), reading the key otherwise.
+    Fenced {
+        /// The guarded key.
+        key: String,
+        /// The fencing token, zero padded.
+        token: String,
+    },
+    /// Grant a lease of `ttl_seconds`; `label` names what it is for.
+    LeaseGrant {
+        /// What it is for (the history's key).
+        label: String,
+        /// Time to live, in seconds.
+        ttl_seconds: i64,
+    },
+    /// Revoke lease `id`.
+    LeaseRevoke {
+        /// What it is for (the history's key).
+        label: String,
+        /// The lease.
+        id: i64,
     },
 }
 
@@ -290,6 +340,18 @@ impl Client {
         node: u64,
         request: &Request,
     ) -> Operation {
+        self.execute_full(client, process, node, request).await.0
+    }
+
+    /// [`Client::execute`], also returning the pairs a range read (or a
+    /// create found instead).
+    pub async fn execute_full(
+        &self,
+        client: &str,
+        process: usize,
+        node: u64,
+        request: &Request,
+    ) -> (Operation, Vec<pb::KeyValue>) {
         let mut expected = None;
         let (kind, key, value, consistency) = match request {
             Request::Put { key, value } => (OpKind::Put, key, Some(value.clone()), None),
@@ -316,6 +378,22 @@ impl Client {
                 None,
             ),
             Request::Audit { prefix } => (OpKind::Audit, prefix, None, None),
+            Request::Range { prefix } => (OpKind::Range, prefix, None, None),
+            Request::LeasedPut { key, value, .. } => (OpKind::Put, key, Some(value.clone()), None),
+            Request::Create { key, value, .. } => {
+                expected = Some(None);
+                (OpKind::Cas, key, Some(value.clone()), None)
+            }
+            Request::Fenced { key, token } => (OpKind::Fenced, key, Some(token.clone()), None),
+            Request::LeaseGrant { label, ttl_seconds } => (
+                OpKind::LeaseGrant,
+                label,
+                Some(format!("ttl {ttl_seconds}s")),
+                None,
+            ),
+            Request::LeaseRevoke { label, id } => {
+                (OpKind::LeaseRevoke, label, Some(format!("{id:x}")), None)
+            }
         };
         let mut operation = Operation {
             id: 0,
@@ -347,8 +425,10 @@ impl Client {
             }
         };
         operation.complete_us = self.recorder.now_us();
+        let mut pairs = Vec::new();
         match result {
             Ok(reply) => {
+                pairs = reply.pairs;
                 operation.status = OpStatus::Ok;
                 operation.served = Some(reply.served);
                 operation.read = reply.read;
@@ -363,31 +443,14 @@ impl Client {
                 operation.error = Some(error);
             }
         }
-        self.recorder.record(operation)
+        (self.recorder.record(operation), pairs)
     }
 
     async fn call(&self, channel: Channel, request: &Request) -> Result<Reply, (OpStatus, String)> {
-        let mut client = KvClient::new(channel);
+        let mut client = KvClient::new(channel.clone());
         let deadline = self.timeouts.request;
         match request {
-            Request::Put { key, value } => {
-                let response = client
-                    .put(with_timeout(
-                        pb::PutRequest {
-                            key: key.as_bytes().to_vec(),
-                            value: value.as_bytes().to_vec(),
-                            ..pb::PutRequest::default()
-                        },
-                        deadline,
-                    ))
-                    .await
-                    .map_err(|status| classify(&status))?
-                    .into_inner();
-                Ok(Reply {
-                    served: served(response.header),
-                    ..Reply::default()
-                })
-            }
+            Request::Put { key, value } => put(&mut client, (key, value, 0), deadline).await,
             Request::Get { key, consistency } => {
                 let consistency = match consistency {
                     Consistency::Linearizable => pb::Consistency::Linearizable,
@@ -599,7 +662,223 @@ impl Client {
                     ..Reply::default()
                 })
             }
+            Request::Range { prefix } => {
+                let response = client
+                    .range(with_timeout(
+                        pb::RangeRequest {
+                            key: prefix.as_bytes().to_vec(),
+                            range_end: prefix_end(prefix),
+                            ..pb::RangeRequest::default()
+                        },
+                        deadline,
+                    ))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                let listed: Vec<String> = response
+                    .kvs
+                    .iter()
+                    .map(|pair| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(&pair.key),
+                            String::from_utf8_lossy(&pair.value)
+                        )
+                    })
+                    .collect();
+                Ok(Reply {
+                    served: served(response.header),
+                    read: Some(Some(listed.join(" "))),
+                    pairs: response.kvs,
+                    ..Reply::default()
+                })
+            }
+            Request::LeasedPut { key, value, lease } => {
+                put(&mut client, (key, value, *lease), deadline).await
+            }
+            Request::Create { key, value, lease } => {
+                let key = key.as_bytes();
+                let txn = pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: pb::CompareResult::Equal as i32,
+                        target: pb::CompareTarget::Create as i32,
+                        key: key.to_vec(),
+                        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: key.to_vec(),
+                            value: value.as_bytes().to_vec(),
+                            lease: *lease,
+                            ..pb::PutRequest::default()
+                        })),
+                    }],
+                    failure: vec![range_op(key)],
+                };
+                swap(&mut client, txn, deadline).await
+            }
+            Request::Fenced { key, token } => {
+                let key = key.as_bytes();
+                let txn = pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: pb::CompareResult::Less as i32,
+                        target: pb::CompareTarget::Value as i32,
+                        key: key.to_vec(),
+                        target_union: Some(pb::compare::TargetUnion::Value(
+                            token.as_bytes().to_vec(),
+                        )),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![put_op(key, token.as_bytes())],
+                    failure: vec![range_op(key)],
+                };
+                swap(&mut client, txn, deadline).await
+            }
+            Request::LeaseGrant { ttl_seconds, .. } => {
+                let response = LeaseClient::new(channel.clone())
+                    .lease_grant(with_timeout(
+                        pb::LeaseGrantRequest {
+                            ttl: *ttl_seconds,
+                            id: 0,
+                        },
+                        deadline,
+                    ))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    wrote: Some(format!("{:x}", response.id)),
+                    read: Some(Some(response.ttl.to_string())),
+                    ..Reply::default()
+                })
+            }
+            Request::LeaseRevoke { id, .. } => {
+                let response = LeaseClient::new(channel.clone())
+                    .lease_revoke(with_timeout(pb::LeaseRevokeRequest { id: *id }, deadline))
+                    .await
+                    .map_err(|status| classify(&status))?
+                    .into_inner();
+                Ok(Reply {
+                    served: served(response.header),
+                    ..Reply::default()
+                })
+            }
         }
+    }
+
+    /// Opens a `Lease/LeaseKeepAlive` stream at `node` on a connection of
+    /// its own (with HTTP/2 keepalive, as [`Client::open_watch`]).
+    pub async fn open_keep_alive(&self, node: u64) -> Result<KeepAliveStream, tonic::Status> {
+        let limit = self.timeouts.request + self.timeouts.grace;
+        let opening = async {
+            let channel = self.stream_channel(node).await?;
+            let (requests, outgoing) = futures::channel::mpsc::unbounded();
+            let responses = LeaseClient::new(channel)
+                .lease_keep_alive(outgoing)
+                .await?
+                .into_inner();
+            Ok(KeepAliveStream {
+                requests,
+                responses,
+            })
+        };
+        tokio::time::timeout(limit, opening)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no keep-alive stream from node {node} within {limit:?}"
+                )))
+            })
+    }
+
+    /// One renewal of lease `id` on `stream` (opened at `node`), recorded
+    /// as client `client` (row `process`) with `label` as its key: ok with
+    /// the TTL answered (`0`: the lease is gone), or unknown when no answer
+    /// came within the request timeout (the stream is then of no more use).
+    pub async fn keep_alive(
+        &self,
+        stream: &mut KeepAliveStream,
+        (client, process): (&str, usize),
+        node: u64,
+        label: &str,
+        id: i64,
+    ) -> Operation {
+        let mut operation = Operation {
+            id: 0,
+            client: client.to_string(),
+            process,
+            node,
+            kind: OpKind::LeaseKeepAlive,
+            key: label.to_string(),
+            value: Some(format!("{id:x}")),
+            consistency: None,
+            invoke_us: self.recorder.now_us(),
+            complete_us: 0,
+            status: OpStatus::Unknown,
+            read: None,
+            deleted: None,
+            expected: None,
+            swapped: None,
+            served: None,
+            error: None,
+        };
+        let answer = match stream
+            .requests
+            .unbounded_send(pb::LeaseKeepAliveRequest { id })
+        {
+            Err(error) => Err((OpStatus::Failed, format!("the stream closed: {error}"))),
+            Ok(()) => match tokio::time::timeout(self.timeouts.request, stream.responses.message())
+                .await
+            {
+                Err(_) => Err((
+                    OpStatus::Unknown,
+                    format!("no answer within {:?}", self.timeouts.request),
+                )),
+                Ok(Ok(Some(answer))) => Ok(answer),
+                Ok(Ok(None)) => Err((OpStatus::Unknown, "the stream ended".into())),
+                Ok(Err(status)) => Err(classify(&status)),
+            },
+        };
+        operation.complete_us = self.recorder.now_us();
+        match answer {
+            Ok(answer) => {
+                operation.status = OpStatus::Ok;
+                operation.served = Some(served(answer.header));
+                operation.read = Some(Some(answer.ttl.max(0).to_string()));
+                if !answer.error.is_empty() {
+                    operation.error = Some(answer.error);
+                }
+            }
+            Err((status, error)) => {
+                operation.status = status;
+                operation.error = Some(error);
+            }
+        }
+        self.recorder.record(operation)
+    }
+
+    /// A connection of its own to `node`, with HTTP/2 keepalive, so that a
+    /// node that dies without closing it (SIGKILL behind a published port)
+    /// still ends its streams.
+    async fn stream_channel(&self, node: u64) -> Result<Channel, tonic::Status> {
+        let address = self
+            .endpoints
+            .get(node)
+            .ok_or_else(|| tonic::Status::unavailable(format!("node {node} is not running")))?;
+        Endpoint::from_shared(format!("http://{address}"))
+            .expect("a socket address is a valid URI")
+            .connect_timeout(self.timeouts.connect)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(WATCH_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(WATCH_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|error| {
+                tonic::Status::unavailable(format!("cannot connect to node {node}: {error}"))
+            })
     }
 
     /// `KV/Range` at `node`, not recorded (for checks that compare nodes).
@@ -638,23 +917,8 @@ impl Client {
     /// with HTTP/2 keepalive, so that a node that dies without closing the
     /// connection (SIGKILL behind a published port) still ends the stream.
     pub async fn open_watch(&self, node: u64) -> Result<WatchStream, tonic::Status> {
-        let address = self
-            .endpoints
-            .get(node)
-            .ok_or_else(|| tonic::Status::unavailable(format!("node {node} is not running")))?;
         let opening = async {
-            let channel = Endpoint::from_shared(format!("http://{address}"))
-                .expect("a socket address is a valid URI")
-                .connect_timeout(self.timeouts.connect)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(WATCH_KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(WATCH_KEEPALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect()
-                .await
-                .map_err(|error| {
-                    tonic::Status::unavailable(format!("cannot connect to node {node}: {error}"))
-                })?;
+            let channel = self.stream_channel(node).await?;
             let (requests, outgoing) = futures::channel::mpsc::unbounded();
             let responses = WatchClient::new(channel)
                 .watch(outgoing)
@@ -698,6 +962,91 @@ impl Client {
 const WATCH_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const WATCH_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One open keep-alive stream: renewals go in, answers come out.
+#[derive(Debug)]
+pub struct KeepAliveStream {
+    /// Renewals.
+    pub requests: futures::channel::mpsc::UnboundedSender<pb::LeaseKeepAliveRequest>,
+    /// The server's answers, one per renewal.
+    pub responses: tonic::Streaming<pb::LeaseKeepAliveResponse>,
+}
+
+/// A txn op that reads `key`.
+fn range_op(key: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            ..pb::RangeRequest::default()
+        })),
+    }
+}
+
+/// Puts `key` = `value`, attached to `lease` (0: none).
+async fn put(
+    client: &mut KvClient<Channel>,
+    (key, value, lease): (&str, &str, i64),
+    deadline: Duration,
+) -> Result<Reply, (OpStatus, String)> {
+    let response = client
+        .put(with_timeout(
+            pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                lease,
+                ..pb::PutRequest::default()
+            },
+            deadline,
+        ))
+        .await
+        .map_err(|status| classify(&status))?
+        .into_inner();
+    Ok(Reply {
+        served: served(response.header),
+        ..Reply::default()
+    })
+}
+
+/// Runs a txn with one compare on one key, one write on success and a
+/// range of the key on failure: swapped, or the value found (and its pair).
+async fn swap(
+    client: &mut KvClient<Channel>,
+    txn: pb::TxnRequest,
+    deadline: Duration,
+) -> Result<Reply, (OpStatus, String)> {
+    let response = client
+        .txn(with_timeout(txn, deadline))
+        .await
+        .map_err(|status| classify(&status))?
+        .into_inner();
+    let found = txn_range(&response)?;
+    Ok(Reply {
+        served: served(response.header),
+        read: (!response.succeeded).then(|| {
+            found
+                .first()
+                .map(|pair| String::from_utf8_lossy(&pair.value).into_owned())
+        }),
+        swapped: Some(response.succeeded),
+        pairs: found,
+        ..Reply::default()
+    })
+}
+
+/// The pairs of a txn's failure-branch range (none when it succeeded).
+fn txn_range(response: &pb::TxnResponse) -> Result<Vec<pb::KeyValue>, (OpStatus, String)> {
+    if response.succeeded {
+        return Ok(Vec::new());
+    }
+    match response
+        .responses
+        .first()
+        .and_then(|op| op.response.as_ref())
+    {
+        Some(pb::response_op::Response::ResponseRange(range)) => Ok(range.kvs.clone()),
+        _ => Err((OpStatus::Unknown, "a txn answered without its range".into())),
+    }
+}
+
 /// One open watch stream: requests go in, responses come out.
 #[derive(Debug)]
 pub struct WatchStream {
@@ -715,6 +1064,8 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 
 #[derive(Default)]
 struct Reply {
+    /// The pairs a range read, or a create found instead.
+    pairs: Vec<pb::KeyValue>,
     served: Served,
     read: Option<Option<String>>,
     deleted: Option<bool>,

@@ -27,6 +27,35 @@ pub enum OpKind {
     Transfer,
     /// A linearizable range over every bank account; `read` is the sum.
     Audit,
+    /// A linearizable range of every key under the prefix in `key`; `read`
+    /// lists the pairs found (`k=v` separated by spaces). The keys under
+    /// the prefix change by lease expiry, which no client operation
+    /// records, so they are left to their steps (`expect_lease_expiry`,
+    /// `expect_lock_safety`), not checked as registers.
+    Range,
+    /// A fenced write: a txn that stores `value` (a fencing token, zero
+    /// padded) if the key's value is below it bytewise, and reads the key
+    /// otherwise. Checked as a register operation.
+    Fenced,
+    /// `Lease/LeaseGrant`; `key` names what the lease is for (its keys'
+    /// prefix), `value` is the lease id in hex once granted.
+    LeaseGrant,
+    /// One renewal on a `Lease/LeaseKeepAlive` stream; `read` is the TTL
+    /// answered (`0`: the lease is gone).
+    LeaseKeepAlive,
+    /// `Lease/LeaseRevoke` of the lease in `value` (hex).
+    LeaseRevoke,
+}
+
+impl OpKind {
+    /// Operations on keys that leases delete, or on leases themselves: the
+    /// register check leaves every key under their `key` alone.
+    pub fn is_lease_recipe(self) -> bool {
+        matches!(
+            self,
+            OpKind::Range | OpKind::LeaseGrant | OpKind::LeaseKeepAlive | OpKind::LeaseRevoke
+        )
+    }
 }
 
 /// How an operation ended, from the client's point of view.
@@ -168,7 +197,44 @@ impl Operation {
                 self.value.as_deref().unwrap_or("")
             ),
             OpKind::Audit => format!("audit {}", self.key),
+            OpKind::Range => format!("range {}", self.key),
+            OpKind::Fenced => format!(
+                "fenced put {}={}",
+                self.key,
+                self.value.as_deref().unwrap_or("")
+            ),
+            OpKind::LeaseGrant => format!("lease grant for {}", self.key),
+            OpKind::LeaseKeepAlive => format!(
+                "lease keep-alive {} for {}",
+                self.value.as_deref().unwrap_or(""),
+                self.key
+            ),
+            OpKind::LeaseRevoke => format!(
+                "lease revoke {} for {}",
+                self.value.as_deref().unwrap_or(""),
+                self.key
+            ),
         };
+        if self.status == OpStatus::Ok {
+            match self.kind {
+                OpKind::Range => {
+                    return match self.read.as_ref().and_then(|read| read.as_deref()) {
+                        Some("") | None => format!("{call} -> (none)"),
+                        Some(pairs) => format!("{call} -> {pairs}"),
+                    }
+                }
+                OpKind::LeaseGrant => {
+                    return format!("{call} -> {}", self.value.as_deref().unwrap_or(""))
+                }
+                OpKind::LeaseKeepAlive => {
+                    return match self.read.as_ref().and_then(|read| read.as_deref()) {
+                        Some("0") | None => format!("{call} -> gone"),
+                        Some(ttl) => format!("{call} -> ttl {ttl}"),
+                    }
+                }
+                _ => {}
+            }
+        }
         match self.status {
             OpStatus::Ok if self.swapped == Some(true) => format!("{call} -> swapped"),
             OpStatus::Ok if self.swapped == Some(false) => match &self.read {
@@ -186,6 +252,17 @@ impl Operation {
             OpStatus::Unknown => format!("{call} -> unknown"),
         }
     }
+}
+
+/// The pairs an acknowledged `Range` read, as `read` lists them.
+pub fn range_pairs(read: &str) -> std::collections::BTreeMap<String, String> {
+    read.split(' ')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => (key.to_string(), value.to_string()),
+            None => (pair.to_string(), String::new()),
+        })
+        .collect()
 }
 
 /// A fault or other runner action, shown on the timeline.

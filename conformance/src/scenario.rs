@@ -436,6 +436,79 @@ pub struct WatchStep {
     pub prefix: String,
 }
 
+/// `lease` arguments: an owner grants a lease, attaches keys to it, keeps
+/// it alive for a while and then stops renewing it (it dies); readers read
+/// the keys linearizably until `expect_lease_expiry`, and a watcher
+/// records their events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStep {
+    /// Name, for `await` (the owner) and `expect_lease_expiry`; the keys
+    /// are `NAME/k0` .. `NAME/k{keys-1}`.
+    pub name: String,
+    /// The lease's time to live (whole seconds).
+    pub ttl: Span,
+    /// Keys attached to the lease.
+    #[serde(default = "default_lease_keys")]
+    pub keys: u32,
+    /// How long the owner renews the lease after the keys are attached; it
+    /// stops right after the first renewal past this.
+    pub keep_alive: Span,
+    /// Concurrent readers of the keys.
+    #[serde(default = "default_readers")]
+    pub readers: u32,
+    /// Where each request goes (`any`: a random node per request; a
+    /// keep-alive stream stays on one node until it fails).
+    #[serde(default = "target_any")]
+    pub at: Target,
+    /// The node the watcher of the keys is created at.
+    #[serde(default = "target_follower")]
+    pub watch_at: Target,
+}
+
+fn default_lease_keys() -> u32 {
+    3
+}
+
+fn default_readers() -> u32 {
+    2
+}
+
+fn target_follower() -> Target {
+    Target::Follower
+}
+
+/// `lock` arguments: clients taking one lock in a loop with etcd's recipe,
+/// each holder writing its fencing token to a guarded key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockStep {
+    /// Name, for `await` and `expect_lock_safety`; the lock's keys are
+    /// `NAME/lock/<lease id in hex>`, the guarded key `NAME/guard`.
+    pub name: String,
+    /// Concurrent clients.
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// How long each client keeps taking the lock.
+    pub duration: Span,
+    /// Each session lease's time to live (whole seconds).
+    pub ttl: Span,
+    /// How long a holder keeps the lock (two fenced writes, one at the
+    /// start and one half way).
+    #[serde(default = "default_hold_time")]
+    pub hold: Span,
+    /// Where each request goes (`any`: a random node per request).
+    #[serde(default = "target_any")]
+    pub at: Target,
+    /// The node the watcher of the guarded key is created at.
+    #[serde(default = "target_follower")]
+    pub watch_at: Target,
+}
+
+fn default_hold_time() -> Span {
+    Span(Duration::from_millis(200))
+}
+
 /// `expect_watches_match_history` arguments.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -699,6 +772,16 @@ pub enum Step {
     /// Every watcher's events against the client history and the store's
     /// history.
     ExpectWatchesMatchHistory(WatchCheckStep),
+    /// A lease owner that dies, readers and a watcher of its keys.
+    Lease(LeaseStep),
+    /// The lease's keys lived until its TTL ran out after the last
+    /// renewal, then went, all at one revision, within a bound.
+    ExpectLeaseExpiry(String),
+    /// Clients taking a lock with fencing tokens.
+    Lock(LockStep),
+    /// Holders never overlapped (beyond an expired session), tokens grew
+    /// with acquisition, the guarded key's values only grew.
+    ExpectLockSafety(String),
 }
 
 impl Step {
@@ -817,6 +900,20 @@ impl Step {
                 args.prefix, args.node, args.name
             ),
             Step::ExpectWatchesMatchHistory(_) => "expect every watcher's events to be the committed writes: in revision order, once each, every acknowledged write at its revision, nothing failed or unknown to the history, exactly the store's changes".into(),
+            Step::Lease(args) => format!(
+                "lease {}: ttl {}, {} keys, kept alive {} then its owner dies; {} readers at {}, a watcher at {}",
+                args.name, args.ttl, args.keys, args.keep_alive, args.readers, args.at, args.watch_at
+            ),
+            Step::ExpectLeaseExpiry(name) => format!(
+                "expect lease {name}'s keys present at every read until the TTL after the last renewal, then gone at one revision within TTL + election timeout + slack"
+            ),
+            Step::Lock(args) => format!(
+                "lock {}: {} clients take it for {}, session ttl {}, hold {} with fenced writes, at {}, guarded key watched at {}",
+                args.name, args.clients, args.duration, args.ttl, args.hold, args.at, args.watch_at
+            ),
+            Step::ExpectLockSafety(name) => format!(
+                "expect lock {name}: no holds overlap unless a session expired, tokens grow with acquisition, the guarded key's values only grow"
+            ),
         }
     }
 }
@@ -921,8 +1018,28 @@ fn parse_step(value: Value) -> Result<Step> {
         "expect_watches_match_history" => {
             Step::ExpectWatchesMatchHistory(args_or_default(&kind, arguments)?)
         }
+        "lease" => {
+            let lease: LeaseStep = args(&kind, required(arguments)?)?;
+            whole_seconds(&lease.ttl)?;
+            Step::Lease(lease)
+        }
+        "expect_lease_expiry" => Step::ExpectLeaseExpiry(args(&kind, required(arguments)?)?),
+        "lock" => {
+            let lock: LockStep = args(&kind, required(arguments)?)?;
+            whole_seconds(&lock.ttl)?;
+            Step::Lock(lock)
+        }
+        "expect_lock_safety" => Step::ExpectLockSafety(args(&kind, required(arguments)?)?),
         other => bail!("unknown step {other:?}"),
     })
+}
+
+/// A lease TTL: whole seconds, at least one (the protos count in seconds).
+fn whole_seconds(ttl: &Span) -> Result<()> {
+    if ttl.0.subsec_nanos() != 0 || ttl.0.is_zero() {
+        bail!("a lease ttl is whole seconds, at least 1s (not {ttl})");
+    }
+    Ok(())
 }
 
 impl Scenario {
@@ -1036,11 +1153,34 @@ steps:
   - final_values: [a]
   - watch: {name: w, node: a follower, prefix: "w/"}
   - expect_watches_match_history
+  - lease: {name: owner, ttl: 4s, keep_alive: 3s}
+  - expect_lease_expiry: owner
+  - lock: {name: locks, duration: 5s, ttl: 3s}
+  - expect_lock_safety: locks
 "#;
         let scenario = Scenario::parse(text, "demo").unwrap();
         assert_eq!(scenario.name, "demo");
         assert_eq!(scenario.seed, 7);
-        assert_eq!(scenario.steps.len(), 22);
+        assert_eq!(scenario.steps.len(), 26);
+        match &scenario.steps[22] {
+            Step::Lease(lease) => {
+                assert_eq!((lease.keys, lease.readers), (3, 2));
+                assert_eq!(lease.watch_at, Target::Follower);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &scenario.steps[24] {
+            Step::Lock(lock) => {
+                assert_eq!(lock.clients, 3);
+                assert_eq!(lock.hold.0, Duration::from_millis(200));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Scenario::parse(
+            "steps: [{lease: {name: a, ttl: 1500ms, keep_alive: 1s}}]",
+            "x"
+        )
+        .is_err());
         assert_eq!(
             scenario.steps[0],
             Step::WaitForLeader(WaitLeaderStep::default())

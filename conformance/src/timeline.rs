@@ -150,6 +150,9 @@ pub fn render(history: &History, report: &Report) -> String {
                 OpKind::Increment => "increment",
                 OpKind::Transfer => "transfer",
                 OpKind::Audit => "audit",
+                OpKind::Range => "range",
+                OpKind::Fenced => "fenced",
+                OpKind::LeaseGrant | OpKind::LeaseKeepAlive | OpKind::LeaseRevoke => "lease",
             },
         ];
         if highlight_key.is_some_and(|key| key != operation.key) {
@@ -450,7 +453,18 @@ fn short_label(operation: &Operation) -> String {
                 None => "",
             }
         ),
-        (OpKind::Increment | OpKind::Transfer | OpKind::Audit, _, _) => operation.describe(),
+        (
+            OpKind::Increment
+            | OpKind::Transfer
+            | OpKind::Audit
+            | OpKind::Range
+            | OpKind::Fenced
+            | OpKind::LeaseGrant
+            | OpKind::LeaseKeepAlive
+            | OpKind::LeaseRevoke,
+            _,
+            _,
+        ) => operation.describe(),
     }
 }
 

@@ -20,6 +20,8 @@
 //! [`minimize`]), so what is printed is a real contradiction, not an artifact
 //! of leaving operations out.
 
+pub mod lease;
+pub mod lock;
 pub mod register;
 pub mod watch;
 pub mod wgl;
@@ -81,6 +83,11 @@ pub struct Report {
     pub violation: Option<Violation>,
 }
 
+/// Microseconds as milliseconds, for people.
+pub(crate) fn millis(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
 /// Time limits of one check.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -135,7 +142,9 @@ impl KeyOp {
 pub fn check(history: &History, limits: Limits) -> Report {
     // Keys that read-modify-write recipes change (a counter's key, a bank's
     // accounts under its prefix) are not registers this model knows: their
-    // own steps check them (`expect_counter`, `expect_bank_total`).
+    // own steps check them (`expect_counter`, `expect_bank_total`). Nor are
+    // keys that leases delete (no client operation records an expiry):
+    // `expect_lease_expiry` and `expect_lock_safety` check those.
     let recipe_keys: std::collections::BTreeSet<&str> = history
         .operations
         .iter()
@@ -143,7 +152,7 @@ pub fn check(history: &History, limits: Limits) -> Report {
             matches!(
                 operation.kind,
                 OpKind::Increment | OpKind::Transfer | OpKind::Audit
-            )
+            ) || operation.kind.is_lease_recipe()
         })
         .map(|operation| operation.key.as_str())
         .collect();
@@ -192,24 +201,48 @@ pub fn check(history: &History, limits: Limits) -> Report {
     report
 }
 
-/// The checked operations of one key, values interned.
+/// The checked operations of one key, values interned in bytewise order
+/// (a fenced write compares them).
 fn key_ops(operations: &[&Operation]) -> Vec<KeyOp> {
-    let mut values: HashMap<String, u32> = HashMap::new();
-    let mut intern = |value: Option<&str>| -> u32 {
-        match value {
-            None => 0,
-            Some(value) => {
-                let next = values.len() as u32 + 1;
-                *values.entry(value.to_string()).or_insert(next)
-            }
-        }
-    };
+    let mut sorted: Vec<&str> = operations
+        .iter()
+        .flat_map(|operation| {
+            [
+                operation.value.as_deref(),
+                operation.read.as_ref().and_then(|read| read.as_deref()),
+                operation
+                    .expected
+                    .as_ref()
+                    .and_then(|expected| expected.as_deref()),
+            ]
+        })
+        .flatten()
+        .collect();
+    // A put's missing value is the empty one.
+    sorted.push("");
+    sorted.sort_unstable();
+    sorted.dedup();
+    let values: HashMap<&str, u32> = sorted
+        .iter()
+        .enumerate()
+        .map(|(index, value)| (*value, index as u32 + 1))
+        .collect();
+    let intern = |value: Option<&str>| -> u32 { value.map_or(0, |value| values[value]) };
     let mut ops = Vec::new();
     for operation in operations {
         let (ret, known) = match operation.status {
             OpStatus::Failed => continue,
             OpStatus::Ok => (Some(operation.complete_us), true),
             OpStatus::Unknown => (None, false),
+        };
+        // A compare-and-swap's or fenced write's answer: swapped, or the
+        // value it found instead.
+        let swap_output = || match (known, operation.swapped) {
+            (true, Some(true)) => Output::Swapped,
+            (true, Some(false)) => Output::NotSwapped(intern(
+                operation.read.as_ref().and_then(|read| read.as_deref()),
+            )),
+            _ => Output::Unknown,
         };
         let (input, output) = match operation.kind {
             OpKind::Put => {
@@ -238,17 +271,21 @@ fn key_ops(operations: &[&Operation]) -> Vec<KeyOp> {
                         .and_then(|expected| expected.as_deref()),
                 );
                 let new = intern(Some(operation.value.as_deref().unwrap_or_default()));
-                let output = match (known, operation.swapped) {
-                    (true, Some(true)) => Output::Swapped,
-                    (true, Some(false)) => Output::NotSwapped(intern(
-                        operation.read.as_ref().and_then(|read| read.as_deref()),
-                    )),
-                    _ => Output::Unknown,
-                };
-                (Input::Cas { expected, new }, output)
+                (Input::Cas { expected, new }, swap_output())
             }
-            // Checked by their own steps (counts and sums), not as registers.
-            OpKind::Increment | OpKind::Transfer | OpKind::Audit => continue,
+            OpKind::Fenced => {
+                let new = intern(Some(operation.value.as_deref().unwrap_or_default()));
+                (Input::Fence { new }, swap_output())
+            }
+            // Checked by their own steps (counts, sums, leases), not as
+            // registers.
+            OpKind::Increment
+            | OpKind::Transfer
+            | OpKind::Audit
+            | OpKind::Range
+            | OpKind::LeaseGrant
+            | OpKind::LeaseKeepAlive
+            | OpKind::LeaseRevoke => continue,
             OpKind::Get if operation.consistency == Some(Consistency::Serializable) => continue,
             OpKind::Get => {
                 // A get that did not return changed nothing.
@@ -377,7 +414,7 @@ fn shrink(ops: Vec<KeyOp>, deadline: Instant) -> (Vec<KeyOp>, bool) {
                 }),
                 // Kept: whether anything observed its write, or relied on
                 // its compare, is not worked out here.
-                Input::Cas { .. } => false,
+                Input::Cas { .. } | Input::Fence { .. } => false,
             };
             if removable {
                 let mut candidate = current.clone();
@@ -543,6 +580,48 @@ mod tests {
         h.cas("c", (Some("3"), "4"), Some(Ok(())), (120, 130));
         h.cas("c", (Some("3"), "5"), Some(Ok(())), (140, 150));
         assert_eq!(check_default(&h.history).verdict, Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn fenced_writes_must_store_increasing_tokens() {
+        let mut h = Builder::new();
+        let fenced = |h: &mut Builder, token: &str, outcome: Option<Result<(), &str>>, times| {
+            let status = if outcome.is_some() {
+                OpStatus::Ok
+            } else {
+                OpStatus::Unknown
+            };
+            let op = h.push(OpKind::Fenced, "guard", times, status);
+            op.value = Some(token.into());
+            match outcome {
+                Some(Ok(())) => op.swapped = Some(true),
+                Some(Err(read)) => {
+                    op.swapped = Some(false);
+                    op.read = Some(Some(read.into()));
+                }
+                None => {}
+            }
+        };
+        h.put("guard", "00", (0, 10), OpStatus::Ok);
+        fenced(&mut h, "05", Some(Ok(())), (20, 30));
+        fenced(&mut h, "03", Some(Err("05")), (40, 50));
+        fenced(&mut h, "09", None, (60, 70));
+        fenced(&mut h, "07", Some(Err("09")), (80, 90));
+        h.get("guard", Some("09"), (100, 110));
+        assert_eq!(check_default(&h.history).verdict, Verdict::Linearizable);
+        // A lower token stored after a higher one: a fenced write out of order.
+        fenced(&mut h, "08", Some(Ok(())), (120, 130));
+        assert_eq!(check_default(&h.history).verdict, Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn keys_under_a_lease_recipe_range_are_left_to_their_steps() {
+        let mut h = Builder::new();
+        h.put("lease/k0", "v", (0, 10), OpStatus::Ok);
+        // The lease expired: no client operation deleted the key.
+        h.get("lease/k0", None, (20, 30));
+        h.push(OpKind::Range, "lease/", (11, 19), OpStatus::Ok);
+        assert_eq!(check_default(&h.history).verdict, Verdict::Linearizable);
     }
 
     #[test]

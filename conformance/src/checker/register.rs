@@ -1,5 +1,6 @@
 //! The sequential specification of one key: a register that can be absent.
-//! Values are interned per key (0 = absent).
+//! Values are interned per key (0 = absent), in bytewise order of the
+//! values, so that comparing two ids compares their values.
 
 use super::wgl::Model;
 
@@ -17,6 +18,12 @@ pub enum Input {
         /// The value it must be.
         expected: u32,
         /// The value stored if so.
+        new: u32,
+    },
+    /// Store `new` if the key exists with a value below it (a fenced
+    /// write: the value is a fencing token), else read.
+    Fence {
+        /// The token stored if so.
         new: u32,
     },
 }
@@ -66,6 +73,15 @@ impl Model for Register {
             (Input::Cas { expected, new }, _) => {
                 Some(if state == expected { *new } else { *state })
             }
+            (Input::Fence { new }, Output::Swapped) => (*state != 0 && state < new).then_some(*new),
+            (Input::Fence { new }, Output::NotSwapped(read)) => {
+                (!(*state != 0 && state < new) && state == read).then_some(*state)
+            }
+            (Input::Fence { new }, _) => Some(if *state != 0 && state < new {
+                *new
+            } else {
+                *state
+            }),
         }
     }
 }
@@ -102,6 +118,20 @@ mod tests {
             new: 1,
         };
         assert_eq!(Register.step(&0, &create, &Output::Swapped), Some(1));
+    }
+
+    #[test]
+    fn a_fence_stores_only_a_higher_token_over_an_existing_one() {
+        let fence = Input::Fence { new: 3 };
+        assert_eq!(Register.step(&2, &fence, &Output::Swapped), Some(3));
+        assert_eq!(Register.step(&3, &fence, &Output::Swapped), None);
+        assert_eq!(Register.step(&4, &fence, &Output::Swapped), None);
+        assert_eq!(Register.step(&0, &fence, &Output::Swapped), None);
+        assert_eq!(Register.step(&4, &fence, &Output::NotSwapped(4)), Some(4));
+        assert_eq!(Register.step(&0, &fence, &Output::NotSwapped(0)), Some(0));
+        assert_eq!(Register.step(&2, &fence, &Output::NotSwapped(2)), None);
+        assert_eq!(Register.step(&2, &fence, &Output::Unknown), Some(3));
+        assert_eq!(Register.step(&5, &fence, &Output::Unknown), Some(5));
     }
 
     #[test]

@@ -152,11 +152,18 @@ fn writes<'a>(history: &'a History, prefix: &str) -> Vec<Write<'a>> {
             let (kind, value) = match op.kind {
                 OpKind::Put | OpKind::Cas | OpKind::Increment => (EventKind::Put, op.value.clone()),
                 OpKind::Delete => (EventKind::Delete, None),
-                OpKind::Get | OpKind::Transfer | OpKind::Audit => return None,
+                OpKind::Fenced => (EventKind::Put, op.value.clone()),
+                OpKind::Get
+                | OpKind::Transfer
+                | OpKind::Audit
+                | OpKind::Range
+                | OpKind::LeaseGrant
+                | OpKind::LeaseKeepAlive
+                | OpKind::LeaseRevoke => return None,
             };
             let changed = match op.kind {
                 OpKind::Delete => op.deleted == Some(true),
-                OpKind::Cas | OpKind::Increment => op.swapped == Some(true),
+                OpKind::Cas | OpKind::Increment | OpKind::Fenced => op.swapped == Some(true),
                 _ => true,
             };
             let fate = match op.status {

@@ -5,10 +5,14 @@
 //!   faults that combine several container actions;
 //! - `steps`: the scenario steps;
 //! - `background`: workloads and the nemesis, which run while steps go on;
-//! - `watcher`: background watchers that resume elsewhere, and their check.
+//! - `watcher`: background watchers that resume elsewhere, and their check;
+//! - `lease`: a lease whose owner dies, its readers, and the expiry check;
+//! - `lock`: clients taking a lock with fencing tokens, and its check.
 
 mod background;
 mod harness;
+mod lease;
+mod lock;
 mod steps;
 mod watcher;
 
@@ -21,6 +25,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use testcontainers::bollard::Docker;
 
+use crate::checker::lease::LeaseChecks;
+use crate::checker::lock::LockChecks;
 use crate::checker::watch::WatchChecks;
 use crate::checker::{self, Limits, Report, Verdict};
 use crate::client::{Client, Endpoints, Recorder, Timeouts};
@@ -102,6 +108,14 @@ pub struct Checks {
     /// scenarios without watchers).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub watches: BTreeMap<String, WatchChecks>,
+    /// Per lease, what `expect_lease_expiry` found (absent in scenarios
+    /// without leases).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub leases: BTreeMap<String, LeaseChecks>,
+    /// Per lock, what `expect_lock_safety` found (absent in scenarios
+    /// without locks).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub locks: BTreeMap<String, LockChecks>,
 }
 
 impl Outcome {
@@ -203,6 +217,8 @@ pub async fn run_scenario(
     let mut failure: Option<String> = None;
     let mut final_values = BTreeMap::new();
     let mut watches = BTreeMap::new();
+    let mut leases = BTreeMap::new();
+    let mut locks = BTreeMap::new();
     let mut logs: BTreeMap<u64, String> = BTreeMap::new();
 
     match Cluster::start(docker.clone(), config, endpoints).await {
@@ -266,6 +282,7 @@ pub async fn run_scenario(
             }
             final_values = run.take_final_values();
             watches = run.take_watch_checks();
+            (leases, locks) = run.take_lease_and_lock_checks();
             recorder.add_watch_events(run.watch_events());
             drop(run);
             for id in cluster.ids() {
@@ -316,6 +333,8 @@ pub async fn run_scenario(
             linearizable: report.verdict == Verdict::Linearizable,
             operations_acknowledged: acknowledged,
             watches,
+            leases,
+            locks,
         },
         final_values,
     };
@@ -454,6 +473,8 @@ mod tests {
                 linearizable: true,
                 operations_acknowledged: true,
                 watches: BTreeMap::new(),
+                leases: BTreeMap::new(),
+                locks: BTreeMap::new(),
             },
             final_values: BTreeMap::from([("a".into(), "1".into())]),
         };

@@ -12,7 +12,11 @@ use tokio::task::JoinHandle;
 
 use super::background::{bank, bank_account, counter, nemesis, workload};
 use super::harness::{Harness, STATUS_TIMEOUT};
+use super::lease::LeaseRun;
+use super::lock::LockRun;
 use super::watcher::{self, Watcher};
+use crate::checker::lease::LeaseChecks;
+use crate::checker::lock::LockChecks;
 use crate::checker::watch::WatchChecks;
 use crate::client::{Recorder, Request};
 use crate::cluster::NodeState;
@@ -45,6 +49,14 @@ pub(super) struct Run<'a> {
     watchers: BTreeMap<String, Watcher>,
     /// The checks of `expect_watches_match_history`, per watcher.
     watch_checks: BTreeMap<String, WatchChecks>,
+    /// The `lease` steps' owners, readers and watchers, by name.
+    leases: BTreeMap<String, LeaseRun>,
+    /// The checks of `expect_lease_expiry`, per lease.
+    lease_checks: BTreeMap<String, LeaseChecks>,
+    /// The `lock` steps' holds and watchers, by name.
+    locks: BTreeMap<String, LockRun>,
+    /// The checks of `expect_lock_safety`, per lock.
+    lock_checks: BTreeMap<String, LockChecks>,
 }
 
 impl<'a> Run<'a> {
@@ -67,6 +79,10 @@ impl<'a> Run<'a> {
             compacted: None,
             watchers: BTreeMap::new(),
             watch_checks: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            lease_checks: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_checks: BTreeMap::new(),
             step_process: recorder.new_process(),
             recorder,
             verbose,
@@ -78,6 +94,12 @@ impl<'a> Run<'a> {
     pub(super) fn take_background(&mut self) -> Vec<(String, JoinHandle<Result<String>>)> {
         let mut tasks: Vec<(String, JoinHandle<Result<String>>)> =
             watcher::stop_all(&mut self.watchers);
+        for lease in self.leases.values_mut() {
+            tasks.extend(lease.stop());
+        }
+        for lock in self.locks.values_mut() {
+            tasks.extend(lock.stop());
+        }
         tasks.extend(
             std::mem::take(&mut self.background)
                 .into_iter()
@@ -96,9 +118,50 @@ impl<'a> Run<'a> {
         std::mem::take(&mut self.watch_checks)
     }
 
-    /// Every event the watchers received.
+    /// The checks of `expect_lease_expiry` and `expect_lock_safety`.
+    pub(super) fn take_lease_and_lock_checks(
+        &mut self,
+    ) -> (BTreeMap<String, LeaseChecks>, BTreeMap<String, LockChecks>) {
+        (
+            std::mem::take(&mut self.lease_checks),
+            std::mem::take(&mut self.lock_checks),
+        )
+    }
+
+    /// Every event the watchers received (those of leases and locks too).
     pub(super) fn watch_events(&self) -> Vec<WatchEvent> {
-        watcher::events(&self.watchers)
+        let mut events = watcher::events(&self.watchers);
+        events.extend(self.leases.values().flat_map(LeaseRun::events));
+        events.extend(self.locks.values().flat_map(LockRun::events));
+        events
+    }
+
+    /// The cluster's election timeout, as the runner configures it.
+    fn election_timeout(&self) -> Duration {
+        let mut env = super::default_node_env();
+        env.extend(self.scenario.cluster.env.clone());
+        let millis = env
+            .get("KVSTORE_ELECTION_TIMEOUT_MS")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(1000);
+        Duration::from_millis(millis)
+    }
+
+    /// Waits for the background task `name` of `kind` if it still runs.
+    async fn await_named(&mut self, kind: &str, name: &str) -> Result<()> {
+        let label = format!("{kind} {name}");
+        if let Some(index) = self
+            .background
+            .iter()
+            .position(|(_, task, _)| *task == label)
+        {
+            let (_, task, handle) = self.background.remove(index);
+            let report = handle
+                .await
+                .map_err(|error| anyhow!("{task} crashed: {error}"))??;
+            self.event(format!("{task} finished: {report}"));
+        }
+        Ok(())
     }
     fn event(&self, text: String) {
         if self.verbose {
@@ -898,6 +961,71 @@ impl<'a> Run<'a> {
                 )
                 .await;
                 self.watch_checks.extend(checks);
+                result
+            }
+            Step::Lease(args) => {
+                if self.leases.contains_key(&args.name) {
+                    bail!("a lease named {:?} already runs", args.name);
+                }
+                let targets = self.targets_of(&args.at).await?;
+                let watch_node = self.resolve_one(&args.watch_at).await?;
+                let (lease, owner) = LeaseRun::start(
+                    self.harness.clone(),
+                    args,
+                    targets,
+                    watch_node,
+                    self.scenario.seed,
+                    self.verbose,
+                )
+                .await?;
+                self.leases.insert(args.name.clone(), lease);
+                self.start_background("lease", &args.name, owner);
+                Ok("done".into())
+            }
+            Step::ExpectLeaseExpiry(name) => {
+                self.await_named("lease", name).await?;
+                let election_timeout = self.election_timeout();
+                let harness = self.harness.clone();
+                let lease = self
+                    .leases
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("no lease {name:?} started before"))?;
+                let (checks, result) = lease.expect_expiry(&harness, election_timeout).await;
+                if let Some(checks) = checks {
+                    self.lease_checks.insert(name.clone(), checks);
+                }
+                result
+            }
+            Step::Lock(args) => {
+                if self.locks.contains_key(&args.name) {
+                    bail!("a lock named {:?} already runs", args.name);
+                }
+                let targets = self.targets_of(&args.at).await?;
+                let watch_node = self.resolve_one(&args.watch_at).await?;
+                let (lock, clients) = LockRun::start(
+                    self.harness.clone(),
+                    args,
+                    targets,
+                    watch_node,
+                    self.scenario.seed,
+                    self.verbose,
+                )
+                .await?;
+                self.locks.insert(args.name.clone(), lock);
+                self.start_background("lock", &args.name, clients);
+                Ok("done".into())
+            }
+            Step::ExpectLockSafety(name) => {
+                self.await_named("lock", name).await?;
+                let harness = self.harness.clone();
+                let lock = self
+                    .locks
+                    .get_mut(name)
+                    .ok_or_else(|| anyhow!("no lock {name:?} started before"))?;
+                let (checks, result) = lock.expect_safety(&harness).await;
+                if let Some(checks) = checks {
+                    self.lock_checks.insert(name.clone(), checks);
+                }
                 result
             }
             Step::FinalValues(keys) => {

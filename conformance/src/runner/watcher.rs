@@ -120,7 +120,7 @@ impl Watcher {
         self.task.take()
     }
 
-    fn snapshot(&self) -> WatchLog {
+    pub(super) fn snapshot(&self) -> WatchLog {
         self.log.lock().expect("watch log lock").clone()
     }
 }
@@ -447,23 +447,8 @@ async fn check_each(
     }
     let deadline = Instant::now() + timeout;
     for (name, watcher) in watchers.iter() {
-        loop {
-            let log = watcher.snapshot();
-            if let Some(fatal) = &log.fatal {
-                bail!("watch {name} ended: {fatal}");
-            }
-            let end = prefixes[&log.prefix].1;
-            if log.progress >= end {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "watch {name} has everything only up to revision {} after {timeout:?}, not up to {end}",
-                    log.progress
-                );
-            }
-            tokio::time::sleep(PROGRESS_INTERVAL).await;
-        }
+        let end = prefixes[&watcher.snapshot().prefix].1;
+        wait_for_progress(watcher, name, end, (deadline, timeout)).await?;
     }
     for (name, task) in stop_all(watchers) {
         let report = task
@@ -540,7 +525,7 @@ async fn check_each(
 
 /// The prefix read linearizably (retried across leader changes): its
 /// pairs, and the revision of the read.
-async fn final_read(harness: &Harness, prefix: &str) -> Result<(PrefixState, i64)> {
+pub(super) async fn final_read(harness: &Harness, prefix: &str) -> Result<(PrefixState, i64)> {
     let deadline = Instant::now() + FINAL_READ_WINDOW;
     loop {
         let leader = harness.leader().await?;
@@ -601,4 +586,47 @@ fn state_of(pairs: &[pb::KeyValue]) -> PrefixState {
             )
         })
         .collect()
+}
+
+/// Waits until `watcher` has every event up to revision `end`, until
+/// `deadline` (`timeout` after the wait began).
+async fn wait_for_progress(
+    watcher: &Watcher,
+    name: &str,
+    end: i64,
+    (deadline, timeout): (Instant, Duration),
+) -> Result<()> {
+    loop {
+        let log = watcher.snapshot();
+        if let Some(fatal) = &log.fatal {
+            bail!("watch {name} ended: {fatal}");
+        }
+        if log.progress >= end {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "watch {name} has everything only up to revision {} after {timeout:?}, not up to {end}",
+                log.progress
+            );
+        }
+        tokio::time::sleep(PROGRESS_INTERVAL).await;
+    }
+}
+
+/// Waits until `watcher` has every event up to revision `end` (within
+/// `timeout`), stops it, and returns its events: for the checks of leases
+/// and locks, which own their watchers.
+pub(super) async fn stop_at(
+    watcher: &mut Watcher,
+    name: &str,
+    end: i64,
+    timeout: Duration,
+) -> Result<Vec<WatchEvent>> {
+    wait_for_progress(watcher, name, end, (Instant::now() + timeout, timeout)).await?;
+    if let Some(task) = watcher.stop() {
+        task.await
+            .map_err(|error| anyhow!("watch {name} crashed: {error}"))??;
+    }
+    Ok(watcher.snapshot().events)
 }
