@@ -160,6 +160,7 @@ async fn keep_alive_command(cli: &Cli, id: i64, once: bool) -> Outcome {
         cli.endpoints.clone(),
         cli.timeout,
         id,
+        None,
         renewed,
         lost,
     ));
@@ -189,18 +190,34 @@ async fn keep_alive_command(cli: &Cli, id: i64, once: bool) -> Outcome {
 
 /// Keeps lease `id` alive: one keep-alive stream, on the next endpoint when
 /// one fails, a renewal every third of the TTL. Each renewal's TTL goes to
-/// `renewed`; when the lease is gone (or no endpoint answers for the whole
-/// TTL) the reason goes to `lost` and the loop ends.
+/// `renewed`. The lease is surely alive until the time its last renewal
+/// was *sent* plus its TTL (the server counts from when it got it, later);
+/// when no renewal succeeded by a margin before that (or the lease is
+/// gone), the reason goes to `lost` and the loop ends: a lock holder then
+/// stops before anyone else can take the lock. `granted_until`: the same
+/// bound for a lease just granted (None: unknown until the first renewal).
 pub async fn keep_alive_loop(
     endpoints: Vec<String>,
     timeout: Duration,
     id: i64,
+    granted_until: Option<tokio::time::Instant>,
     renewed: mpsc::Sender<i64>,
     lost: oneshot::Sender<String>,
 ) {
+    use tokio::time::Instant;
+    let mut valid_until = granted_until;
+    let mut margin = Duration::from_millis(100);
     let mut interval;
-    let mut last_renewal = tokio::time::Instant::now();
-    let mut ttl = Duration::from_secs(u64::MAX / 4);
+    // How long a step may wait: the request timeout, or less when the
+    // lease's validity ends sooner. None: it has ended.
+    let budget = |valid_until: Option<Instant>, margin: Duration| match valid_until {
+        None => Some(timeout),
+        Some(until) => until
+            .checked_sub(margin)
+            .and_then(|deadline| deadline.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(timeout)),
+    };
     let mut at = 0usize;
     loop {
         let Some(endpoint) = endpoints.get(at % endpoints.len().max(1)) else {
@@ -208,37 +225,41 @@ pub async fn keep_alive_loop(
             return;
         };
         at += 1;
-        let channel = match client::connect_for_streams(endpoint, timeout).await {
+        let Some(wait) = budget(valid_until, margin) else {
+            let _ = lost.send("no renewal succeeded before the lease's TTL ran out".into());
+            return;
+        };
+        let channel = match client::connect_for_streams(endpoint, wait).await {
             Ok(channel) => channel,
-            Err(_) if last_renewal.elapsed() < ttl => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200).min(wait)).await;
                 continue;
-            }
-            Err(failure) => {
-                let _ = lost.send(format!("no endpoint answered within its TTL: {failure}"));
-                return;
             }
         };
         let (requests, outgoing) = mpsc::channel(1);
-        let mut answers = match LeaseClient::new(channel)
-            .lease_keep_alive(ReceiverStream::new(outgoing))
-            .await
-        {
-            Ok(answers) => answers.into_inner(),
-            Err(_) => continue,
+        let opened = tokio::time::timeout(
+            wait,
+            LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(outgoing)),
+        )
+        .await;
+        let mut answers = match opened {
+            Ok(Ok(answers)) => answers.into_inner(),
+            _ => continue,
         };
-        loop {
-            if requests
-                .send(pb::LeaseKeepAliveRequest { id })
-                .await
-                .is_err()
-            {
+        while let Some(wait) = budget(valid_until, margin) {
+            let sent = Instant::now();
+            // Bounded too: a stream whose server died may stop taking
+            // requests without closing.
+            let queued =
+                tokio::time::timeout(wait, requests.send(pb::LeaseKeepAliveRequest { id })).await;
+            if !matches!(queued, Ok(Ok(()))) {
                 break;
             }
-            match tokio::time::timeout(timeout, answers.message()).await {
+            match tokio::time::timeout(wait, answers.message()).await {
                 Ok(Ok(Some(answer))) if answer.ttl > 0 => {
-                    last_renewal = tokio::time::Instant::now();
-                    ttl = Duration::from_secs(answer.ttl as u64);
+                    let ttl = Duration::from_secs(answer.ttl as u64);
+                    valid_until = Some(sent + ttl);
+                    margin = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
                     interval = (ttl / 3).max(Duration::from_millis(500));
                     if renewed.send(answer.ttl).await.is_err() {
                         return;
@@ -255,11 +276,9 @@ pub async fn keep_alive_loop(
                 // The stream broke or stalled: the next endpoint.
                 _ => break,
             }
-            tokio::time::sleep(interval).await;
-        }
-        if last_renewal.elapsed() >= ttl {
-            let _ = lost.send("the lease expired while no endpoint answered".into());
-            return;
+            let pause =
+                budget(valid_until, margin).map_or(Duration::ZERO, |left| interval.min(left));
+            tokio::time::sleep(pause).await;
         }
     }
 }

@@ -40,13 +40,17 @@ struct Session {
 
 impl Session {
     async fn start(cli: &Cli, ttl: i64) -> Result<Self, Failure> {
+        // The lease lives at least its TTL from before the grant was sent.
+        let asked = tokio::time::Instant::now();
         let (_, granted) = lease::grant(cli, ttl).await?;
+        let granted_until = asked + Duration::from_secs(u64::try_from(granted.ttl).unwrap_or(0));
         let (renewed, mut renewals) = mpsc::channel(4);
         let (lost_sender, lost) = oneshot::channel();
         let keeper = tokio::spawn(lease::keep_alive_loop(
             cli.endpoints.clone(),
             cli.timeout,
             granted.id,
+            Some(granted_until),
             renewed,
             lost_sender,
         ));

@@ -469,3 +469,36 @@ async fn cli_lock_runs_commands_one_at_a_time_with_growing_fencing_tokens() {
     assert!(revoked.status.success(), "{revoked:?}");
     assert!(keys_under(&mut kv, "owned").await.is_empty());
 }
+
+/// A node stopping gracefully ends open keep-alive streams with
+/// UNAVAILABLE (the client keeps its lease alive through another node)
+/// instead of waiting for them forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_open_keep_alive_streams() {
+    let _serial = support::serial();
+    let directory = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&directory.path().join("node"), &[]);
+    wait_for_leases(server.client_addr).await;
+    let mut leases = lease_client(server.client_addr).await;
+    let lease = grant(&mut leases, 30).await;
+    let (requests, outgoing) = mpsc::channel(4);
+    let mut answers = leases
+        .lease_keep_alive(ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    requests
+        .send(pb::LeaseKeepAliveRequest { id: lease.id })
+        .await
+        .unwrap();
+    assert_eq!(answers.message().await.unwrap().unwrap().ttl, 30);
+    server.signal("TERM");
+    let ended = tokio::time::timeout(WAIT, answers.message())
+        .await
+        .expect("the stream ends when the node stops");
+    assert_eq!(
+        ended.expect_err("an error status").code(),
+        tonic::Code::Unavailable
+    );
+    assert_eq!(server.wait_exit(WAIT), Some(0));
+}

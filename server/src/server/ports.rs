@@ -128,7 +128,7 @@ pub(super) async fn serve(
     let client_routes = routes_listing(&[KV_SERVICE_NAME, WATCH_SERVICE_NAME, LEASE_SERVICE_NAME])
         .await
         .add_service(kv_service.clone().into_server())
-        .add_service(LeaseService::new(kv_service).into_server())
+        .add_service(LeaseService::new(kv_service, stopped.clone()).into_server())
         .add_service(WatchService::new(node.clone(), request_limits).into_server());
     let client_server = connections::serve_grpc(
         CappedListener::grpc(

@@ -30,12 +30,15 @@ const KEEP_ALIVE_BUFFER: usize = 16;
 #[derive(Debug, Clone)]
 pub struct LeaseService {
     kv: KvService,
+    /// Turns true when the node stops: keep-alive streams end then (the
+    /// servers' graceful shutdown would wait for them forever).
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LeaseService {
-    /// Handlers over the same node as `kv`.
-    pub fn new(kv: KvService) -> Self {
-        Self { kv }
+    /// Handlers over the same node as `kv`, until `stopped` turns true.
+    pub fn new(kv: KvService, stopped: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { kv, stopped }
     }
 
     /// The tonic server for this service.
@@ -126,10 +129,24 @@ impl Lease for LeaseService {
         let mut requests = request.into_inner();
         let node = self.kv.node.clone();
         let (answers, stream) = mpsc::channel(KEEP_ALIVE_BUFFER);
+        let mut stopped = self.stopped.clone();
         tokio::spawn(async move {
             // One renewal at a time, answered in order; a leader that cannot
-            // be reached ends the stream (the client reconnects, as etcd's).
-            while let Ok(Some(request)) = requests.message().await {
+            // be reached ends the stream (the client reconnects, as etcd's),
+            // and so does this node stopping.
+            loop {
+                let request = tokio::select! {
+                    request = requests.message() => request,
+                    _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                        let _ = answers
+                            .send(Err(Status::unavailable(
+                                "the node is shutting down: keep the lease alive through another node",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let Ok(Some(request)) = request else { return };
                 let answer = keep_alive(&node, request.id, &context.request_id).await;
                 let failed = answer.is_err();
                 if answers.send(answer).await.is_err() || failed {
