@@ -46,6 +46,29 @@ async fn grant(client: &mut LeaseClient<Channel>, ttl: i64) -> pb::LeaseGrantRes
         .into_inner()
 }
 
+/// A keep-alive stream for lease `id` and its first renewal's answer.
+async fn keep_alive_stream(
+    leases: &mut LeaseClient<Channel>,
+    id: i64,
+) -> (
+    mpsc::Sender<pb::LeaseKeepAliveRequest>,
+    tonic::Streaming<pb::LeaseKeepAliveResponse>,
+    pb::LeaseKeepAliveResponse,
+) {
+    let (requests, outgoing) = mpsc::channel(4);
+    let mut answers = leases
+        .lease_keep_alive(ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    requests
+        .send(pb::LeaseKeepAliveRequest { id })
+        .await
+        .unwrap();
+    let first = answers.message().await.unwrap().unwrap();
+    (requests, answers, first)
+}
+
 /// The code of a refused call.
 fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
     result.expect_err("refused").code()
@@ -113,17 +136,7 @@ async fn grant_keep_alive_list_and_revoke_through_a_follower() {
     kv.put(leased_put("l/plain", "v", 0)).await.unwrap();
 
     // Keep-alive over a stream, answered in order.
-    let (requests, outgoing) = mpsc::channel(4);
-    let mut answers = leases
-        .lease_keep_alive(ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
-    requests
-        .send(pb::LeaseKeepAliveRequest { id: granted.id })
-        .await
-        .unwrap();
-    let renewed = answers.message().await.unwrap().unwrap();
+    let (requests, mut answers, renewed) = keep_alive_stream(&mut leases, granted.id).await;
     assert_eq!(
         (renewed.id, renewed.ttl, renewed.error.as_str()),
         (granted.id, 60, "")
@@ -305,12 +318,8 @@ async fn an_expired_lease_takes_its_keys_and_a_kept_one_does_not() {
     for (key, lease) in [("e/1", dying.id), ("e/2", dying.id), ("e/kept", kept.id)] {
         kv.put(leased_put(key, "v", lease)).await.unwrap();
     }
-    let (requests, outgoing) = mpsc::channel(4);
-    let mut answers = leases
-        .lease_keep_alive(ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
+    let (requests, mut answers, first) = keep_alive_stream(&mut leases, kept.id).await;
+    assert_eq!(first.ttl, 2);
     let mut gone_at = None;
     while granted_at.elapsed() < Duration::from_secs(6) {
         requests
@@ -481,17 +490,8 @@ async fn a_graceful_stop_ends_open_keep_alive_streams() {
     wait_for_leases(server.client_addr).await;
     let mut leases = lease_client(server.client_addr).await;
     let lease = grant(&mut leases, 30).await;
-    let (requests, outgoing) = mpsc::channel(4);
-    let mut answers = leases
-        .lease_keep_alive(ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
-    requests
-        .send(pb::LeaseKeepAliveRequest { id: lease.id })
-        .await
-        .unwrap();
-    assert_eq!(answers.message().await.unwrap().unwrap().ttl, 30);
+    let (_requests, mut answers, renewed) = keep_alive_stream(&mut leases, lease.id).await;
+    assert_eq!(renewed.ttl, 30);
     server.signal("TERM");
     let ended = tokio::time::timeout(WAIT, answers.message())
         .await
