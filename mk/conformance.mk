@@ -7,7 +7,7 @@ CARGO             ?= cargo
 IMAGE             ?= kvstore:local
 PYTHON            ?= python3
 VENV              ?= .venv
-CONFORMANCE_BIN   := target/release/kvstore-conformance
+CONFORMANCE_BIN   := $(abspath $(TARGET_DIR)/release/kvstore-conformance)
 CONFORMANCE_OUT   ?= conformance/out
 # Scenario names for conformance-run (empty: all of scenarios/).
 SCENARIOS         ?=
@@ -19,7 +19,7 @@ PYTHON_CLIENT_DIR := clients/python
 PYTHON_GENERATED  := $(PYTHON_CLIENT_DIR)/generated
 PYTHON_TOOLS      := $(VENV)/.grpcio-tools-installed
 
-CONFORMANCE_ENV = CONFORMANCE_BIN='$(CURDIR)/$(CONFORMANCE_BIN)' CONFORMANCE_OUT='$(CONFORMANCE_OUT)' \
+CONFORMANCE_ENV = CONFORMANCE_BIN='$(CONFORMANCE_BIN)' CONFORMANCE_OUT='$(CONFORMANCE_OUT)' \
 	KVSTORE_CONFORMANCE_IMAGE='$(IMAGE)' CARGO='$(CARGO)' VENV='$(VENV)'
 
 .PHONY: conformance conformance-run conformance-snapshots conformance-faults conformance-clients \

@@ -2,15 +2,18 @@
 # Build the kvstore image FROM scratch out of the release binaries: nothing is
 # pulled. Called by `make image` after the release build.
 #   scripts/cluster-image.sh IMAGE
-# env: STRIP=1|0 (see cluster-rootfs.sh), CLUSTER_IMAGE_DIR (target/docker-image)
+# env: STRIP=1|0 (see cluster-rootfs.sh), CLUSTER_IMAGE_DIR (target/docker-image),
+#      CARGO_TARGET_DIR (where the release binaries are, as cargo's; target/)
 set -euo pipefail
 
 here=$(cd "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 image=${1:?usage: $0 IMAGE}
 context=${CLUSTER_IMAGE_DIR:-$root/target/docker-image}
-server=$root/target/release/kvstore-server
-cli=$root/target/release/kvstore-cli
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir == /* ]] || target_dir=$root/$target_dir
+server=$target_dir/release/kvstore-server
+cli=$target_dir/release/kvstore-cli
 
 command -v docker >/dev/null || { echo "error: docker not found; 'make cluster-local' runs the cluster without docker" >&2; exit 1; }
 
