@@ -10,6 +10,8 @@ use bytes::{Buf, BufMut};
 use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 use prost::DecodeError;
 
+use super::watch::STAMP_BYTES;
+
 /// `WatchResponse` fields read.
 const CREATED: u32 = 3;
 const CANCELED: u32 = 4;
@@ -18,8 +20,6 @@ const EVENTS: u32 = 11;
 /// `Event.kv`, `KeyValue.value`.
 const EVENT_KV: u32 = 2;
 const KV_VALUE: u32 = 5;
-/// Bytes of the stamp at the start of a value.
-const STAMP_BYTES: usize = 8;
 
 /// What the bench reads of one watch response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -151,11 +151,6 @@ impl Lessor {
         self.leases.is_empty()
     }
 
-    /// Every lease id, in order.
-    pub fn ids(&self) -> Vec<u64> {
-        self.leases.keys().copied().collect()
-    }
-
     /// This node now leads: every lease expires no earlier than its
     /// remaining TTL (the checkpointed one, else the full TTL) plus the
     /// extension from `now`.

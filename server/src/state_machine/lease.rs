@@ -64,51 +64,50 @@ pub fn put(batch: &mut WriteBatch, id: u64, record: LeaseRecord) {
     batch.put(keys::lease_key(id), record.encode());
 }
 
+/// Calls `visit` with every pair under `prefix`, in key order, reading
+/// the store in chunks.
+fn scan_prefix(
+    store: &mut dyn Store,
+    prefix: &[u8],
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut range = KeyRange::prefix(prefix.to_vec());
+    loop {
+        let chunk = store.scan(&range, LEASE_SCAN_CHUNK)?;
+        for (stored, value) in &chunk {
+            visit(stored, value)?;
+        }
+        match chunk.last() {
+            Some((last, _)) if chunk.len() == LEASE_SCAN_CHUNK => {
+                range.start = last.clone();
+                range.start.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Every lease, in id order.
 pub fn all(store: &mut dyn Store) -> Result<Vec<(u64, LeaseRecord)>, StoreError> {
     let mut leases = Vec::new();
-    let mut range = KeyRange::prefix(keys::LEASE_PREFIX.to_vec());
-    loop {
-        let chunk = store.scan(&range, LEASE_SCAN_CHUNK)?;
-        let full = chunk.len() == LEASE_SCAN_CHUNK;
-        for (stored, value) in &chunk {
-            let id = keys::parse_lease_key(stored)
-                .ok_or_else(|| corrupt(CorruptRecord("a malformed lease key".into())))?;
-            leases.push((id, LeaseRecord::decode(value).map_err(corrupt)?));
-        }
-        match chunk.last() {
-            Some((last, _)) if full => {
-                let mut next = last.clone();
-                next.push(0);
-                range.start = next;
-            }
-            _ => return Ok(leases),
-        }
-    }
+    scan_prefix(store, keys::LEASE_PREFIX, |stored, value| {
+        let id = keys::parse_lease_key(stored)
+            .ok_or_else(|| corrupt(CorruptRecord("a malformed lease key".into())))?;
+        leases.push((id, LeaseRecord::decode(value).map_err(corrupt)?));
+        Ok(())
+    })?;
+    Ok(leases)
 }
 
 /// The keys attached to lease `id`, in key order.
 pub fn attached_keys(store: &mut dyn Store, id: u64) -> Result<Vec<Vec<u8>>, StoreError> {
     let prefix = keys::attached_prefix(id);
     let mut found = Vec::new();
-    let mut range = KeyRange::prefix(prefix.clone());
-    loop {
-        let chunk = store.scan(&range, LEASE_SCAN_CHUNK)?;
-        let full = chunk.len() == LEASE_SCAN_CHUNK;
-        found.extend(
-            chunk
-                .iter()
-                .map(|(stored, _)| stored[prefix.len()..].to_vec()),
-        );
-        match chunk.last() {
-            Some((last, _)) if full => {
-                let mut next = last.clone();
-                next.push(0);
-                range.start = next;
-            }
-            _ => return Ok(found),
-        }
-    }
+    scan_prefix(store, &prefix, |stored, _| {
+        found.push(stored[prefix.len()..].to_vec());
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// The id a grant without one gets: derived from its entry's index, so

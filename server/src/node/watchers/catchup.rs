@@ -61,7 +61,7 @@ pub async fn run_catchup(
             .await;
         match read {
             Ok(batch) => {
-                if !hub.deliver_history(&picks, &batch) {
+                if !hub.deliver_history(&picks, batch) {
                     tokio::time::sleep(CATCHUP_RETRY).await;
                 }
             }

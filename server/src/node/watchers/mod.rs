@@ -490,9 +490,10 @@ impl WatchHub {
 
     /// Delivers a history read to the watchers it was read for; returns
     /// whether any of them moved on.
-    fn deliver_history(&self, picks: &[CatchupPick], batch: &HistoryBatch) -> bool {
+    fn deliver_history(&self, picks: &[CatchupPick], batch: HistoryBatch) -> bool {
+        // Shared before the lock is taken: no copy, nothing long under it.
+        let changes: Vec<Arc<Change>> = batch.changes.into_iter().map(Arc::new).collect();
         let mut state = self.lock();
-        let changes: Vec<Arc<Change>> = batch.changes.iter().cloned().map(Arc::new).collect();
         let mut moved = false;
         for pick in picks {
             let Some(watcher) = state.watchers.get_mut(&pick.key) else {
@@ -826,7 +827,7 @@ mod tests {
             through: 300,
             changes: Vec::new(),
         };
-        assert!(hub.deliver_history(&picks, &batch));
+        assert!(hub.deliver_history(&picks, batch));
         assert_eq!(hub.watch_stats().synced, 2);
         assert!(news.try_recv().is_err(), "no cancellation, no event");
     }

@@ -869,7 +869,12 @@ impl<'s> WriteTxn<'s> {
             lease,
             value,
         };
-        self.record(key, revision, &HistoryRecord::Live(record.clone()));
+        let live = HistoryRecord::Live(record);
+        self.record(key, revision, &live);
+        // Back out of the enum: no copy of the value on the write path.
+        let HistoryRecord::Live(record) = live else {
+            unreachable!("built live above")
+        };
         self.changes.push(Change {
             key: key.to_vec(),
             revision,
